@@ -1,0 +1,3 @@
+from anpr.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""Test clips built from real photos: one vehicle passage per photo.
+
+Each photo drifts and grows across the frame for `seconds_per_photo` (as a vehicle
+approaching a camera would), so consecutive frames differ the way video does. The
+frames are encoded by the FFmpeg binary shipped in the `imageio-ffmpeg` wheel (libx264
+or libx265), so no system codec is needed. A JSON file beside the clip lists which
+plate is on screen from which frame to which.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CODECS = {"h264": ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23"],
+          "h265": ["-c:v", "libx265", "-preset", "veryfast", "-crf", "26", "-tag:v", "hvc1",
+                   "-x265-params", "log-level=error"]}
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    plate: str
+    photo: str
+    first_frame: int
+    last_frame: int
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _placed(photo: np.ndarray, size: tuple[int, int], progress: float) -> np.ndarray:
+    """The photo on a dark frame, scaled 0.85 -> 1.0 of the frame and drifting right to left."""
+    width, height = size
+    fit = min(width / photo.shape[1], height / photo.shape[0])
+    scale = fit * (0.85 + 0.15 * progress)
+    w, h = max(1, int(photo.shape[1] * scale)), max(1, int(photo.shape[0] * scale))
+    resized = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    frame = np.full((height, width, 3), 24, np.uint8)
+    x = int((width - w) / 2 + (0.5 - progress) * 0.1 * width)
+    y = (height - h) // 2
+    # Clip the pasted region to the frame.
+    fx1, fy1, fx2, fy2 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+    frame[fy1:fy2, fx1:fx2] = resized[fy1 - y:fy2 - y, fx1 - x:fx2 - x]
+    return frame
+
+
+def build_clip(
+    photos: Sequence[tuple[Path, str]],
+    output: Path,
+    size: tuple[int, int] = (1920, 1080),
+    fps: int = 25,
+    seconds_per_photo: float = 2.0,
+    codec: str = "h264",
+) -> list[Passage]:
+    """Encode one passage per (photo, plate) into `output`; writes `output`.json too."""
+    frames_per_photo = max(1, round(seconds_per_photo * fps))
+    command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
+               "-s", f"{size[0]}x{size[1]}", "-r", str(fps), "-i", "-", *CODECS[codec],
+               "-pix_fmt", "yuv420p", "-g", str(2 * fps), str(output)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    passages = []
+    encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert encoder.stdin is not None
+    try:
+        for number, (photo_path, plate) in enumerate(photos):
+            photo = cv2.imread(str(photo_path))
+            if photo is None:
+                raise ValueError(f"cannot read photo {photo_path}")
+            for step in range(frames_per_photo):
+                encoder.stdin.write(_placed(photo, size, step / max(1, frames_per_photo - 1)).tobytes())
+            first = number * frames_per_photo
+            passages.append(Passage(plate, photo_path.name, first, first + frames_per_photo - 1))
+        encoder.stdin.close()
+    finally:
+        error = encoder.stderr.read().decode(errors="replace") if encoder.stderr else ""
+        code = encoder.wait()
+    if code != 0:
+        raise RuntimeError(f"ffmpeg failed ({code}): {error.strip()}")
+    output.with_suffix(".json").write_text(json.dumps(
+        {"fps": fps, "size": list(size), "codec": codec, "passages": [asdict(p) for p in passages]}, indent=1))
+    return passages
+
+
+def dataset_photos(folder: Path, count: int | None = None) -> list[tuple[Path, str]]:
+    """(photo, plate) pairs of an openalpr-layout folder, spread evenly over its sorted names."""
+    pairs = []
+    for label in sorted(folder.glob("*.txt")):
+        fields = label.read_text(encoding="utf-8").strip().split("\t")
+        if len(fields) == 6:
+            pairs.append((folder / fields[0], fields[5]))
+    if count is None or count >= len(pairs):
+        return pairs
+    step = len(pairs) / count
+    return [pairs[int(i * step)] for i in range(count)]

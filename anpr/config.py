@@ -1,0 +1,110 @@
+"""Run configuration: a YAML file validated against a schema, then command-line flags.
+
+Configuration is data, kept apart from the processing: the pipeline receives a
+validated `Settings` object and never reads files or flags itself. Precedence:
+defaults < the file given by `--config` < command-line flags.
+
+Keys (all optional):
+
+    pipeline:
+      batch: 8               # frames per detector call (1-256)
+      ocr: ppocr             # OCR backend: ppocr | easyocr
+      queue: 64              # frames decoded ahead of the detector (2-4096)
+      min_confidence: 0.0    # reads below this combined confidence are not emitted
+    detector:
+      confidence: 0.25       # detector score threshold (0-1)
+      input_size: 640        # detector input size in pixels (multiple of 32)
+      device: cpu            # cpu | cuda | cuda:N
+    store:
+      url: anpr.sqlite       # SQLAlchemy URL, or a path to a SQLite file
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from anpr.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PipelineSettings(_Section):
+    batch: int = Field(8, ge=1, le=256)
+    ocr: Literal["ppocr", "easyocr"] = "ppocr"
+    queue: int = Field(64, ge=2, le=4096)
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class DetectorSettings(_Section):
+    confidence: float = Field(0.25, gt=0.0, le=1.0)
+    input_size: int = Field(640, ge=64, le=4096)
+    device: str = "cpu"
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_stride(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError("must be a multiple of 32 (the detector's stride)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value != "cpu" and not (value == "cuda" or value.startswith("cuda:") and value[5:].isdigit()):
+            raise ValueError("must be 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+
+class StoreSettings(_Section):
+    url: str = "anpr.sqlite"
+
+
+class Settings(_Section):
+    pipeline: PipelineSettings = PipelineSettings()
+    detector: DetectorSettings = DetectorSettings()
+    store: StoreSettings = StoreSettings()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if error["type"] == "missing":
+        return f"missing key '{key}'"
+    return f"key '{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def _validate(data: dict[str, Any], origin: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_describe(exc.errors()[0])}") from None
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+    """Settings from an optional YAML file, then `overrides` (section -> key -> value, None skipped)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    settings = _validate(data, str(path) if path else "defaults")
+    flags = {section: {k: v for k, v in keys.items() if v is not None} for section, keys in (overrides or {}).items()}
+    if any(flags.values()):
+        merged = settings.model_dump()
+        for section, keys in flags.items():
+            merged[section].update(keys)
+        settings = _validate(merged, "command-line option")
+    return settings

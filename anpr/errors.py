@@ -1,0 +1,33 @@
+"""Errors that a user can act on.
+
+Every failure caused by input (a missing file, a corrupt video, an invalid config, an
+unreachable stream or database) is raised as an `AnprError` whose message is one line
+that says what is wrong and with what. The CLI prints that line and exits non-zero;
+anything else reaching the top is a bug and is reported as one.
+"""
+
+
+class AnprError(Exception):
+    """Base class: the message is shown to the user as is."""
+
+    exit_code = 2
+
+
+class SourceError(AnprError):
+    """A frame source cannot be opened or read."""
+
+
+class ModelError(AnprError):
+    """Model weights are missing, corrupt or unusable."""
+
+
+class ConfigError(AnprError):
+    """A configuration file or option is invalid."""
+
+
+class StoreError(AnprError):
+    """The database cannot be opened or written."""
+
+
+class DatasetError(AnprError):
+    """An annotated dataset folder is malformed."""

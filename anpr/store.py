@@ -1,0 +1,136 @@
+"""Storage of reads with SQLAlchemy 2: SQLite by default, any SQLAlchemy URL otherwise.
+
+Reads are written in batches, one transaction per batch. Nothing is created on disk
+until the first batch is written, so a run that fails on bad input leaves no file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import Float, Integer, String, create_engine, func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from anpr.errors import StoreError
+from anpr.plates import PlateRead
+
+DEFAULT_DATABASE = "anpr.sqlite"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ReadRow(Base):
+    __tablename__ = "reads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024), index=True)
+    frame: Mapped[int] = mapped_column(Integer)
+    time: Mapped[float] = mapped_column(Float, index=True)
+    plate: Mapped[str] = mapped_column(String(32), index=True)
+    raw_text: Mapped[str] = mapped_column(String(128))
+    confidence: Mapped[float] = mapped_column(Float)
+    ocr_confidence: Mapped[float] = mapped_column(Float)
+    detector_confidence: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+    detector_model: Mapped[str] = mapped_column(String(128))
+    ocr_model: Mapped[str] = mapped_column(String(128))
+    stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(timezone.utc))
+
+    @classmethod
+    def from_read(cls, read: PlateRead) -> ReadRow:
+        x1, y1, x2, y2 = read.box
+        return cls(
+            source=read.source, frame=read.frame, time=read.time, plate=read.plate, raw_text=read.raw_text,
+            confidence=read.confidence, ocr_confidence=read.ocr_confidence,
+            detector_confidence=read.detector_confidence, x1=x1, y1=y1, x2=x2, y2=y2,
+            detector_model=read.detector_model, ocr_model=read.ocr_model,
+        )
+
+    def to_read(self) -> PlateRead:
+        return PlateRead(
+            source=self.source, frame=self.frame, time=self.time, plate=self.plate, raw_text=self.raw_text,
+            confidence=self.confidence, ocr_confidence=self.ocr_confidence,
+            detector_confidence=self.detector_confidence, box=(self.x1, self.y1, self.x2, self.y2),
+            detector_model=self.detector_model, ocr_model=self.ocr_model,
+        )
+
+
+def database_url(target: str | None) -> str:
+    """A SQLAlchemy URL from `--db`: a URL as is, a plain path as a SQLite file."""
+    target = target or DEFAULT_DATABASE
+    if "://" in target:
+        return target
+    return f"sqlite:///{Path(target).expanduser().resolve()}"
+
+
+class ReadStore:
+    """The read table of one database."""
+
+    def __init__(self, target: str | None = None) -> None:
+        self.url = database_url(target)
+        try:
+            url = make_url(self.url)
+            if url.get_backend_name() == "sqlite" and url.database:
+                parent = Path(url.database).parent
+                if not parent.is_dir():
+                    raise StoreError(f"database folder does not exist: {parent}")
+            self._engine: Engine = create_engine(url, pool_pre_ping=True)
+        except (ArgumentError, ImportError, ValueError) as exc:
+            raise StoreError(f"invalid database URL {self.url!r}: {exc}") from None
+        self._ready = False
+
+    def _ensure_schema(self) -> None:
+        if not self._ready:
+            try:
+                Base.metadata.create_all(self._engine)
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot open database {self.safe_url}: {_first_line(exc)}") from None
+            self._ready = True
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def check(self) -> None:
+        """Connect and create the schema now: a bad URL fails before any frame is read."""
+        self._ensure_schema()
+
+    def write(self, reads: Sequence[PlateRead]) -> None:
+        if not reads:
+            return
+        self._ensure_schema()
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.add_all([ReadRow.from_read(r) for r in reads])
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write to database {self.safe_url}: {_first_line(exc)}") from None
+
+    def count(self) -> int:
+        self._ensure_schema()
+        with Session(self._engine) as session:
+            return session.scalar(select(func.count()).select_from(ReadRow)) or 0
+
+    def reads(self, source: str | None = None) -> list[PlateRead]:
+        self._ensure_schema()
+        query = select(ReadRow).order_by(ReadRow.id)
+        if source is not None:
+            query = query.where(ReadRow.source == source)
+        with Session(self._engine) as session:
+            return [row.to_read() for row in session.scalars(query)]
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

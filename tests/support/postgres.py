@@ -1,0 +1,70 @@
+"""A real, throw-away PostgreSQL server for tests (Debian's `postgresql` package).
+
+The cluster lives in a temporary folder and listens on 127.0.0.1 at a free port.
+PostgreSQL refuses to run as root, so under root the server runs as the `postgres`
+system user that the Debian package creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def _bin_dir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not candidates:
+        raise RuntimeError("PostgreSQL server binaries not found: run scripts/system-deps.sh (installs 'postgresql')")
+    return Path(candidates[-1]).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.bin = _bin_dir()
+        self.port = _free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="anpr-pg-"))
+        self.data = self.root / "data"
+        self._as_postgres = os.geteuid() == 0
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bin / args[0]), *args[1:]]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:1])} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://anpr@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> PostgresServer:
+        if self._as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+        self.root.chmod(0o755)
+        if not self.data.exists():
+            self._run("initdb", "-D", str(self.data), "-U", "anpr", "-A", "trust", "--no-sync")
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "30", "-l", str(self.root / "log"),
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        return self
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "stop")
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        except RuntimeError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from anpr.config import load_settings
+from anpr.errors import ConfigError, StoreError
+from anpr.plates import PLATE_ALPHABET, PlateRead, normalise, same_plate
+from anpr.store import ReadStore, database_url
+
+
+@pytest.mark.parametrize("raw, plate", [
+    ("ab-123-cd", "AB123CD"), ("PP·587 AO", "PP587AO"), ("  wa 5666 0 ", "WA56660"),
+    ("É12", "E12"), ("皖A12", "A12"), ("", ""),
+])
+def test_normalise(raw, plate):
+    assert normalise(raw) == plate
+
+
+@given(st.text())
+def test_normalise_keeps_only_the_plate_alphabet_and_is_idempotent(text):
+    plate = normalise(text)
+    assert set(plate) <= set(PLATE_ALPHABET)
+    assert normalise(plate) == plate
+
+
+def test_same_plate_folds_o_and_zero_only():
+    assert same_plate("RKO99AN", "rk-099an")
+    assert not same_plate("RK199AN", "RK099AN")
+
+
+def _read(plate: str, frame: int) -> PlateRead:
+    return PlateRead("cam-1", frame, 1700000000.0 + frame, plate, plate.lower(), 0.8, 0.9, 0.88,
+                     (10.0, 20.0, 110.0, 50.0), "plate-yolov8n@abc", "ppocrv4-rec@def")
+
+
+def _round_trip(store: ReadStore) -> None:
+    reads = [_read("AB123CD", 1), _read("XY987ZT", 2)]
+    store.write(reads)
+    store.write([])
+    assert store.count() == 2
+    assert store.reads() == reads
+    assert store.reads(source="other") == []
+
+
+def test_sqlite_round_trip(tmp_path):
+    path = tmp_path / "reads.sqlite"
+    store = ReadStore(str(path))
+    assert not path.exists()  # nothing is created before the first write
+    _round_trip(store)
+    store.close()
+    rows = sqlite3.connect(path).execute("select plate, x2, detector_model from reads order by id").fetchall()
+    assert rows == [("AB123CD", 110.0, "plate-yolov8n@abc"), ("XY987ZT", 110.0, "plate-yolov8n@abc")]
+
+
+def test_postgresql_round_trip(postgres):
+    store = ReadStore(postgres.url)
+    _round_trip(store)
+    store.close()
+
+
+def test_store_errors_are_clear(tmp_path):
+    with pytest.raises(StoreError, match="folder does not exist"):
+        ReadStore(str(tmp_path / "nowhere" / "x.sqlite"))
+    with pytest.raises(StoreError, match="invalid database URL"):
+        ReadStore("nosuchdialect://x")
+    unreachable = ReadStore("postgresql+psycopg://anpr@127.0.0.1:1/none")
+    with pytest.raises(StoreError, match="cannot open database"):
+        unreachable.check()
+
+
+def test_database_url():
+    assert database_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert database_url("x.sqlite").startswith("sqlite:////") and database_url(None).endswith("/anpr.sqlite")
+
+
+def test_settings_precedence(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("pipeline:\n  batch: 4\n  ocr: easyocr\ndetector:\n  input_size: 416\n")
+    settings = load_settings(path, {"pipeline": {"batch": 16, "ocr": None}})
+    assert settings.pipeline.batch == 16 and settings.pipeline.ocr == "easyocr"
+    assert settings.detector.input_size == 416 and settings.detector.confidence == 0.25
+
+
+@pytest.mark.parametrize("text, message", [
+    ("pipeline:\n  batchsize: 4\n", "unknown key 'pipeline.batchsize'"),
+    ("pipeline:\n  batch: -3\n", "key 'pipeline.batch'"),
+    ("pipeline:\n  batch: lots\n", "key 'pipeline.batch'"),
+    ("detector:\n  input_size: 500\n", "multiple of 32"),
+    ("pipeline:\n  ocr: tesseract\n", "key 'pipeline.ocr'"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("pipeline: [\n", "not valid YAML"),
+])
+def test_invalid_config_names_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_settings(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_invalid_flag_value():
+    with pytest.raises(ConfigError, match="command-line option: key 'pipeline.batch'"):
+        load_settings(None, {"pipeline": {"batch": 0}})
