@@ -3,8 +3,9 @@
     anpr run SOURCE     read plates from a video file, an RTSP URL, an image folder or image
     anpr eval DATASET   measure detection recall and exact-plate accuracy on annotated photos
 
-Errors caused by input are printed as one line, `anpr: error: ...`, with exit status 2;
-an interrupted run exits 130 after committing what it had read.
+Errors caused by input are printed as one line, `anpr: error: ...`, with exit status 2.
+A run stopped by Ctrl-C or SIGTERM finishes its batch, commits and exits 0; a second
+signal aborts with status 130.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ class _ProgressLine:
             sys.stderr.write("\n")
 
 
+class _PlateTally:
+    """Confidence and time of every read, by plate text, for the end-of-run summary."""
+
+    def __init__(self) -> None:
+        self.by_plate: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+    def write(self, reads) -> None:
+        for read in reads:
+            self.by_plate[read.plate].append((read.confidence, read.time))
+
+
 class _JsonLines:
     def write(self, reads) -> None:
         for read in reads:
@@ -94,7 +106,7 @@ def _install_stop_handler() -> threading.Event:
     return stop
 
 
-def _print_summary(reads_by_plate: dict[str, list[float]], stats, store_url: str) -> None:
+def _print_summary(reads_by_plate: dict[str, list[tuple[float, float]]], stats, store_url: str) -> None:
     if reads_by_plate:
         print(f"{'plate':<12} {'reads':>5} {'best':>5}  {'first s':>8} {'last s':>8}")
         for plate, confidences_times in sorted(reads_by_plate.items(), key=lambda kv: -len(kv[1])):
@@ -134,14 +146,8 @@ def run(
         detector = YoloPlateDetector(confidence=settings.detector.confidence,
                                      input_size=settings.detector.input_size, device=settings.detector.device)
         recogniser = make_recogniser(settings.pipeline.ocr)
-        reads_by_plate: dict[str, list[tuple[float, float]]] = defaultdict(list)
-
-        class _Tally:
-            def write(self, reads) -> None:
-                for read in reads:
-                    reads_by_plate[read.plate].append((read.confidence, read.time))
-
-        sinks = [store, _Tally()] + ([_JsonLines()] if jsonl else [])
+        tally = _PlateTally()
+        sinks = [store, tally] + ([_JsonLines()] if jsonl else [])
         pipeline = Pipeline(detector, recogniser, sinks, settings.pipeline.batch, settings.pipeline.min_confidence)
         progress = _ProgressLine(getattr(frame_source, "frame_count", None) or None)
         stop = _install_stop_handler()
@@ -150,11 +156,9 @@ def run(
         stats = pipeline.run(FrameReader(frame_source, settings.pipeline.queue), stop=stop, progress=progress)
         progress.done()
         if not jsonl:
-            _print_summary(reads_by_plate, stats, store.safe_url)
+            _print_summary(tally.by_plate, stats, store.safe_url)
         else:
             _status(f"anpr: {stats.frames} frames, {stats.reads} reads, {stats.fps:.1f} frames/s")
-        if stop.is_set():
-            raise typer.Exit(130)
     finally:
         store.close()
 

@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 
 CODECS = {"h264": ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23"],
-          "h265": ["-c:v", "libx265", "-preset", "veryfast", "-crf", "26", "-tag:v", "hvc1",
-                   "-x265-params", "log-level=error"]}
+          "h265": ["-c:v", "libx265", "-preset", "veryfast", "-crf", "26", "-x265-params", "log-level=error"]}
+# QuickTime players want HEVC in MP4 tagged hvc1; other containers take no tag.
+CONTAINER_OPTIONS = {("h265", ".mp4"): ["-tag:v", "hvc1"]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ def build_clip(
     frames_per_photo = max(1, round(seconds_per_photo * fps))
     command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
                "-s", f"{size[0]}x{size[1]}", "-r", str(fps), "-i", "-", *CODECS[codec],
+               *CONTAINER_OPTIONS.get((codec, output.suffix.lower()), []),
                "-pix_fmt", "yuv420p", "-g", str(2 * fps), str(output)]
     output.parent.mkdir(parents=True, exist_ok=True)
     passages = []

@@ -32,6 +32,7 @@ class TextReads:
 
     text: list[str]  # letters and digits of the plate alphabet only
     confidence: np.ndarray  # (N,) float32: mean probability of the emitted characters
+    raw: list[str]  # what the model read over all its classes (separators, other scripts)
 
 
 class PlateRecogniser(Protocol):
@@ -158,20 +159,26 @@ def fold_to_plate_alphabet(classes: Sequence[str]) -> np.ndarray:
     return fold
 
 
-def ctc_greedy_decode(probabilities: np.ndarray) -> TextReads:
-    """Best path of (N, T, 1 + alphabet) probabilities: repeats merged, blanks dropped."""
+def ctc_greedy_decode(probabilities: np.ndarray, alphabet: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Best path of (N, T, C) probabilities over `alphabet` (class 0 blank): texts and confidences.
+
+    Repeats are merged and blanks dropped; a text's confidence is the mean probability
+    of its emitted characters (0 for an empty text).
+    """
     best = probabilities.argmax(axis=2)
-    best_p = probabilities.max(axis=2)
+    best_p = np.take_along_axis(probabilities, best[..., None], axis=2)[..., 0]
     previous = np.pad(best, ((0, 0), (1, 0)), constant_values=0)[:, :-1]
     emitted = (best != 0) & (best != previous)
-    alphabet = np.array(list(" " + PLATE_ALPHABET))
     texts, confidences = [], np.zeros(len(best), np.float32)
     for row in range(len(best)):
         keep = emitted[row]
-        texts.append("".join(alphabet[best[row, keep]]))
+        texts.append("".join(alphabet[i] for i in best[row, keep]))
         if keep.any():
             confidences[row] = best_p[row, keep].mean()
-    return TextReads(texts, confidences)
+    return texts, confidences
+
+
+PLATE_CLASSES = ("", *PLATE_ALPHABET)  # class 0: blank
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,15 +219,18 @@ class CtcRecogniser:
     line_input: LineInput
 
     def __init__(self, classes: Sequence[str], forward: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._classes = ["", *classes[1:]]
         self._fold = fold_to_plate_alphabet(classes)
         self._forward = forward
 
     def recognise(self, crops: Sequence[np.ndarray]) -> TextReads:
         if not crops:
-            return TextReads([], np.zeros(0, np.float32))
+            return TextReads([], np.zeros(0, np.float32), [])
         lines = prepare_lines([isolate_characters(strip_blue_band(c)) for c in crops], self.line_input)
-        probabilities = self._forward(lines) @ self._fold
-        return ctc_greedy_decode(probabilities)
+        probabilities = self._forward(lines)
+        raw, _ = ctc_greedy_decode(probabilities, self._classes)
+        text, confidence = ctc_greedy_decode(probabilities @ self._fold, PLATE_CLASSES)
+        return TextReads(text, confidence, raw)
 
 
 class PpOcrRecogniser(CtcRecogniser):

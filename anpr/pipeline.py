@@ -55,7 +55,7 @@ def assemble_reads(
     min_confidence: float = 0.0,
 ) -> list[PlateRead]:
     """One PlateRead per detection whose text looks like a registration."""
-    plates = [normalise(t) for t in texts.text]
+    plates = [normalise(t) for t in texts.text]  # already plate letters; normalise guards other backends
     combined = detections.confidence * texts.confidence
     keep = np.flatnonzero(
         (np.fromiter((len(p) for p in plates), np.int32, len(plates)) >= MIN_PLATE_LENGTH)
@@ -65,7 +65,7 @@ def assemble_reads(
     for i in keep:
         frame = batch.frames[detections.frame[i]]
         reads.append(PlateRead(
-            source=frame.source, frame=frame.index, time=frame.time, plate=plates[i], raw_text=texts.text[i],
+            source=frame.source, frame=frame.index, time=frame.time, plate=plates[i], raw_text=texts.raw[i],
             confidence=float(combined[i]), ocr_confidence=float(texts.confidence[i]),
             detector_confidence=float(detections.confidence[i]),
             box=tuple(float(v) for v in detections.xyxy[i]),  # type: ignore[arg-type]
@@ -108,7 +108,7 @@ class Pipeline:
         """Process batches until the source ends or `stop` is set; a batch in flight completes."""
         stats = RunStats()
         try:
-            for batch in reader.batches(self.batch_size):
+            for batch in reader.batches(self.batch_size, stop):
                 reads = self.process(batch)
                 stats.frames += len(batch)
                 stats.reads += len(reads)

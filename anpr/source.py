@@ -204,11 +204,15 @@ class FrameReader:
         finally:
             self._put(_END)
 
-    def batches(self, size: int) -> Iterator[FrameBatch]:
-        """Batches of up to `size` frames; a live source does not wait to fill one."""
+    def batches(self, size: int, stop: threading.Event | None = None) -> Iterator[FrameBatch]:
+        """Batches of up to `size` frames; a live source does not wait to fill one.
+
+        Ends at the end of the source, or when `stop` is set while waiting for a frame
+        (so a stalled stream cannot keep a stop request waiting).
+        """
         finished = False
         while not finished:
-            item = self._queue.get()
+            item = self._next(stop)
             if item is _END:
                 break
             frames = [item]
@@ -226,6 +230,14 @@ class FrameReader:
             yield FrameBatch(frames)  # type: ignore[arg-type]
         if self._error is not None:
             raise self._error
+
+    def _next(self, stop: threading.Event | None) -> object:
+        while stop is None or not stop.is_set():
+            try:
+                return self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return _END
 
     def close(self) -> None:
         self._stop.set()

@@ -62,6 +62,23 @@ def test_run_with_config_file_and_easyocr(anpr_cli, small_dataset, tmp_path):
     assert [m[0].split("@")[0] for m in models] == ["easyocr-english-g2"]
 
 
+def test_run_into_postgresql(anpr_cli, postgres, small_dataset, tmp_path):
+    from anpr.store import ReadStore
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for photo in small_dataset.glob("*.jpg"):
+        (images / photo.name).write_bytes(photo.read_bytes())
+    result = anpr_cli("run", str(images), "--db", postgres.url, "--jsonl")
+    assert result.returncode == 0, result.stderr
+    reported = [json.loads(line) for line in result.stdout.splitlines()]
+    store = ReadStore(postgres.url)
+    stored = store.reads(source=str(images))
+    store.close()
+    assert len(stored) == len(reported) >= 4
+    assert [(r.frame, r.plate) for r in stored] == [(o["frame"], o["plate"]) for o in reported]
+
+
 def test_eval_json_on_the_annotated_set(anpr_cli, dataset):
     result = anpr_cli("eval", str(dataset), "--json", timeout=600)
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ import pytest
 from anpr import weights
 from anpr.errors import ModelError
 from anpr.eval import MATCH_IOU, box_iou, load_annotations
-from anpr.ocr import ctc_greedy_decode, cut_plates, fold_to_plate_alphabet, isolate_characters
+from anpr.ocr import PLATE_CLASSES, ctc_greedy_decode, cut_plates, fold_to_plate_alphabet, isolate_characters
 from anpr.plates import PLATE_ALPHABET, same_plate
 
 
@@ -39,6 +39,7 @@ def test_ppocr_reads_most_plates_exactly(detector, ppocr, few):
     right = sum(same_plate(text, a.plate) for text, a in zip(reads.text, annotations))
     assert right >= len(annotations) - 2, list(zip(reads.text, [a.plate for a in annotations]))
     assert np.all((reads.confidence > 0) & (reads.confidence <= 1))
+    assert len(reads.raw) == len(reads.text) and all(reads.raw)  # the model's own reading, kept
 
 
 def _similarity(a: str, b: str) -> float:
@@ -71,9 +72,9 @@ def test_ctc_decode_merges_repeats_and_drops_blanks():
     probabilities = np.full((1, len(path), 1 + len(PLATE_ALPHABET)), 0.001, np.float32)
     for t, ch in enumerate(path):
         probabilities[0, t, 0 if ch == "<b>" else column[ch]] = 0.9
-    reads = ctc_greedy_decode(probabilities)
-    assert reads.text == ["AAB7"]
-    assert reads.confidence[0] == pytest.approx(0.9)
+    texts, confidences = ctc_greedy_decode(probabilities, PLATE_CLASSES)
+    assert texts == ["AAB7"]
+    assert confidences[0] == pytest.approx(0.9)
 
 
 def test_isolate_characters_drops_a_side_emblem():

@@ -25,11 +25,13 @@ def test_video_file_frames_and_media_time(clip_h264):
     assert {f.source for f in frames} == {str(clip_h264)}
 
 
-def test_h265_clip_is_read(tmp_path, few_photos):
-    path = tmp_path / "hevc.mp4"
-    build_clip(few_photos[:2], path, (640, 360), 25, 0.4, "h265")
+@pytest.mark.parametrize("codec, container", [("h265", "mp4"), ("h264", "mkv"), ("h264", "avi"), ("h265", "mkv")])
+def test_codecs_and_containers(tmp_path, few_photos, codec, container):
+    path = tmp_path / f"clip.{container}"
+    build_clip(few_photos[:2], path, (640, 360), 25, 0.4, codec)
     frames = list(open_source(str(path)).frames())
     assert len(frames) == 20 and frames[0].image.shape == (360, 640, 3)
+    assert [f.index for f in frames] == list(range(20))
 
 
 def test_reader_batches_keep_every_frame_of_a_file_in_order(clip_h264):
