@@ -69,11 +69,12 @@ def test_run_into_postgresql(anpr_cli, postgres, small_dataset, tmp_path):
     images.mkdir()
     for photo in small_dataset.glob("*.jpg"):
         (images / photo.name).write_bytes(photo.read_bytes())
-    result = anpr_cli("run", str(images), "--db", postgres.url, "--jsonl")
+    url = postgres.new_database()
+    result = anpr_cli("run", str(images), "--db", url, "--jsonl")
     assert result.returncode == 0, result.stderr
     reported = [json.loads(line) for line in result.stdout.splitlines()]
-    store = ReadStore(postgres.url)
-    stored = store.reads(source=str(images))
+    store = ReadStore(url)
+    stored = store.reads()
     store.close()
     assert len(stored) == len(reported) >= 4
     assert [(r.frame, r.plate) for r in stored] == [(o["frame"], o["plate"]) for o in reported]

@@ -57,7 +57,7 @@ def test_sqlite_round_trip(tmp_path):
 
 
 def test_postgresql_round_trip(postgres):
-    store = ReadStore(postgres.url)
+    store = ReadStore(postgres.new_database())
     _round_trip(store)
     store.close()
 

@@ -49,6 +49,16 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql+psycopg://anpr@127.0.0.1:{self.port}/postgres"
 
+    def new_database(self) -> str:
+        """The URL of a new, empty database on this server, so tests do not see each other's rows."""
+        import psycopg
+
+        self._databases = getattr(self, "_databases", 0) + 1
+        name = f"test_{self._databases}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=anpr dbname=postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql+psycopg://anpr@127.0.0.1:{self.port}/{name}"
+
     def start(self) -> PostgresServer:
         if self._as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
