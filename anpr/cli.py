@@ -1,7 +1,11 @@
 """The `anpr` command line.
 
-    anpr run SOURCE     read plates from a video file, an RTSP URL, an image folder or image
-    anpr eval DATASET   measure detection recall and exact-plate accuracy on annotated photos
+    anpr run SOURCE --config DEPLOYMENT   read plates under a deployment's purpose policy
+    anpr eval DATASET                     detection recall and exact-plate accuracy on annotated photos
+    anpr demo                             the sample clip under every config in configs/
+    anpr policy check|explain CONFIG      what a deployment may and may not do, and why
+    anpr db purge|mark-paid|record-finding|search     retention and gated queries
+    anpr audit verify                     check the audit log's hash chain
 
 Errors caused by input are printed as one line, `anpr: error: ...`, with exit status 2.
 A run stopped by Ctrl-C or SIGTERM finishes its batch, commits and exits 0; a second
@@ -74,14 +78,15 @@ class _ProgressLine:
 
 
 class _PlateTally:
-    """Confidence and time of every read, by plate text, for the end-of-run summary."""
+    """Confidence, time and frame of every kept read, by plate text, for the end-of-run summary."""
 
     def __init__(self) -> None:
-        self.by_plate: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.by_plate: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
 
     def write(self, reads) -> None:
-        for read in reads:
-            self.by_plate[read.plate].append((read.confidence, read.time))
+        for policed in reads:
+            read = policed.read
+            self.by_plate[read.plate][read.frame] = (read.confidence, read.time)
 
 
 class _JsonLines:
@@ -106,39 +111,93 @@ def _install_stop_handler() -> threading.Event:
     return stop
 
 
-def _print_summary(reads_by_plate: dict[str, list[tuple[float, float]]], stats, store_url: str) -> None:
-    if reads_by_plate:
+def _print_summary(tally: _PlateTally, gate_tally, stats, store_url: str, plate_table: bool) -> None:
+    if plate_table and tally.by_plate:
         print(f"{'plate':<12} {'reads':>5} {'best':>5}  {'first s':>8} {'last s':>8}")
-        for plate, confidences_times in sorted(reads_by_plate.items(), key=lambda kv: -len(kv[1])):
-            confidences = [c for c, _ in confidences_times]
-            times = [t for _, t in confidences_times]
-            print(f"{plate:<12} {len(confidences):>5} {max(confidences):>5.2f}  {min(times):>8.2f} {max(times):>8.2f}")
+        for plate, frames in sorted(tally.by_plate.items(), key=lambda kv: -len(kv[1])):
+            confidences = [c for c, _ in frames.values()]
+            times = [t for _, t in frames.values()]
+            print(f"{plate:<12} {len(frames):>5} {max(confidences):>5.2f}  {min(times):>8.2f} {max(times):>8.2f}")
+    for purpose, number in sorted(gate_tally.stored.items()):
+        _status(f"anpr: {purpose}: {number} reads kept")
+    for (purpose, rule, outcome), number in sorted(gate_tally.counted.items()):
+        _status(f"anpr: {purpose}: {number} reads {outcome.value.replace('_', ' ')} ({rule}); only the count is kept")
     _status(f"anpr: {stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s), "
-            f"{stats.reads} reads stored in {store_url}"
+            f"{gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}"
             + (f", {stats.dropped} frames dropped" if stats.dropped else ""))
+
+
+def _pick_camera(settings, camera_id: str | None):
+    from anpr.errors import ConfigError
+
+    if camera_id is not None:
+        for camera in settings.cameras:
+            if camera.id == camera_id:
+                return camera
+        raise ConfigError(f"no camera '{camera_id}' in the config; cameras: {', '.join(c.id for c in settings.cameras)}")
+    if len(settings.cameras) > 1:
+        raise ConfigError(f"the config has {len(settings.cameras)} cameras: choose one with --camera "
+                          f"({', '.join(c.id for c in settings.cameras)})")
+    return settings.cameras[0]
+
+
+def _announce_decisions(decisions) -> None:
+    for decision in decisions:
+        if decision.allowed:
+            kept = (f"reads kept {decision.retention_days:g} days" if decision.retention_days is not None
+                    else "aggregate counts only")
+            _status(f"anpr: purpose {decision.purpose}: allowed by {decision.rule.id} ({kept})")
+        else:
+            _status(f"anpr: purpose {decision.purpose}: DENIED by {decision.rule.id}: {'; '.join(decision.reasons)} "
+                    f"[{decision.legal_reference}]")
+        for note in decision.retention_notes:
+            _status(f"anpr: warning: purpose {decision.purpose}: {note}")
 
 
 @app.command()
 def run(
-    source: Annotated[str, typer.Argument(help="Video file, RTSP URL, image folder or image file.")],
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file (see configs/).")] = None,
+    source: Annotated[Optional[str], typer.Argument(
+        help="Video file, RTSP URL, image folder or image file (default: the camera's source in the config).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Deployment config (see configs/).")] = None,
+    camera_id: Annotated[Optional[str], typer.Option("--camera", help="Camera of the config that SOURCE is.")] = None,
     db: Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL or SQLite file path (default anpr.sqlite).")] = None,
     ocr: OcrOption = None,
     batch: BatchOption = None,
     device: DeviceOption = None,
-    jsonl: Annotated[bool, typer.Option("--jsonl", help="Write one JSON object per read to stdout.")] = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Write one JSON object per kept read to stdout.")] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="Run even when every purpose is denied, to show the reads blocked.")] = False,
 ) -> None:
-    """Read plates from SOURCE to the end of a file, or until Ctrl-C on a live stream."""
+    """Read plates from SOURCE under a deployment's policy, to the end of a file or until Ctrl-C."""
+    from anpr.audit import AuditLog
     from anpr.config import load_settings
+    from anpr.errors import ConfigError, PolicyRefusal
+    from anpr.policy.engine import Policy
+    from anpr.policy.gate import PolicyGate
+    from anpr.sinks import make_sinks
     from anpr.source import FrameReader, open_source
     from anpr.store import ReadStore
 
     settings = load_settings(config, {"pipeline": {"ocr": ocr, "batch": batch}, "detector": {"device": device},
                                       "store": {"url": db}})
-    frame_source = open_source(source)  # bad input fails here, before the database is touched
+    if not settings.declares_deployment:
+        raise PolicyRefusal("no deployment declared: pass --config with the controller, cameras and purposes "
+                            "(examples in configs/); without one no read may be kept")
+    policy = Policy(settings)
+    camera = _pick_camera(settings, camera_id)
+    location = source or camera.source
+    if not location:
+        raise ConfigError(f"camera '{camera.id}' has no source in {config}: give SOURCE")
+    decisions = policy.camera_decisions(camera.id)
+    _announce_decisions(decisions)
+    if not any(d.allowed for d in decisions) and not demo:
+        refused = "; ".join(f"{d.purpose}: {d.rule.id} [{d.legal_reference}]" for d in decisions)
+        raise PolicyRefusal(f"every purpose of camera '{camera.id}' is denied ({refused}): refusing to start "
+                            f"(--demo runs it and shows every read blocked)")
+    frame_source = open_source(location)  # bad input fails here, before the database is touched
     store = ReadStore(settings.store.url)
     try:
         store.check()
+        audit = AuditLog(store.engine)
         from anpr.detect import YoloPlateDetector
         from anpr.ocr import make_recogniser
         from anpr.pipeline import Pipeline
@@ -147,18 +206,23 @@ def run(
                                      input_size=settings.detector.input_size, device=settings.detector.device)
         recogniser = make_recogniser(settings.pipeline.ocr)
         tally = _PlateTally()
-        sinks = [store, tally] + ([_JsonLines()] if jsonl else [])
-        pipeline = Pipeline(detector, recogniser, sinks, settings.pipeline.batch, settings.pipeline.min_confidence)
+        gate = PolicyGate(policy, camera, store, make_sinks(settings, store),
+                          outputs=[tally] + ([_JsonLines()] if jsonl else []))
+        pipeline = Pipeline(detector, recogniser, [gate], settings.pipeline.batch, settings.pipeline.min_confidence)
         progress = _ProgressLine(getattr(frame_source, "frame_count", None) or None)
         stop = _install_stop_handler()
-        _status(f"anpr: reading {source} (ocr {settings.pipeline.ocr}, batch {settings.pipeline.batch}, "
-                f"device {settings.detector.device}) into {store.safe_url}")
+        audit.append("run.start", "pipeline", {
+            "deployment": settings.name, "config": str(config), "camera": camera.id, "demo": demo,
+            "decisions": {d.purpose: {"verdict": d.verdict.value, "rule": d.rule.id} for d in decisions}})
+        _status(f"anpr: reading {location} as camera {camera.id} (ocr {settings.pipeline.ocr}, batch "
+                f"{settings.pipeline.batch}, device {settings.detector.device}) into {store.safe_url}")
         stats = pipeline.run(FrameReader(frame_source, settings.pipeline.queue), stop=stop, progress=progress)
         progress.done()
-        if not jsonl:
-            _print_summary(tally.by_plate, stats, store.safe_url)
-        else:
-            _status(f"anpr: {stats.frames} frames, {stats.reads} reads, {stats.fps:.1f} frames/s")
+        audit.append("run.end", "pipeline", {
+            "camera": camera.id, "frames": stats.frames, "reads_seen": gate.tally.seen,
+            "kept": dict(gate.tally.stored), "purged": gate.tally.purged,
+            "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in gate.tally.counted.items()}})
+        _print_summary(tally, gate.tally, stats, store.safe_url, plate_table=not jsonl)
     finally:
         store.close()
 
@@ -204,6 +268,93 @@ def evaluate_command(
     print(f"detection recall  {summary['detection_recall']:.3f}  (IoU >= 0.3)")
     print(f"exact plates      {summary['exact']:.3f}")
     print(f"ms per image      {summary['ms_per_image']:.1f}")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.reads: list = []
+
+    def write(self, reads) -> None:
+        self.reads.extend(reads)
+
+
+@app.command()
+def demo(
+    configs: Annotated[Path, typer.Option("--configs", help="Folder of deployment configs.")] = REPO / "configs",
+    sample: Annotated[Path, typer.Option("--sample", help="Clip to read.")] = REPO / "samples" / "sample.mp4",
+    keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep each config's database in this folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per table row.")] = False,
+) -> None:
+    """Run the sample under every config in configs/ and show, per purpose, what was kept and blocked.
+
+    The clip is read once; its reads then pass each deployment's policy gate into a
+    database of their own, exactly as `anpr run --config ... --demo` would.
+    """
+    import tempfile
+
+    from anpr.config import load_settings
+    from anpr.detect import YoloPlateDetector
+    from anpr.ocr import make_recogniser
+    from anpr.pipeline import Pipeline
+    from anpr.policy.engine import Policy
+    from anpr.policy.gate import Outcome, PolicyGate
+    from anpr.sinks import make_sinks
+    from anpr.source import FrameReader, open_source
+    from anpr.store import ReadStore
+
+    paths = sorted(configs.glob("*.yaml"))
+    if not paths:
+        raise AnprError(f"no *.yaml configs in {configs}")
+    deployments = [(path, load_settings(path)) for path in paths]  # an invalid config fails before reading
+    collected = _Collect()
+    frame_source = open_source(str(sample))
+    _status(f"anpr: reading {sample} once for {len(paths)} configs")
+    Pipeline(YoloPlateDetector(), make_recogniser("ppocr"), [collected]).run(FrameReader(frame_source))
+    workdir = Path(keep or tempfile.mkdtemp(prefix="anpr-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path, settings in deployments:
+        policy = Policy(settings)
+        store = ReadStore(str(workdir / f"{path.stem}.sqlite"))
+        # Exports go to the work folder, never into the current directory.
+        settings = settings.model_copy(update={"sinks": {
+            name: sink.model_copy(update={"path": workdir / f"{path.stem}-{name}.jsonl"}) if sink.path else sink
+            for name, sink in settings.sinks.items()}})
+        sinks = make_sinks(settings, store)
+        for camera in settings.cameras:
+            gate = PolicyGate(policy, camera, store, sinks)
+            gate.write(collected.reads)
+            for code in camera.purposes:
+                decision = policy.purpose(code)
+                counted = {o: sum(n for (p, _, oc), n in gate.tally.counted.items() if p == code and oc is o)
+                           for o in Outcome}
+                rows.append({"config": path.name, "purpose": code, "verdict": decision.verdict.value,
+                             "rule": decision.rule.id, "seen": gate.tally.seen, "stored": gate.tally.stored[code],
+                             "blocked": counted[Outcome.BLOCKED], "counted_only": counted[Outcome.AGGREGATED],
+                             "not_stored": counted[Outcome.NOT_STORED]})
+        store.close()
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    header = f"{'config':<32} {'purpose':<26} {'verdict':<7} {'rule':<12} {'seen':>5} {'stored':>6} {'blocked':>7}  other"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        other = ", ".join(f"{row[k]} {k.replace('_', ' ')}" for k in ("counted_only", "not_stored") if row[k])
+        print(f"{row['config']:<32} {row['purpose']:<26} {row['verdict']:<7} {row['rule']:<12} {row['seen']:>5} "
+              f"{row['stored']:>6} {row['blocked']:>7}  {other}")
+    _status(f"anpr: databases in {workdir}")
+
+
+from anpr.cli_admin import audit_app, db_app, policy_app  # noqa: E402
+
+app.add_typer(policy_app, name="policy")
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:

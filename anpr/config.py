@@ -4,7 +4,7 @@ Configuration is data, kept apart from the processing: the pipeline receives a
 validated `Settings` object and never reads files or flags itself. Precedence:
 defaults < the file given by `--config` < command-line flags.
 
-Keys (all optional):
+Run settings (all optional):
 
     pipeline:
       batch: 8               # frames per detector call (1-256)
@@ -17,6 +17,15 @@ Keys (all optional):
       device: cpu            # cpu | cuda | cuda:N
     store:
       url: anpr.sqlite       # SQLAlchemy URL, or a path to a SQLite file
+
+A deployment (required by `anpr run`, see configs/ and README "Deployment config"):
+
+    name, description        # free text
+    controller: {type, name, jurisdiction}
+    cameras: [{id, source, location, purposes: [...]}]
+    purposes: {CODE: {legal_basis, safeguards: {...}, retention_days, sinks: [...],
+                      hotlist, compliant_plates}}
+    sinks: {NAME: {type: database | jsonl_export | webhook, path, url}}
 """
 
 from __future__ import annotations
@@ -25,9 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anpr.errors import ConfigError
+from anpr.policy.deployment import Camera, Controller, Purpose, Sink
 
 
 class _Section(BaseModel):
@@ -69,10 +79,45 @@ class Settings(_Section):
     pipeline: PipelineSettings = PipelineSettings()
     detector: DetectorSettings = DetectorSettings()
     store: StoreSettings = StoreSettings()
+    name: str = ""
+    description: str = ""
+    controller: Controller | None = None
+    cameras: list[Camera] = []
+    purposes: dict[str, Purpose] = {}
+    sinks: dict[str, Sink] = {"store": Sink(type="database")}
+
+    @property
+    def declares_deployment(self) -> bool:
+        return self.controller is not None
+
+    @model_validator(mode="after")
+    def _deployment_is_whole(self) -> Settings:
+        if self.controller is None:
+            if self.cameras or self.purposes:
+                raise ValueError("'cameras' and 'purposes' need a 'controller'")
+            return self
+        if not self.cameras:
+            raise ValueError("a deployment needs at least one camera under 'cameras'")
+        if not self.purposes:
+            raise ValueError("a deployment needs at least one entry under 'purposes'")
+        for index, camera in enumerate(self.cameras):
+            for purpose in camera.purposes:
+                if purpose not in self.purposes:
+                    raise ValueError(f"cameras[{index}] ({camera.id}) feeds purpose '{purpose}', "
+                                     f"which is not declared under 'purposes'")
+        for code, purpose in self.purposes.items():
+            for sink in purpose.sinks:
+                if sink not in self.sinks:
+                    raise ValueError(f"purposes.{code} writes to sink '{sink}', which is not declared under 'sinks'")
+        if len({c.id for c in self.cameras}) != len(self.cameras):
+            raise ValueError("camera ids must be unique")
+        return self
 
 
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "value_error" and not error["loc"]:
+        return str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     if error["type"] == "missing":
@@ -84,7 +129,18 @@ def _validate(data: dict[str, Any], origin: str) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {_describe(exc.errors()[0])}") from None
+        # Every problem at once, on one line: a typo'd key shows up as both unknown and missing.
+        raise ConfigError(f"{origin}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Input lists named in a config are relative to the config file (outputs stay relative to the cwd)."""
+    for purpose in (data.get("purposes") or {}).values():
+        if isinstance(purpose, dict):
+            for key in ("hotlist", "compliant_plates"):
+                if isinstance(purpose.get(key), str):
+                    purpose[key] = str(base / purpose[key])
+    return data
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
@@ -99,7 +155,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
             raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
+        data = _resolve_paths(loaded or {}, path.parent)
     settings = _validate(data, str(path) if path else "defaults")
     flags = {section: {k: v for k, v in keys.items() if v is not None} for section, keys in (overrides or {}).items()}
     if any(flags.values()):

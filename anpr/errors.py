@@ -31,3 +31,9 @@ class StoreError(AnprError):
 
 class DatasetError(AnprError):
     """An annotated dataset folder is malformed."""
+
+
+class PolicyRefusal(AnprError):
+    """The deployment's policy forbids what was asked (a run, a query)."""
+
+    exit_code = 3

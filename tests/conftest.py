@@ -15,6 +15,10 @@ FEW_PHOTOS = 6
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
 
+# An allowed deployment that stores reads (FR-FPS): the tests of reading use it.
+PARKING_CONFIG = REPO / "configs" / "paris-fps.yaml"
+
+
 @pytest.fixture(scope="session")
 def dataset() -> Path:
     if not (DATASET / "SOURCE.md").is_file():

@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 from anpr.plates import same_plate
+from conftest import PARKING_CONFIG
 
 
 def _passages(clip):
@@ -15,7 +16,7 @@ def _passages(clip):
 
 def test_run_stores_reads_of_every_passage(anpr_cli, clip_h264, tmp_path):
     db = tmp_path / "reads.sqlite"
-    result = anpr_cli("run", str(clip_h264), "--db", str(db), "--batch", "6")
+    result = anpr_cli("run", str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(db), "--batch", "6")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = sqlite3.connect(db).execute(
@@ -39,7 +40,7 @@ def test_run_stores_reads_of_every_passage(anpr_cli, clip_h264, tmp_path):
 
 def test_run_jsonl_writes_one_object_per_read(anpr_cli, clip_h264, tmp_path):
     db = tmp_path / "reads.sqlite"
-    result = anpr_cli("run", str(clip_h264), "--db", str(db), "--jsonl")
+    result = anpr_cli("run", str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl")
     assert result.returncode == 0, result.stderr
     objects = [json.loads(line) for line in result.stdout.splitlines()]
     stored = sqlite3.connect(db).execute("select count(*) from reads").fetchone()[0]
@@ -55,7 +56,8 @@ def test_run_with_config_file_and_easyocr(anpr_cli, small_dataset, tmp_path):
     for photo in small_dataset.glob("*.jpg"):
         (images / photo.name).write_bytes(photo.read_bytes())
     config = tmp_path / "run.yaml"
-    config.write_text(f"pipeline:\n  batch: 3\n  ocr: easyocr\nstore:\n  url: {tmp_path / 'cfg.sqlite'}\n")
+    config.write_text(PARKING_CONFIG.read_text()
+                      + f"pipeline:\n  batch: 3\n  ocr: easyocr\nstore:\n  url: {tmp_path / 'cfg.sqlite'}\n")
     result = anpr_cli("run", str(images), "--config", str(config))
     assert result.returncode == 0, result.stderr
     models = sqlite3.connect(tmp_path / "cfg.sqlite").execute("select distinct ocr_model from reads").fetchall()
@@ -70,14 +72,14 @@ def test_run_into_postgresql(anpr_cli, postgres, small_dataset, tmp_path):
     for photo in small_dataset.glob("*.jpg"):
         (images / photo.name).write_bytes(photo.read_bytes())
     url = postgres.new_database()
-    result = anpr_cli("run", str(images), "--db", url, "--jsonl")
+    result = anpr_cli("run", str(images), "--config", str(PARKING_CONFIG), "--db", url, "--jsonl")
     assert result.returncode == 0, result.stderr
     reported = [json.loads(line) for line in result.stdout.splitlines()]
     store = ReadStore(url)
     stored = store.reads()
     store.close()
     assert len(stored) == len(reported) >= 4
-    assert [(r.frame, r.plate) for r in stored] == [(o["frame"], o["plate"]) for o in reported]
+    assert [(r.read.frame, r.read.plate) for r in stored] == [(o["frame"], o["plate"]) for o in reported]
 
 
 def test_eval_json_on_the_annotated_set(anpr_cli, dataset):
@@ -112,18 +114,29 @@ def _bad_inputs(tmp_path):
         "zero-byte video": [str(empty)],
         "unanswered rtsp": [f"rtsp://127.0.0.1:{_closed_port()}/stream"],
         "folder with non-images": [str(mixed)],
-        "invalid config": [str(noise), "--config", str(tmp_path / "missing.yaml")],
+
         "bad batch": [str(noise), "--batch", "0"],
         "unknown ocr": [str(noise), "--ocr", "tesseract"],
     }
 
 
+def test_invalid_config_is_one_line_error(anpr_cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("controller:\n  type: municipality\n  nme: typo\n")
+    for config, message in ((tmp_path / "missing.yaml", "config file not found"),
+                            (bad, "unknown key 'controller.nme'")):
+        result = anpr_cli("run", "x.mp4", "--config", str(config), "--db", str(tmp_path / "x.sqlite"))
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.sqlite").exists()
+
+
 def test_bad_input_gives_one_line_error_and_writes_nothing(anpr_cli, tmp_path):
     for case, args in _bad_inputs(tmp_path).items():
         db = tmp_path / f"{case.replace(' ', '-')}.sqlite"
-        result = anpr_cli("run", *args, "--db", str(db), timeout=60)
+        result = anpr_cli("run", *args, "--config", str(PARKING_CONFIG), "--db", str(db), timeout=60)
         assert result.returncode == 2, (case, result.stderr)
-        lines = result.stderr.strip().splitlines()
+        lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("anpr: purpose ")]
         assert len(lines) == 1 and lines[0].startswith("anpr: error: "), (case, result.stderr)
         assert "Traceback" not in result.stderr and result.stdout == ""
         assert not db.exists(), case

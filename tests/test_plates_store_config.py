@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from anpr.config import load_settings
 from anpr.errors import ConfigError, StoreError
 from anpr.plates import PLATE_ALPHABET, PlateRead, normalise, same_plate
+from anpr.policy.gate import PolicedRead
 from anpr.store import ReadStore, database_url
 
 
@@ -32,9 +33,10 @@ def test_same_plate_folds_o_and_zero_only():
     assert not same_plate("RK199AN", "RK099AN")
 
 
-def _read(plate: str, frame: int) -> PlateRead:
-    return PlateRead("cam-1", frame, 1700000000.0 + frame, plate, plate.lower(), 0.8, 0.9, 0.88,
+def _read(plate: str, frame: int) -> PolicedRead:
+    read = PlateRead("clip.mp4", frame, 1700000000.0 + frame, plate, plate.lower(), 0.8, 0.9, 0.88,
                      (10.0, 20.0, 110.0, 50.0), "plate-yolov8n@abc", "ppocrv4-rec@def")
+    return PolicedRead(read, "cam-1", "parking_fps", "FR-FPS", 1700086400.0 + frame, hit=False)
 
 
 def _round_trip(store: ReadStore) -> None:
@@ -44,6 +46,12 @@ def _round_trip(store: ReadStore) -> None:
     assert store.count() == 2
     assert store.reads() == reads
     assert store.reads(source="other") == []
+    assert store.reads(plate="XY987ZT") == reads[1:]
+    assert store.purge(now=1700086400.9) == 0  # no deadline has passed yet
+    assert store.purge(now=1700086401.5) == 1  # the first read's deadline has
+    assert store.reads() == reads[1:]
+    assert store.purge(now=1700086402.0) == 1  # a deadline is inclusive
+    assert store.count() == 0
 
 
 def test_sqlite_round_trip(tmp_path):
@@ -51,9 +59,10 @@ def test_sqlite_round_trip(tmp_path):
     store = ReadStore(str(path))
     assert not path.exists()  # nothing is created before the first write
     _round_trip(store)
+    store.write([_read("AB123CD", 5)])
+    row = sqlite3.connect(path).execute("select plate, camera, purpose, rule_id, delete_after, x2 from reads").fetchone()
+    assert row == ("AB123CD", "cam-1", "parking_fps", "FR-FPS", 1700086405.0, 110.0)
     store.close()
-    rows = sqlite3.connect(path).execute("select plate, x2, detector_model from reads order by id").fetchall()
-    assert rows == [("AB123CD", 110.0, "plate-yolov8n@abc"), ("XY987ZT", 110.0, "plate-yolov8n@abc")]
 
 
 def test_postgresql_round_trip(postgres):

@@ -4,6 +4,7 @@ import json
 import sqlite3
 
 from anpr.plates import same_plate
+from conftest import PARKING_CONFIG
 from support.rtsp import RtspServer
 
 
@@ -11,7 +12,7 @@ def test_run_reads_plates_from_a_real_rtsp_stream(anpr_cli, clip_h264, tmp_path)
     """A GStreamer RTSP server streams the 6-passage clip in real time; reads arrive."""
     db = tmp_path / "live.sqlite"
     with RtspServer(clip_h264) as server:
-        result = anpr_cli("run", server.url, "--db", str(db), "--jsonl", timeout=180)
+        result = anpr_cli("run", server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl", timeout=180)
     assert result.returncode == 0, result.stderr
     objects = [json.loads(line) for line in result.stdout.splitlines()]
     assert objects and {o["source"] for o in objects} == {server.url}
@@ -38,7 +39,7 @@ def test_ctrl_c_ends_a_live_run_with_every_reported_read_stored(clip_h264, tmp_p
     exe = shutil.which("anpr") or str(Path(sys.executable).parent / "anpr")
     db = tmp_path / "live.sqlite"
     with RtspServer(clip_h264, loop=True) as server:  # never ends by itself
-        process = subprocess.Popen([exe, "run", server.url, "--db", str(db), "--jsonl"],
+        process = subprocess.Popen([exe, "run", server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             selector = selectors.DefaultSelector()

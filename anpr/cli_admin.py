@@ -1,0 +1,218 @@
+"""`anpr policy`, `anpr db` and `anpr audit`: what a deployment may do, retention, queries, audit."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+policy_app = typer.Typer(no_args_is_help=True, help="What a deployment may and may not do, and why.")
+db_app = typer.Typer(no_args_is_help=True, help="Retention and gated queries on the read database.")
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+
+ConfigArgument = Annotated[Path, typer.Argument(help="Deployment config (YAML).")]
+ConfigOption = Annotated[Path, typer.Option("--config", help="Deployment config (YAML).")]
+DbOption = Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL or SQLite path (default: the config's, else anpr.sqlite).")]
+
+
+def _deployment(config: Path, db: str | None = None):
+    from anpr.config import load_settings
+    from anpr.errors import ConfigError
+    from anpr.policy.engine import Policy
+
+    settings = load_settings(config, {"store": {"url": db}})
+    if not settings.declares_deployment:
+        raise ConfigError(f"{config}: declares no deployment (no 'controller')")
+    return settings, Policy(settings)
+
+
+@policy_app.command("check")
+def policy_check(config: ConfigArgument) -> None:
+    """Exit 0 if every purpose is allowed, 3 if any is denied, 2 if the config is invalid."""
+    settings, policy = _deployment(config)
+    for decision in policy.decisions.values():
+        verdict = "allowed" if decision.allowed else "DENIED"
+        print(f"{decision.purpose}: {verdict} by {decision.rule.id}: {'; '.join(decision.reasons)} "
+              f"[{decision.legal_reference}]")
+    if not all(d.allowed for d in policy.decisions.values()):
+        print(f"{config}: non-compliant", file=sys.stderr)
+        raise typer.Exit(3)
+    print(f"{config}: compliant", file=sys.stderr)
+
+
+@policy_app.command("explain")
+def policy_explain(config: ConfigArgument,
+                   as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+    """Per purpose: verdict, rule, legal reference, retention, missing safeguards, verified or not."""
+    from anpr.policy.engine import describe_safeguard
+    from anpr.policy.rules import CONTROLLER_TYPES, PURPOSES
+
+    settings, policy = _deployment(config)
+    explained = []
+    for decision in policy.decisions.values():
+        cameras = [c.id for c in settings.cameras if decision.purpose in c.purposes]
+        explained.append({
+            "purpose": decision.purpose,
+            "purpose_meaning": PURPOSES.get(decision.purpose, "unknown purpose"),
+            "cameras": cameras,
+            "verdict": decision.verdict.value,
+            "rule": decision.rule.id,
+            "legal_reference": decision.legal_reference,
+            "verified": decision.rule.verified,
+            "reasons": list(decision.reasons),
+            "retention": decision.rule.retention.summary,
+            "retention_days": decision.retention_days,
+            "hit_retention_days": decision.hit_days if decision.allowed else None,
+            "retention_notes": list(decision.retention_notes),
+            "missing_safeguards": list(decision.missing_safeguards),
+            "minimisation": decision.rule.minimisation.value,
+            "sinks": settings.purposes[decision.purpose].sinks if decision.allowed else [],
+        })
+    if as_json:
+        print(json.dumps({"config": str(config), "controller": settings.controller.model_dump(),
+                          "purposes": explained}, ensure_ascii=False))
+        return
+    controller = settings.controller
+    print(f"{config}: {settings.name or '(unnamed deployment)'}")
+    print(f"controller: {controller.name} ({controller.type}: "
+          f"{CONTROLLER_TYPES.get(controller.type, 'unknown controller type')}), jurisdiction {controller.jurisdiction}")
+    for item in explained:
+        print()
+        print(f"purpose {item['purpose']} ({item['purpose_meaning']}), cameras: {', '.join(item['cameras']) or '-'}")
+        print(f"  verdict:    {item['verdict'].upper()} by rule {item['rule']}")
+        print(f"  why:        {'; '.join(item['reasons'])}")
+        print(f"  legal ref:  {item['legal_reference']}")
+        print(f"  rule text:  {'verified' if item['verified'] else 'UNVERIFIED (rests on secondary reporting)'}")
+        if item["verdict"] == "allow":
+            print(f"  retention:  {item['retention']}"
+                  + (f"; here {item['retention_days']:g} days" if item["retention_days"] is not None else ""))
+            print(f"  keeps:      {'aggregate counts only, no plate text' if item['minimisation'] == 'aggregate' else 'reads'}"
+                  f" -> {', '.join(item['sinks'])}")
+        for note in item["retention_notes"]:
+            print(f"  warning:    {note}")
+        for name in item["missing_safeguards"]:
+            print(f"  missing:    {name} ({describe_safeguard(name)})")
+    print()
+    print("This is a model of the rules in LEGAL.md, not legal advice.")
+
+
+def _store(settings):
+    from anpr.store import ReadStore
+
+    return ReadStore(settings.store.url)
+
+
+@db_app.command("purge")
+def db_purge(
+    config: ConfigOption,
+    db: DbOption = None,
+    now: Annotated[Optional[float], typer.Option("--now", help="Unix time to purge as of (default: now).")] = None,
+) -> None:
+    """Delete every read whose retention deadline has passed."""
+    from anpr.audit import AuditLog
+
+    settings, _ = _deployment(config, db)
+    store = _store(settings)
+    try:
+        deleted = store.purge(time.time() if now is None else now)
+        AuditLog(store.engine).append("purge", "operator", {"deleted": deleted})
+        print(f"purged {deleted} read(s) past their deadline")
+    finally:
+        store.close()
+
+
+def _delete_fps(config: Path, db: str | None, plate: str, user: str, action: str) -> None:
+    from anpr.audit import AuditLog
+    from anpr.errors import PolicyRefusal
+    from anpr.plates import normalise
+
+    settings, policy = _deployment(config, db)
+    fps = [d for d in policy.decisions.values() if d.allowed and d.rule.retention.delete_on_payment]
+    if not fps:
+        raise PolicyRefusal(f"{config}: no allowed purpose of this deployment deletes reads on payment or finding")
+    store = _store(settings)
+    try:
+        deleted = sum(store.delete_plate(normalise(plate), d.rule.id) for d in fps)
+        # The audit entry records that reads were deleted, not whose: keeping the plate here would undo the deletion.
+        AuditLog(store.engine).append(action, user, {"rules": [d.rule.id for d in fps], "deleted": deleted})
+        print(f"deleted {deleted} read(s)")
+    finally:
+        store.close()
+
+
+@db_app.command("mark-paid")
+def db_mark_paid(
+    plate: Annotated[str, typer.Argument(help="Plate with a valid parking payment.")],
+    config: ConfigOption,
+    db: DbOption = None,
+    user: Annotated[str, typer.Option("--user", help="Who records the payment.")] = "payment-system",
+) -> None:
+    """Parking check (FPS): delete the reads of a plate matched to a valid payment."""
+    _delete_fps(config, db, plate, user, "mark-paid")
+
+
+@db_app.command("record-finding")
+def db_record_finding(
+    plate: Annotated[str, typer.Argument(help="Plate whose unpaid parking an agent has recorded.")],
+    config: ConfigOption,
+    user: Annotated[str, typer.Option("--user", help="The agent who recorded the finding.")],
+    db: DbOption = None,
+) -> None:
+    """Parking check (FPS): delete the reads of an unpaid plate once an agent has recorded the finding."""
+    _delete_fps(config, db, plate, user, "record-finding")
+
+
+@db_app.command("search")
+def db_search(
+    plate: Annotated[str, typer.Argument(help="Plate to look up.")],
+    purpose: Annotated[str, typer.Option("--purpose", help="The purpose the query serves.")],
+    user: Annotated[str, typer.Option("--user", help="Who asks (written to the audit log).")],
+    config: ConfigOption,
+    procedure: Annotated[Optional[str], typer.Option("--procedure", help="Criminal or customs procedure id.")] = None,
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per row.")] = False,
+) -> None:
+    """Reads of PLATE that PURPOSE may see; refused (exit 3) when the purpose or user may not query."""
+    from anpr.audit import AuditLog
+    from anpr.errors import PolicyRefusal
+    from anpr.policy.queries import search
+
+    settings, policy = _deployment(config, db)
+    store = _store(settings)
+    try:
+        result = search(store, policy, AuditLog(store.engine), plate, purpose, user, procedure)
+    finally:
+        store.close()
+    if not result.allowed:
+        raise PolicyRefusal(f"query refused: {result.reason}")
+    for row in result.rows:
+        if as_json:
+            print(json.dumps(row.as_json()))
+        else:
+            print(f"{row.read.plate:<12} camera {row.camera:<16} frame {row.read.frame:>6} time {row.read.time:>12.2f} "
+                  f"purpose {row.purpose} {'HIT ' if row.hit else ''}delete after "
+                  f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(row.delete_after))} UTC")
+    print(f"{len(result.rows)} row(s); {result.reason}", file=sys.stderr)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    db: Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL or SQLite path.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Take the database from this config.")] = None,
+) -> None:
+    """Check the audit log's hash chain; names every edited, deleted or reordered entry (exit 1)."""
+    from anpr.audit import verify_database
+    from anpr.config import load_settings
+
+    url = load_settings(config, {"store": {"url": db}}).store.url
+    problems = verify_database(url)
+    for problem in problems:
+        print(f"{problem.kind}: {problem.message}")
+    if problems:
+        print(f"audit log: {len(problems)} problem(s)", file=sys.stderr)
+        raise typer.Exit(1)
+    print("audit log: chain intact", file=sys.stderr)
