@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Boolean, Float, Integer, String, UniqueConstraint, create_engine, delete, func, select
+from sqlalchemy import Boolean, Float, Integer, String, UniqueConstraint, create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -111,6 +111,8 @@ class ReadStore:
                 if not parent.is_dir():
                     raise StoreError(f"database folder does not exist: {parent}")
             self._engine: Engine = create_engine(url, pool_pre_ping=True)
+            if url.get_backend_name() == "sqlite":
+                event.listen(self._engine, "connect", _sqlite_secure_delete)
         except (ArgumentError, ImportError, ValueError) as exc:
             raise StoreError(f"invalid database URL {self.url!r}: {exc}") from None
         self._ready = False
@@ -198,6 +200,12 @@ class ReadStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _sqlite_secure_delete(connection, _record) -> None:
+    # A deleted row otherwise stays readable in the file's free pages: retention would
+    # delete the read in name only.
+    connection.execute("PRAGMA secure_delete = ON")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -65,6 +65,16 @@ def test_sqlite_round_trip(tmp_path):
     store.close()
 
 
+def test_purged_reads_leave_no_trace_in_the_sqlite_file(tmp_path):
+    path = tmp_path / "reads.sqlite"
+    store = ReadStore(str(path))
+    store.write([_read("QW12ERT", 1), _read("ZX98CVB", 2)])
+    assert store.purge(now=1700086402.0) == 2
+    store.close()
+    content = path.read_bytes()
+    assert b"QW12ERT" not in content and b"ZX98CVB" not in content
+
+
 def test_postgresql_round_trip(postgres):
     store = ReadStore(postgres.new_database())
     _round_trip(store)
