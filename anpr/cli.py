@@ -267,6 +267,7 @@ def evaluate_command(
     print(f"images            {summary['images']}")
     print(f"detection recall  {summary['detection_recall']:.3f}  (IoU >= 0.3)")
     print(f"exact plates      {summary['exact']:.3f}")
+    print(f"right in top 3    {summary['top3']:.3f}")
     print(f"ms per image      {summary['ms_per_image']:.1f}")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from anpr.detect import Detections, PlateDetector
 from anpr.errors import DatasetError
 from anpr.ocr import PlateRecogniser, cut_plates
-from anpr.plates import same_plate
+from anpr.plates import choose_plate, same_plate
 
 MATCH_IOU = 0.3
 ANNOTATION_FIELDS = ("image", "x", "y", "width", "height", "plate")
@@ -38,6 +38,7 @@ class ImageResult:
     expected: str
     read: str | None  # None when the plate was not found
     iou: float
+    candidates: tuple[str, ...] = ()  # best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,11 @@ class EvalReport:
         return sum(r.read is not None and same_plate(r.read, r.expected) for r in self.results) / max(self.images, 1)
 
     @property
+    def top3(self) -> float:
+        """Share of plates whose right text is among the first three candidates."""
+        return sum(any(same_plate(c, r.expected) for c in r.candidates[:3]) for r in self.results) / max(self.images, 1)
+
+    @property
     def ms_per_image(self) -> float:
         return 1000.0 * self.seconds / max(self.images, 1)
 
@@ -66,6 +72,7 @@ class EvalReport:
             "images": self.images,
             "detection_recall": round(self.detection_recall, 4),
             "exact": round(self.exact, 4),
+            "top3": round(self.top3, 4),
             "ms_per_image": round(self.ms_per_image, 1),
         }
 
@@ -141,10 +148,12 @@ def evaluate(
             matched.append(int(candidates[best]) if found else -1)
             ious.append(float(overlaps[best]) if best >= 0 else 0.0)
         chosen = np.array([m for m in matched if m >= 0], np.int64)
-        texts = recogniser.recognise(cut_plates(images, detections[chosen])).text if len(chosen) else []
-        text_of = dict(zip(chosen.tolist(), texts))
+        reads = recogniser.recognise(cut_plates(images, detections[chosen])).candidates if len(chosen) else []
+        plate_of = dict(zip(chosen.tolist(), (choose_plate(c) for c in reads)))
         for annotation, match, iou in zip(batch, matched, ious):
-            results.append(ImageResult(annotation.image.name, annotation.plate, text_of.get(match), iou))
+            plate = plate_of.get(match)
+            results.append(ImageResult(annotation.image.name, annotation.plate, plate.plate if plate else None, iou,
+                                       tuple(t for t, _ in plate.candidates) if plate else ()))
         if progress:
             progress(len(results), len(annotations))
     return EvalReport(results, time.perf_counter() - started)

@@ -17,7 +17,7 @@ import numpy as np
 
 from anpr.detect import Detections, PlateDetector
 from anpr.ocr import PlateRecogniser, TextReads, cut_plates
-from anpr.plates import PlateRead, normalise
+from anpr.plates import PlateRead, choose_plate
 from anpr.source import FrameBatch, FrameReader
 
 MIN_PLATE_LENGTH = 2  # shorter strings are OCR noise, not a registration
@@ -55,21 +55,20 @@ def assemble_reads(
     min_confidence: float = 0.0,
 ) -> list[PlateRead]:
     """One PlateRead per detection whose text looks like a registration."""
-    plates = [normalise(t) for t in texts.text]  # already plate letters; normalise guards other backends
-    combined = detections.confidence * texts.confidence
-    keep = np.flatnonzero(
-        (np.fromiter((len(p) for p in plates), np.int32, len(plates)) >= MIN_PLATE_LENGTH)
-        & (combined >= min_confidence)
-    )
     reads = []
-    for i in keep:
+    for i, candidates in enumerate(texts.candidates):
+        chosen = choose_plate(candidates)
+        combined = float(detections.confidence[i]) * chosen.confidence
+        if len(chosen.plate) < MIN_PLATE_LENGTH or combined < min_confidence:
+            continue
         frame = batch.frames[detections.frame[i]]
         reads.append(PlateRead(
-            source=frame.source, frame=frame.index, time=frame.time, plate=plates[i], raw_text=texts.raw[i],
-            confidence=float(combined[i]), ocr_confidence=float(texts.confidence[i]),
+            source=frame.source, frame=frame.index, time=frame.time, plate=chosen.plate, raw_text=texts.raw[i],
+            confidence=combined, ocr_confidence=chosen.confidence,
             detector_confidence=float(detections.confidence[i]),
             box=tuple(float(v) for v in detections.xyxy[i]),  # type: ignore[arg-type]
             detector_model=detector_model, ocr_model=ocr_model,
+            candidates=chosen.candidates, country=chosen.country, format=chosen.format,
         ))
     return reads
 

@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Boolean, Float, Integer, String, UniqueConstraint, create_engine, delete, event, func, select
+import json
+
+from sqlalchemy import Boolean, Float, Integer, String, Text, UniqueConstraint, create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -51,6 +53,9 @@ class ReadRow(Base):
     y2: Mapped[float] = mapped_column(Float)
     detector_model: Mapped[str] = mapped_column(String(128))
     ocr_model: Mapped[str] = mapped_column(String(128))
+    candidates: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[text, probability], ...]
+    country: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    format: Mapped[str | None] = mapped_column(String(16), nullable=True)
     stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(timezone.utc))
 
     @classmethod
@@ -64,6 +69,7 @@ class ReadRow(Base):
             confidence=read.confidence, ocr_confidence=read.ocr_confidence,
             detector_confidence=read.detector_confidence, x1=x1, y1=y1, x2=x2, y2=y2,
             detector_model=read.detector_model, ocr_model=read.ocr_model,
+            candidates=json.dumps([[t, p] for t, p in read.candidates]), country=read.country, format=read.format,
         )
 
     def to_policed(self) -> PolicedRead:
@@ -72,6 +78,8 @@ class ReadRow(Base):
             confidence=self.confidence, ocr_confidence=self.ocr_confidence,
             detector_confidence=self.detector_confidence, box=(self.x1, self.y1, self.x2, self.y2),
             detector_model=self.detector_model, ocr_model=self.ocr_model,
+            candidates=tuple((t, p) for t, p in json.loads(self.candidates or "[]")),
+            country=self.country, format=self.format,
         )
         return PolicedRead(read, self.camera, self.purpose, self.rule_id, self.delete_after, self.hit)
 

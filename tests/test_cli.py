@@ -46,7 +46,8 @@ def test_run_jsonl_writes_one_object_per_read(anpr_cli, clip_h264, tmp_path):
     stored = sqlite3.connect(db).execute("select count(*) from reads").fetchone()[0]
     assert len(objects) == stored > 0
     for obj in objects:
-        assert {"source", "frame", "time", "plate", "confidence", "box"} <= obj.keys()
+        assert {"source", "frame", "time", "plate", "confidence", "box", "candidates", "country"} <= obj.keys()
+        assert obj["candidates"][0][0] == obj["plate"]
         assert obj["source"] == str(clip_h264) and len(obj["box"]) == 4
 
 
@@ -86,10 +87,12 @@ def test_eval_json_on_the_annotated_set(anpr_cli, dataset):
     result = anpr_cli("eval", str(dataset), "--json", timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"images", "detection_recall", "exact", "ms_per_image"}
+    assert set(report) == {"images", "detection_recall", "exact", "top3", "ms_per_image"}
     assert report["images"] == 108
     assert report["detection_recall"] >= 0.95
-    assert report["exact"] >= 0.70
+    # Measured 0.926 / 0.972 (benchmarks/RESULTS.md); these floors catch a regression.
+    assert report["exact"] >= 0.90
+    assert report["top3"] >= 0.95 and report["top3"] >= report["exact"]
     assert report["ms_per_image"] > 0
 
 
