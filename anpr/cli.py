@@ -96,6 +96,47 @@ class _JsonLines:
         sys.stdout.flush()
 
 
+class _Passages:
+    """Groups kept reads into passages (one tracker per purpose) and prints each as it closes."""
+
+    def __init__(self, jsonl: bool) -> None:
+        from anpr.track import PassageTracker
+
+        self.jsonl = jsonl
+        self.trackers: dict[str, PassageTracker] = defaultdict(PassageTracker)
+        self.camera: dict[str, str] = {}
+        self.printed: list[dict] = []
+
+    def write(self, reads) -> None:
+        by_purpose: dict[str, list] = defaultdict(list)
+        for policed in reads:
+            by_purpose[policed.purpose].append(policed.read)
+            self.camera[policed.purpose] = policed.camera
+        for purpose, purpose_reads in by_purpose.items():
+            self._emit(purpose, self.trackers[purpose].update(purpose_reads))
+
+    def finish(self) -> None:
+        for purpose, tracker in self.trackers.items():
+            self._emit(purpose, tracker.flush())
+
+    def _emit(self, purpose: str, passages) -> None:
+        for passage in passages:
+            voted = passage.vote()
+            first, last = passage.reads[0], passage.reads[-1]
+            record = {
+                "source": first.source, "camera": self.camera.get(purpose), "purpose": purpose,
+                "plate": voted.plate, "confidence": round(voted.confidence, 4),
+                "candidates": [[t, round(p, 4)] for t, p in voted.candidates],
+                "country": voted.country, "format": voted.format,
+                "first_frame": first.frame, "last_frame": last.frame,
+                "first_time": round(first.time, 3), "last_time": round(last.time, 3), "reads": len(passage.reads),
+            }
+            self.printed.append(record)
+            if self.jsonl:
+                sys.stdout.write(json.dumps(record) + "\n")
+                sys.stdout.flush()
+
+
 def _install_stop_handler() -> threading.Event:
     """First Ctrl-C (or SIGTERM) asks the loop to stop after its batch; a second one aborts."""
     stop = threading.Event()
@@ -165,6 +206,8 @@ def run(
     batch: BatchOption = None,
     device: DeviceOption = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Write one JSON object per kept read to stdout.")] = False,
+    passages: Annotated[bool, typer.Option("--passages", help="Group reads of one vehicle into passages: "
+                                           "with --jsonl one object per passage, else a passage table.")] = False,
     demo: Annotated[bool, typer.Option("--demo", help="Run even when every purpose is denied, to show the reads blocked.")] = False,
 ) -> None:
     """Read plates from SOURCE under a deployment's policy, to the end of a file or until Ctrl-C."""
@@ -206,8 +249,9 @@ def run(
                                      input_size=settings.detector.input_size, device=settings.detector.device)
         recogniser = make_recogniser(settings.pipeline.ocr)
         tally = _PlateTally()
-        gate = PolicyGate(policy, camera, store, make_sinks(settings, store),
-                          outputs=[tally] + ([_JsonLines()] if jsonl else []))
+        passage_output = _Passages(jsonl) if passages else None
+        outputs = [tally] + ([passage_output] if passage_output else [_JsonLines()] if jsonl else [])
+        gate = PolicyGate(policy, camera, store, make_sinks(settings, store), outputs=outputs)
         pipeline = Pipeline(detector, recogniser, [gate], settings.pipeline.batch, settings.pipeline.min_confidence)
         progress = _ProgressLine(getattr(frame_source, "frame_count", None) or None)
         stop = _install_stop_handler()
@@ -218,11 +262,18 @@ def run(
                 f"{settings.pipeline.batch}, device {settings.detector.device}) into {store.safe_url}")
         stats = pipeline.run(FrameReader(frame_source, settings.pipeline.queue), stop=stop, progress=progress)
         progress.done()
+        if passage_output:
+            passage_output.finish()
         audit.append("run.end", "pipeline", {
             "camera": camera.id, "frames": stats.frames, "reads_seen": gate.tally.seen,
             "kept": dict(gate.tally.stored), "purged": gate.tally.purged,
             "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in gate.tally.counted.items()}})
-        _print_summary(tally, gate.tally, stats, store.safe_url, plate_table=not jsonl)
+        if passage_output and not jsonl:
+            print(f"{'plate':<12} {'conf':>5} {'reads':>5}  {'first s':>8} {'last s':>8}  country")
+            for p in passage_output.printed:
+                print(f"{p['plate']:<12} {p['confidence']:>5.2f} {p['reads']:>5}  {p['first_time']:>8.2f} "
+                      f"{p['last_time']:>8.2f}  {p['country'] or '-'}")
+        _print_summary(tally, gate.tally, stats, store.safe_url, plate_table=not jsonl and not passages)
     finally:
         store.close()
 

@@ -157,3 +157,27 @@ def evaluate(
         if progress:
             progress(len(results), len(annotations))
     return EvalReport(results, time.perf_counter() - started)
+
+
+def score_passages(truth: list[dict], reported: list[dict]) -> dict[str, object]:
+    """Reported passages against the true ones of a clip (both with first_frame, last_frame, plate).
+
+    A reported passage belongs to the true passage containing its middle frame. A true
+    passage is right when exactly one reported passage belongs to it and has its plate;
+    every other reported passage is spurious (wrong plate, duplicate, or no vehicle).
+    """
+    owners: dict[int, list[dict]] = {i: [] for i in range(len(truth))}
+    for passage in reported:
+        middle = (passage["first_frame"] + passage["last_frame"]) / 2
+        owner = next((i for i, t in enumerate(truth) if t["first_frame"] <= middle <= t["last_frame"]), None)
+        if owner is not None:
+            owners[owner].append(passage)
+    right = [len(found) == 1 and same_plate(found[0]["plate"], truth[i]["plate"]) for i, found in owners.items()]
+    return {
+        "passages": len(truth),
+        "reported": len(reported),
+        "exactly_once_right": round(sum(right) / max(len(truth), 1), 4),
+        "spurious": round((len(reported) - sum(right)) / max(len(reported), 1), 4),
+        "missed": sum(not found for found in owners.values()),
+        "wrong": [(truth[i]["plate"], [f["plate"] for f in owners[i]]) for i, ok in enumerate(right) if not ok],
+    }

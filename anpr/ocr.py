@@ -102,7 +102,7 @@ def strip_blue_band(crop: np.ndarray) -> np.ndarray:
 # letters, a coat of arms, a dealer's name or a frame edge are not. These bounds say
 # what a character-shaped connected component is, relative to the plate crop.
 WORK_HEIGHT = 64  # the crop is analysed at this height
-GLYPH_HEIGHT = (0.28, 0.95)  # share of crop height
+GLYPH_HEIGHT = (0.2, 0.95)  # share of crop height
 GLYPH_ASPECT = (0.9, 8.0)  # height / width: from a wide W to a thin 1
 GLYPH_MAX_WIDTH = 0.3  # share of crop width
 GLYPH_HEIGHT_TOLERANCE = 0.22  # a glyph's height within this share of the median glyph's
@@ -110,7 +110,9 @@ GLYPH_CENTRE_TOLERANCE = 0.35  # vertical centre within this share of the median
 MIN_GLYPHS = 3
 THRESHOLD_BLOCK = 31  # px at WORK_HEIGHT: about a character's height
 THRESHOLD_OFFSET = 8  # grey levels darker than the neighbourhood's mean to count as ink
-SPAN_PADDING = 0.25  # of glyph height, around the characters' span
+MIN_SKEW_DEGREES = 2.0  # below this a rotation costs more sharpness than it gains
+MAX_SKEW_DEGREES = 30.0  # beyond this the fitted row is not a row of characters
+SPAN_PADDING = 0.5  # of glyph height, around the characters' span
 
 
 def _glyph_boxes(binary: np.ndarray) -> np.ndarray:
@@ -165,12 +167,8 @@ def _extend_row(binary: np.ndarray, glyphs: np.ndarray) -> tuple[int, int]:
     return left, right
 
 
-def isolate_characters(crop: np.ndarray) -> np.ndarray:
-    """The crop cut down to the span of its registration characters.
-
-    Both polarities are tried (dark on light, light on dark); the one that yields more
-    aligned glyphs wins. Without at least MIN_GLYPHS the crop is returned unchanged.
-    """
+def _binarise(crop: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Scale to WORK_HEIGHT, ink image (dark or light text, whichever gives more glyphs), glyph boxes."""
     height, width = crop.shape[:2]
     scale = WORK_HEIGHT / max(height, 1)
     grey = cv2.cvtColor(cv2.resize(crop, (max(1, round(width * scale)), WORK_HEIGHT)), cv2.COLOR_BGR2GRAY)
@@ -182,6 +180,36 @@ def isolate_characters(crop: np.ndarray) -> np.ndarray:
                                        THRESHOLD_BLOCK, -THRESHOLD_OFFSET)
     binary, glyphs = max(((dark_text, _glyph_boxes(dark_text)), (light_text, _glyph_boxes(light_text))),
                          key=lambda pair: len(pair[1]))
+    return scale, binary, glyphs
+
+
+def _row_angle(glyphs: np.ndarray) -> float:
+    """Tilt of the character row in degrees, from a line through the glyphs' bottoms."""
+    if len(glyphs) < MIN_GLYPHS:
+        return 0.0
+    slope = np.polyfit(glyphs[:, 0] + glyphs[:, 2] / 2, glyphs[:, 1] + glyphs[:, 3], 1)[0]
+    return float(np.degrees(np.arctan(slope)))
+
+
+def deskew(crop: np.ndarray) -> np.ndarray:
+    """The crop rotated so that its character row is level (a camera rarely sees plates square)."""
+    _, _, glyphs = _binarise(crop)
+    angle = _row_angle(glyphs)
+    if abs(angle) < MIN_SKEW_DEGREES or abs(angle) > MAX_SKEW_DEGREES:
+        return crop
+    height, width = crop.shape[:2]
+    rotation = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    return cv2.warpAffine(crop, rotation, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def isolate_characters(crop: np.ndarray) -> np.ndarray:
+    """The crop cut down to the span of its registration characters.
+
+    Both polarities are tried (dark on light, light on dark); the one that yields more
+    aligned glyphs wins. Without at least MIN_GLYPHS the crop is returned unchanged.
+    """
+    height, width = crop.shape[:2]
+    scale, binary, glyphs = _binarise(crop)
     if not len(glyphs):
         return crop
     left, right = _extend_row(binary, glyphs)
@@ -317,7 +345,7 @@ class CtcRecogniser:
         # Cutting to the row drops emblems and frames but can clip a character; the
         # whole plate keeps every character but adds clutter. Their candidates are pooled,
         # so neither cut alone decides the read.
-        stripped = [strip_blue_band(c) for c in crops]
+        stripped = [strip_blue_band(deskew(c)) for c in crops]
         rows = [isolate_characters(c) for c in stripped]
         outputs = self._read_lines(rows + stripped)
         text, raw, candidates = [], [], []

@@ -51,6 +51,21 @@ def test_run_jsonl_writes_one_object_per_read(anpr_cli, clip_h264, tmp_path):
         assert obj["source"] == str(clip_h264) and len(obj["box"]) == 4
 
 
+def test_run_passages_reports_each_vehicle_once(anpr_cli, clip_h264, tmp_path):
+    from anpr.eval import score_passages
+
+    result = anpr_cli("run", str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(tmp_path / "p.sqlite"),
+                      "--jsonl", "--passages")
+    assert result.returncode == 0, result.stderr
+    reported = [json.loads(line) for line in result.stdout.splitlines()]
+    for passage in reported:
+        assert {"plate", "confidence", "candidates", "country", "format", "first_frame", "last_frame",
+                "first_time", "last_time", "reads"} <= passage.keys()
+        assert passage["candidates"][0][0] == passage["plate"] and passage["first_frame"] <= passage["last_frame"]
+    scored = score_passages(_passages(clip_h264), reported)
+    assert scored["exactly_once_right"] >= 5 / 6 and scored["spurious"] <= 1 / 6, scored
+
+
 def test_run_with_config_file_and_easyocr(anpr_cli, small_dataset, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -1,0 +1,135 @@
+"""Passages: the reads of one vehicle across frames, voted into one plate.
+
+A read joins the open passage of its source whose last box it overlaps, or whose plate
+it resembles, within `max_gap` frames; otherwise it opens a passage of its own. A
+passage closes when no read has joined it for `max_gap` frames. Its plate is a
+character-wise vote: the reads of the most supported length vote, position by
+position, each with its confidence; the result is then fitted to the plate formats.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+
+import numpy as np
+
+from anpr.formats import best_format
+from anpr.plates import PlateRead
+
+# A read joins a passage when its text resembles the passage's (a misread of one plate
+# shares most characters; two plates of one district share two or three) and either its
+# box overlaps the passage's last box or its text is nearly the same. Overlap alone is not
+# enough: at a cut, the next vehicle's plate can sit where the last one was.
+JOIN_MIN_SIMILARITY = 0.5  # difflib ratio
+JOIN_IOU = 0.1
+JOIN_SAME_TEXT = 0.8
+MAX_GAP_FRAMES = 12  # about half a second at 25 fps
+MIN_READS = 2  # a passage seen in a single frame is more likely a misread than a vehicle
+TOP_CANDIDATES = 5
+
+
+@dataclass
+class Passage:
+    source: str
+    reads: list[PlateRead] = field(default_factory=list)
+
+    @property
+    def last(self) -> PlateRead:
+        return self.reads[-1]
+
+    def vote(self) -> VotedPlate:
+        return vote(self.reads)
+
+
+@dataclass(frozen=True, slots=True)
+class VotedPlate:
+    plate: str
+    confidence: float  # the mean per-position share of the vote the winning characters got
+    candidates: tuple[tuple[str, float], ...]
+    country: str | None
+    format: str | None
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def vote(reads: Sequence[PlateRead]) -> VotedPlate:
+    """Character-wise, confidence-weighted vote over a passage's reads."""
+    by_length: dict[int, float] = defaultdict(float)
+    for read in reads:
+        by_length[len(read.plate)] += read.confidence
+    length = max(by_length, key=lambda n: (by_length[n], n))
+    voters = [r for r in reads if len(r.plate) == length]
+    chars, shares = [], []
+    for position in range(length):
+        tally: dict[str, float] = defaultdict(float)
+        for read in voters:
+            tally[read.plate[position]] += read.confidence
+        winner = max(tally, key=tally.get)
+        chars.append(winner)
+        shares.append(tally[winner] / sum(tally.values()))
+    plate = "".join(chars)
+    match = best_format(plate)
+    if match:
+        plate = match.text
+    # Candidates: every read's candidates, weighted by the read's confidence.
+    pooled: dict[str, float] = defaultdict(float)
+    for read in reads:
+        for text, probability in read.candidates or ((read.plate, 1.0),):
+            pooled[text] += probability * read.confidence
+    total = sum(pooled.values()) or 1.0
+    ranked = [(t, p / total) for t, p in sorted(pooled.items(), key=lambda kv: -kv[1]) if t != plate]
+    candidates = ((plate, float(np.mean(shares))), *ranked[: TOP_CANDIDATES - 1])
+    return VotedPlate(plate, float(np.mean(shares)), candidates, match.country if match else None,
+                      match.pattern if match else None)
+
+
+class PassageTracker:
+    """Groups reads into passages, per source; reads must arrive in frame order."""
+
+    def __init__(self, max_gap: int = MAX_GAP_FRAMES, min_reads: int = MIN_READS) -> None:
+        self.max_gap = max_gap
+        self.min_reads = min_reads
+        self._open: dict[str, list[Passage]] = defaultdict(list)
+
+    def update(self, reads: Sequence[PlateRead]) -> list[Passage]:
+        """Add reads; returns the passages that closed (long enough, voted later by the caller)."""
+        closed: list[Passage] = []
+        for read in sorted(reads, key=lambda r: r.frame):
+            closed += self._close(read.source, read.frame)
+            passages = self._open[read.source]
+            best, best_score = None, 0.0
+            for passage in passages:
+                if passage.last.frame == read.frame:
+                    continue  # one plate per passage per frame
+                overlap = _iou(passage.last.box, read.box)
+                similarity = SequenceMatcher(None, passage.last.plate, read.plate).ratio()
+                if similarity >= JOIN_MIN_SIMILARITY and (overlap >= JOIN_IOU or similarity >= JOIN_SAME_TEXT):
+                    score = overlap + similarity
+                    if score > best_score:
+                        best, best_score = passage, score
+            if best is None:
+                best = Passage(read.source)
+                passages.append(best)
+            best.reads.append(read)
+        return closed
+
+    def _close(self, source: str, frame: int) -> list[Passage]:
+        passages = self._open[source]
+        ended = [p for p in passages if frame - p.last.frame > self.max_gap]
+        self._open[source] = [p for p in passages if p not in ended]
+        return [p for p in ended if len(p.reads) >= self.min_reads]
+
+    def flush(self) -> list[Passage]:
+        """Close every open passage (end of input)."""
+        closed = [p for passages in self._open.values() for p in passages if len(p.reads) >= self.min_reads]
+        self._open.clear()
+        return sorted(closed, key=lambda p: p.reads[0].frame)

@@ -1,0 +1,56 @@
+"""Passage accuracy on a video built from real photos: one vehicle passage every N seconds.
+
+    python benchmarks/passage_accuracy.py [--dataset DIR] [--seconds 2] [--count N] [--clip PATH]
+
+Builds the clip (1920x1080, 25 fps, H.264) unless it exists, runs
+`anpr run CLIP --config configs/paris-fps.yaml --jsonl --passages`, and scores:
+- exactly_once_right: share of true passages reported by exactly one passage with the right plate
+  (O and 0 folded together, as `anpr eval` scores);
+- spurious: share of reported passages that are not that one right passage (a wrong plate, a
+  duplicate, or a passage where no vehicle was).
+A reported passage belongs to the true passage that contains its middle frame.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from anpr.clips import build_clip, dataset_photos
+from anpr.eval import score_passages
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "openalpr-eu")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--count", type=int, default=None)
+    parser.add_argument("--clip", type=Path, default=None)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "paris-fps.yaml")
+    args = parser.parse_args()
+    clip = args.clip or REPO / "benchmarks" / "data" / f"passages-{args.count or 'all'}-{args.seconds:g}s.mp4"
+    if not clip.exists():
+        build_clip(dataset_photos(args.dataset, args.count), clip, (1920, 1080), 25, args.seconds, "h264")
+    truth = json.loads(clip.with_suffix(".json").read_text())["passages"]
+    with tempfile.TemporaryDirectory() as work:
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "anpr", "run", str(clip), "--config", str(args.config),
+                                 "--db", str(Path(work) / "reads.sqlite"), "--jsonl", "--passages"],
+                                capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"anpr run failed: {result.stderr.strip()}")
+    reported = [json.loads(line) for line in result.stdout.splitlines()]
+    print(json.dumps({"clip": str(clip), **score_passages(truth, reported), "seconds": round(seconds, 1)}))
+
+
+if __name__ == "__main__":
+    main()

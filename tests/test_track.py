@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+
+from anpr.eval import score_passages
+from anpr.plates import PlateRead
+from anpr.track import PassageTracker, vote
+
+
+def read(plate: str, frame: int, x: float = 100.0, confidence: float = 0.8, source: str = "cam") -> PlateRead:
+    return PlateRead(source, frame, frame / 25, plate, plate, confidence, 0.9, 0.9, (x, 50.0, x + 120, 80.0), "d", "o",
+                     candidates=((plate, 1.0),))
+
+
+def test_vote_is_character_wise_and_confidence_weighted():
+    reads = [read("RK776A1", 0, confidence=0.6), read("RK776AI", 1, confidence=0.5), read("RK776AI", 2, confidence=0.4),
+             read("RK77", 3, confidence=0.9), read("PK776AI", 4, confidence=0.3)]
+    voted = vote(reads)
+    # Length 7 carries 1.8 against 0.9 for length 4; position 7: I (0.5 + 0.4 + 0.3) beats 1 (0.6).
+    assert voted.plate == "RK776AI" and voted.format == "LLDDDLL"
+    assert voted.candidates[0][0] == "RK776AI" and 0 < voted.confidence <= 1
+
+
+def test_vote_fits_the_winner_to_a_format():
+    assert vote([read("RK7S5AJ", 0), read("RK7S5AJ", 1)]).plate == "RK755AJ"
+
+
+def test_tracker_groups_one_vehicle_and_splits_at_a_cut():
+    tracker = PassageTracker(max_gap=5, min_reads=2)
+    first = [read("AB123CD", f, x=100 + 3 * f) for f in range(10)] + [read("A8123CD", 10, x=130)]
+    # Next vehicle at the same place right after a cut: the boxes overlap, the texts don't.
+    second = [read("ZX987YT", f, x=130) for f in range(11, 20)]
+    closed = tracker.update(first + second)  # the first closes at frame 16, more than 5 after its last read
+    passages = closed + tracker.flush()
+    assert [len(p.reads) for p in closed] == [11]
+    assert [len(p.reads) for p in passages] == [11, 9]
+    assert [p.vote().plate for p in passages] == ["AB123CD", "ZX987YT"]
+
+
+def test_tracker_closes_after_a_gap_and_drops_single_reads():
+    tracker = PassageTracker(max_gap=5, min_reads=2)
+    assert tracker.update([read("AB123CD", 0), read("AB123CD", 1), read("QQ1", 3, x=900)]) == []
+    closed = tracker.update([read("XY555ZZ", 20, x=500)])
+    assert [p.vote().plate for p in closed] == ["AB123CD"]  # QQ1, seen once, is not a passage
+    assert tracker.flush() == []  # XY555ZZ was seen once too
+
+
+def test_tracker_keeps_sources_apart():
+    tracker = PassageTracker(max_gap=5, min_reads=1)
+    tracker.update([read("AB123CD", 0, source="a"), read("AB123CD", 0, source="b")])
+    assert len(tracker.flush()) == 2
+
+
+def test_score_passages():
+    truth = [{"plate": "AB123CD", "first_frame": 0, "last_frame": 49},
+             {"plate": "RKO99AN", "first_frame": 50, "last_frame": 99},
+             {"plate": "ZX987YT", "first_frame": 100, "last_frame": 149}]
+    reported = [{"plate": "AB123CD", "first_frame": 2, "last_frame": 47},
+                {"plate": "RK099AN", "first_frame": 51, "last_frame": 70},  # O and 0 fold
+                {"plate": "RK099AN", "first_frame": 75, "last_frame": 98},  # a duplicate
+                {"plate": "ZX987YI", "first_frame": 100, "last_frame": 140}]  # a wrong plate
+    scored = score_passages(truth, reported)
+    assert scored["exactly_once_right"] == pytest.approx(1 / 3, abs=1e-4)
+    assert scored["spurious"] == pytest.approx(3 / 4, abs=1e-4) and scored["missed"] == 0
