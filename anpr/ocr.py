@@ -108,6 +108,8 @@ GLYPH_MAX_WIDTH = 0.3  # share of crop width
 GLYPH_HEIGHT_TOLERANCE = 0.22  # a glyph's height within this share of the median glyph's
 GLYPH_CENTRE_TOLERANCE = 0.35  # vertical centre within this share of the median height
 MIN_GLYPHS = 3
+TWO_LINE_MIN_GLYPHS = 2  # a row of a two-line plate holds at least this many characters
+TWO_LINE_HEIGHT_RATIO = 0.7  # the two rows' characters are of about one height
 THRESHOLD_BLOCK = 31  # px at WORK_HEIGHT: about a character's height
 THRESHOLD_OFFSET = 8  # grey levels darker than the neighbourhood's mean to count as ink
 MIN_SKEW_DEGREES = 2.0  # below this a rotation costs more sharpness than it gains
@@ -115,22 +117,45 @@ MAX_SKEW_DEGREES = 30.0  # beyond this the fitted row is not a row of characters
 SPAN_PADDING = 0.5  # of glyph height, around the characters' span
 
 
-def _glyph_boxes(binary: np.ndarray) -> np.ndarray:
-    """(K, 4) x, y, w, h of the components of one height and line: the plate's characters."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+def _shaped_components(binary: np.ndarray) -> np.ndarray:
+    """(K, 4) x, y, w, h of the components shaped like a character."""
+    _, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     height, width = binary.shape
     x, y, w, h = (stats[1:, i] for i in range(4))
     aspect = h / np.maximum(w, 1)
     shaped = ((h >= GLYPH_HEIGHT[0] * height) & (h <= GLYPH_HEIGHT[1] * height)
               & (aspect >= GLYPH_ASPECT[0]) & (aspect <= GLYPH_ASPECT[1]) & (w <= GLYPH_MAX_WIDTH * width))
-    boxes = stats[1:, :4][shaped]
-    if len(boxes) < MIN_GLYPHS:
+    return stats[1:, :4][shaped]
+
+
+def _in_line(boxes: np.ndarray, minimum: int) -> np.ndarray:
+    """The boxes of one height around one centre line (empty when fewer than `minimum`)."""
+    if len(boxes) < minimum:
         return boxes[:0]
     median_h = np.median(boxes[:, 3])
     centres = boxes[:, 1] + boxes[:, 3] / 2
-    in_line = ((np.abs(boxes[:, 3] - median_h) <= GLYPH_HEIGHT_TOLERANCE * median_h)
-               & (np.abs(centres - np.median(centres)) <= GLYPH_CENTRE_TOLERANCE * median_h))
-    return boxes[in_line] if in_line.sum() >= MIN_GLYPHS else boxes[:0]
+    keep = ((np.abs(boxes[:, 3] - median_h) <= GLYPH_HEIGHT_TOLERANCE * median_h)
+            & (np.abs(centres - np.median(centres)) <= GLYPH_CENTRE_TOLERANCE * median_h))
+    return boxes[keep] if keep.sum() >= minimum else boxes[:0]
+
+
+def _glyph_rows(binary: np.ndarray) -> list[np.ndarray]:
+    """The plate's rows of characters, top first: one row, two (a two-line plate), or none."""
+    boxes = _shaped_components(binary)
+    if len(boxes) >= 2 * TWO_LINE_MIN_GLYPHS:
+        centres = boxes[:, 1] + boxes[:, 3] / 2
+        order = np.argsort(centres)
+        gaps = np.diff(centres[order])
+        split = int(gaps.argmax()) + 1 if len(gaps) else 0
+        upper, lower = boxes[order[:split]], boxes[order[split:]]
+        rows = [_in_line(upper, TWO_LINE_MIN_GLYPHS), _in_line(lower, TWO_LINE_MIN_GLYPHS)]
+        if all(len(r) for r in rows):
+            heights = [float(np.median(r[:, 3])) for r in rows]
+            apart = rows[0][:, 1].max() + rows[0][:, 3].max() <= rows[1][:, 1].min() + 0.1 * min(heights)
+            if apart and min(heights) / max(heights) >= TWO_LINE_HEIGHT_RATIO:
+                return rows
+    row = _in_line(boxes, MIN_GLYPHS)
+    return [row] if len(row) else []
 
 
 # Characters that touch each other or the plate's frame merge into components that are
@@ -167,8 +192,8 @@ def _extend_row(binary: np.ndarray, glyphs: np.ndarray) -> tuple[int, int]:
     return left, right
 
 
-def _binarise(crop: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Scale to WORK_HEIGHT, ink image (dark or light text, whichever gives more glyphs), glyph boxes."""
+def _binarise(crop: np.ndarray) -> tuple[float, np.ndarray, list[np.ndarray]]:
+    """Scale to WORK_HEIGHT, ink image (dark or light text, whichever gives more glyphs), glyph rows."""
     height, width = crop.shape[:2]
     scale = WORK_HEIGHT / max(height, 1)
     grey = cv2.cvtColor(cv2.resize(crop, (max(1, round(width * scale)), WORK_HEIGHT)), cv2.COLOR_BGR2GRAY)
@@ -178,9 +203,9 @@ def _binarise(crop: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
                                       THRESHOLD_BLOCK, THRESHOLD_OFFSET)
     light_text = cv2.adaptiveThreshold(grey, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY,
                                        THRESHOLD_BLOCK, -THRESHOLD_OFFSET)
-    binary, glyphs = max(((dark_text, _glyph_boxes(dark_text)), (light_text, _glyph_boxes(light_text))),
-                         key=lambda pair: len(pair[1]))
-    return scale, binary, glyphs
+    binary, rows = max(((dark_text, _glyph_rows(dark_text)), (light_text, _glyph_rows(light_text))),
+                       key=lambda pair: sum(len(r) for r in pair[1]))
+    return scale, binary, rows
 
 
 def _row_angle(glyphs: np.ndarray) -> float:
@@ -193,8 +218,8 @@ def _row_angle(glyphs: np.ndarray) -> float:
 
 def deskew(crop: np.ndarray) -> np.ndarray:
     """The crop rotated so that its character row is level (a camera rarely sees plates square)."""
-    _, _, glyphs = _binarise(crop)
-    angle = _row_angle(glyphs)
+    _, _, rows = _binarise(crop)
+    angle = _row_angle(max(rows, key=len)) if rows else 0.0
     if abs(angle) < MIN_SKEW_DEGREES or abs(angle) > MAX_SKEW_DEGREES:
         return crop
     height, width = crop.shape[:2]
@@ -202,16 +227,8 @@ def deskew(crop: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(crop, rotation, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def isolate_characters(crop: np.ndarray) -> np.ndarray:
-    """The crop cut down to the span of its registration characters.
-
-    Both polarities are tried (dark on light, light on dark); the one that yields more
-    aligned glyphs wins. Without at least MIN_GLYPHS the crop is returned unchanged.
-    """
+def _cut_row(crop: np.ndarray, scale: float, binary: np.ndarray, glyphs: np.ndarray) -> np.ndarray:
     height, width = crop.shape[:2]
-    scale, binary, glyphs = _binarise(crop)
-    if not len(glyphs):
-        return crop
     left, right = _extend_row(binary, glyphs)
     pad = SPAN_PADDING * np.median(glyphs[:, 3])
     x1 = max(0, int((left - pad) / scale))
@@ -219,6 +236,25 @@ def isolate_characters(crop: np.ndarray) -> np.ndarray:
     y1 = max(0, int((glyphs[:, 1].min() - pad) / scale))
     y2 = min(height, int(np.ceil(((glyphs[:, 1] + glyphs[:, 3]).max() + pad) / scale)))
     return crop[y1:y2, x1:x2]
+
+
+def isolate_characters(crop: np.ndarray) -> np.ndarray:
+    """The crop cut down to its registration characters, as one line.
+
+    Both polarities are tried (dark on light, light on dark); the one that yields more
+    aligned glyphs wins. A two-line plate's rows are cut apart and set side by side, top
+    row first, so the recogniser reads them in order. Without at least MIN_GLYPHS in a
+    row the crop is returned unchanged.
+    """
+    scale, binary, rows = _binarise(crop)
+    if not rows:
+        return crop
+    lines = [_cut_row(crop, scale, binary, glyphs) for glyphs in rows]
+    if len(lines) == 1:
+        return lines[0]
+    height = max(line.shape[0] for line in lines)
+    lines = [cv2.resize(line, (max(1, round(line.shape[1] * height / line.shape[0])), height)) for line in lines]
+    return np.hstack(lines)
 
 
 # --- CTC recognition ---------------------------------------------------------------

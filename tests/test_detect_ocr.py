@@ -113,6 +113,33 @@ def test_choose_plate_prefers_a_format_fit_and_keeps_candidates():
     assert choose_plate([]).plate == ""
 
 
+def _two_line_plate(top: str, bottom: str) -> np.ndarray:
+    plate = np.full((140, 220, 3), 235, np.uint8)
+    cv2.rectangle(plate, (3, 3), (216, 136), (30, 30, 30), 3)
+    cv2.putText(plate, top, (30, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (15, 15, 15), 4)
+    cv2.putText(plate, bottom, (22, 120), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (15, 15, 15), 4)
+    return plate
+
+
+@pytest.mark.parametrize("top, bottom", [("AB12", "345CD"), ("KL7", "2049")])
+def test_two_line_plates_are_read_top_row_first(ppocr, top, bottom):
+    plate = _two_line_plate(top, bottom)
+    line = isolate_characters(plate)
+    assert line.shape[1] > 1.5 * plate.shape[1] * line.shape[0] / plate.shape[0]  # rows side by side
+    reads = ppocr.recognise([plate])
+    assert choose_plate(reads.candidates[0]).plate == top + bottom
+
+
+def test_single_line_plates_are_not_split(few):
+    from anpr.ocr import _binarise
+
+    _, images = few
+    annotations, _ = few
+    for annotation, image in zip(annotations, images):
+        x1, y1, x2, y2 = annotation.box.astype(int)
+        assert len(_binarise(image[y1:y2, x1:x2])[2]) <= 1, annotation.image.name
+
+
 def test_isolate_characters_drops_a_side_emblem():
     plate = np.full((60, 300, 3), 235, np.uint8)
     cv2.rectangle(plate, (4, 4), (30, 56), (150, 40, 20), -1)  # a band/emblem at the left edge
