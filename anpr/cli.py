@@ -37,6 +37,15 @@ app = typer.Typer(
 OcrOption = Annotated[Optional[str], typer.Option("--ocr", help="OCR backend: ppocr (default) or easyocr.")]
 BatchOption = Annotated[Optional[int], typer.Option("--batch", help="Frames per detector call (default 8).")]
 DeviceOption = Annotated[Optional[str], typer.Option("--device", help="cpu (default), cuda or cuda:N.")]
+DetectorOption = Annotated[Optional[str], typer.Option(
+    "--detector", help="Detector runtime: auto (default: onnx on cpu, torch on cuda), torch or onnx.")]
+
+
+def _detector(settings):
+    from anpr.detect import make_detector
+
+    return make_detector(settings.detector.backend, device=settings.detector.device,
+                         confidence=settings.detector.confidence, input_size=settings.detector.input_size)
 
 
 def _quiet_libraries() -> None:
@@ -205,6 +214,7 @@ def run(
     ocr: OcrOption = None,
     batch: BatchOption = None,
     device: DeviceOption = None,
+    detector_backend: DetectorOption = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Write one JSON object per kept read to stdout.")] = False,
     passages: Annotated[bool, typer.Option("--passages", help="Group reads of one vehicle into passages: "
                                            "with --jsonl one object per passage, else a passage table.")] = False,
@@ -220,7 +230,8 @@ def run(
     from anpr.source import FrameReader, open_source
     from anpr.store import ReadStore
 
-    settings = load_settings(config, {"pipeline": {"ocr": ocr, "batch": batch}, "detector": {"device": device},
+    settings = load_settings(config, {"pipeline": {"ocr": ocr, "batch": batch},
+                                      "detector": {"device": device, "backend": detector_backend},
                                       "store": {"url": db}})
     if not settings.declares_deployment:
         raise PolicyRefusal("no deployment declared: pass --config with the controller, cameras and purposes "
@@ -241,12 +252,10 @@ def run(
     try:
         store.check()
         audit = AuditLog(store.engine)
-        from anpr.detect import YoloPlateDetector
         from anpr.ocr import make_recogniser
         from anpr.pipeline import Pipeline
 
-        detector = YoloPlateDetector(confidence=settings.detector.confidence,
-                                     input_size=settings.detector.input_size, device=settings.detector.device)
+        detector = _detector(settings)
         recogniser = make_recogniser(settings.pipeline.ocr)
         tally = _PlateTally()
         passage_output = _Passages(jsonl) if passages else None
@@ -285,20 +294,20 @@ def evaluate_command(
     ocr: OcrOption = None,
     batch: BatchOption = None,
     device: DeviceOption = None,
+    detector_backend: DetectorOption = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file.")] = None,
 ) -> None:
     """Measure plate detection recall and exact-plate accuracy on an annotated folder."""
     from anpr.config import load_settings
     from anpr.eval import evaluate, load_annotations
 
-    settings = load_settings(config, {"pipeline": {"ocr": ocr, "batch": batch}, "detector": {"device": device}})
+    settings = load_settings(config, {"pipeline": {"ocr": ocr, "batch": batch},
+                                      "detector": {"device": device, "backend": detector_backend}})
     load_annotations(dataset)  # a malformed dataset fails before the models load
 
-    from anpr.detect import YoloPlateDetector
     from anpr.ocr import make_recogniser
 
-    detector = YoloPlateDetector(confidence=settings.detector.confidence,
-                                 input_size=settings.detector.input_size, device=settings.detector.device)
+    detector = _detector(settings)
     recogniser = make_recogniser(settings.pipeline.ocr)
 
     def progress(done: int, total: int) -> None:
@@ -348,7 +357,7 @@ def demo(
     import tempfile
 
     from anpr.config import load_settings
-    from anpr.detect import YoloPlateDetector
+    from anpr.detect import make_detector
     from anpr.ocr import make_recogniser
     from anpr.pipeline import Pipeline
     from anpr.policy.engine import Policy
@@ -364,7 +373,7 @@ def demo(
     collected = _Collect()
     frame_source = open_source(str(sample))
     _status(f"anpr: reading {sample} once for {len(paths)} configs")
-    Pipeline(YoloPlateDetector(), make_recogniser("ppocr"), [collected]).run(FrameReader(frame_source))
+    Pipeline(make_detector(), make_recogniser("ppocr"), [collected]).run(FrameReader(frame_source))
     workdir = Path(keep or tempfile.mkdtemp(prefix="anpr-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -12,6 +12,7 @@ Run settings (all optional):
       queue: 64              # frames decoded ahead of the detector (2-4096)
       min_confidence: 0.0    # reads below this combined confidence are not emitted
     detector:
+      backend: auto          # auto (onnx on cpu, torch on cuda) | torch | onnx
       confidence: 0.25       # detector score threshold (0-1)
       input_size: 640        # detector input size in pixels (multiple of 32)
       device: cpu            # cpu | cuda | cuda:N
@@ -52,6 +53,7 @@ class PipelineSettings(_Section):
 
 
 class DetectorSettings(_Section):
+    backend: Literal["auto", "torch", "onnx"] = "auto"
     confidence: float = Field(0.25, gt=0.0, le=1.0)
     input_size: int = Field(640, ge=64, le=4096)
     device: str = "cpu"

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from anpr.weights import ModelFile, model_file
@@ -95,3 +96,90 @@ class YoloPlateDetector:
                     )
                 )
         return Detections.concatenate(parts)
+
+
+LETTERBOX_FILL = 114  # the grey Ultralytics pads with; the weights were trained on it
+STRIDE = 32
+NMS_IOU = 0.5
+
+
+class OnnxPlateDetector:
+    """The same YOLO weights exported to ONNX, run by ONNX Runtime: the fast path on CPU.
+
+    Frames are letterboxed to their own aspect (a multiple of the stride), not to a
+    square, so a 16:9 frame at input 640 costs 640x384; a batch is one session call.
+    """
+
+    def __init__(
+        self,
+        weights: ModelFile | None = None,
+        *,
+        confidence: float = 0.25,
+        input_size: int = 640,
+        threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.weights = weights or model_file("plate-yolov8n-onnx")
+        self.identifier = self.weights.identifier
+        self.confidence = confidence
+        self.input_size = input_size
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(self.weights.path), options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def _letterbox(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, 3, H, W) float32 input, per-frame scale (B,), per-frame (pad_x, pad_y) (B, 2)."""
+        sizes = np.array([image.shape[:2] for image in images], np.float32)  # (B, 2) h, w
+        scales = np.minimum(self.input_size / sizes[:, 0], self.input_size / sizes[:, 1])
+        scaled = np.rint(sizes * scales[:, None]).astype(np.int32)
+        height, width = (int(np.ceil(v / STRIDE) * STRIDE) for v in scaled.max(axis=0))
+        batch = np.full((len(images), height, width, 3), LETTERBOX_FILL, np.uint8)
+        pads = np.stack([(width - scaled[:, 1]) // 2, (height - scaled[:, 0]) // 2], axis=1)
+        for i, image in enumerate(images):
+            h, w = scaled[i]
+            x, y = pads[i]
+            batch[i, y:y + h, x:x + w] = cv2.resize(image, (int(w), int(h)), interpolation=cv2.INTER_LINEAR)
+        tensor = batch[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # BGR -> RGB, NCHW
+        return np.ascontiguousarray(tensor), scales, pads.astype(np.float32)
+
+    def detect(self, images: Sequence[np.ndarray]) -> Detections:
+        if not images:
+            return Detections.empty()
+        tensor, scales, pads = self._letterbox(images)
+        output = self._session.run(None, {self._input: tensor})[0].transpose(0, 2, 1)  # (B, anchors, 5)
+        frame, anchor = np.nonzero(output[:, :, 4] >= self.confidence)
+        if not len(frame):
+            return Detections.empty()
+        cx, cy, w, h, score = (output[frame, anchor, i] for i in range(5))
+        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        xyxy = (xyxy - np.tile(pads[frame], 2)) / scales[frame, None]
+        keep = []
+        for position in np.unique(frame):
+            members = np.flatnonzero(frame == position)
+            boxes = xyxy[members]
+            chosen = cv2.dnn.NMSBoxes(np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]).tolist(),
+                                      score[members].tolist(), self.confidence, NMS_IOU)
+            keep.extend(members[np.asarray(chosen, np.int64).reshape(-1)])
+        keep = np.array(sorted(keep), np.int64)
+        sizes = np.array([images[i].shape[1::-1] for i in frame[keep]], np.float32)
+        clipped = np.clip(xyxy[keep], 0, np.tile(sizes, 2))
+        return Detections(clipped.astype(np.float32), score[keep].astype(np.float32), frame[keep].astype(np.int32))
+
+
+def make_detector(backend: str = "auto", *, device: str = "cpu", confidence: float = 0.25,
+                  input_size: int = 640) -> PlateDetector:
+    """The detector for a backend name; `auto` is ONNX Runtime on CPU and PyTorch on CUDA."""
+    from anpr.errors import ConfigError
+
+    if backend == "auto":
+        backend = "onnx" if device == "cpu" else "torch"
+    if backend == "onnx":
+        if device != "cpu":
+            raise ConfigError("the onnx detector runs on the CPU; use --detector torch with --device cuda")
+        return OnnxPlateDetector(confidence=confidence, input_size=input_size)
+    if backend == "torch":
+        return YoloPlateDetector(confidence=confidence, input_size=input_size, device=device)
+    raise ConfigError(f"unknown detector backend '{backend}'; choose auto, torch or onnx")

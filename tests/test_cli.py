@@ -105,9 +105,10 @@ def test_eval_json_on_the_annotated_set(anpr_cli, dataset):
     assert set(report) == {"images", "detection_recall", "exact", "top3", "ms_per_image"}
     assert report["images"] == 108
     assert report["detection_recall"] >= 0.95
-    # Measured 0.926 / 0.972 (benchmarks/RESULTS.md); these floors catch a regression.
-    assert report["exact"] >= 0.90
-    assert report["top3"] >= 0.95 and report["top3"] >= report["exact"]
+    # Measured 0.963 / 0.9815 (benchmarks/RESULTS.md). One image is 0.009: the top-3 floor
+    # leaves room for one image to change on another CPU's float rounding.
+    assert report["exact"] >= 0.95
+    assert report["top3"] >= 0.97 and report["top3"] >= report["exact"]
     assert report["ms_per_image"] > 0
 
 

@@ -30,6 +30,21 @@ def test_detector_finds_the_annotated_plate_in_one_batched_call(detector, few):
         assert box_iou(annotation.box, mine).max() >= MATCH_IOU, annotation.image.name
 
 
+def test_onnx_detector_agrees_with_the_torch_one(detector, few):
+    from anpr.detect import OnnxPlateDetector, make_detector
+
+    annotations, images = few
+    onnx = make_detector("auto", device="cpu")
+    assert isinstance(onnx, OnnxPlateDetector) and onnx.identifier.startswith("plate-yolov8n-onnx@")
+    torch_boxes, onnx_boxes = detector.detect(images), onnx.detect(images)
+    for position, annotation in enumerate(annotations):
+        mine = onnx_boxes.xyxy[onnx_boxes.frame == position]
+        theirs = torch_boxes.xyxy[torch_boxes.frame == position]
+        assert box_iou(annotation.box, mine).max() >= MATCH_IOU, annotation.image.name
+        best = theirs[box_iou(annotation.box, theirs).argmax()]
+        assert box_iou(best, mine).max() >= 0.8, annotation.image.name  # the same plate box, give or take
+
+
 def test_ppocr_reads_most_plates_exactly(detector, ppocr, few):
     annotations, images = few
     detections = detector.detect(images)
