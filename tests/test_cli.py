@@ -25,7 +25,7 @@ def test_run_stores_reads_of_every_passage(anpr_cli, clip_h264, tmp_path):
     for frame, time, plate, confidence, x1, y1, x2, y2, detector_model, ocr_model in rows:
         assert 0 <= frame < 150 and time == pytest.approx(frame / 25)
         assert 0 < confidence <= 1 and 0 <= x1 < x2 <= 1920 and 0 <= y1 < y2 <= 1080
-        assert detector_model.startswith("plate-yolov8n@") and ocr_model.startswith("ppocrv4-rec@")
+        assert detector_model.startswith("plate-yolov8n") and ocr_model.startswith("ppocrv4-rec@")
     # Per-frame accuracy is about 0.75 before multi-frame voting: all passages but two
     # must have their plate read right in at least a third of their frames.
     passages = _passages(clip_h264)
