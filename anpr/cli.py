@@ -334,6 +334,28 @@ def evaluate_command(
 REPO = Path(__file__).resolve().parent.parent
 
 
+@app.command()
+def bench(
+    video: Annotated[Path, typer.Argument(help="Video to measure on (e.g. from benchmarks/make_clip.py).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    naive_frames: Annotated[int, typer.Option("--naive-frames", min=1, help="Frames the naive pipeline runs on.")] = 100,
+    batch: BatchOption = None,
+    input_size: Annotated[int, typer.Option("--input-size", help="Detector input size.")] = 640,
+    detector_backend: DetectorOption = None,
+) -> None:
+    """Frames/s of decoding alone, of the naive pipeline and of anpr, measured in one run."""
+    from anpr.bench import benchmark
+
+    result = benchmark(video, naive_frames=naive_frames, batch=batch or 8, input_size=input_size, device=device,
+                       detector=detector_backend or "auto", progress=lambda m: _status(f"anpr bench: {m}"))
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:<20} {value}")
+
+
 class _Collect:
     def __init__(self) -> None:
         self.reads: list = []
