@@ -67,11 +67,12 @@ def naive_phase(video: str, frames: int, device: str) -> dict[str, float]:
     return {"frames": done, "seconds": seconds, "fps": done / seconds, "texts": texts, "peak_rss_mb": _peak_rss_mb()}
 
 
-def anpr_phase(video: str, batch: int, input_size: int, device: str, detector: str) -> dict[str, float]:
+def anpr_phase(video: str, batch: int, input_size: int, device: str, detector: str, stride: int = 1,
+               settle: int = 0, motion: float = 0.0) -> dict[str, float]:
     from anpr.config import load_settings
     from anpr.detect import make_detector
     from anpr.ocr import make_recogniser
-    from anpr.pipeline import Pipeline
+    from anpr.pipeline import Pipeline, WorkSaving
     from anpr.policy.engine import Policy
     from anpr.policy.gate import PolicyGate
     from anpr.sinks import make_sinks
@@ -83,7 +84,7 @@ def anpr_phase(video: str, batch: int, input_size: int, device: str, detector: s
         store = ReadStore(str(Path(work) / "bench.sqlite"))
         gate = PolicyGate(Policy(settings), settings.cameras[0], store, make_sinks(settings, store))
         pipeline = Pipeline(make_detector(detector, device=device, input_size=input_size), make_recogniser("ppocr"),
-                            [gate], batch_size=batch)
+                            [gate], batch_size=batch, saving=WorkSaving(stride, motion, settle))
         stats = pipeline.run(FrameReader(open_source(video)))
         stored = store.count()
         store.close()
@@ -101,7 +102,8 @@ def _child(*args: str) -> dict[str, float]:
 
 
 def benchmark(video: Path, *, naive_frames: int = 100, batch: int = 8, input_size: int = 640,
-              device: str = "cpu", detector: str = "auto", progress=print) -> dict[str, object]:
+              device: str = "cpu", detector: str = "auto", stride: int = 1, settle: int = 0, motion: float = 0.0,
+              progress=print) -> dict[str, object]:
     if not video.is_file():
         raise AnprError(f"no such video: {video}")
     progress("decode only ...")
@@ -109,10 +111,12 @@ def benchmark(video: Path, *, naive_frames: int = 100, batch: int = 8, input_siz
     progress(f"decode: {decode['fps']:.1f} frames/s; naive pipeline on {naive_frames} frames ...")
     naive = _child("naive", str(video), str(naive_frames), device)
     progress(f"naive: {naive['fps']:.2f} frames/s; anpr ...")
-    ours = _child("anpr", str(video), str(batch), str(input_size), device, detector)
+    ours = _child("anpr", str(video), str(batch), str(input_size), device, detector, str(stride), str(settle),
+                  str(motion))
     progress(f"anpr: {ours['fps']:.1f} frames/s")
     return {
         "video": str(video), "device": device, "detector": detector, "batch": batch, "input_size": input_size,
+        "stride": stride, "settle": settle, "motion": motion,
         "frames": ours["frames"], "naive_frames": naive["frames"], "reads_stored": ours["reads_stored"],
         "decode_fps": round(decode["fps"], 2), "naive_fps": round(naive["fps"], 3), "fps": round(ours["fps"], 2),
         "speedup_vs_naive": round(ours["fps"] / naive["fps"], 2),
@@ -124,7 +128,7 @@ def benchmark(video: Path, *, naive_frames: int = 100, batch: int = 8, input_siz
 
 PHASES = {"decode": lambda a: decode_phase(a[0]),
           "naive": lambda a: naive_phase(a[0], int(a[1]), a[2]),
-          "anpr": lambda a: anpr_phase(a[0], int(a[1]), int(a[2]), a[3], a[4])}
+          "anpr": lambda a: anpr_phase(a[0], int(a[1]), int(a[2]), a[3], a[4], int(a[5]), int(a[6]), float(a[7]))}
 
 if __name__ == "__main__":
     import warnings

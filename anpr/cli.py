@@ -41,6 +41,12 @@ DetectorOption = Annotated[Optional[str], typer.Option(
     "--detector", help="Detector runtime: auto (default: onnx on cpu, torch on cuda), torch or onnx.")]
 
 
+def _saving(settings):
+    from anpr.pipeline import WorkSaving
+
+    return WorkSaving(settings.pipeline.stride, settings.pipeline.motion_threshold, settings.pipeline.settle_reads)
+
+
 def _detector(settings):
     from anpr.detect import make_detector
 
@@ -261,7 +267,8 @@ def run(
         passage_output = _Passages(jsonl) if passages else None
         outputs = [tally] + ([passage_output] if passage_output else [_JsonLines()] if jsonl else [])
         gate = PolicyGate(policy, camera, store, make_sinks(settings, store), outputs=outputs)
-        pipeline = Pipeline(detector, recogniser, [gate], settings.pipeline.batch, settings.pipeline.min_confidence)
+        pipeline = Pipeline(detector, recogniser, [gate], settings.pipeline.batch, settings.pipeline.min_confidence,
+                            _saving(settings))
         progress = _ProgressLine(getattr(frame_source, "frame_count", None) or None)
         stop = _install_stop_handler()
         audit.append("run.start", "pipeline", {
@@ -343,12 +350,16 @@ def bench(
     batch: BatchOption = None,
     input_size: Annotated[int, typer.Option("--input-size", help="Detector input size.")] = 640,
     detector_backend: DetectorOption = None,
+    stride: Annotated[int, typer.Option("--stride", min=1, help="Detect on every n-th frame.")] = 1,
+    settle: Annotated[int, typer.Option("--settle", min=0, help="Stop reading a plate after n identical reads.")] = 0,
+    motion: Annotated[float, typer.Option("--motion", min=0.0, help="Skip still frames (mean grey change).")] = 0.0,
 ) -> None:
     """Frames/s of decoding alone, of the naive pipeline and of anpr, measured in one run."""
     from anpr.bench import benchmark
 
     result = benchmark(video, naive_frames=naive_frames, batch=batch or 8, input_size=input_size, device=device,
-                       detector=detector_backend or "auto", progress=lambda m: _status(f"anpr bench: {m}"))
+                       detector=detector_backend or "auto", stride=stride, settle=settle, motion=motion,
+                       progress=lambda m: _status(f"anpr bench: {m}"))
     if as_json:
         print(json.dumps(result))
         return

@@ -11,6 +11,9 @@ Run settings (all optional):
       ocr: ppocr             # OCR backend: ppocr | easyocr
       queue: 64              # frames decoded ahead of the detector (2-4096)
       min_confidence: 0.0    # reads below this combined confidence are not emitted
+      stride: 1              # detect on every n-th frame (1-100)
+      motion_threshold: 0.0  # skip detection when the frame changed less than this (mean grey level, 0: off)
+      settle_reads: 0        # stop reading a tracked plate after this many identical reads (0: never)
     detector:
       backend: auto          # auto (onnx on cpu, torch on cuda) | torch | onnx
       confidence: 0.25       # detector score threshold (0-1)
@@ -50,6 +53,9 @@ class PipelineSettings(_Section):
     ocr: Literal["ppocr", "easyocr"] = "ppocr"
     queue: int = Field(64, ge=2, le=4096)
     min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+    stride: int = Field(1, ge=1, le=100)
+    motion_threshold: float = Field(0.0, ge=0.0, le=255.0)
+    settle_reads: int = Field(0, ge=0, le=1000)
 
 
 class DetectorSettings(_Section):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from anpr.detect import Detections, PlateDetector
@@ -73,6 +75,61 @@ def assemble_reads(
     return reads
 
 
+@dataclass(frozen=True, slots=True)
+class WorkSaving:
+    """How much work the loop may skip; all off (every frame detected and read) by default."""
+
+    stride: int = 1  # detect on every n-th frame of a source
+    motion_threshold: float = 0.0  # skip detection below this mean grey change (0-255) since the last detection
+    settle_reads: int = 0  # stop reading a tracked plate once it read the same text this many times (0: never)
+
+
+MOTION_SIZE = (96, 54)  # frames are compared at this size: enough to see a vehicle, cheap to compute
+SETTLE_IOU = 0.3  # a box continues a track when it overlaps the track's last box this much
+SETTLE_MAX_GAP = 12  # frames after which a track is forgotten
+
+
+class _SettledTracks:
+    """Tracks of boxes across frames, to skip OCR on plates whose text is already decided."""
+
+    def __init__(self, settle_reads: int) -> None:
+        self.settle_reads = settle_reads
+        self.boxes = np.zeros((0, 4), np.float32)
+        self.last_frame = np.zeros(0, np.int64)
+        self.counts: list[Counter[str]] = []
+
+    def match(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """For each box, the index of the live track it continues, or -1."""
+        if not len(self.boxes) or not len(boxes):
+            return np.full(len(boxes), -1)
+        top_left = np.maximum(boxes[:, None, :2], self.boxes[None, :, :2])
+        bottom_right = np.minimum(boxes[:, None, 2:], self.boxes[None, :, 2:])
+        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+        area = lambda b: np.prod(b[:, 2:] - b[:, :2], axis=1)  # noqa: E731
+        iou = inter / np.maximum(area(boxes)[:, None] + area(self.boxes)[None, :] - inter, 1e-9)
+        iou[(frames[:, None] - self.last_frame[None, :]) > SETTLE_MAX_GAP] = 0
+        best = iou.argmax(axis=1)
+        return np.where(iou[np.arange(len(boxes)), best] >= SETTLE_IOU, best, -1)
+
+    def settled(self, tracks: np.ndarray) -> np.ndarray:
+        return np.array([t >= 0 and self.counts[t].most_common(1)[0][1] >= self.settle_reads
+                         if t >= 0 and self.counts[t] else False for t in tracks], bool)
+
+    def update(self, frames: np.ndarray, boxes: np.ndarray, tracks: np.ndarray, plates: list[str | None]) -> None:
+        for frame, box, track, plate in zip(frames, boxes, tracks, plates):
+            if track < 0:
+                self.boxes = np.vstack([self.boxes, box[None]])
+                self.last_frame = np.append(self.last_frame, frame)
+                self.counts.append(Counter())
+                track = len(self.counts) - 1
+            self.boxes[track], self.last_frame[track] = box, frame
+            if plate:
+                self.counts[track][plate] += 1
+        live = (frames.max() - self.last_frame) <= SETTLE_MAX_GAP if len(frames) else np.ones(len(self.counts), bool)
+        self.boxes, self.last_frame = self.boxes[live], self.last_frame[live]
+        self.counts = [c for c, keep in zip(self.counts, live) if keep]
+
+
 class Pipeline:
     def __init__(
         self,
@@ -81,19 +138,58 @@ class Pipeline:
         sinks: Sequence[ReadSink],
         batch_size: int = 8,
         min_confidence: float = 0.0,
+        saving: WorkSaving = WorkSaving(),
     ) -> None:
         self.detector = detector
         self.recogniser = recogniser
         self.sinks = list(sinks)
         self.batch_size = batch_size
         self.min_confidence = min_confidence
+        self.saving = saving
+        self._last_motion: np.ndarray | None = None
+        self._tracks = _SettledTracks(saving.settle_reads)
+        self.skipped = Counter()  # frames not detected, crops not read, and why
+
+    def _frames_to_detect(self, batch: FrameBatch) -> list[int]:
+        chosen = []
+        for position, frame in enumerate(batch.frames):
+            if frame.index % self.saving.stride:
+                self.skipped["stride"] += 1
+                continue
+            if self.saving.motion_threshold > 0:
+                small = cv2.cvtColor(cv2.resize(frame.image, MOTION_SIZE, interpolation=cv2.INTER_AREA),
+                                     cv2.COLOR_BGR2GRAY).astype(np.int16)
+                still = (self._last_motion is not None and self._last_motion.shape == small.shape
+                         and np.abs(small - self._last_motion).mean() < self.saving.motion_threshold)
+                if still:
+                    self.skipped["still"] += 1
+                    continue
+                self._last_motion = small
+            chosen.append(position)
+        return chosen
 
     def process(self, batch: FrameBatch) -> list[PlateRead]:
-        images = batch.images
+        chosen = self._frames_to_detect(batch)
+        detected = FrameBatch([batch.frames[i] for i in chosen])
+        images = detected.images
         detections = self.detector.detect(images)
-        texts = self.recogniser.recognise(cut_plates(images, detections))
-        reads = assemble_reads(batch, detections, texts, self.detector.identifier,
+        frame_numbers = np.array([detected.frames[i].index for i in detections.frame], np.int64)
+        if self.saving.settle_reads:
+            tracks = self._tracks.match(frame_numbers, detections.xyxy)
+            unread = ~self._tracks.settled(tracks)
+            self.skipped["settled"] += int((~unread).sum())
+            to_read = detections[unread]
+        else:
+            to_read = detections
+        texts = self.recogniser.recognise(cut_plates(images, to_read))
+        reads = assemble_reads(detected, to_read, texts, self.detector.identifier,
                                self.recogniser.identifier, self.min_confidence)
+        if self.saving.settle_reads:
+            plate_of = {(r.frame, r.box): r.plate for r in reads}
+            read_plates = iter([plate_of.get((detected.frames[f].index, tuple(float(v) for v in box)))
+                                for f, box in zip(to_read.frame, to_read.xyxy)])
+            plates = [next(read_plates) if keep else None for keep in unread]
+            self._tracks.update(frame_numbers, detections.xyxy, tracks, plates)
         for sink in self.sinks:
             sink.write(reads)
         return reads
