@@ -23,9 +23,23 @@ from anpr.plates import PlateRead
 # shares most characters; two plates of one district share two or three) and either its
 # box overlaps the passage's last box or its text is nearly the same. Overlap alone is not
 # enough: at a cut, the next vehicle's plate can sit where the last one was.
-JOIN_MIN_SIMILARITY = 0.5  # difflib ratio
+JOIN_MIN_SIMILARITY = 0.6
 JOIN_IOU = 0.1
 JOIN_SAME_TEXT = 0.8
+JOIN_MAX_AREA_RATIO = 2.0  # a plate's box does not double or halve between two reads of it
+
+
+def text_similarity(a: str, b: str) -> float:
+    """Position by position for texts of one length (misreads swap characters in place);
+    difflib's ratio otherwise (a clipped read drops characters). Two plates of one series,
+    RK857AI and RK576AH, share 3 of 7 positions though difflib finds 5 common characters."""
+    if len(a) == len(b) and a:
+        return sum(x == y for x, y in zip(a, b)) / len(a)
+    return SequenceMatcher(None, a, b).ratio()
+
+
+def _area(box: tuple[float, ...]) -> float:
+    return max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
 MAX_GAP_FRAMES = 12  # about half a second at 25 fps
 MIN_READS = 2  # a passage seen in a single frame is more likely a misread than a vehicle
 TOP_CANDIDATES = 5
@@ -111,8 +125,11 @@ class PassageTracker:
                 if passage.last.frame == read.frame:
                     continue  # one plate per passage per frame
                 overlap = _iou(passage.last.box, read.box)
-                similarity = SequenceMatcher(None, passage.last.plate, read.plate).ratio()
-                if similarity >= JOIN_MIN_SIMILARITY and (overlap >= JOIN_IOU or similarity >= JOIN_SAME_TEXT):
+                similarity = text_similarity(passage.last.plate, read.plate)
+                ratio = _area(read.box) / _area(passage.last.box)
+                same_size = 1 / JOIN_MAX_AREA_RATIO <= ratio <= JOIN_MAX_AREA_RATIO
+                if similarity >= JOIN_MIN_SIMILARITY and (overlap >= JOIN_IOU and same_size
+                                                          or similarity >= JOIN_SAME_TEXT):
                     score = overlap + similarity
                     if score > best_score:
                         best, best_score = passage, score

@@ -35,21 +35,27 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--clip", type=Path, default=None)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "paris-fps.yaml")
+    parser.add_argument("--pipeline", default="", help="extra pipeline keys, e.g. 'stride: 2, settle_reads: 3'")
     args = parser.parse_args()
     clip = args.clip or REPO / "benchmarks" / "data" / f"passages-{args.count or 'all'}-{args.seconds:g}s.mp4"
     if not clip.exists():
         build_clip(dataset_photos(args.dataset, args.count), clip, (1920, 1080), 25, args.seconds, "h264")
     truth = json.loads(clip.with_suffix(".json").read_text())["passages"]
     with tempfile.TemporaryDirectory() as work:
+        config = args.config
+        if args.pipeline:
+            config = Path(work) / "config.yaml"
+            config.write_text(args.config.read_text() + f"pipeline: {{{args.pipeline}}}\n")
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "anpr", "run", str(clip), "--config", str(args.config),
+        result = subprocess.run([sys.executable, "-m", "anpr", "run", str(clip), "--config", str(config),
                                  "--db", str(Path(work) / "reads.sqlite"), "--jsonl", "--passages"],
                                 capture_output=True, text=True)
         seconds = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"anpr run failed: {result.stderr.strip()}")
     reported = [json.loads(line) for line in result.stdout.splitlines()]
-    print(json.dumps({"clip": str(clip), **score_passages(truth, reported), "seconds": round(seconds, 1)}))
+    print(json.dumps({"clip": str(clip), "pipeline": args.pipeline or "every frame",
+                      **score_passages(truth, reported), "seconds": round(seconds, 1)}))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,16 @@ def test_tracker_groups_one_vehicle_and_splits_at_a_cut():
     assert [p.vote().plate for p in passages] == ["AB123CD", "ZX987YT"]
 
 
+def test_plates_of_one_series_are_not_one_passage():
+    from anpr.track import text_similarity
+
+    assert text_similarity("RK857AI", "RK576AH") < 0.5
+    assert text_similarity("RK776A1", "RK776AI") > 0.8
+    tracker = PassageTracker(max_gap=5, min_reads=2)
+    reads = [read("RK857AI", f) for f in range(5)] + [read("RK576AH", f) for f in range(5, 10)]
+    assert [p.vote().plate for p in tracker.update(reads) + tracker.flush()] == ["RK857AI", "RK576AH"]
+
+
 def test_tracker_closes_after_a_gap_and_drops_single_reads():
     tracker = PassageTracker(max_gap=5, min_reads=2)
     assert tracker.update([read("AB123CD", 0), read("AB123CD", 1), read("QQ1", 3, x=900)]) == []
