@@ -163,8 +163,9 @@ def score_passages(truth: list[dict], reported: list[dict]) -> dict[str, object]
     """Reported passages against the true ones of a clip (both with first_frame, last_frame, plate).
 
     A reported passage belongs to the true passage containing its middle frame. A true
-    passage is right when exactly one reported passage belongs to it and has its plate;
-    every other reported passage is spurious (wrong plate, duplicate, or no vehicle).
+    passage is right when exactly one reported passage of it has its plate. Every other
+    reported passage is spurious: a duplicate, a wrong plate, or, where a photo shows
+    more than one vehicle, a plate the annotation does not list (counted apart too).
     """
     owners: dict[int, list[dict]] = {i: [] for i in range(len(truth))}
     for passage in reported:
@@ -172,12 +173,16 @@ def score_passages(truth: list[dict], reported: list[dict]) -> dict[str, object]
         owner = next((i for i, t in enumerate(truth) if t["first_frame"] <= middle <= t["last_frame"]), None)
         if owner is not None:
             owners[owner].append(passage)
-    right = [len(found) == 1 and same_plate(found[0]["plate"], truth[i]["plate"]) for i, found in owners.items()]
+    matching = {i: [f for f in found if same_plate(f["plate"], truth[i]["plate"])] for i, found in owners.items()}
+    right = [len(matching[i]) == 1 for i in range(len(truth))]
+    # A passage of another plate beside one right passage: another vehicle, or a misread.
+    beside_right = sum(len(owners[i]) - 1 for i in range(len(truth)) if right[i])
     return {
         "passages": len(truth),
         "reported": len(reported),
         "exactly_once_right": round(sum(right) / max(len(truth), 1), 4),
         "spurious": round((len(reported) - sum(right)) / max(len(reported), 1), 4),
+        "spurious_beside_a_right_passage": beside_right,
         "missed": sum(not found for found in owners.values()),
         "wrong": [(truth[i]["plate"], [f["plate"] for f in owners[i]]) for i, ok in enumerate(right) if not ok],
     }

@@ -54,6 +54,7 @@ def main() -> None:
     if result.returncode != 0:
         sys.exit(f"anpr run failed: {result.stderr.strip()}")
     reported = [json.loads(line) for line in result.stdout.splitlines()]
+    clip.with_suffix(".reported.jsonl").write_text(result.stdout)  # to rescore without running again
     print(json.dumps({"clip": str(clip), "pipeline": args.pipeline or "every frame",
                       **score_passages(truth, reported), "seconds": round(seconds, 1)}))
 

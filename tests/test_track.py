@@ -68,7 +68,9 @@ def test_score_passages():
     reported = [{"plate": "AB123CD", "first_frame": 2, "last_frame": 47},
                 {"plate": "RK099AN", "first_frame": 51, "last_frame": 70},  # O and 0 fold
                 {"plate": "RK099AN", "first_frame": 75, "last_frame": 98},  # a duplicate
-                {"plate": "ZX987YI", "first_frame": 100, "last_frame": 140}]  # a wrong plate
+                {"plate": "ZX987YI", "first_frame": 100, "last_frame": 140},  # a wrong plate
+                {"plate": "QQ111QQ", "first_frame": 10, "last_frame": 30}]  # another car beside AB123CD
     scored = score_passages(truth, reported)
     assert scored["exactly_once_right"] == pytest.approx(1 / 3, abs=1e-4)
-    assert scored["spurious"] == pytest.approx(3 / 4, abs=1e-4) and scored["missed"] == 0
+    assert scored["spurious"] == pytest.approx(4 / 5, abs=1e-4) and scored["missed"] == 0
+    assert scored["spurious_beside_a_right_passage"] == 1
