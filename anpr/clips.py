@@ -61,9 +61,16 @@ def build_clip(
     fps: int = 25,
     seconds_per_photo: float = 2.0,
     codec: str = "h264",
+    gap_seconds: float = 0.0,
 ) -> list[Passage]:
-    """Encode one passage per (photo, plate) into `output`; writes `output`.json too."""
-    frames_per_photo = max(1, round(seconds_per_photo * fps))
+    """Encode one passage per (photo, plate) into `output`; writes `output`.json too.
+
+    With `gap_seconds`, each passage ends with that much empty road (a plain frame), as
+    traffic has between vehicles: the passage period stays `seconds_per_photo`.
+    """
+    period = max(1, round(seconds_per_photo * fps))
+    gap_frames = min(period - 1, round(gap_seconds * fps))
+    frames_per_photo = period - gap_frames
     command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
                "-s", f"{size[0]}x{size[1]}", "-r", str(fps), "-i", "-", *CODECS[codec],
                *CONTAINER_OPTIONS.get((codec, output.suffix.lower()), []),
@@ -79,7 +86,10 @@ def build_clip(
                 raise ValueError(f"cannot read photo {photo_path}")
             for step in range(frames_per_photo):
                 encoder.stdin.write(_placed(photo, size, step / max(1, frames_per_photo - 1)).tobytes())
-            first = number * frames_per_photo
+            empty_road = np.full((size[1], size[0], 3), 24, np.uint8).tobytes()
+            for _ in range(gap_frames):
+                encoder.stdin.write(empty_road)
+            first = number * period
             passages.append(Passage(plate, photo_path.name, first, first + frames_per_photo - 1))
         encoder.stdin.close()
     finally:

@@ -40,7 +40,7 @@ def text_similarity(a: str, b: str) -> float:
 
 def _area(box: tuple[float, ...]) -> float:
     return max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
-MAX_GAP_FRAMES = 12  # about half a second at 25 fps
+MAX_GAP_FRAMES = 8  # about a third of a second at 25 fps: longer than a missed detection or two
 MIN_READS = 2  # a passage seen in a single frame is more likely a misread than a vehicle
 TOP_CANDIDATES = 5
 

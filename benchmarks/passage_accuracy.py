@@ -2,7 +2,8 @@
 
     python benchmarks/passage_accuracy.py [--dataset DIR] [--seconds 2] [--count N] [--clip PATH]
 
-Builds the clip (1920x1080, 25 fps, H.264) unless it exists, runs
+Builds the clip (1920x1080, 25 fps, H.264; each period ends with --gap seconds of empty
+road, as traffic has between vehicles) unless it exists, runs
 `anpr run CLIP --config configs/paris-fps.yaml --jsonl --passages`, and scores:
 - exactly_once_right: share of true passages reported by exactly one passage with the right plate
   (O and 0 folded together, as `anpr eval` scores);
@@ -32,14 +33,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "openalpr-eu")
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--gap", type=float, default=0.5, help="seconds of empty road ending each period")
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--clip", type=Path, default=None)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "paris-fps.yaml")
     parser.add_argument("--pipeline", default="", help="extra pipeline keys, e.g. 'stride: 2, settle_reads: 3'")
     args = parser.parse_args()
-    clip = args.clip or REPO / "benchmarks" / "data" / f"passages-{args.count or 'all'}-{args.seconds:g}s.mp4"
+    clip = args.clip or REPO / "benchmarks" / "data" / f"passages-{args.count or 'all'}-{args.seconds:g}s-gap{args.gap:g}.mp4"
     if not clip.exists():
-        build_clip(dataset_photos(args.dataset, args.count), clip, (1920, 1080), 25, args.seconds, "h264")
+        build_clip(dataset_photos(args.dataset, args.count), clip, (1920, 1080), 25, args.seconds, "h264", args.gap)
     truth = json.loads(clip.with_suffix(".json").read_text())["passages"]
     with tempfile.TemporaryDirectory() as work:
         config = args.config
