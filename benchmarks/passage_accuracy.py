@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--clip", type=Path, default=None)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "paris-fps.yaml")
     parser.add_argument("--pipeline", default="", help="extra pipeline keys, e.g. 'stride: 2, settle_reads: 3'")
+    parser.add_argument("--input-size", type=int, default=None, help="detector input size")
     args = parser.parse_args()
     clip = args.clip or REPO / "benchmarks" / "data" / f"passages-{args.count or 'all'}-{args.seconds:g}s-gap{args.gap:g}.mp4"
     if not clip.exists():
@@ -45,9 +46,10 @@ def main() -> None:
     truth = json.loads(clip.with_suffix(".json").read_text())["passages"]
     with tempfile.TemporaryDirectory() as work:
         config = args.config
-        if args.pipeline:
+        if args.pipeline or args.input_size:
             config = Path(work) / "config.yaml"
-            config.write_text(args.config.read_text() + f"pipeline: {{{args.pipeline}}}\n")
+            config.write_text(args.config.read_text() + (f"pipeline: {{{args.pipeline}}}\n" if args.pipeline else "")
+                              + (f"detector: {{input_size: {args.input_size}}}\n" if args.input_size else ""))
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "anpr", "run", str(clip), "--config", str(config),
                                  "--db", str(Path(work) / "reads.sqlite"), "--jsonl", "--passages"],
@@ -56,8 +58,10 @@ def main() -> None:
     if result.returncode != 0:
         sys.exit(f"anpr run failed: {result.stderr.strip()}")
     reported = [json.loads(line) for line in result.stdout.splitlines()]
-    clip.with_suffix(".reported.jsonl").write_text(result.stdout)  # to rescore without running again
-    print(json.dumps({"clip": str(clip), "pipeline": args.pipeline or "every frame",
+    saved = clip.with_suffix(f".{args.pipeline.replace(' ', '').replace(':', '').replace(',', '-') or 'every'}"
+                             f"-{args.input_size or 640}.reported.jsonl")
+    saved.write_text(result.stdout)  # to rescore without running again
+    print(json.dumps({"clip": str(clip), "pipeline": args.pipeline or "every frame", "input_size": args.input_size or 640,
                       **score_passages(truth, reported), "seconds": round(seconds, 1)}))
 
 
