@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anpr.detect import Detections, PlateDetector
+from anpr.detect import PlateDetector
 from anpr.errors import DatasetError
 from anpr.ocr import PlateRecogniser, cut_plates
 from anpr.plates import choose_plate, same_plate

@@ -8,7 +8,7 @@ import pytest
 
 from anpr.clips import build_clip
 from anpr.errors import SourceError
-from anpr.source import Frame, FrameReader, ImageSource, VideoSource, open_source
+from anpr.source import Frame, FrameReader, VideoSource, open_source
 
 
 def test_video_file_frames_and_media_time(clip_h264):
