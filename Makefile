@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/anpr run samples/sample.mp4 --config configs/paris-fps.yaml
+	$(VENV)/bin/anpr run samples/sample.mp4 --config configs/paris-fps.yaml --passages
 
 test: $(STAMP)
 	bash scripts/system-deps.sh
