@@ -30,8 +30,6 @@ from anpr.weights import ModelFile, model_file
 class TextReads:
     """One entry per crop, in crop order."""
 
-    text: list[str]  # best path of the character row, letters and digits only
-    confidence: np.ndarray  # (N,) float32: mean probability of the emitted characters
     raw: list[str]  # what the model read over all its classes (separators, other scripts)
     candidates: list[list[tuple[str, float]]]  # per crop: texts and probabilities, best first
 
@@ -384,21 +382,16 @@ class CtcRecogniser:
         stripped = [strip_blue_band(deskew(c)) for c in crops]
         rows = [isolate_characters(c) for c in stripped]
         outputs = self._read_lines(rows + stripped)
-        text, raw, candidates = [], [], []
-        confidence = np.zeros(len(crops), np.float32)
+        raw, candidates = [], []
         for i in range(len(crops)):
             row_output, plate_output = outputs[i], outputs[len(crops) + i]
-            row_plate = row_output @ self._fold
-            best, best_confidence = ctc_greedy_decode(row_plate[None], PLATE_CLASSES)
-            text.append(best[0])
-            confidence[i] = best_confidence[0]
             raw.append(ctc_greedy_decode(row_output[None], self._classes)[0][0])
             pooled: dict[str, float] = {}
-            for view in (row_plate, plate_output @ self._fold):
+            for view in (row_output @ self._fold, plate_output @ self._fold):
                 for candidate, probability in ctc_beam_search(view, PLATE_CLASSES):
                     pooled[candidate] = pooled.get(candidate, 0.0) + probability / 2
             candidates.append(sorted(pooled.items(), key=lambda kv: -kv[1]))
-        return TextReads(text, confidence, raw, candidates)
+        return TextReads(raw, candidates)
 
 
 class PpOcrRecogniser(CtcRecogniser):

@@ -55,13 +55,14 @@ def assemble_reads(
     detector_model: str,
     ocr_model: str,
     min_confidence: float = 0.0,
-) -> list[PlateRead]:
-    """One PlateRead per detection whose text looks like a registration."""
-    reads = []
+) -> list[PlateRead | None]:
+    """One entry per detection: its PlateRead, or None where the text is not a registration."""
+    reads: list[PlateRead | None] = []
     for i, candidates in enumerate(texts.candidates):
         chosen = choose_plate(candidates)
         combined = float(detections.confidence[i]) * chosen.confidence
         if len(chosen.plate) < MIN_PLATE_LENGTH or combined < min_confidence:
+            reads.append(None)
             continue
         frame = batch.frames[detections.frame[i]]
         reads.append(PlateRead(
@@ -182,13 +183,13 @@ class Pipeline:
         else:
             to_read = detections
         texts = self.recogniser.recognise(cut_plates(images, to_read))
-        reads = assemble_reads(detected, to_read, texts, self.detector.identifier,
-                               self.recogniser.identifier, self.min_confidence)
+        per_detection = assemble_reads(detected, to_read, texts, self.detector.identifier,
+                                       self.recogniser.identifier, self.min_confidence)
+        reads = [read for read in per_detection if read is not None]
         if self.saving.settle_reads:
-            plate_of = {(r.frame, r.box): r.plate for r in reads}
-            read_plates = iter([plate_of.get((detected.frames[f].index, tuple(float(v) for v in box)))
-                                for f, box in zip(to_read.frame, to_read.xyxy)])
-            plates = [next(read_plates) if keep else None for keep in unread]
+            plates: list[str | None] = [None] * len(detections)
+            for i, read in zip(np.flatnonzero(unread), per_detection):
+                plates[i] = read.plate if read else None
             self._tracks.update(frame_numbers, detections.xyxy, tracks, plates)
         for sink in self.sinks:
             sink.write(reads)
