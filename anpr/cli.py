@@ -423,8 +423,7 @@ def demo(
             gate.write(collected.reads)
             for code in camera.purposes:
                 decision = policy.purpose(code)
-                counted = {o: sum(n for (p, _, oc), n in gate.tally.counted.items() if p == code and oc is o)
-                           for o in Outcome}
+                counted = {o: gate.tally.counted_for(code, o) for o in Outcome}
                 rows.append({"config": path.name, "purpose": code, "verdict": decision.verdict.value,
                              "rule": decision.rule.id, "seen": gate.tally.seen, "stored": gate.tally.stored[code],
                              "blocked": counted[Outcome.BLOCKED], "counted_only": counted[Outcome.AGGREGATED],

@@ -104,11 +104,9 @@ def build_clip(
 
 def dataset_photos(folder: Path, count: int | None = None) -> list[tuple[Path, str]]:
     """(photo, plate) pairs of an openalpr-layout folder, spread evenly over its sorted names."""
-    pairs = []
-    for label in sorted(folder.glob("*.txt")):
-        fields = label.read_text(encoding="utf-8").strip().split("\t")
-        if len(fields) == 6:
-            pairs.append((folder / fields[0], fields[5]))
+    from anpr.eval import load_annotations
+
+    pairs = [(annotation.image, annotation.plate) for annotation in load_annotations(folder)]
     if count is None or count >= len(pairs):
         return pairs
     step = len(pairs) / count

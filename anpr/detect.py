@@ -44,6 +44,17 @@ class Detections:
         return Detections(self.xyxy[index], self.confidence[index], self.frame[index])
 
 
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) intersection over union of (N, 4) boxes against (M, 4) boxes, x1 y1 x2 y2."""
+    a, b = np.asarray(a, np.float32).reshape(-1, 4), np.asarray(b, np.float32).reshape(-1, 4)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return intersection / np.maximum(area_a[:, None] + area_b[None, :] - intersection, 1e-9)
+
+
 class PlateDetector(Protocol):
     """Finds plates in a batch of BGR frames."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anpr.detect import PlateDetector
+from anpr.detect import PlateDetector, pairwise_iou
 from anpr.errors import DatasetError
 from anpr.ocr import PlateRecogniser, cut_plates
 from anpr.plates import choose_plate, same_plate
@@ -107,12 +107,7 @@ def load_annotations(folder: Path) -> list[Annotation]:
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one (4,) box against (N, 4) boxes."""
-    top_left = np.maximum(box[:2], boxes[:, :2])
-    bottom_right = np.minimum(box[2:], boxes[:, 2:])
-    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2])
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return intersection / np.maximum(area + areas - intersection, 1e-9)
+    return pairwise_iou(box, boxes)[0]
 
 
 def _batches(items: list[Annotation], size: int) -> Iterator[list[Annotation]]:

@@ -17,7 +17,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from anpr.detect import Detections, PlateDetector
+from anpr.detect import Detections, PlateDetector, pairwise_iou
 from anpr.ocr import PlateRecogniser, TextReads, cut_plates
 from anpr.plates import PlateRead, choose_plate
 from anpr.source import FrameBatch, FrameReader
@@ -103,11 +103,7 @@ class _SettledTracks:
         """For each box, the index of the live track it continues, or -1."""
         if not len(self.boxes) or not len(boxes):
             return np.full(len(boxes), -1)
-        top_left = np.maximum(boxes[:, None, :2], self.boxes[None, :, :2])
-        bottom_right = np.minimum(boxes[:, None, 2:], self.boxes[None, :, 2:])
-        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-        area = lambda b: np.prod(b[:, 2:] - b[:, :2], axis=1)  # noqa: E731
-        iou = inter / np.maximum(area(boxes)[:, None] + area(self.boxes)[None, :] - inter, 1e-9)
+        iou = pairwise_iou(boxes, self.boxes)
         iou[(frames[:, None] - self.last_frame[None, :]) > SETTLE_MAX_GAP] = 0
         best = iou.argmax(axis=1)
         return np.where(iou[np.arange(len(boxes)), best] >= SETTLE_IOU, best, -1)

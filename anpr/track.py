@@ -16,6 +16,7 @@ from difflib import SequenceMatcher
 
 import numpy as np
 
+from anpr.detect import pairwise_iou
 from anpr.formats import best_format
 from anpr.plates import PlateRead
 
@@ -67,14 +68,6 @@ class VotedPlate:
     format: str | None
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def vote(reads: Sequence[PlateRead]) -> VotedPlate:
     """Character-wise, confidence-weighted vote over a passage's reads."""
     by_length: dict[int, float] = defaultdict(float)
@@ -124,7 +117,7 @@ class PassageTracker:
             for passage in passages:
                 if passage.last.frame == read.frame:
                     continue  # one plate per passage per frame
-                overlap = _iou(passage.last.box, read.box)
+                overlap = float(pairwise_iou(passage.last.box, read.box)[0, 0])
                 similarity = text_similarity(passage.last.plate, read.plate)
                 ratio = _area(read.box) / _area(passage.last.box)
                 same_size = 1 / JOIN_MAX_AREA_RATIO <= ratio <= JOIN_MAX_AREA_RATIO

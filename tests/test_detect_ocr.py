@@ -45,6 +45,16 @@ def test_onnx_detector_agrees_with_the_torch_one(detector, few):
         assert box_iou(best, mine).max() >= 0.8, annotation.image.name  # the same plate box, give or take
 
 
+def test_pairwise_iou():
+    from anpr.detect import pairwise_iou
+
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
+    iou = pairwise_iou(boxes, boxes[:2])
+    assert iou.shape == (3, 2)
+    assert iou[0, 0] == pytest.approx(1.0) and iou[0, 1] == pytest.approx(50 / 150) and iou[2].max() == 0
+    assert pairwise_iou(boxes[0], np.zeros((0, 4))).shape == (1, 0)
+
+
 def test_ppocr_reads_most_plates_exactly(detector, ppocr, few):
     annotations, images = few
     detections = detector.detect(images)

@@ -73,8 +73,8 @@ class GateTally:
     counted: Counter[tuple[str, str, Outcome]] = field(default_factory=Counter)  # (purpose, rule, outcome)
     purged: int = 0
 
-    def outcome(self, outcome: Outcome) -> int:
-        return sum(n for (_, _, o), n in self.counted.items() if o is outcome)
+    def counted_for(self, purpose: str, outcome: Outcome) -> int:
+        return sum(n for (p, _, o), n in self.counted.items() if p == purpose and o is outcome)
 
 
 class PolicyGate:
