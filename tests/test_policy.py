@@ -121,6 +121,7 @@ ALLOW_ROWS = [
     ({"municipality", "parking_operator"}, "parking_fps", {"human_review", "signage"}),
     ({"police_nationale", "gendarmerie", "police_municipale"}, "zfe_enforcement", {"prefect_authorisation"}),
     ({"private_operator"}, "access_control", {"signage"}),
+    ({"municipality"}, "traffic_statistics", set()),  # allowed, but only as counts: no read is stored
     (set(CONTROLLER_TYPES), "city_wide_analytics", {"dpia_reference", "cnil_prior_consultation"}),
 ]
 SAFEGUARD_VALUES = {"human_review": True, "signage": True, "designated_agents": ["agent"]}
@@ -153,7 +154,10 @@ def test_nothing_outside_the_allow_rows_is_ever_stored(tmp_path_factory, control
     if not _in_allow_rows(controller, purpose, given_safeguards):
         assert stored == 0
         assert all(key.outcome is Outcome.BLOCKED for key, _ in counts) and sum(n for _, n in counts) == 2
-    elif purpose != "traffic_statistics":
+    elif purpose == "traffic_statistics":
+        assert stored == 0
+        assert [(key.outcome, n) for key, n in counts] == [(Outcome.AGGREGATED, 2)]
+    else:
         assert stored in (0, 2)  # 0 only when the rule needs a retention the deployment did not set
 
 
