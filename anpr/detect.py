@@ -14,7 +14,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from anpr.weights import ModelFile, model_file
+from anpr.weights import ModelFile, model_file, onnx_session
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,16 +129,11 @@ class OnnxPlateDetector:
         input_size: int = 640,
         threads: int = 0,
     ) -> None:
-        import onnxruntime as ort
-
         self.weights = weights or model_file("plate-yolov8n-onnx")
         self.identifier = self.weights.identifier
         self.confidence = confidence
         self.input_size = input_size
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(self.weights.path), options, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(self.weights, threads)
         self._input = self._session.get_inputs()[0].name
 
     def _letterbox(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from anpr.detect import Detections
 from anpr.plates import PLATE_ALPHABET
-from anpr.weights import ModelFile, model_file
+from anpr.weights import ModelFile, model_file, onnx_session
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,14 +400,9 @@ class PpOcrRecogniser(CtcRecogniser):
     line_input = LineInput(height=48, grey=False, max_width=480)
 
     def __init__(self, weights: ModelFile | None = None, threads: int = 0) -> None:
-        import onnxruntime as ort
-
         self.weights = weights or model_file("ppocrv4-rec")
         self.identifier = self.weights.identifier
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(self.weights.path), options, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(self.weights, threads)
         dictionary = self._session.get_modelmeta().custom_metadata_map["character"].splitlines()
         classes = ["<blank>", *dictionary, " "]  # Paddle appends the space class
         input_name = self._session.get_inputs()[0].name

@@ -2,9 +2,8 @@
 
 A read joins the open passage of its source whose last box it overlaps, or whose plate
 it resembles, within `max_gap` frames; otherwise it opens a passage of its own. A
-passage closes when no read has joined it for `max_gap` frames. Its plate is a
-character-wise vote: the reads of the most supported length vote, position by
-position, each with its confidence; the result is then fitted to the plate formats.
+passage closes when no read has joined it for `max_gap` frames. Its plate is chosen from
+all its reads' candidates pooled, rescored by the plate formats (`vote`).
 """
 
 from __future__ import annotations
@@ -14,11 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
-import numpy as np
-
 from anpr.detect import pairwise_iou
-from anpr.formats import best_format
-from anpr.plates import PlateRead
+from anpr.plates import PlateRead, choose_plate
 
 # A read joins a passage when its text resembles the passage's (a misread of one plate
 # shares most characters; two plates of one district share two or three) and either its
@@ -62,41 +58,27 @@ class Passage:
 @dataclass(frozen=True, slots=True)
 class VotedPlate:
     plate: str
-    confidence: float  # the mean per-position share of the vote the winning characters got
+    confidence: float  # the plate's share of the pooled, format-rescored candidates
     candidates: tuple[tuple[str, float], ...]
     country: str | None
     format: str | None
 
 
 def vote(reads: Sequence[PlateRead]) -> VotedPlate:
-    """Character-wise, confidence-weighted vote over a passage's reads."""
-    by_length: dict[int, float] = defaultdict(float)
-    for read in reads:
-        by_length[len(read.plate)] += read.confidence
-    length = max(by_length, key=lambda n: (by_length[n], n))
-    voters = [r for r in reads if len(r.plate) == length]
-    chars, shares = [], []
-    for position in range(length):
-        tally: dict[str, float] = defaultdict(float)
-        for read in voters:
-            tally[read.plate[position]] += read.confidence
-        winner = max(tally, key=tally.get)
-        chars.append(winner)
-        shares.append(tally[winner] / sum(tally.values()))
-    plate = "".join(chars)
-    match = best_format(plate)
-    if match:
-        plate = match.text
-    # Candidates: every read's candidates, weighted by the read's confidence.
+    """The passage's plate: every read's candidates pooled, then rescored by the plate formats.
+
+    Each read's candidates (already format-rescored, so they sum to one per read) count
+    with the read's detector confidence: the OCR's own confidence is in the candidates'
+    probabilities, and counting it again would let one crisp misread outvote many. Pooling
+    lets a plate that is every read's second choice beat one read's first; the format
+    rescoring of the pool lets a complete registration beat a frequent short read of it.
+    """
     pooled: dict[str, float] = defaultdict(float)
     for read in reads:
         for text, probability in read.candidates or ((read.plate, 1.0),):
-            pooled[text] += probability * read.confidence
-    total = sum(pooled.values()) or 1.0
-    ranked = [(t, p / total) for t, p in sorted(pooled.items(), key=lambda kv: -kv[1]) if t != plate]
-    candidates = ((plate, float(np.mean(shares))), *ranked[: TOP_CANDIDATES - 1])
-    return VotedPlate(plate, float(np.mean(shares)), candidates, match.country if match else None,
-                      match.pattern if match else None)
+            pooled[text] += probability * read.detector_confidence
+    chosen = choose_plate(list(pooled.items()), TOP_CANDIDATES)
+    return VotedPlate(chosen.plate, chosen.confidence, chosen.candidates, chosen.country, chosen.format)
 
 
 class PassageTracker:

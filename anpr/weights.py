@@ -75,3 +75,19 @@ def model_file(name: str) -> ModelFile:
     if actual != entry["sha256"]:
         raise ModelError(f"model file {path} has sha256 {actual}, expected {entry['sha256']} (model '{name}')")
     return ModelFile(name=name, path=path, sha256=actual)
+
+
+def onnx_session(model: ModelFile, threads: int = 0):
+    """An ONNX Runtime CPU session for a checked model file.
+
+    Its threads sleep between calls instead of spinning: the pipeline shares the cores
+    with the decode thread and a second session, and spinning threads starve both
+    (measured: 48-58 against 62-74 frames/s on 2 cores, benchmarks/RESULTS.md).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])

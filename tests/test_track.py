@@ -12,13 +12,31 @@ def read(plate: str, frame: int, x: float = 100.0, confidence: float = 0.8, sour
                      candidates=((plate, 1.0),))
 
 
-def test_vote_is_character_wise_and_confidence_weighted():
-    reads = [read("RK776A1", 0, confidence=0.6), read("RK776AI", 1, confidence=0.5), read("RK776AI", 2, confidence=0.4),
-             read("RK77", 3, confidence=0.9), read("PK776AI", 4, confidence=0.3)]
+def read_of(candidates: tuple[tuple[str, float], ...], frame: int, detector_confidence: float = 0.9) -> PlateRead:
+    plate = candidates[0][0]
+    return PlateRead("cam", frame, frame / 25, plate, plate, 0.8, candidates[0][1], detector_confidence,
+                     (100.0, 50.0, 220.0, 80.0), "d", "o", candidates=candidates)
+
+
+def test_vote_pools_every_reads_candidates():
+    # No read has RK776AI first, but it is in all three reads' candidates.
+    reads = [read_of((("RK776A1", 0.55), ("RK776AI", 0.45)), 0), read_of((("PK776AI", 0.5), ("RK776AI", 0.5)), 1),
+             read_of((("RK776AT", 0.6), ("RK776AI", 0.4)), 2)]
     voted = vote(reads)
-    # Length 7 carries 1.8 against 0.9 for length 4; position 7: I (0.5 + 0.4 + 0.3) beats 1 (0.6).
     assert voted.plate == "RK776AI" and voted.format == "LLDDDLL"
     assert voted.candidates[0][0] == "RK776AI" and 0 < voted.confidence <= 1
+
+
+def test_vote_prefers_a_complete_registration_to_a_frequent_clipped_read():
+    # Three clipped reads of BA302OZ put "3A302" first; the full plate fits a format and wins.
+    reads = [read_of((("3A302", 0.6), ("BA302OZ", 0.4)), f) for f in range(3)]
+    assert vote(reads).plate == "BA302OZ"
+
+
+def test_vote_weights_reads_by_detector_confidence():
+    sure = read_of((("AB123CD", 1.0),), 0, detector_confidence=0.9)
+    doubtful = [read_of((("AB128CD", 1.0),), f, detector_confidence=0.2) for f in (1, 2)]
+    assert vote([sure, *doubtful]).plate == "AB123CD"
 
 
 def test_vote_fits_the_winner_to_a_format():
