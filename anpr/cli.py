@@ -8,7 +8,7 @@
     anpr audit verify                     check the audit log's hash chain
 
 Errors caused by input are printed as one line, `anpr: error: ...`, with exit status 2.
-A run stopped by Ctrl-C or SIGTERM finishes its batch, commits and exits 0; a second
+A run stopped by Ctrl-C or SIGTERM drains the frames already decoded, commits and exits 0; a second
 signal aborts with status 130.
 """
 
@@ -73,18 +73,30 @@ def _status(message: str) -> None:
 
 
 class _ProgressLine:
-    """A one-line progress display on stderr, redrawn in place on a terminal."""
+    """A one-line progress display on stderr, redrawn in place on a terminal: per camera,
+    its state, frames and reads; it also feeds the JSON status log."""
 
-    def __init__(self, total: int | None) -> None:
+    def __init__(self, total: int | None, status_log=None) -> None:
         self.total = total
         self.enabled = sys.stderr.isatty()
+        self.status_log = status_log
 
-    def __call__(self, stats) -> None:  # stats: RunStats
+    def __call__(self, lanes) -> None:
+        if self.status_log:
+            self.status_log.update(lanes)
         if not self.enabled:
             return
-        of_total = f"/{self.total}" if self.total else ""
-        dropped = f"  dropped {stats.dropped}" if stats.dropped else ""
-        sys.stderr.write(f"\r  frames {stats.frames}{of_total}  {stats.fps:5.1f} frames/s  reads {stats.reads}{dropped}   ")
+        parts = []
+        for lane in lanes:
+            status, stats = lane.reader.status, lane.stats
+            of_total = f"/{self.total}" if self.total and len(lanes) == 1 else ""
+            state = "" if status.state.value == "connected" else f" {status.state.value.upper()}"
+            again = f" reconnects {status.reconnects}" if status.reconnects else ""
+            dropped = f" dropped {lane.reader.dropped}" if lane.reader.dropped else ""
+            name = f"{lane.name}:" if len(lanes) > 1 else ""
+            parts.append(f"{name}{state} frames {stats.frames}{of_total} {stats.fps:5.1f}/s reads {stats.reads}"
+                         f"{again}{dropped}")
+        sys.stderr.write("\r  " + " | ".join(parts) + "   ")
         sys.stderr.flush()
 
     def done(self) -> None:
@@ -126,7 +138,7 @@ class _Passages:
         by_purpose: dict[str, list] = defaultdict(list)
         for policed in reads:
             by_purpose[policed.purpose].append(policed.read)
-            self.camera[policed.purpose] = policed.camera
+            self.camera[policed.read.source] = policed.camera
         for purpose, purpose_reads in by_purpose.items():
             self._emit(purpose, self.trackers[purpose].update(purpose_reads))
 
@@ -139,7 +151,7 @@ class _Passages:
             voted = passage.vote()
             first, last = passage.reads[0], passage.reads[-1]
             record = {
-                "source": first.source, "camera": self.camera.get(purpose), "purpose": purpose,
+                "source": first.source, "camera": self.camera.get(first.source), "purpose": purpose,
                 "plate": voted.plate, "confidence": round(voted.confidence, 4),
                 "candidates": [[t, round(p, 4)] for t, p in voted.candidates],
                 "country": voted.country, "format": voted.format,
@@ -160,14 +172,14 @@ def _install_stop_handler() -> threading.Event:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        _status("\nanpr: stopping after the current batch (press Ctrl-C again to abort)")
+        _status("\nanpr: stopping: the frames already read go through; press Ctrl-C again to abort")
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
 
 
-def _print_summary(tally: _PlateTally, gate_tally, stats, store_url: str, plate_table: bool) -> None:
+def _print_summary(tally: _PlateTally, gate_tally, lanes, store_url: str, plate_table: bool) -> None:
     if plate_table and tally.by_plate:
         print(f"{'plate':<12} {'reads':>5} {'best':>5}  {'first s':>8} {'last s':>8}")
         for plate, frames in sorted(tally.by_plate.items(), key=lambda kv: -len(kv[1])):
@@ -178,9 +190,19 @@ def _print_summary(tally: _PlateTally, gate_tally, stats, store_url: str, plate_
         _status(f"anpr: {purpose}: {number} reads kept")
     for (purpose, rule, outcome), number in sorted(gate_tally.counted.items()):
         _status(f"anpr: {purpose}: {number} reads {outcome.value.replace('_', ' ')} ({rule}); only the count is kept")
-    _status(f"anpr: {stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s), "
-            f"{gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}"
-            + (f", {stats.dropped} frames dropped" if stats.dropped else ""))
+    for lane in lanes:
+        stats, status = lane.stats, lane.reader.status
+        name = f"camera {lane.name}: " if len(lanes) > 1 else ""
+        _status(f"anpr: {name}{stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s)"
+                + (f", {stats.dropped} frames dropped" if stats.dropped else "")
+                + (f", {status.reconnects} reconnections" if status.reconnects else ""))
+        if status.damaged_stretches:
+            _status(f"anpr: warning: {name}{lane.reader.source.name} is damaged: {status.damaged_stretches} "
+                    f"stretch(es) of undecodable frames skipped")
+        if status.unreadable:
+            _status(f"anpr: warning: {name}{len(status.unreadable)} image(s) could not be decoded and were skipped: "
+                    + ", ".join(Path(p).name for p in status.unreadable[:5]) + (" ..." if len(status.unreadable) > 5 else ""))
+    _status(f"anpr: {gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}")
 
 
 def _pick_camera(settings, camera_id: str | None):
@@ -197,17 +219,18 @@ def _pick_camera(settings, camera_id: str | None):
     return settings.cameras[0]
 
 
-def _announce_decisions(decisions) -> None:
+def _announce_decisions(decisions, camera: str | None = None) -> None:
+    where = f"camera {camera}: " if camera else ""
     for decision in decisions:
         if decision.allowed:
             kept = (f"reads kept {decision.retention_days:g} days" if decision.retention_days is not None
                     else "aggregate counts only")
-            _status(f"anpr: purpose {decision.purpose}: allowed by {decision.rule.id} ({kept})")
+            _status(f"anpr: {where}purpose {decision.purpose}: allowed by {decision.rule.id} ({kept})")
         else:
-            _status(f"anpr: purpose {decision.purpose}: DENIED by {decision.rule.id}: {'; '.join(decision.reasons)} "
+            _status(f"anpr: {where}purpose {decision.purpose}: DENIED by {decision.rule.id}: {'; '.join(decision.reasons)} "
                     f"[{decision.legal_reference}]")
         for note in decision.retention_notes:
-            _status(f"anpr: warning: purpose {decision.purpose}: {note}")
+            _status(f"anpr: warning: {where}purpose {decision.purpose}: {note}")
 
 
 @app.command()
@@ -225,16 +248,20 @@ def run(
     passages: Annotated[bool, typer.Option("--passages", help="Group reads of one vehicle into passages: "
                                            "with --jsonl one object per passage, else a passage table.")] = False,
     demo: Annotated[bool, typer.Option("--demo", help="Run even when every purpose is denied, to show the reads blocked.")] = False,
+    log_json: Annotated[Optional[Path], typer.Option("--log-json", help="Append JSON status lines (camera states, "
+                                                     "reconnects, every 10 s) to this file; '-' for stderr.")] = None,
 ) -> None:
-    """Read plates from SOURCE under a deployment's policy, to the end of a file or until Ctrl-C."""
+    """Read plates under a deployment's policy: SOURCE as one camera, or, without SOURCE,
+    every camera of the config at once. Files are read to their end; streams until Ctrl-C
+    or SIGTERM, reconnecting when they drop."""
     from anpr.audit import AuditLog
     from anpr.config import load_settings
-    from anpr.errors import ConfigError, PolicyRefusal
+    from anpr.errors import PolicyRefusal
     from anpr.policy.engine import Policy
     from anpr.policy.gate import PolicyGate
     from anpr.sinks import make_sinks
-    from anpr.source import FrameReader, open_source
-    from anpr.store import ReadStore
+    from anpr.source import FrameReader
+    from anpr.store import DatabaseUnavailable, ReadStore
 
     settings = load_settings(config, {"pipeline": {"ocr": ocr, "batch": batch},
                                       "detector": {"device": device, "backend": detector_backend},
@@ -243,55 +270,202 @@ def run(
         raise PolicyRefusal("no deployment declared: pass --config with the controller, cameras and purposes "
                             "(examples in configs/); without one no read may be kept")
     policy = Policy(settings)
-    camera = _pick_camera(settings, camera_id)
-    location = source or camera.source
-    if not location:
-        raise ConfigError(f"camera '{camera.id}' has no source in {config}: give SOURCE")
-    decisions = policy.camera_decisions(camera.id)
-    _announce_decisions(decisions)
-    if not any(d.allowed for d in decisions) and not demo:
-        refused = "; ".join(f"{d.purpose}: {d.rule.id} [{d.legal_reference}]" for d in decisions)
-        raise PolicyRefusal(f"every purpose of camera '{camera.id}' is denied ({refused}): refusing to start "
-                            f"(--demo runs it and shows every read blocked)")
-    frame_source = open_source(location)  # bad input fails here, before the database is touched
+    cameras = _cameras_to_run(settings, config, source, camera_id)
+    for camera, _ in cameras:
+        decisions = policy.camera_decisions(camera.id)
+        _announce_decisions(decisions, camera.id if len(cameras) > 1 else None)
+        if not any(d.allowed for d in decisions) and not demo:
+            refused = "; ".join(f"{d.purpose}: {d.rule.id} [{d.legal_reference}]" for d in decisions)
+            raise PolicyRefusal(f"every purpose of camera '{camera.id}' is denied ({refused}): refusing to start "
+                                f"(--demo runs it and shows every read blocked)")
+    status_log = _StatusLog(log_json) if log_json else None
+    sources = _open_sources(cameras, settings)  # bad input fails here, before the database is touched
     store = ReadStore(settings.store.url)
+    spool = None
     try:
         store.check()
         audit = AuditLog(store.engine)
         from anpr.ocr import make_recogniser
-        from anpr.pipeline import Pipeline
+        from anpr.pipeline import Lane, Pipeline, run_lanes
+        from anpr.spool import SpooledStore
+
+        # The gate writes through the spool: if the database goes away mid-run, allowed
+        # reads wait on disk (with their deadlines) and are sent when it is back.
+        spool = SpooledStore(store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20,
+                             warn=lambda message: _status(f"anpr: warning: {message}"))
+        if spool.pending.batches:
+            _status(f"anpr: {spool.pending.reads} read(s) left in {spool.directory} by an earlier run "
+                    f"while the database was down: sending them first")
 
         detector = _detector(settings)
         recogniser = make_recogniser(settings.pipeline.ocr)
         tally = _PlateTally()
         passage_output = _Passages(jsonl) if passages else None
         outputs = [tally] + ([passage_output] if passage_output else [_JsonLines()] if jsonl else [])
-        gate = PolicyGate(policy, camera, store, make_sinks(settings, store), outputs=outputs)
-        pipeline = Pipeline(detector, recogniser, [gate], settings.pipeline.batch, settings.pipeline.min_confidence,
-                            _saving(settings))
-        progress = _ProgressLine(getattr(frame_source, "frame_count", None) or None)
+        sinks = make_sinks(settings, spool)
+        lanes = []
+        for (camera, _), frame_source in zip(cameras, sources):
+            gate = PolicyGate(policy, camera, spool, sinks, outputs=outputs)
+            pipeline = Pipeline(detector, recogniser, [gate], settings.pipeline.batch,
+                                settings.pipeline.min_confidence, _saving(settings))
+            lanes.append(Lane(camera.id, FrameReader(frame_source, settings.pipeline.queue), pipeline))
+        gates = {lane.name: lane.pipeline.sinks[0] for lane in lanes}
+        progress = _ProgressLine(sum(getattr(s, "frame_count", 0) for s in sources) or None, status_log)
         stop = _install_stop_handler()
         audit.append("run.start", "pipeline", {
-            "deployment": settings.name, "config": str(config), "camera": camera.id, "demo": demo,
-            "decisions": {d.purpose: {"verdict": d.verdict.value, "rule": d.rule.id} for d in decisions}})
-        _status(f"anpr: reading {location} as camera {camera.id} (ocr {settings.pipeline.ocr}, batch "
-                f"{settings.pipeline.batch}, device {settings.detector.device}) into {store.safe_url}")
-        stats = pipeline.run(FrameReader(frame_source, settings.pipeline.queue), stop=stop, progress=progress)
+            "deployment": settings.name, "config": str(config), "cameras": [c.id for c, _ in cameras], "demo": demo,
+            "decisions": {c.id: {d.purpose: {"verdict": d.verdict.value, "rule": d.rule.id}
+                                 for d in policy.camera_decisions(c.id)} for c, _ in cameras}})
+        for camera, location in cameras:
+            _status(f"anpr: reading {location} as camera {camera.id}")
+        _status(f"anpr: ocr {settings.pipeline.ocr}, batch {settings.pipeline.batch}, "
+                f"device {settings.detector.device}, into {store.safe_url}")
+        if status_log:
+            status_log.event("run.start", cameras={c.id: loc for c, loc in cameras})
+        if status_log:
+            status_log.spool = spool
+        run_lanes(lanes, stop=stop, progress=progress)
         progress.done()
         if passage_output:
             passage_output.finish()
-        audit.append("run.end", "pipeline", {
-            "camera": camera.id, "frames": stats.frames, "reads_seen": gate.tally.seen,
-            "kept": dict(gate.tally.stored), "purged": gate.tally.purged,
-            "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in gate.tally.counted.items()}})
+        gate_tally = _merged_tally(gates.values())
+        spool.flush()
+        try:
+            audit.append("run.end", "pipeline", {
+                "cameras": {lane.name: {"frames": lane.stats.frames, "reconnects": lane.reader.status.reconnects}
+                            for lane in lanes},
+                "reads_seen": gate_tally.seen, "kept": dict(gate_tally.stored), "purged": gate_tally.purged,
+                "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in gate_tally.counted.items()},
+                "spool": {k: v for k, v in spool.status.as_json().items() if k.endswith(("_batches", "_reads"))}})
+        except DatabaseUnavailable as exc:
+            _status(f"anpr: warning: the run's end is not in the audit log: {exc}")
+        if status_log:
+            status_log.event("run.end", cameras=_lane_status(lanes), database=spool.as_json())
         if passage_output and not jsonl:
             print(f"{'plate':<12} {'conf':>5} {'reads':>5}  {'first s':>8} {'last s':>8}  country")
             for p in passage_output.printed:
                 print(f"{p['plate']:<12} {p['confidence']:>5.2f} {p['reads']:>5}  {p['first_time']:>8.2f} "
                       f"{p['last_time']:>8.2f}  {p['country'] or '-'}")
-        _print_summary(tally, gate.tally, stats, store.safe_url, plate_table=not jsonl and not passages)
+        _print_summary(tally, gate_tally, lanes, store.safe_url, plate_table=not jsonl and not passages)
+        _report_spool(spool, store.safe_url)
+        if not any(lane.reader.status.received for lane in lanes):
+            from anpr.errors import SourceError
+
+            raise SourceError("no frame could be decoded from " + ", ".join(loc for _, loc in cameras))
     finally:
+        if spool is not None:
+            spool.close()
         store.close()
+
+
+def _report_spool(spool, store_url: str) -> None:
+    from anpr.errors import StoreError
+
+    status, pending = spool.status, spool.pending
+    if status.spooled_batches or status.flushed_batches:
+        _status(f"anpr: the database was unreachable for part of the run: {status.spooled_reads} read(s) spooled, "
+                f"{status.flushed_reads} sent later" + (f", {status.duplicate_batches} batch(es) found already "
+                                                         f"written" if status.duplicate_batches else ""))
+    if pending.batches:
+        _status(f"anpr: warning: database {store_url} unreachable: {pending.reads} read(s) kept in "
+                f"{spool.directory}; the next run with this database sends them (each is deleted when its "
+                f"retention ends)")
+    if status.lost_reads:
+        raise StoreError(f"{status.lost_reads} read(s) lost: the spool was full or not writable "
+                         f"(store.spool_max_mb, store.spool_dir)")
+
+
+def _cameras_to_run(settings, config, source: str | None, camera_id: str | None):
+    """(camera, location) pairs: SOURCE as one camera, or every camera of the config with its source."""
+    from anpr.errors import ConfigError
+
+    if source is not None or camera_id is not None or len(settings.cameras) == 1:
+        camera = _pick_camera(settings, camera_id)
+        location = source or camera.source
+        if not location:
+            raise ConfigError(f"camera '{camera.id}' has no source in {config}: give SOURCE")
+        return [(camera, location)]
+    missing = [c.id for c in settings.cameras if not c.source]
+    if missing:
+        raise ConfigError(f"camera(s) {', '.join(missing)} have no source in {config}: "
+                          f"give each a source, or run one with SOURCE --camera ID")
+    return [(camera, camera.source) for camera in settings.cameras]
+
+
+def _open_sources(cameras, settings):
+    """Every camera's source. With several cameras, a stream that is down now is retried in
+    the background (a dead camera must not keep the others from running); if none at all
+    can be reached, that is a configuration problem and an error."""
+    from anpr.errors import SourceError
+    from anpr.source import Reconnect, SourceState, open_source
+
+    reconnect = Reconnect(settings.stream.stall_seconds, settings.stream.reconnect_first_delay,
+                          settings.stream.reconnect_max_delay)
+    several = len(cameras) > 1
+    sources = [open_source(location, reconnect, wait_for_stream=several) for _, location in cameras]
+    down = [(camera.id, s.status.last_error) for (camera, _), s in zip(cameras, sources)
+            if s.status.state is SourceState.RECONNECTING]
+    if several and len(down) == len(sources):
+        for s in sources:
+            s.close()
+        raise SourceError("no camera can be reached: " + "; ".join(f"{c}: {why}" for c, why in down))
+    for camera, why in down:
+        _status(f"anpr: warning: camera {camera} is down ({why}); retrying in the background")
+    return sources
+
+
+def _merged_tally(gates):
+    from anpr.policy.gate import GateTally
+
+    merged = GateTally()
+    for gate in gates:
+        merged.seen += gate.tally.seen
+        merged.stored.update(gate.tally.stored)
+        merged.counted.update(gate.tally.counted)
+        merged.purged += gate.tally.purged
+    return merged
+
+
+def _lane_status(lanes) -> dict[str, dict]:
+    return {lane.name: {**lane.reader.status.as_json(), "processed": lane.stats.frames, "reads": lane.stats.reads,
+                        "dropped": lane.reader.dropped} for lane in lanes}
+
+
+class _StatusLog:
+    """JSON lines for monitoring (`--log-json`): run start and end, every change of a camera's
+    state, and every camera's status at least every STATUS_EVERY_SECONDS."""
+
+    STATUS_EVERY_SECONDS = 10.0
+
+    def __init__(self, path: Path) -> None:
+        from anpr.errors import ConfigError
+
+        try:
+            self._out = sys.stderr if str(path) == "-" else path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the JSON log {path}: {exc.strerror or exc}") from None
+        self._logged: dict[str, int] = {}  # camera -> state changes already written
+        self._next_status = 0.0
+        self.spool = None  # the database's state, when the run has a spool
+
+    def event(self, name: str, **fields) -> None:
+        import time
+
+        self._out.write(json.dumps({"time": round(time.time(), 3), "event": name, **fields}) + "\n")
+        self._out.flush()
+
+    def update(self, lanes) -> None:
+        import time
+
+        for lane in lanes:
+            changes = lane.reader.status.changes
+            for when, state, why in changes[self._logged.get(lane.name, 0):]:
+                self.event("camera", camera=lane.name, state=state.value, since=round(when, 3), error=why)
+            self._logged[lane.name] = len(changes)
+        if time.monotonic() >= self._next_status:
+            self._next_status = time.monotonic() + self.STATUS_EVERY_SECONDS
+            self.event("status", cameras=_lane_status(lanes),
+                       **({"database": self.spool.as_json()} if self.spool else {}))
 
 
 @app.command("eval")
@@ -451,9 +625,23 @@ app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:
+    from typer._click import exceptions as click  # typer vendors Click; its errors are not exported
+
     _quiet_libraries()
     try:
-        app()
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else "")
+        sys.exit(2)
+    except click.UsageError as exc:  # a bad flag or argument: one line, like every other input error
+        _status(f"anpr: error: {exc.format_message()}")
+        sys.exit(2)
+    except typer.Abort:
+        _status("anpr: aborted")
+        sys.exit(130)
     except AnprError as exc:
         _status(f"anpr: error: {exc}")
         sys.exit(exc.exit_code)

@@ -179,8 +179,12 @@ def db_search(
     """Reads of PLATE that PURPOSE may see; refused (exit 3) when the purpose or user may not query."""
     from anpr.audit import AuditLog
     from anpr.errors import PolicyRefusal
+    from anpr.errors import ConfigError
+    from anpr.plates import normalise
     from anpr.policy.queries import search
 
+    if not normalise(plate):
+        raise ConfigError(f"not a plate: {plate!r} (no letter or digit)")
     settings, policy = _deployment(config, db)
     store = _store(settings)
     try:

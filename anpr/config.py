@@ -19,8 +19,14 @@ Run settings (all optional):
       confidence: 0.25       # detector score threshold (0-1)
       input_size: 640        # detector input size in pixels (multiple of 32)
       device: cpu            # cpu | cuda | cuda:N
+    stream:                  # live sources (RTSP, HTTP)
+      stall_seconds: 10      # no frame for this long counts as a dropped stream
+      reconnect_first_delay: 0.5   # seconds before the first reconnection attempt
+      reconnect_max_delay: 30      # attempts back off exponentially (with jitter) up to this
     store:
       url: anpr.sqlite       # SQLAlchemy URL, or a path to a SQLite file
+      spool_dir: anpr-spool  # allowed reads wait here while the database is unreachable (one per concurrent run)
+      spool_max_mb: 256      # spool size limit (1 or more): beyond it new batches are lost, with a warning
 
 A deployment (required by `anpr run`, see configs/ and README "Deployment config"):
 
@@ -34,6 +40,7 @@ A deployment (required by `anpr run`, see configs/ and README "Deployment config
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +48,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anpr.errors import ConfigError
-from anpr.policy.deployment import Camera, Controller, Purpose, Sink
+from anpr.policy.deployment import Camera, Controller, Count, Number, Purpose, Sink
 
 
 class _Section(BaseModel):
@@ -49,19 +56,19 @@ class _Section(BaseModel):
 
 
 class PipelineSettings(_Section):
-    batch: int = Field(8, ge=1, le=256)
+    batch: Count = Field(8, ge=1, le=256)
     ocr: Literal["ppocr", "easyocr"] = "ppocr"
-    queue: int = Field(64, ge=2, le=4096)
-    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
-    stride: int = Field(1, ge=1, le=100)
-    motion_threshold: float = Field(0.0, ge=0.0, le=255.0)
-    settle_reads: int = Field(0, ge=0, le=1000)
+    queue: Count = Field(64, ge=2, le=4096)
+    min_confidence: Number = Field(0.0, ge=0.0, le=1.0)
+    stride: Count = Field(1, ge=1, le=100)
+    motion_threshold: Number = Field(0.0, ge=0.0, le=255.0)
+    settle_reads: Count = Field(0, ge=0, le=1000)
 
 
 class DetectorSettings(_Section):
     backend: Literal["auto", "torch", "onnx"] = "auto"
-    confidence: float = Field(0.25, gt=0.0, le=1.0)
-    input_size: int = Field(640, ge=64, le=4096)
+    confidence: Number = Field(0.25, gt=0.0, le=1.0)
+    input_size: Count = Field(640, ge=64, le=4096)
     device: str = "cpu"
 
     @field_validator("input_size")
@@ -79,13 +86,30 @@ class DetectorSettings(_Section):
         return value
 
 
+class StreamSettings(_Section):
+    stall_seconds: Number = Field(10.0, ge=1.0, le=3600.0)
+    reconnect_first_delay: Number = Field(0.5, ge=0.05, le=600.0)
+    reconnect_max_delay: Number = Field(30.0, ge=0.1, le=3600.0)
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> StreamSettings:
+        if self.reconnect_max_delay < self.reconnect_first_delay:
+            raise ValueError("stream.reconnect_max_delay must not be less than stream.reconnect_first_delay")
+        return self
+
+
 class StoreSettings(_Section):
-    url: str = "anpr.sqlite"
+    url: str = Field("anpr.sqlite", min_length=1)  # an empty --db "$UNSET" is a mistake, not the default
+    # Relative to the current folder, like the default database and the outputs. A spool
+    # is tied to one database and locked by one run: concurrent runs need their own.
+    spool_dir: str = Field("anpr-spool", min_length=1)
+    spool_max_mb: Count = Field(256, ge=1, le=1_048_576)
 
 
 class Settings(_Section):
     pipeline: PipelineSettings = PipelineSettings()
     detector: DetectorSettings = DetectorSettings()
+    stream: StreamSettings = StreamSettings()
     store: StoreSettings = StoreSettings()
     name: str = ""
     description: str = ""
@@ -122,6 +146,19 @@ class Settings(_Section):
         return self
 
 
+# A value quoted in an error message is cut short: a config can hold a huge string or,
+# through YAML aliases, a structure whose full repr would not fit in memory.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxset, _SHORT.maxtuple = 2, 4, 4, 4, 4
+MAX_PROBLEMS = 10  # listed in one message; the rest are counted
+
+
+def _one_line(text: str) -> str:
+    """Control characters and line breaks (of keys, camera ids...) shown escaped, so a message stays one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "value_error" and not error["loc"]:
@@ -130,7 +167,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"unknown key '{key}'"
     if error["type"] == "missing":
         return f"missing key '{key}'"
-    return f"key '{key}': {error['msg']} (got {error.get('input')!r})"
+    return f"key '{key}': {error['msg']} (got {_SHORT.repr(error.get('input'))})"
 
 
 def _validate(data: dict[str, Any], origin: str) -> Settings:
@@ -138,12 +175,16 @@ def _validate(data: dict[str, Any], origin: str) -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         # Every problem at once, on one line: a typo'd key shows up as both unknown and missing.
-        raise ConfigError(f"{origin}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        problems = [_describe(e) for e in exc.errors()]
+        if len(problems) > MAX_PROBLEMS:
+            problems[MAX_PROBLEMS:] = [f"and {len(problems) - MAX_PROBLEMS} more problem(s)"]
+        raise ConfigError(_one_line(f"{origin}: " + "; ".join(problems))) from None
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Input lists named in a config are relative to the config file (outputs stay relative to the cwd)."""
-    for purpose in (data.get("purposes") or {}).values():
+    purposes = data.get("purposes")
+    for purpose in purposes.values() if isinstance(purposes, dict) else ():  # else validation says what is wrong
         if isinstance(purpose, dict):
             for key in ("hotlist", "compliant_plates"):
                 if isinstance(purpose.get(key), str):
@@ -151,16 +192,52 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML, with two differences: a key given twice in a mapping is an error (PyYAML
+    silently keeps the last, so a second `pipeline:` section would drop the first), and
+    dates stay text (no setting is a date, while a reference such as 2021-05-12 is text;
+    an impossible date such as 2021-02-30 would otherwise fail inside the parser)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        return exc.problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
     """Settings from an optional YAML file, then `overrides` (section -> key -> value, None skipped)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        except OSError as exc:  # a folder, no permission...
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+        except Exception as exc:  # noqa: BLE001 - whatever the parser raises on this text, the text is at fault
+            raise ConfigError(_one_line(f"{path}: not valid YAML: {_yaml_problem(exc)}")) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
         data = _resolve_paths(loaded or {}, path.parent)

@@ -195,21 +195,70 @@ class Pipeline:
         self,
         reader: FrameReader,
         stop: threading.Event | None = None,
-        progress: Callable[[RunStats], None] | None = None,
+        progress: Callable[[Sequence[Lane]], None] | None = None,
     ) -> RunStats:
-        """Process batches until the source ends or `stop` is set; a batch in flight completes."""
-        stats = RunStats()
-        try:
-            for batch in reader.batches(self.batch_size, stop):
-                reads = self.process(batch)
-                stats.frames += len(batch)
-                stats.reads += len(reads)
-                stats.dropped = reader.dropped
-                if progress:
-                    progress(stats)
-                if stop is not None and stop.is_set():
-                    break
-        finally:
-            stats.finished = time.perf_counter()
-            reader.close()
-        return stats
+        """Process one source to its end, or until `stop` (then the frames already queued)."""
+        lane = Lane(reader.source.name, reader, self)
+        run_lanes([lane], stop, progress)
+        return lane.stats
+
+
+@dataclass
+class Lane:
+    """One camera in a run: its frames, and the pipeline (tracks, policy gate) they go through."""
+
+    name: str
+    reader: FrameReader
+    pipeline: Pipeline
+    stats: RunStats = field(default_factory=RunStats)
+
+
+DRAIN_SECONDS = 30.0  # after a stop request, queued frames are processed for at most this long
+IDLE_WAIT_SECONDS = 0.005  # nothing queued anywhere: look again after this long
+PROGRESS_SECONDS = 1.0  # progress is reported at least this often, frames or not
+
+
+def run_lanes(
+    lanes: Sequence[Lane],
+    stop: threading.Event | None = None,
+    progress: Callable[[Sequence[Lane]], None] | None = None,
+    drain_seconds: float = DRAIN_SECONDS,
+) -> None:
+    """The run loop: batches from every camera in turn until all have ended or `stop` is set.
+
+    A camera whose stream is down just has no frames; the others go on. When `stop` is
+    set, decoding stops and the frames already queued still go through OCR, policy and
+    storage (for at most `drain_seconds`), so nothing that was taken in is half-done.
+    """
+    drain_until: float | None = None
+    last_progress = 0.0
+    try:
+        while True:
+            if stop is not None and stop.is_set() and drain_until is None:
+                drain_until = time.monotonic() + drain_seconds
+                for lane in lanes:
+                    lane.reader.stop_intake()
+            worked = False
+            for lane in lanes:
+                batch = lane.reader.take(lane.pipeline.batch_size)
+                if batch is None:
+                    continue
+                reads = lane.pipeline.process(batch)
+                lane.stats.frames += len(batch)
+                lane.stats.reads += len(reads)
+                lane.stats.dropped = lane.reader.dropped
+                worked = True
+            now = time.monotonic()
+            if progress and (worked or now - last_progress >= PROGRESS_SECONDS):
+                progress(lanes)
+                last_progress = now
+            if all(lane.reader.finished for lane in lanes):
+                break
+            if drain_until is not None and (not worked or now > drain_until):
+                break  # drained: what is left was never taken in
+            if not worked:
+                time.sleep(IDLE_WAIT_SECONDS)
+    finally:
+        for lane in lanes:
+            lane.stats.finished = time.perf_counter()
+            lane.reader.close()

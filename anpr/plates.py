@@ -73,7 +73,9 @@ def choose_plate(candidates: Sequence[tuple[str, float]], top: int = TOP_CANDIDA
     ranked = sorted(scored.items(), key=lambda kv: -kv[1])[:top]
     plate, score = ranked[0]
     country, pattern = formats.get(plate, (None, None))
-    return PlateText(plate, score / total, tuple((t, v / total) for t, v in ranked), country, pattern)
+    # Probabilities that all underflowed to 0 leave no shares to compute: every candidate gets 0.
+    share = (lambda value: value / total) if total > 0 else (lambda value: 0.0)
+    return PlateText(plate, share(score), tuple((t, share(v)) for t, v in ranked), country, pattern)
 
 
 @dataclass(frozen=True, slots=True)

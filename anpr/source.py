@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -26,7 +28,7 @@ from anpr.errors import SourceError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
 STREAM_OPEN_TIMEOUT_MS = 10_000
-STREAM_READ_TIMEOUT_MS = 10_000
+MAX_BAD_READS = 250  # a file whose frames fail to decode for this long (10 s at 25 fps) has ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +39,64 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8 BGR
 
 
+class SourceState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+
+
+@dataclass
+class SourceStatus:
+    """What a source is doing now; read by the progress display and the JSON log."""
+
+    state: SourceState = SourceState.CONNECTING
+    received: int = 0  # frames the source delivered
+    reconnects: int = 0  # successful reconnections after a drop or a stall
+    last_frame_time: float | None = None  # Unix time the last frame arrived
+    last_error: str | None = None  # why the stream last dropped
+    damaged_stretches: int = 0  # runs of undecodable frames skipped (a damaged file)
+    unreadable: list[str] = field(default_factory=list)  # images of a folder that could not be decoded
+
+    changes: list[tuple[float, SourceState, str | None]] = field(default_factory=list)  # (Unix time, state, why)
+
+    def set(self, state: SourceState, error: str | None = None) -> None:
+        """Enter `state`; every change is kept, so a monitor that looks now and then misses none."""
+        if error is not None:
+            self.last_error = error
+        if state is not self.state:
+            self.state = state
+            self.changes.append((time.time(), state, error))
+
+    def as_json(self) -> dict[str, object]:
+        return {"state": self.state.value, "received": self.received, "reconnects": self.reconnects,
+                "last_frame_time": round(self.last_frame_time, 3) if self.last_frame_time else None,
+                "last_error": self.last_error}
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """How a live stream is watched and reopened (config section `stream`)."""
+
+    stall_seconds: float = 10.0  # no frame for this long counts as a drop
+    first_delay: float = 0.5  # seconds before the first reopening attempt
+    max_delay: float = 30.0  # attempts back off exponentially up to this
+
+    def delays(self) -> Iterator[float]:
+        """Exponential backoff with jitter: many cameras that dropped together do not
+        all hammer the recorder again at the same instant."""
+        delay = self.first_delay
+        while True:
+            yield delay / 2 + random.uniform(0, delay / 2)
+            delay = min(self.max_delay, delay * 2)
+
+
 class FrameSource(Protocol):
     """Something that yields frames in order; `frames()` ends at end of input."""
 
     name: str
     live: bool  # True: frames arrive in real time and may be dropped
+    status: SourceStatus
 
     def frames(self) -> Iterator[Frame]: ...
 
@@ -49,47 +104,128 @@ class FrameSource(Protocol):
 
 
 class VideoSource:
-    """A video file or a network stream, decoded by OpenCV's FFmpeg backend."""
+    """A video file or a network stream, decoded by OpenCV's FFmpeg backend.
 
-    def __init__(self, location: str, live: bool) -> None:
+    A live stream that drops or stalls is reopened with backoff, in the same process,
+    until the source is closed; its frame numbers go on counting across reconnections.
+    The first connection must succeed: a wrong URL is an error, not something to retry.
+    """
+
+    def __init__(self, location: str, live: bool, reconnect: Reconnect = Reconnect(),
+                 wait_for_stream: bool = False) -> None:
         self.name = location
         self.live = live
+        self.reconnect = reconnect
+        self.status = SourceStatus()
+        self._closing = threading.Event()
+        self._reading = False
         # Without an explicit transport FFmpeg tries UDP first, which loopback
         # firewalls and NAT often drop; TCP works everywhere RTSP does.
         if live and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS] if live else []
-        self._capture = cv2.VideoCapture(location, cv2.CAP_FFMPEG, params)
-        if not self._capture.isOpened():
-            self._capture.release()
-            what = "cannot connect to stream" if live else "cannot open video (not a video file, or corrupt)"
-            raise SourceError(f"{what}: {location}")
-        ok, first = self._capture.read()
-        if not ok or first is None:
-            self._capture.release()
-            what = "stream sent no frame" if live else "video has no decodable frame (corrupt or empty)"
-            raise SourceError(f"{what}: {location}")
-        self._first = first
+        self._capture = cv2.VideoCapture()
+        self._first: np.ndarray | None = None
+        self.fps, self.frame_count, self._index_offset = 0.0, 0, 0
+        opened = self._open()
+        if isinstance(opened, str):
+            if not (live and wait_for_stream):
+                raise SourceError(f"{opened}: {location}")
+            # One camera of several may be down when the run starts; it is retried like a drop.
+            self.status.set(SourceState.RECONNECTING, opened)
+            return
+        self._capture, self._first = opened
+        self.status.set(SourceState.CONNECTED)
         self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         self.frame_count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not live else 0
+        # Some containers report the media time a few frames ahead (AVI: the decoder's
+        # delay); the first frame, number 0, gives that offset.
+        self._index_offset = self._media_index() if self.fps > 0 and not live else 0
+
+    def _media_index(self) -> int:
+        """The frame number the media time of the frame just read gives."""
+        return round(self._capture.get(cv2.CAP_PROP_POS_MSEC) * self.fps / 1000)
+
+    def _open(self) -> tuple[cv2.VideoCapture, np.ndarray] | str:
+        """The capture and its first frame, or why not."""
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.reconnect.stall_seconds * 1000)] if self.live else []
+        capture = cv2.VideoCapture(self.name, cv2.CAP_FFMPEG, params)
+        if not capture.isOpened():
+            capture.release()
+            return "cannot connect to stream" if self.live else "cannot open video (not a video file, or corrupt)"
+        ok, first = capture.read()
+        if not ok or first is None:
+            capture.release()
+            return "stream sent no frame" if self.live else "video has no decodable frame (corrupt or empty)"
+        return capture, first
 
     def frames(self) -> Iterator[Frame]:
-        image, index = self._first, 0
-        while image is not None:
-            if self.live:
-                stamp = time.time()
-            else:
-                # POS_MSEC is the time of the frame that will be read next; the
-                # index over fps is exact for constant-rate files and needs no seek.
-                stamp = index / self.fps if self.fps > 0 else self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            yield Frame(self.name, index, stamp, image)
+        # The capture is released on the thread that reads it: FFmpeg does not take a
+        # release from another thread while a read is blocked in it.
+        self._reading = True
+        try:
+            image, index = self._first, 0
+            if image is None and self.live:
+                image = self._reopen()
+            while image is not None and not self._closing.is_set():
+                if self.live:
+                    stamp = time.time()
+                else:
+                    # POS_MSEC is the time of the frame that will be read next; the
+                    # index over fps is exact for constant-rate files and needs no seek.
+                    stamp = index / self.fps if self.fps > 0 else self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                self.status.received += 1
+                self.status.last_frame_time = time.time()
+                yield Frame(self.name, index, stamp, image)
+                ok, image = self._capture.read()
+                index += 1
+                if not ok or image is None:
+                    image = self._reopen() if self.live else self._skip_damage()
+                if image is not None and not self.live and self.fps > 0:
+                    # A damaged file loses frames, sometimes without a failed read (FFmpeg drops
+                    # what it cannot decode): number each frame by its media time, not by count.
+                    index = max(index, self._media_index() - self._index_offset)
+        finally:
+            self.status.set(SourceState.ENDED)
+            self._capture.release()
+
+    def _skip_damage(self) -> np.ndarray | None:
+        """After a failed read of a file: the next frame that decodes, or None at its end.
+
+        A file damaged in the middle fails a few reads and then decodes again; stopping
+        at the first failure would silently drop the rest of it."""
+        for _ in range(MAX_BAD_READS):
             ok, image = self._capture.read()
-            image = image if ok else None
-            index += 1
+            if ok and image is not None:
+                self.status.damaged_stretches += 1
+                return image
+        return None
+
+    def _reopen(self) -> np.ndarray | None:
+        """Reopen a dropped or stalled stream, backing off; its first frame, or None once closed."""
+        self._capture.release()
+        if self.status.state is not SourceState.RECONNECTING:  # else: never connected yet
+            self.status.set(SourceState.RECONNECTING,
+                            f"stream dropped or sent nothing for {self.reconnect.stall_seconds:g} s")
+        for delay in self.reconnect.delays():
+            if self._closing.wait(delay):
+                return None
+            opened = self._open()
+            if isinstance(opened, str):
+                self.status.set(SourceState.RECONNECTING, opened)
+                continue
+            self._capture, first = opened
+            if self.status.received:  # a first connection is not a reconnection
+                self.status.reconnects += 1
+            self.status.set(SourceState.CONNECTED)
+            return first
+        return None
 
     def close(self) -> None:
-        self._capture.release()
+        """Stop reading; the reading thread releases the stream when its read returns."""
+        self._closing.set()
+        if not self._reading:
+            self._capture.release()
 
 
 class ImageSource:
@@ -99,6 +235,8 @@ class ImageSource:
 
     def __init__(self, path: Path) -> None:
         self.name = str(path)
+        self.status = SourceStatus()
+        self.status.set(SourceState.CONNECTED)
         if path.is_dir():
             entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
             not_images = [p.name for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
@@ -119,18 +257,25 @@ class ImageSource:
     def frames(self) -> Iterator[Frame]:
         for index, path in enumerate(self._paths):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise SourceError(f"cannot decode image: {path}")
+            if image is None:  # one bad image must not stop the folder: skipped and reported
+                self.status.unreadable.append(str(path))
+                continue
+            self.status.received += 1
+            self.status.last_frame_time = time.time()
             yield Frame(self.name, index, path.stat().st_mtime, image)
+        self.status.set(SourceState.ENDED)
 
     def close(self) -> None:
         pass
 
 
-def open_source(location: str) -> FrameSource:
-    """The source for a path or URL; raises SourceError with a one-line reason."""
+def open_source(location: str, reconnect: Reconnect = Reconnect(), wait_for_stream: bool = False) -> FrameSource:
+    """The source for a path or URL; raises SourceError with a one-line reason.
+
+    With `wait_for_stream`, a stream that cannot be reached yet is retried in the
+    background instead (its status says so) rather than raising."""
     if location.lower().startswith(STREAM_SCHEMES):
-        return VideoSource(location, live=True)
+        return VideoSource(location, live=True, reconnect=reconnect, wait_for_stream=wait_for_stream)
     path = Path(location)
     if not path.exists():
         raise SourceError(f"no such file or folder: {location}")
@@ -153,11 +298,8 @@ class FrameBatch:
         return len(self.frames)
 
 
-_END = object()
-
-
 class FrameReader:
-    """Decodes a source in a background thread and yields batches of frames.
+    """Decodes a source in a background thread; the pipeline takes batches of frames.
 
     The queue holds at most `capacity` frames. For a live source a full queue drops its
     oldest frame (counted in `dropped`); for a file the decoder waits.
@@ -165,20 +307,27 @@ class FrameReader:
 
     def __init__(self, source: FrameSource, capacity: int = 64) -> None:
         self.source = source
+        self.capacity = max(2, capacity)
         self.dropped = 0
         self.decoded = 0
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(2, capacity))
+        self._queue: queue.Queue[Frame] = queue.Queue(maxsize=self.capacity)
         self._stop = threading.Event()
+        self._decoder_done = threading.Event()
+        self._arrived = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._decode, name=f"decode:{source.name}", daemon=True)
         self._thread.start()
 
-    def _put(self, item: object) -> None:
+    @property
+    def status(self) -> SourceStatus:
+        return self.source.status
+
+    def _put(self, frame: Frame) -> None:
         while not self._stop.is_set():
             if self.source.live:
                 try:
-                    self._queue.put_nowait(item)
-                    return
+                    self._queue.put_nowait(frame)
+                    break
                 except queue.Full:
                     try:  # make room by discarding the oldest frame
                         self._queue.get_nowait()
@@ -187,10 +336,11 @@ class FrameReader:
                         pass
             else:
                 try:
-                    self._queue.put(item, timeout=0.1)
-                    return
+                    self._queue.put(frame, timeout=0.1)
+                    break
                 except queue.Full:
                     continue
+        self._arrived.set()
 
     def _decode(self) -> None:
         try:
@@ -202,44 +352,58 @@ class FrameReader:
         except BaseException as exc:  # handed to the consuming thread, which raises it
             self._error = exc
         finally:
-            self._put(_END)
+            self._decoder_done.set()
+            self._arrived.set()
+
+    @property
+    def finished(self) -> bool:
+        """The source ended (or intake stopped) and every decoded frame was taken; a
+        decoder error not yet raised by `take` keeps it unfinished."""
+        return self._decoder_done.is_set() and self._queue.empty() and self._error is None
+
+    def take(self, size: int) -> FrameBatch | None:
+        """Up to `size` queued frames without waiting, or None.
+
+        A file's batch is only handed out full (or at its end), so the detector always
+        gets whole batches; a live source's batch goes out with what has arrived.
+        """
+        filling = not (self.source.live or self._decoder_done.is_set() or self._stop.is_set())
+        if filling and self._queue.qsize() < min(size, self.capacity):
+            return None
+        frames: list[Frame] = []
+        while len(frames) < size:
+            try:
+                frames.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if not frames and self._error is not None and self._decoder_done.is_set():
+            error, self._error = self._error, None
+            raise error
+        return FrameBatch(frames) if frames else None
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a frame arrives, the source ends, or `timeout` seconds pass."""
+        self._arrived.wait(timeout)
+        self._arrived.clear()
 
     def batches(self, size: int, stop: threading.Event | None = None) -> Iterator[FrameBatch]:
-        """Batches of up to `size` frames; a live source does not wait to fill one.
+        """Batches until the source ends; after `stop` is set, the frames already queued."""
+        while True:
+            if stop is not None and stop.is_set():
+                self.stop_intake()
+            batch = self.take(size)
+            if batch is not None:
+                yield batch
+            elif self.finished or (self._stop.is_set() and self._queue.empty()):
+                return
+            else:
+                self.wait(0.2)
 
-        Ends at the end of the source, or when `stop` is set while waiting for a frame
-        (so a stalled stream cannot keep a stop request waiting).
-        """
-        finished = False
-        while not finished:
-            item = self._next(stop)
-            if item is _END:
-                break
-            frames = [item]
-            while len(frames) < size:
-                try:
-                    # A file always ends with _END, so waiting is safe; a live
-                    # source's batch goes out with what has arrived.
-                    item = self._queue.get_nowait() if self.source.live else self._queue.get()
-                except queue.Empty:
-                    break
-                if item is _END:
-                    finished = True
-                    break
-                frames.append(item)
-            yield FrameBatch(frames)  # type: ignore[arg-type]
-        if self._error is not None:
-            raise self._error
-
-    def _next(self, stop: threading.Event | None) -> object:
-        while stop is None or not stop.is_set():
-            try:
-                return self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-        return _END
+    def stop_intake(self) -> None:
+        """Decode no more frames; those already queued can still be taken."""
+        self._stop.set()
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
         self.source.close()
+        self._thread.join(timeout=5)

@@ -2,26 +2,50 @@
 
 Reads are written in batches, one transaction per batch. Nothing is created on disk
 until the first batch is written, so a run that fails on bad input leaves no file.
+
+Writes are idempotent: every kept read has a unique key, and every batch a key that is
+recorded (table written_batches) in the batch's own transaction. A batch sent again,
+for instance from the outage spool (anpr/spool.py) after its commit went through but
+its acknowledgement was lost, is recognised and skipped as a whole, so neither its reads
+nor its counter increments are applied twice.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import json
-
-from sqlalchemy import Boolean, Float, Integer, String, Text, UniqueConstraint, create_engine, delete, event, func, select
+from sqlalchemy import (Boolean, Float, Integer, String, Text, UniqueConstraint, create_engine, delete, event, func,
+                        inspect, select)
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from anpr.errors import StoreError
 from anpr.plates import PlateRead
-from anpr.policy.gate import CountKey, Outcome, PolicedRead
+from anpr.policy.gate import COUNT_BUCKET_SECONDS, CountKey, Outcome, PolicedRead, new_key
 
 DEFAULT_DATABASE = "anpr.sqlite"
+# A PostgreSQL server that does not answer fails a connection after this long, so an
+# outage costs a run seconds per attempt, not the operating system's TCP timeout.
+CONNECT_TIMEOUT_SECONDS = 3
+# How long a batch key is kept after its batch was written. A key is needed only while a
+# copy of its batch may still be sent again: a spool file written because the commit's
+# acknowledgement was lost, flushed at the first write after the database comes back, or
+# by the next run if this one stops first. Keeping keys longer costs one small row per
+# batch; keeping them shorter lets a spool older than this double a batch's counters
+# (never its reads: a batch with reads is also recognised by its read keys, and a read
+# gone by retention is also gone from the spool). Counted on the wall clock.
+BATCH_KEY_SECONDS = 7 * 24 * 3600
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached now (server down, connection lost): worth retrying
+    later, unlike a refused statement (integrity, schema, permission), which stays an error."""
 
 
 class Base(DeclarativeBase):
@@ -34,6 +58,7 @@ class ReadRow(Base):
     __tablename__ = "reads"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(32), unique=True)  # PolicedRead.key: a batch sent twice is stored once
     source: Mapped[str] = mapped_column(String(1024), index=True)
     camera: Mapped[str] = mapped_column(String(128), index=True)
     purpose: Mapped[str] = mapped_column(String(64), index=True)
@@ -63,8 +88,8 @@ class ReadRow(Base):
         read = policed.read
         x1, y1, x2, y2 = read.box
         return cls(
-            source=read.source, camera=policed.camera, purpose=policed.purpose, rule_id=policed.rule_id,
-            delete_after=policed.delete_after, hit=policed.hit,
+            key=policed.key, source=read.source, camera=policed.camera, purpose=policed.purpose,
+            rule_id=policed.rule_id, delete_after=policed.delete_after, hit=policed.hit,
             frame=read.frame, time=read.time, plate=read.plate, raw_text=read.raw_text,
             confidence=read.confidence, ocr_confidence=read.ocr_confidence,
             detector_confidence=read.detector_confidence, x1=x1, y1=y1, x2=x2, y2=y2,
@@ -81,7 +106,18 @@ class ReadRow(Base):
             candidates=tuple((t, p) for t, p in json.loads(self.candidates or "[]")),
             country=self.country, format=self.format,
         )
-        return PolicedRead(read, self.camera, self.purpose, self.rule_id, self.delete_after, self.hit)
+        return PolicedRead(read, self.camera, self.purpose, self.rule_id, self.delete_after, self.hit, self.key)
+
+
+class WrittenBatchRow(Base):
+    """The key of a batch already written, so that the same batch sent again is skipped."""
+
+    __tablename__ = "written_batches"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The start of the hour, like the policy counters: enough to prune by, while a time to
+    # the second would say when a plate was read for a purpose that may only count.
+    written_at: Mapped[int] = mapped_column(Integer, index=True)
 
 
 class PolicyCountRow(Base):
@@ -118,7 +154,11 @@ class ReadStore:
                 parent = Path(url.database).parent
                 if not parent.is_dir():
                     raise StoreError(f"database folder does not exist: {parent}")
-            self._engine: Engine = create_engine(url, pool_pre_ping=True)
+            connect_args = {}
+            if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2") \
+                    and "connect_timeout" not in url.query:
+                connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+            self._engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
             if url.get_backend_name() == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_secure_delete)
         except (ArgumentError, ImportError, ValueError) as exc:
@@ -129,8 +169,16 @@ class ReadStore:
         if not self._ready:
             try:
                 Base.metadata.create_all(self._engine)
+                existing = inspect(self._engine)
+                missing = [f"{table.name}.{column.name}" for table in Base.metadata.sorted_tables
+                           for column in table.columns
+                           if column.name not in {c["name"] for c in existing.get_columns(table.name)}]
             except SQLAlchemyError as exc:
-                raise StoreError(f"cannot open database {self.safe_url}: {_first_line(exc)}") from None
+                raise _error(exc)(f"cannot open database {self.safe_url}: {_first_line(exc)}") from None
+            if missing:  # create_all adds tables, never columns
+                listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                raise StoreError(f"database {self.safe_url} was made by an older anpr (no column {listed}): "
+                                 f"use a new database file, or add the columns")
             self._ready = True
 
     @property
@@ -146,13 +194,26 @@ class ReadStore:
         self._ensure_schema()
         return self._engine
 
-    def write(self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] | None = None) -> None:
-        """Store a batch of reads and add to the policy counters, in one transaction."""
+    def write(self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] | None = None,
+              key: str | None = None) -> bool:
+        """Store a batch of reads and add to the policy counters, in one transaction.
+
+        `key` identifies the batch (a new one if not given): a batch whose key is already
+        recorded, or one of whose reads is already stored, is skipped whole. Whether it
+        was written (False: it already was). Raises DatabaseUnavailable when the database
+        cannot be reached (the batch may or may not have been committed), StoreError when
+        it refuses the batch.
+        """
         if not reads and not counts:
-            return
+            return False
         self._ensure_schema()
+        batch_key = key or new_key()
         try:
             with Session(self._engine) as session, session.begin():
+                if self._already_written(session, batch_key, reads):
+                    return False
+                hour = int(time.time() // COUNT_BUCKET_SECONDS * COUNT_BUCKET_SECONDS)
+                session.add(WrittenBatchRow(key=batch_key, written_at=hour))
                 session.add_all([ReadRow.from_policed(r) for r in reads])
                 for key, number in (counts or {}).items():
                     row = session.scalars(select(PolicyCountRow).where(
@@ -164,24 +225,52 @@ class ReadStore:
                                                    rule_id=key.rule_id, outcome=key.outcome.value, count=number))
                     else:
                         row.count += number
-        except SQLAlchemyError as exc:
+        except IntegrityError as exc:
+            # Another writer (a second run flushing the same spool) may have stored this
+            # very batch between our check and our commit.
+            if self._written_elsewhere(batch_key, reads):
+                return False
             raise StoreError(f"cannot write to database {self.safe_url}: {_first_line(exc)}") from None
+        except SQLAlchemyError as exc:
+            raise _error(exc)(f"cannot write to database {self.safe_url}: {_first_line(exc)}") from None
+        return True
+
+    @staticmethod
+    def _already_written(session: Session, key: str, reads: Sequence[PolicedRead]) -> bool:
+        if session.get(WrittenBatchRow, key) is not None:
+            return True
+        # Its key may have been pruned (BATCH_KEY_SECONDS) while its reads are still kept.
+        return bool(reads) and session.scalar(
+            select(ReadRow.id).where(ReadRow.key.in_([r.key for r in reads])).limit(1)) is not None
+
+    def _written_elsewhere(self, key: str, reads: Sequence[PolicedRead]) -> bool:
+        try:
+            with Session(self._engine) as session:
+                return self._already_written(session, key, reads)
+        except SQLAlchemyError:
+            return False
 
     def purge(self, now: float) -> int:
-        """Delete every read whose deadline has passed; the number deleted."""
-        return self._delete(ReadRow.delete_after <= now)
+        """Delete every read whose deadline has passed; the number deleted.
+
+        Batch keys older than BATCH_KEY_SECONDS (wall clock, not `now`) go at the same time.
+        """
+        cutoff = time.time() - BATCH_KEY_SECONDS
+        return self._delete(ReadRow.delete_after <= now, WrittenBatchRow.written_at < cutoff)
 
     def delete_plate(self, plate: str, rule_id: str) -> int:
         """Delete the reads of `plate` kept under `rule_id` (e.g. FPS reads matched to a payment)."""
         return self._delete((ReadRow.plate == plate) & (ReadRow.rule_id == rule_id))
 
-    def _delete(self, condition) -> int:
+    def _delete(self, condition, batch_condition=None) -> int:
         self._ensure_schema()
         try:
             with Session(self._engine) as session, session.begin():
+                if batch_condition is not None:
+                    session.execute(delete(WrittenBatchRow).where(batch_condition))
                 return session.execute(delete(ReadRow).where(condition)).rowcount or 0
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot delete from database {self.safe_url}: {_first_line(exc)}") from None
+            raise _error(exc)(f"cannot delete from database {self.safe_url}: {_first_line(exc)}") from None
 
     def count(self) -> int:
         self._ensure_schema()
@@ -214,6 +303,26 @@ def _sqlite_secure_delete(connection, _record) -> None:
     # A deleted row otherwise stays readable in the file's free pages: retention would
     # delete the read in name only.
     connection.execute("PRAGMA secure_delete = ON")
+
+
+# SQLite reports a schema mismatch as an OperationalError too: that is no outage.
+_SQLITE_REFUSALS = ("no such table", "no such column", "has no column named", "syntax error")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a SQLAlchemy error means the database cannot be reached now (so retrying
+    later may succeed), rather than that it refused the statement."""
+    if isinstance(exc, DisconnectionError):
+        return True
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return False
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    return not any(text in str(exc) for text in _SQLITE_REFUSALS)
+
+
+def _error(exc: BaseException) -> type[StoreError]:
+    return DatabaseUnavailable if is_unavailable(exc) else StoreError
 
 
 def _first_line(exc: BaseException) -> str:

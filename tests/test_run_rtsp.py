@@ -1,20 +1,33 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import time
 
 from anpr.plates import same_plate
 from conftest import PARKING_CONFIG
+from support.live_run import LiveRun
 from support.rtsp import RtspServer
 
 
-def test_run_reads_plates_from_a_real_rtsp_stream(anpr_cli, clip_h264, tmp_path):
-    """A GStreamer RTSP server streams the 6-passage clip in real time; reads arrive."""
+def test_run_reads_plates_from_a_real_rtsp_stream(clip_h264, tmp_path):
+    """A GStreamer RTSP server streams the 6-passage clip in real time; reads arrive.
+
+    A stream never ends by itself for `anpr run` (when it stops, the run reconnects), so
+    the test lets the clip play through and then stops the run with SIGTERM."""
     db = tmp_path / "live.sqlite"
+    seconds = json.loads(clip_h264.with_suffix(".json").read_text())["passages"][-1]["last_frame"] / 25
     with RtspServer(clip_h264) as server:
-        result = anpr_cli("run", server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl", timeout=180)
-    assert result.returncode == 0, result.stderr
-    objects = [json.loads(line) for line in result.stdout.splitlines()]
+        run = LiveRun(server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl")
+        try:
+            run.wait_for(lambda o: True, 120, "a first read")
+            time.sleep(seconds + 5)
+            run.stop(signal.SIGTERM)
+        finally:
+            run.kill()
+    assert run.process.returncode == 0, run.stderr
+    objects = run.objects
     assert objects and {o["source"] for o in objects} == {server.url}
     assert sqlite3.connect(db).execute("select count(*) from reads").fetchone()[0] == len(objects)
     # Live frames carry wall-clock time and arrive in order.
@@ -28,32 +41,15 @@ def test_run_reads_plates_from_a_real_rtsp_stream(anpr_cli, clip_h264, tmp_path)
 
 
 def test_ctrl_c_ends_a_live_run_with_every_reported_read_stored(clip_h264, tmp_path):
-    import selectors
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    exe = shutil.which("anpr") or str(Path(sys.executable).parent / "anpr")
     db = tmp_path / "live.sqlite"
     with RtspServer(clip_h264, loop=True) as server:  # never ends by itself
-        process = subprocess.Popen([exe, "run", server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run = LiveRun(server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl")
         try:
-            selector = selectors.DefaultSelector()
-            selector.register(process.stdout, selectors.EVENT_READ)
-            assert selector.select(timeout=120), "no read within 120 s"
-            first = process.stdout.readline()
-            process.send_signal(signal.SIGINT)
-            signalled = time.monotonic()
-            rest, errors = process.communicate(timeout=60)
+            run.wait_for(lambda o: True, 120, "a first read")
+            took = run.stop(signal.SIGINT)
         finally:
-            if process.poll() is None:
-                process.kill()
-    assert process.returncode == 0, errors
-    assert time.monotonic() - signalled < 30
-    reported = [json.loads(line) for line in [first, *rest.splitlines()]]
+            run.kill()
+    assert run.process.returncode == 0, run.stderr
+    assert took < 30
     stored = sqlite3.connect(db).execute("select frame, plate from reads order by id").fetchall()
-    assert [(o["frame"], o["plate"]) for o in reported] == stored
+    assert [(o["frame"], o["plate"]) for o in run.objects] == stored

@@ -8,9 +8,24 @@ question, and an unknown one is denied there (fail closed), not rejected here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # YAML reads yes/no/on/off/true/false as booleans, and pydantic would take true for 1.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")  # noqa: TRY004 (pydantic reports ValueError only)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_boolean)]
+Number = Annotated[float, BeforeValidator(_not_a_boolean)]
+
+# No rule keeps reads for a century; a longer request is a mistake (1e308 days, .inf), and
+# its deletion deadline would not be a number.
+MAX_RETENTION_DAYS = 36_525
 
 
 class _Strict(BaseModel):
@@ -47,7 +62,7 @@ class Safeguards(_Strict):
 class Purpose(_Strict):
     legal_basis: str = ""
     safeguards: Safeguards = Safeguards()
-    retention_days: float | None = Field(None, gt=0)
+    retention_days: Number | None = Field(None, gt=0, le=MAX_RETENTION_DAYS)
     sinks: list[str] = Field(min_length=1)  # names of `sinks` entries this purpose writes to
     hotlist: Path | None = None  # plates of flagged vehicles: a read of one is a hit (LAPI)
     compliant_plates: Path | None = None  # plates allowed in a low-emission zone (ZFE)

@@ -137,6 +137,10 @@ def _plate_set(path: Path | None, what: str) -> frozenset[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:  # e.g. a NUL character in the path
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc}") from None
     return frozenset(normalise(line) for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 

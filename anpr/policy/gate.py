@@ -10,6 +10,7 @@ line) passes. The database write of a batch (reads and counts) is one transactio
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,11 @@ class CountKey:
     outcome: Outcome
 
 
+def new_key() -> str:
+    """A random idempotency key (of a kept read, of a database batch): 32 hex digits."""
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True, slots=True)
 class PolicedRead:
     """A read that a purpose may keep, with what the policy decided for it."""
@@ -50,10 +56,13 @@ class PolicedRead:
     rule_id: str
     delete_after: float  # Unix time
     hit: bool
+    # Made once, when the gate keeps the read for a purpose, and stored with it (unique):
+    # a batch re-sent after an outage is recognised by it and never stored twice.
+    key: str = field(default_factory=new_key)
 
     def as_json(self) -> dict[str, object]:
         return {**self.read.as_json(), "camera": self.camera, "purpose": self.purpose, "rule": self.rule_id,
-                "delete_after": round(self.delete_after, 3), "hit": self.hit}
+                "delete_after": round(self.delete_after, 3), "hit": self.hit, "key": self.key}
 
 
 class PolicedSink(Protocol):
@@ -119,7 +128,7 @@ class PolicyGate:
                         outcome = Outcome.NOT_STORED
                     else:
                         policed = PolicedRead(read, self.camera.id, purpose, decision.rule.id,
-                                              verdict.delete_after or now, verdict.hit)
+                                              verdict.delete_after or now, verdict.hit, new_key())
                         for name in self._sink_names[purpose]:
                             routed[name].append(policed)
                         kept.append(policed)

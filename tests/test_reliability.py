@@ -1,0 +1,171 @@
+"""Issue 6: streams that drop, several cameras, shutdown by signal (real RTSP server, real models)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import time
+
+import yaml
+
+from conftest import PARKING_CONFIG
+from support.live_run import LiveRun
+from support.rtsp import RtspServer
+
+QUICK_RECONNECT = {"stall_seconds": 3, "reconnect_first_delay": 0.2, "reconnect_max_delay": 2}
+
+
+def _config(tmp_path, cameras=None) -> str:
+    config = yaml.safe_load(PARKING_CONFIG.read_text())
+    config["stream"] = QUICK_RECONNECT
+    if cameras is not None:
+        template = config["cameras"][0]
+        config["cameras"] = [{**template, "id": camera_id, "source": source} for camera_id, source in cameras]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _events(log) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _stored(db) -> list[tuple]:
+    return sqlite3.connect(db).execute("select camera, frame, plate from reads order by id").fetchall()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_live_run_survives_three_server_restarts(clip_h264, tmp_path):
+    db, log = tmp_path / "live.sqlite", tmp_path / "status.jsonl"
+    with RtspServer(clip_h264, loop=True) as server:
+        run = LiveRun(server.url, "--config", _config(tmp_path), "--db", str(db), "--jsonl", "--log-json", str(log))
+        try:
+            run.wait_for(lambda o: True, 120, "a first read")
+            for number in range(1, 4):
+                server.restart()
+                restarted = time.time()
+                run.wait_for(lambda o: o["time"] > restarted, 120, f"a read of a frame sent after restart {number}")
+            took = run.stop(signal.SIGTERM)
+        finally:
+            run.kill()
+    assert run.process.returncode == 0, run.stderr
+    assert took < 30
+    events = _events(log)
+    assert events[-1]["event"] == "run.end"
+    camera = events[-1]["cameras"]["scan-car-07"]
+    assert camera["reconnects"] == 3, camera
+    states = [e["state"] for e in events if e["event"] == "camera"]
+    assert states.count("reconnecting") == 3 and states[-1] in ("connected", "ended"), states
+    assert "3 reconnections" in run.stderr
+    assert [("scan-car-07", o["frame"], o["plate"]) for o in run.objects] == _stored(db)
+    print(f"\n{len(run.objects)} reads reported and stored, {camera['reconnects']} reconnections, "
+          f"exit {run.process.returncode} {took:.1f} s after SIGTERM")
+
+
+def test_a_dead_camera_does_not_stop_the_others_and_joins_when_it_comes_up(clip_h264, tmp_path):
+    db, log = tmp_path / "two.sqlite", tmp_path / "status.jsonl"
+    dead_port = _free_port()
+    with RtspServer(clip_h264, loop=True) as alive:
+        config = _config(tmp_path, [("gate-a", alive.url), ("gate-b", f"rtsp://127.0.0.1:{dead_port}/stream")])
+        run = LiveRun("--config", config, "--db", str(db), "--jsonl", "--log-json", str(log))
+        try:
+            run.wait_for(lambda o: o["camera"] == "gate-a", 120, "a read from the live camera")
+            assert "camera gate-b is down" in run.stderr
+            with RtspServer(clip_h264, port=dead_port, loop=True):
+                run.wait_for(lambda o: o["camera"] == "gate-b", 120, "a read from the camera that came up")
+                run.wait_for(lambda o: o["camera"] == "gate-a", 60, "more reads from the first camera")
+                run.stop(signal.SIGTERM)
+        finally:
+            run.kill()
+    assert run.process.returncode == 0, run.stderr
+    b_states = [e["state"] for e in _events(log) if e["event"] == "camera" and e["camera"] == "gate-b"]
+    assert b_states[:2] == ["reconnecting", "connected"], b_states
+    stored = _stored(db)
+    assert {camera for camera, _, _ in stored} == {"gate-a", "gate-b"}
+    assert [(o["camera"], o["frame"], o["plate"]) for o in run.objects] == stored
+
+
+def test_no_reachable_camera_is_a_one_line_error(tmp_path):
+    config = _config(tmp_path, [("gate-a", f"rtsp://127.0.0.1:{_free_port()}/s"),
+                                ("gate-b", f"rtsp://127.0.0.1:{_free_port()}/s")])
+    run = LiveRun("--config", config, "--db", str(tmp_path / "none.sqlite"))
+    assert run.process.wait(timeout=120) == 2
+    time.sleep(0.2)
+    assert run.stderr.strip().splitlines()[-1].startswith("anpr: error: no camera can be reached: gate-a")
+    assert "Traceback" not in run.stderr and not (tmp_path / "none.sqlite").exists()
+
+
+def test_sigterm_drains_the_frames_in_flight_and_stores_every_reported_read(clip_h264, tmp_path):
+    db = tmp_path / "file.sqlite"
+    run = LiveRun(str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl")
+    try:
+        run.wait_for(lambda o: True, 120, "a first read")
+        took = run.stop(signal.SIGTERM)
+    finally:
+        run.kill()
+    assert run.process.returncode == 0, run.stderr
+    assert took < 60
+    stored = _stored(db)
+    assert [("scan-car-07", o["frame"], o["plate"]) for o in run.objects] == stored
+    # It stopped early: the clip has 150 frames, the queue holds 64 beyond the first batch.
+    assert max(frame for _, frame, _ in stored) < 149
+
+
+def test_postgresql_stopped_for_30_s_mid_run_loses_and_duplicates_nothing(clip_h264, tmp_path):
+    """A live run into PostgreSQL, with an allowed and a denied purpose on its camera: the
+    server is stopped for 30 s and started again while reads keep arriving."""
+    import sqlalchemy
+
+    from support.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        url = server.new_database()
+        config = yaml.safe_load((PARKING_CONFIG.parent / "mixed-camera.yaml").read_text())
+        config["store"] = {"spool_dir": str(tmp_path / "spool")}
+        config["sinks"]["police_export"]["path"] = str(tmp_path / "police.jsonl")
+        log = tmp_path / "status.jsonl"
+        with RtspServer(clip_h264, loop=True) as stream:
+            config["cameras"][0]["source"] = stream.url
+            (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+            run = LiveRun("--config", str(tmp_path / "config.yaml"), "--db", url, "--jsonl", "--log-json", str(log))
+            try:
+                run.wait_for(lambda o: True, 120, "a first read")
+                server.stop()
+                stopped = time.time()
+                run.wait_for(lambda o: o["time"] > stopped, 60, "a read while the database is down")
+                time.sleep(max(0.0, stopped + 30 - time.time()))
+                server.start()
+                started = time.time()
+                run.wait_for(lambda o: o["time"] > started + 2, 60, "a read after the database is back")
+                run.stop(signal.SIGTERM)
+            finally:
+                run.kill()
+        assert run.process.returncode == 0, run.stderr
+        reported = [o["key"] for o in run.objects]
+        during = [o for o in run.objects if stopped < o["time"] < started]
+        assert during, "no read was reported during the outage"
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as connection:
+            stored = connection.execute(sqlalchemy.text("select key, purpose from reads")).all()
+        engine.dispose()
+        keys = [key for key, _ in stored]
+        assert len(keys) == len(set(keys)), "a read was stored twice"
+        assert set(keys) == set(reported) and len(keys) == len(reported), "a reported read is missing"
+        assert {purpose for _, purpose in stored} == {"parking_fps"}  # nothing for the denied purpose
+        assert not (tmp_path / "police.jsonl").exists()
+        assert not (tmp_path / "spool").exists()  # everything sent; an empty spool leaves nothing
+        statuses = [e for e in _events(log) if e["event"] == "status" and "database" in e]
+        assert any(not e["database"]["database_up"] for e in statuses)
+        assert "read(s) spooled" in run.stderr
+        print(f"\n{len(reported)} reads reported, {len(during)} during the 30 s outage, {len(keys)} stored, "
+              f"{len(set(keys))} distinct; purposes stored: {sorted({p for _, p in stored})}")
+    finally:
+        server.remove()

@@ -1,0 +1,348 @@
+"""Database faults: the outage spool, against a real PostgreSQL server stopped and restarted."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from anpr.config import load_settings
+from anpr.errors import StoreError
+from anpr.plates import PlateRead
+from anpr.policy.engine import Policy
+from anpr.policy.gate import CountKey, Outcome, PolicedRead, PolicyGate
+from anpr.sinks import make_sinks
+from anpr.spool import LOCK_NAME, Pending, SpooledStore
+from anpr.store import BATCH_KEY_SECONDS, ReadStore, WrittenBatchRow
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+UNREACHABLE = "postgresql+psycopg://anpr@127.0.0.1:1/none"  # nothing listens on port 1
+OUTAGE_SECONDS = 10.0  # the 30 s of the acceptance item are run end to end in test_reliability.py
+DAY = 86400.0
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A server of this module's own: stopping the session's `postgres` would break other tests."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+class stopped:
+    """The server stopped for the block, started again after it whatever happens."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+
+    def __enter__(self):
+        self.server.stop()
+
+    def __exit__(self, *_exc) -> None:
+        self.server.start()
+
+
+def plate_read(plate: str, frame: int) -> PlateRead:
+    return PlateRead("cam.mp4", frame, frame / 25, plate, plate.lower(), 0.8, 0.9, 0.88, (10.0, 20.0, 110.5, 50.25),
+                     "plate-yolov8n@abc", "ppocrv4-rec@def", ((plate, 0.9), (plate[:-1], 0.05)), "FR", "LLDDDLL")
+
+
+def kept(plate: str, frame: int, delete_after: float) -> PolicedRead:
+    return PolicedRead(plate_read(plate, frame), "cam", "parking_fps", "FR-FPS", delete_after, hit=frame % 7 == 0)
+
+
+def blocked(bucket: int = 1_700_000_000 // 3600 * 3600) -> CountKey:
+    return CountKey(bucket, "cam", "law_enforcement_request", "FR-MUN-REQ", Outcome.BLOCKED)
+
+
+def stored_keys(store: ReadStore) -> Counter[str]:
+    with store.engine.connect() as connection:
+        return Counter(connection.execute(text("select key from reads")).scalars())
+
+
+def spool_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.json"))
+
+
+def test_postgresql_stopped_mid_run(server, tmp_path):
+    """A writer keeps going through an outage; afterwards every allowed read
+    is in the database exactly once, the counters are the sums, and the spool is empty."""
+    store = ReadStore(server.new_database())
+    store.check()
+    warnings: list[str] = []
+    folder = tmp_path / "spool"
+    spool = SpooledStore(store, folder, 64 << 20, warn=warnings.append, max_backoff=2.0)
+    sent: list[PolicedRead] = []
+    counted = 0
+    calls: list[tuple[float, float]] = []  # (start, seconds) of every write
+    stop, errors = threading.Event(), []
+
+    def run() -> None:
+        nonlocal counted
+        frame = 0
+        try:
+            while not stop.is_set():
+                reads = [kept(f"AB{frame:03d}CD", frame, time.time() + DAY),
+                         kept(f"XY{frame:03d}ZT", frame, time.time() + 2 * DAY)]
+                start = time.monotonic()
+                spool.write(reads, {blocked(): 3})
+                if frame % 10 == 0:
+                    spool.purge(time.time())  # the gate purges now and then: never raises while down
+                calls.append((start, time.monotonic() - start))
+                sent.extend(reads)
+                counted += 3
+                frame += 1
+                time.sleep(0.1)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    writer = threading.Thread(target=run)
+    writer.start()
+    try:
+        time.sleep(1.5)
+        with stopped(server):
+            down_from = time.monotonic()
+            time.sleep(OUTAGE_SECONDS)
+            down_until = time.monotonic()
+            assert not spool.status.database_up
+            during = spool.pending
+        drained_by = time.monotonic() + 30
+        while spool.pending.batches and time.monotonic() < drained_by:
+            time.sleep(0.2)  # the writer finds the server back and sends the spool, a little per write
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        writer.join()
+    assert not errors, errors
+    assert during.batches > OUTAGE_SECONDS / 0.1 / 2 and during.reads == 2 * during.batches  # the run went on
+    assert max(seconds for start, seconds in calls if down_from <= start <= down_until) < 0.5  # never stalled
+    assert spool.status.database_up and spool.pending == Pending(0, 0, 0)
+    assert spool.flush() == 0
+    keys = stored_keys(store)
+    assert set(keys) == {r.key for r in sent} and set(keys.values()) == {1}  # none lost, none twice
+    assert store.policy_counts() == [(blocked(), counted)]
+    assert store.reads(plate="AB000CD") == [sent[0]]  # stored as it was kept, key and deadline included
+    status = spool.status
+    assert status.lost_batches == 0 and status.spooled_batches == status.flushed_batches + status.duplicate_batches
+    assert any("keeping allowed reads" in w for w in warnings) and any("reachable again" in w for w in warnings)
+    assert [p.name for p in folder.iterdir()] == [LOCK_NAME]
+    spool.close()
+    assert not folder.exists()  # an empty spool leaves nothing behind
+    store.close()
+
+
+def test_a_batch_whose_acknowledgement_was_lost_is_not_stored_twice(postgres, tmp_path):
+    store = ReadStore(postgres.new_database())
+    spool = SpooledStore(store, tmp_path / "spool", 1 << 20, warn=lambda _: None)
+    reads = [kept("AB123CD", 1, time.time() + DAY), kept("XY987ZT", 2, time.time() + DAY)]
+    lost = []
+
+    def lose_acknowledgement(_session) -> None:  # the commit went through; the answer never came back
+        if not lost:
+            lost.append(True)
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    store.check()
+    event.listen(Session, "after_commit", lose_acknowledgement)
+    try:
+        spool.write(reads, {blocked(): 2})
+    finally:
+        event.remove(Session, "after_commit", lose_acknowledgement)
+    assert lost and store.count() == 2  # committed...
+    assert spool.pending.batches == 1 and not spool.status.database_up  # ...and spooled all the same
+    assert spool.flush() == 0  # recognised by its batch key, skipped whole
+    assert spool.status.duplicate_batches == 1 and spool.pending == Pending(0, 0, 0)
+    assert sorted(stored_keys(store).items()) == sorted((r.key, 1) for r in reads)
+    assert store.policy_counts() == [(blocked(), 2)]  # the increment was not applied twice
+    spool.write([kept("QW12ERT", 3, time.time() + DAY)])  # and the run goes on
+    assert store.count() == 3 and spool.status.database_up
+    spool.close()
+    store.close()
+
+
+def test_batch_keys(postgres):
+    store = ReadStore(postgres.new_database())
+    reads = [kept("AB123CD", 1, time.time() + DAY)]
+    assert store.write(reads, {blocked(): 1}, key="a" * 32)
+    assert not store.write(reads, {blocked(): 1}, key="a" * 32)  # the same batch again
+    assert not store.write([], {blocked(): 1}, key="a" * 32)  # a count-only batch is known by its key alone
+    with Session(store.engine) as session, session.begin():
+        session.query(WrittenBatchRow).delete()  # as if its key had been pruned
+        session.add(WrittenBatchRow(key="b" * 32, written_at=int(time.time() - BATCH_KEY_SECONDS - 7200)))
+    assert not store.write(reads, {blocked(): 1}, key="a" * 32)  # still known, by its read keys
+    assert store.count() == 1 and store.policy_counts() == [(blocked(), 1)]
+    assert store.write([], {blocked(): 1})  # a new batch, with a key of its own
+    store.purge(time.time())
+    with Session(store.engine) as session:
+        remaining = session.query(WrittenBatchRow.key).all()
+    assert len(remaining) == 1 and remaining[0].key not in ("a" * 32, "b" * 32)  # only the old key was pruned
+    store.close()
+
+
+def test_a_batch_written_concurrently_by_another_run_is_skipped(postgres):
+    """Two runs flushing the same batch: the second sees the first's uncommitted key only as
+    a conflict at its own insert, and must then skip the batch rather than fail."""
+    store = ReadStore(postgres.new_database())
+    reads = [kept("AB123CD", 1, time.time() + DAY)]
+    results = []
+    with Session(store.engine) as other, other.begin():
+        other.add(WrittenBatchRow(key="c" * 32, written_at=0))
+        other.flush()  # inserted, not committed: the writer below blocks on it
+        writer = threading.Thread(target=lambda: results.append(store.write(reads, {blocked(): 1}, key="c" * 32)))
+        writer.start()
+        time.sleep(0.5)
+    writer.join(10)
+    assert results == [False] and store.count() == 0 and store.policy_counts() == []
+    store.close()
+
+
+def test_a_full_spool_loses_batches_with_one_warning_and_no_exception(tmp_path):
+    warnings: list[str] = []
+    folder = tmp_path / "spool"
+    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 4096, warn=warnings.append)
+    for frame in range(10):
+        spool.write([kept(f"AB{frame:03d}CD", frame, time.time() + DAY), kept("XY987ZT", frame, time.time() + DAY)],
+                    {blocked(): 1})
+    pending, status = spool.pending, spool.status
+    assert 0 < pending.batches < 10 and pending.bytes <= 4096
+    assert sum(p.stat().st_size for p in spool_files(folder)) == pending.bytes
+    assert (status.lost_batches, status.lost_reads) == (10 - pending.batches, 2 * (10 - pending.batches))
+    assert len([w for w in warnings if "is full" in w]) == 1 and "store.spool_max_mb" in warnings[-1]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in spool_files(folder)} == {0o600}
+    spool.close()
+
+
+def test_expired_reads_in_the_spool_are_never_written(server, tmp_path):
+    now = [time.time()]
+    store = ReadStore(server.new_database())
+    store.check()
+    folder = tmp_path / "spool"
+    soon, later, late = now[0] + 10, now[0] + 30, now[0] + DAY
+    with stopped(server):
+        spool = SpooledStore(store, folder, 1 << 20, clock=lambda: now[0], warn=lambda _: None)
+        spool.write([kept("GONE111", 1, soon)])  # all its reads expire: the file goes
+        spool.write([kept("GONE222", 2, soon), kept("KEPT333", 2, late)], {blocked(): 1})
+        spool.write([kept("GONE444", 3, later), kept("KEPT555", 3, late)])
+        assert spool.pending == Pending(3, 5, spool.pending.bytes)
+        now[0] = soon  # a deadline is inclusive
+        assert spool.purge(now[0]) == 0  # the database is down: no error, the spool is purged
+        assert spool.pending.batches == 2 and spool.pending.reads == 3
+        content = b"".join(p.read_bytes() for p in folder.iterdir())
+        assert b"GONE111" not in content and b"GONE222" not in content and b"KEPT333" in content
+        spool.close()  # the run ends during the outage; the next one picks the spool up
+    now[0] = later + 1  # GONE444 expires between the runs: the flush drops it
+    spool = SpooledStore(store, folder, 1 << 20, clock=lambda: now[0], warn=lambda _: None, flush_budget=0)
+    assert spool.pending.batches == 2
+    spool.write([kept("NEW6666", 4, late)])  # sends one spooled batch (the budget), then queues behind the other
+    assert spool.pending.batches == 2 and spool.status.flushed_batches == 1
+    assert spool.flush() == 2
+    assert [r.read.plate for r in store.reads()] == ["KEPT333", "KEPT555", "NEW6666"]  # in order
+    assert store.policy_counts() == [(blocked(), 1)]
+    assert spool.status.expired_reads == 1 and spool.pending == Pending(0, 0, 0)
+    spool.close()
+    store.close()
+
+
+def test_a_denied_purpose_never_reaches_the_spool(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the deployment's police export would go
+    plates = ["AB123CD", "XY987ZT", "QW12ERT", "ZX98CVB"]
+    batches = [[plate_read(p, 2 * i), plate_read(p, 2 * i + 1)] for i, p in enumerate(plates)]
+    mixed = load_settings(CONFIGS / "mixed-camera.yaml")  # parking_fps allowed, law_enforcement_request denied
+    all_denied = load_settings(CONFIGS / "valenciennes-2020.yaml")  # what --demo runs
+    store = ReadStore(server.new_database())
+    store.check()
+    spools = {}
+    with stopped(server):
+        for name, settings in (("mixed", mixed), ("denied", all_denied)):
+            spool = spools[name] = SpooledStore(store, tmp_path / name, 1 << 20, warn=lambda _: None)
+            gate = PolicyGate(Policy(settings), settings.cameras[0], spool, make_sinks(settings, spool))
+            for batch in batches:
+                gate.write(batch)  # purges too, on the first batch: no error while down
+            assert gate.tally.purged == 0
+        mixed_files = [json.loads(p.read_bytes()) for p in spool_files(tmp_path / "mixed")]
+        assert len(mixed_files) == len(batches)
+        reads = [r for f in mixed_files for r in f["reads"]]
+        assert len(reads) == 2 * len(plates) and {r["purpose"] for r in reads} == {"parking_fps"}
+        counts = [c for f in mixed_files for c in f["counts"]]
+        assert {(c["purpose"], c["outcome"]) for c in counts} == {("law_enforcement_request", "blocked")}
+        assert all(set(c) == {"bucket", "camera", "purpose", "rule_id", "outcome", "count"} for c in counts)
+        denied_bytes = b"".join(p.read_bytes() for p in spool_files(tmp_path / "denied"))
+        assert denied_bytes and not any(p.encode() in denied_bytes for p in plates)  # counts only
+        assert not any(f["reads"] for f in map(json.loads, map(Path.read_bytes, spool_files(tmp_path / "denied"))))
+    for spool in spools.values():
+        assert spool.flush() == len(batches)
+        spool.close()
+    assert {r.purpose for r in store.reads()} == {"parking_fps"} and store.count() == 2 * len(plates)
+    assert store.reads(purpose="law_enforcement_request") == []
+    assert sum(n for k, n in store.policy_counts() if k.purpose == "law_enforcement_request") == 2 * 2 * len(plates)
+    assert not (tmp_path / "police-requisitions.jsonl").exists()
+    store.close()
+
+
+def test_backoff_while_the_database_is_down(tmp_path):
+    clock = [0.0]
+    spool = SpooledStore(ReadStore(UNREACHABLE), tmp_path / "spool", 1 << 20, monotonic=lambda: clock[0],
+                         warn=lambda _: None)
+    read = kept("AB123CD", 1, time.time() + DAY)
+    attempts = []
+    for at in (0.0, 0.5, 1.0, 2.9, 3.0, 6.9, 7.0, 15.0, 31.0, 60.9, 61.0, 90.9, 91.0):
+        clock[0] = at
+        spool.write([read], {blocked(): 1})
+        spool.purge(time.time())  # within the same interval: no second attempt
+        attempts.append(spool.status.failed_attempts)
+    # Tried at 0, 1, 3, 7, 15, 31 (1 s doubling), then every 30 s: never at the writes in between.
+    assert attempts == [1, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8]
+    assert spool.flush() == 0 and spool.status.failed_attempts == 9  # an explicit flush always tries
+    assert spool.pending.batches == 13 and spool.status.lost_batches == 0
+    spool.close()
+
+
+def test_spool_folder_is_locked_and_tied_to_its_database(tmp_path):
+    folder = tmp_path / "spool"
+    first = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20, warn=lambda _: None)
+    first.write([kept("AB123CD", 1, time.time() + DAY)])
+    with pytest.raises(StoreError, match="in use by another run"):
+        SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    first.close()
+    again = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20, warn=lambda _: None)
+    assert again.pending.batches == 1 and again.pending.reads == 1  # picked up
+    again.close()
+    with pytest.raises(StoreError, match="holds 1 batch.* for database .*none, not sqlite"):
+        SpooledStore(ReadStore(str(tmp_path / "other.sqlite")), folder, 1 << 20)
+    assert len(spool_files(folder)) == 1  # left as it was
+
+
+def test_a_refused_batch_stays_an_error(postgres, tmp_path):
+    store = ReadStore(postgres.new_database())
+    spool = SpooledStore(store, tmp_path / "spool", 1 << 20, warn=lambda _: None)
+    too_long = PolicedRead(plate_read("AB123CD", 1), "c" * 200, "parking_fps", "FR-FPS", time.time() + DAY, False)
+    with pytest.raises(StoreError, match="cannot write to database") as raised:
+        spool.write([too_long])
+    assert type(raised.value) is StoreError and spool.pending.batches == 0 and spool.status.database_up
+    spool.close()
+    store.close()
+
+
+def test_read_keys_round_trip_and_are_made_by_the_gate(tmp_path):
+    settings = load_settings(CONFIGS / "paris-fps.yaml")
+    store = ReadStore(str(tmp_path / "reads.sqlite"))
+    gate = PolicyGate(Policy(settings), settings.cameras[0], store, make_sinks(settings, store))
+    gate.write([plate_read("AB123CD", 1), plate_read("AB123CD", 2)])
+    stored = store.reads()
+    assert len(stored) == 2 and len({r.key for r in stored}) == 2 and all(len(r.key) == 32 for r in stored)
+    assert stored[0].as_json()["key"] == stored[0].key
+    store.close()
