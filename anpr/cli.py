@@ -292,7 +292,7 @@ def run(
         # The gate writes through the spool: if the database goes away mid-run, allowed
         # reads wait on disk (with their deadlines) and are sent when it is back.
         spool = SpooledStore(store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20,
-                             warn=lambda message: _status(f"anpr: warning: {message}"))
+                             warn=_status)
         if spool.pending.batches:
             _status(f"anpr: {spool.pending.reads} read(s) left in {spool.directory} by an earlier run "
                     f"while the database was down: sending them first")
