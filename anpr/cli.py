@@ -194,7 +194,7 @@ def _print_summary(tally: _PlateTally, gate_tally, lanes, store_url: str, plate_
         stats, status = lane.stats, lane.reader.status
         name = f"camera {lane.name}: " if len(lanes) > 1 else ""
         _status(f"anpr: {name}{stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s)"
-                + (f", {stats.dropped} frames dropped" if stats.dropped else "")
+                + (f", {lane.reader.dropped} frames dropped" if lane.reader.dropped else "")
                 + (f", {status.reconnects} reconnections" if status.reconnects else ""))
         if status.damaged_stretches:
             _status(f"anpr: warning: {name}{lane.reader.source.name} is damaged: {status.damaged_stretches} "

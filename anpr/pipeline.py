@@ -35,7 +35,6 @@ class ReadSink(Protocol):
 class RunStats:
     frames: int = 0
     reads: int = 0
-    dropped: int = 0
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
 
@@ -246,7 +245,6 @@ def run_lanes(
                 reads = lane.pipeline.process(batch)
                 lane.stats.frames += len(batch)
                 lane.stats.reads += len(reads)
-                lane.stats.dropped = lane.reader.dropped
                 worked = True
             now = time.monotonic()
             if progress and (worked or now - last_progress >= PROGRESS_SECONDS):

@@ -108,7 +108,8 @@ class VideoSource:
 
     A live stream that drops or stalls is reopened with backoff, in the same process,
     until the source is closed; its frame numbers go on counting across reconnections.
-    The first connection must succeed: a wrong URL is an error, not something to retry.
+    The first connection must succeed (a wrong URL is an error, not something to retry)
+    unless `wait_for_stream`: then it is retried like a drop.
     """
 
     def __init__(self, location: str, live: bool, reconnect: Reconnect = Reconnect(),
@@ -171,8 +172,8 @@ class VideoSource:
                 if self.live:
                     stamp = time.time()
                 else:
-                    # POS_MSEC is the time of the frame that will be read next; the
-                    # index over fps is exact for constant-rate files and needs no seek.
+                    # The frame number (kept on media time below) over the nominal rate;
+                    # without a rate, the media time of the frame just read.
                     stamp = index / self.fps if self.fps > 0 else self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
                 self.status.received += 1
                 self.status.last_frame_time = time.time()
@@ -299,7 +300,8 @@ class FrameBatch:
 
 
 class FrameReader:
-    """Decodes a source in a background thread; the pipeline takes batches of frames.
+    """Decodes a source in a background thread; the run loop (`pipeline.run_lanes`) takes
+    batches of frames.
 
     The queue holds at most `capacity` frames. For a live source a full queue drops its
     oldest frame (counted in `dropped`); for a file the decoder waits.
@@ -309,11 +311,9 @@ class FrameReader:
         self.source = source
         self.capacity = max(2, capacity)
         self.dropped = 0
-        self.decoded = 0
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=self.capacity)
         self._stop = threading.Event()
         self._decoder_done = threading.Event()
-        self._arrived = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._decode, name=f"decode:{source.name}", daemon=True)
         self._thread.start()
@@ -340,20 +340,17 @@ class FrameReader:
                     break
                 except queue.Full:
                     continue
-        self._arrived.set()
 
     def _decode(self) -> None:
         try:
             for frame in self.source.frames():
                 if self._stop.is_set():
                     break
-                self.decoded += 1
                 self._put(frame)
         except BaseException as exc:  # handed to the consuming thread, which raises it
             self._error = exc
         finally:
             self._decoder_done.set()
-            self._arrived.set()
 
     @property
     def finished(self) -> bool:
@@ -380,24 +377,6 @@ class FrameReader:
             error, self._error = self._error, None
             raise error
         return FrameBatch(frames) if frames else None
-
-    def wait(self, timeout: float) -> None:
-        """Sleep until a frame arrives, the source ends, or `timeout` seconds pass."""
-        self._arrived.wait(timeout)
-        self._arrived.clear()
-
-    def batches(self, size: int, stop: threading.Event | None = None) -> Iterator[FrameBatch]:
-        """Batches until the source ends; after `stop` is set, the frames already queued."""
-        while True:
-            if stop is not None and stop.is_set():
-                self.stop_intake()
-            batch = self.take(size)
-            if batch is not None:
-                yield batch
-            elif self.finished or (self._stop.is_set() and self._queue.empty()):
-                return
-            else:
-                self.wait(0.2)
 
     def stop_intake(self) -> None:
         """Decode no more frames; those already queued can still be taken."""

@@ -8,7 +8,8 @@ import pytest
 
 from anpr.clips import build_clip
 from anpr.errors import SourceError
-from anpr.source import Frame, FrameReader, VideoSource, open_source
+from anpr.pipeline import Lane, run_lanes
+from anpr.source import Frame, FrameReader, SourceStatus, VideoSource, open_source
 
 
 def test_video_file_frames_and_media_time(clip_h264):
@@ -34,10 +35,28 @@ def test_codecs_and_containers(tmp_path, few_photos, codec, container):
     assert [f.index for f in frames] == list(range(20))
 
 
+class _BatchCollector:
+    """Stands in for a Pipeline in the run loop: keeps the batches it is given."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.batches = []
+
+    def process(self, batch):
+        self.batches.append(batch)
+        return []
+
+
+def _batches(reader: FrameReader, size: int) -> list:
+    """Every batch the run loop takes from `reader`, to the end of its source."""
+    collector = _BatchCollector(size)
+    run_lanes([Lane("test", reader, collector)])
+    return collector.batches
+
+
 def test_reader_batches_keep_every_frame_of_a_file_in_order(clip_h264):
     reader = FrameReader(open_source(str(clip_h264)), capacity=8)
-    batches = list(reader.batches(7))
-    reader.close()
+    batches = _batches(reader, 7)
     indices = [f.index for b in batches for f in b.frames]
     assert indices == list(range(150))
     assert all(len(b) == 7 for b in batches[:-1]) and reader.dropped == 0
@@ -98,6 +117,7 @@ class _FastLiveSource:
     def __init__(self, count: int) -> None:
         self.count = count
         self.produced = threading.Event()
+        self.status = SourceStatus()
 
     def frames(self):
         image = np.zeros((8, 8, 3), np.uint8)
@@ -113,8 +133,7 @@ def test_live_source_drops_oldest_frames_instead_of_growing():
     source = _FastLiveSource(500)
     reader = FrameReader(source, capacity=10)
     assert source.produced.wait(10)  # all 500 decoded while nobody consumed
-    received = [f.index for b in reader.batches(4) for f in b.frames]
-    reader.close()
+    received = [f.index for b in _batches(reader, 4) for f in b.frames]
     assert len(received) <= 11  # the queue never held more than its capacity
     assert reader.dropped == 500 - len(received)
     assert received == sorted(received) and received[-1] == 499  # the newest frames survive
