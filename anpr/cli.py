@@ -258,7 +258,7 @@ def run(
     from anpr.config import load_settings
     from anpr.errors import PolicyRefusal
     from anpr.policy.engine import Policy
-    from anpr.policy.gate import PolicyGate
+    from anpr.policy.gate import GateTally, PolicyGate
     from anpr.sinks import make_sinks
     from anpr.source import FrameReader
     from anpr.store import DatabaseUnavailable, ReadStore
@@ -271,8 +271,9 @@ def run(
                             "(examples in configs/); without one no read may be kept")
     policy = Policy(settings)
     cameras = _cameras_to_run(settings, config, source, camera_id)
+    decisions_of = {camera.id: policy.camera_decisions(camera.id) for camera, _ in cameras}
     for camera, _ in cameras:
-        decisions = policy.camera_decisions(camera.id)
+        decisions = decisions_of[camera.id]
         _announce_decisions(decisions, camera.id if len(cameras) > 1 else None)
         if not any(d.allowed for d in decisions) and not demo:
             refused = "; ".join(f"{d.purpose}: {d.rule.id} [{d.legal_reference}]" for d in decisions)
@@ -303,32 +304,30 @@ def run(
         passage_output = _Passages(jsonl) if passages else None
         outputs = [tally] + ([passage_output] if passage_output else [_JsonLines()] if jsonl else [])
         sinks = make_sinks(settings, spool)
-        lanes = []
+        lanes, gates = [], []
         for (camera, _), frame_source in zip(cameras, sources):
-            gate = PolicyGate(policy, camera, spool, sinks, outputs=outputs)
-            pipeline = Pipeline(detector, recogniser, [gate], settings.pipeline.batch,
+            gates.append(PolicyGate(policy, camera, spool, sinks, outputs=outputs))
+            pipeline = Pipeline(detector, recogniser, [gates[-1]], settings.pipeline.batch,
                                 settings.pipeline.min_confidence, _saving(settings))
             lanes.append(Lane(camera.id, FrameReader(frame_source, settings.pipeline.queue), pipeline))
-        gates = {lane.name: lane.pipeline.sinks[0] for lane in lanes}
         progress = _ProgressLine(sum(getattr(s, "frame_count", 0) for s in sources) or None, status_log)
         stop = _install_stop_handler()
         audit.append("run.start", "pipeline", {
             "deployment": settings.name, "config": str(config), "cameras": [c.id for c, _ in cameras], "demo": demo,
-            "decisions": {c.id: {d.purpose: {"verdict": d.verdict.value, "rule": d.rule.id}
-                                 for d in policy.camera_decisions(c.id)} for c, _ in cameras}})
+            "decisions": {camera: {d.purpose: {"verdict": d.verdict.value, "rule": d.rule.id} for d in decisions}
+                          for camera, decisions in decisions_of.items()}})
         for camera, location in cameras:
             _status(f"anpr: reading {location} as camera {camera.id}")
         _status(f"anpr: ocr {settings.pipeline.ocr}, batch {settings.pipeline.batch}, "
                 f"device {settings.detector.device}, into {store.safe_url}")
         if status_log:
             status_log.event("run.start", cameras={c.id: loc for c, loc in cameras})
-        if status_log:
             status_log.spool = spool
         run_lanes(lanes, stop=stop, progress=progress)
         progress.done()
         if passage_output:
             passage_output.finish()
-        gate_tally = _merged_tally(gates.values())
+        gate_tally = GateTally.combined([gate.tally for gate in gates])
         spool.flush()
         try:
             audit.append("run.end", "pipeline", {
@@ -412,18 +411,6 @@ def _open_sources(cameras, settings):
     for camera, why in down:
         _status(f"anpr: warning: camera {camera} is down ({why}); retrying in the background")
     return sources
-
-
-def _merged_tally(gates):
-    from anpr.policy.gate import GateTally
-
-    merged = GateTally()
-    for gate in gates:
-        merged.seen += gate.tally.seen
-        merged.stored.update(gate.tally.stored)
-        merged.counted.update(gate.tally.counted)
-        merged.purged += gate.tally.purged
-    return merged
 
 
 def _lane_status(lanes) -> dict[str, dict]:

@@ -85,6 +85,17 @@ class GateTally:
     def counted_for(self, purpose: str, outcome: Outcome) -> int:
         return sum(n for (p, _, o), n in self.counted.items() if p == purpose and o is outcome)
 
+    @classmethod
+    def combined(cls, tallies: Sequence[GateTally]) -> GateTally:
+        """One tally for several gates (the cameras of one run)."""
+        total = cls()
+        for tally in tallies:
+            total.seen += tally.seen
+            total.stored.update(tally.stored)
+            total.counted.update(tally.counted)
+            total.purged += tally.purged
+        return total
+
 
 class PolicyGate:
     """Routes the reads of one camera; implements the pipeline's ReadSink."""
