@@ -79,9 +79,8 @@ def postgres():
     sys.path.insert(0, str(REPO / "tests"))
     from support.postgres import PostgresServer
 
-    server = PostgresServer().start()
-    yield server
-    server.remove()
+    with PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture

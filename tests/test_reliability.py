@@ -45,16 +45,14 @@ def _free_port() -> int:
 def test_a_live_run_survives_three_server_restarts(clip_h264, tmp_path):
     db, log = tmp_path / "live.sqlite", tmp_path / "status.jsonl"
     with RtspServer(clip_h264, loop=True) as server:
-        run = LiveRun(server.url, "--config", _config(tmp_path), "--db", str(db), "--jsonl", "--log-json", str(log))
-        try:
+        with LiveRun(server.url, "--config", _config(tmp_path), "--db", str(db), "--jsonl",
+                     "--log-json", str(log)) as run:
             run.wait_for(lambda o: True, 120, "a first read")
             for number in range(1, 4):
                 server.restart()
                 restarted = time.time()
                 run.wait_for(lambda o: o["time"] > restarted, 120, f"a read of a frame sent after restart {number}")
             took = run.stop(signal.SIGTERM)
-        finally:
-            run.kill()
     assert run.process.returncode == 0, run.stderr
     assert took < 30
     events = _events(log)
@@ -74,16 +72,13 @@ def test_a_dead_camera_does_not_stop_the_others_and_joins_when_it_comes_up(clip_
     dead_port = _free_port()
     with RtspServer(clip_h264, loop=True) as alive:
         config = _config(tmp_path, [("gate-a", alive.url), ("gate-b", f"rtsp://127.0.0.1:{dead_port}/stream")])
-        run = LiveRun("--config", config, "--db", str(db), "--jsonl", "--log-json", str(log))
-        try:
+        with LiveRun("--config", config, "--db", str(db), "--jsonl", "--log-json", str(log)) as run:
             run.wait_for(lambda o: o["camera"] == "gate-a", 120, "a read from the live camera")
             assert "camera gate-b is down" in run.stderr
             with RtspServer(clip_h264, port=dead_port, loop=True):
                 run.wait_for(lambda o: o["camera"] == "gate-b", 120, "a read from the camera that came up")
                 run.wait_for(lambda o: o["camera"] == "gate-a", 60, "more reads from the first camera")
                 run.stop(signal.SIGTERM)
-        finally:
-            run.kill()
     assert run.process.returncode == 0, run.stderr
     b_states = [e["state"] for e in _events(log) if e["event"] == "camera" and e["camera"] == "gate-b"]
     assert b_states[:2] == ["reconnecting", "connected"], b_states
@@ -104,12 +99,9 @@ def test_no_reachable_camera_is_a_one_line_error(tmp_path):
 
 def test_sigterm_drains_the_frames_in_flight_and_stores_every_reported_read(clip_h264, tmp_path):
     db = tmp_path / "file.sqlite"
-    run = LiveRun(str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl")
-    try:
+    with LiveRun(str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl") as run:
         run.wait_for(lambda o: True, 120, "a first read")
         took = run.stop(signal.SIGTERM)
-    finally:
-        run.kill()
     assert run.process.returncode == 0, run.stderr
     assert took < 60
     stored = _stored(db)
@@ -125,8 +117,7 @@ def test_postgresql_stopped_for_30_s_mid_run_loses_and_duplicates_nothing(clip_h
 
     from support.postgres import PostgresServer
 
-    server = PostgresServer().start()
-    try:
+    with PostgresServer() as server:
         url = server.new_database()
         config = yaml.safe_load((PARKING_CONFIG.parent / "mixed-camera.yaml").read_text())
         config["store"] = {"spool_dir": str(tmp_path / "spool")}
@@ -135,8 +126,8 @@ def test_postgresql_stopped_for_30_s_mid_run_loses_and_duplicates_nothing(clip_h
         with RtspServer(clip_h264, loop=True) as stream:
             config["cameras"][0]["source"] = stream.url
             (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-            run = LiveRun("--config", str(tmp_path / "config.yaml"), "--db", url, "--jsonl", "--log-json", str(log))
-            try:
+            with LiveRun("--config", str(tmp_path / "config.yaml"), "--db", url, "--jsonl",
+                         "--log-json", str(log)) as run:
                 run.wait_for(lambda o: True, 120, "a first read")
                 server.stop()
                 stopped = time.time()
@@ -146,8 +137,6 @@ def test_postgresql_stopped_for_30_s_mid_run_loses_and_duplicates_nothing(clip_h
                 started = time.time()
                 run.wait_for(lambda o: o["time"] > started + 2, 60, "a read after the database is back")
                 run.stop(signal.SIGTERM)
-            finally:
-                run.kill()
         assert run.process.returncode == 0, run.stderr
         reported = [o["key"] for o in run.objects]
         during = [o for o in run.objects if stopped < o["time"] < started]
@@ -167,5 +156,3 @@ def test_postgresql_stopped_for_30_s_mid_run_loses_and_duplicates_nothing(clip_h
         assert "read(s) spooled" in run.stderr
         print(f"\n{len(reported)} reads reported, {len(during)} during the 30 s outage, {len(keys)} stored, "
               f"{len(set(keys))} distinct; purposes stored: {sorted({p for _, p in stored})}")
-    finally:
-        server.remove()

@@ -37,9 +37,8 @@ def server():
     sys.path.insert(0, str(REPO / "tests"))
     from support.postgres import PostgresServer
 
-    server = PostgresServer().start()
-    yield server
-    server.remove()
+    with PostgresServer() as server:
+        yield server
 
 
 class stopped:

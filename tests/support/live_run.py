@@ -74,3 +74,9 @@ class LiveRun:
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
+
+    def __enter__(self) -> LiveRun:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.kill()  # a test that failed before stopping the run leaves no process behind

@@ -72,6 +72,12 @@ class PostgresServer:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "stop")
 
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
     def remove(self) -> None:
         try:
             self.stop()
