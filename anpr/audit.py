@@ -47,8 +47,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from anpr.errors import StoreError
-from anpr.store import Base, _first_line, database_url
+from anpr.errors import StoreError, first_line
+from anpr.store import Base, database_url
 
 GENESIS = "0" * 64
 TABLE = "audit_log"
@@ -295,7 +295,7 @@ def verify_database(url: str) -> list[AuditProblem]:
                 raise StoreError(f"database not found: {parsed.database}")
         engine = create_engine(parsed)
     except (ArgumentError, ImportError, ValueError) as exc:
-        raise StoreError(f"invalid database URL {url!r}: {_first_line(exc)}") from None
+        raise StoreError(f"invalid database URL {url!r}: {first_line(exc)}") from None
     try:
         with _errors("cannot open database", engine):
             if not inspect(engine).has_table(TABLE):
@@ -313,7 +313,7 @@ def _errors(what: str, engine: Any) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise StoreError(f"{what} {_safe(engine)}: {_first_line(exc)}") from None
+        raise StoreError(f"{what} {_safe(engine)}: {first_line(exc)}") from None
 
 
 def _safe(engine: Any) -> str:

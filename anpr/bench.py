@@ -6,7 +6,8 @@ frames/s and its peak memory are its own and one phase's models do not weigh on 
 - decode: OpenCV decodes every frame and does nothing else: the limit.
 - naive: the pipeline of the tutorials on the first `naive_frames` frames: Ultralytics YOLO
   (same weights) on one frame at a time, EasyOCR `readtext` on each detected plate.
-- anpr: this project's loop end to end, with the policy gate and reads stored in SQLite.
+- anpr: this project's loop end to end, built from a deployment config like `anpr run`
+  (anpr/assemble.py), with the policy gate and reads stored in a temporary SQLite.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from anpr.config import RunSettings
 from anpr.errors import AnprError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,32 +71,28 @@ def naive_phase(video: str, frames: int, device: str) -> dict[str, float]:
     return {"frames": done, "seconds": seconds, "fps": done / seconds, "texts": texts, "peak_rss_mb": _peak_rss_mb()}
 
 
-def anpr_phase(video: str, batch: int, input_size: int, device: str, detector: str, stride: int = 1,
-               settle: int = 0, motion: float = 0.0) -> dict[str, float]:
+def anpr_phase(video: str, config: str, overrides: str) -> dict[str, Any]:
+    from anpr.assemble import CameraSource, build_lanes, load_models, require_deployment
     from anpr.config import load_settings
-    from anpr.detect import make_detector
-    from anpr.ocr import make_recogniser
-    from anpr.pipeline import Pipeline, WorkSaving
     from anpr.policy.engine import Policy
-    from anpr.policy.gate import PolicyGate
-    from anpr.sinks import make_sinks
-    from anpr.source import FrameReader, open_source
+    from anpr.source import open_source
     from anpr.store import ReadStore
 
-    settings = load_settings(BENCH_DEPLOYMENT)
+    settings = load_settings(Path(config), json.loads(overrides))
+    deployment = require_deployment(settings)
     with tempfile.TemporaryDirectory() as work:
         store = ReadStore(str(Path(work) / "bench.sqlite"))
-        gate = PolicyGate(Policy(settings), settings.cameras[0], store, make_sinks(settings, store))
-        pipeline = Pipeline(make_detector(detector, device=device, input_size=input_size), make_recogniser("ppocr"),
-                            [gate], batch_size=batch, saving=WorkSaving(stride, motion, settle))
-        stats = pipeline.run(FrameReader(open_source(video)))
+        lanes = build_lanes(settings, Policy(deployment), [CameraSource(deployment.cameras[0], video)],
+                            [open_source(video)], load_models(settings), store)
+        lanes.run()
+        stats = lanes.lanes[0].stats
         stored = store.count()
         store.close()
     return {"frames": stats.frames, "seconds": stats.seconds, "fps": stats.fps, "reads_stored": stored,
             "peak_rss_mb": _peak_rss_mb()}
 
 
-def _child(*args: str) -> dict[str, float]:
+def run_phase(*args: str) -> dict[str, Any]:
     env = {**os.environ, "YOLO_VERBOSE": "False", "OPENCV_LOG_LEVEL": "OFF"}
     result = subprocess.run([sys.executable, "-m", "anpr.bench", *args], capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -101,22 +101,26 @@ def _child(*args: str) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def benchmark(video: Path, *, naive_frames: int = 100, batch: int = 8, input_size: int = 640,
-              device: str = "cpu", detector: str = "auto", stride: int = 1, settle: int = 0, motion: float = 0.0,
-              progress=print) -> dict[str, object]:
+def benchmark(video: Path, settings: RunSettings, config: Path = BENCH_DEPLOYMENT,
+              overrides: dict[str, dict[str, Any]] | None = None, *, naive_frames: int = 100,
+              progress: Callable[[str], None] = print) -> dict[str, object]:
+    """The three phases on `video`, each by `run_phase`; anpr's with `config` and `overrides` (as `load_settings`
+    takes them), whose result is `settings`: the figures report what was measured."""
     if not video.is_file():
         raise AnprError(f"no such video: {video}")
+    device = settings.detector.device
     progress("decode only ...")
-    decode = _child("decode", str(video))
+    decode = run_phase("decode", str(video))
     progress(f"decode: {decode['fps']:.1f} frames/s; naive pipeline on {naive_frames} frames ...")
-    naive = _child("naive", str(video), str(naive_frames), device)
+    naive = run_phase("naive", str(video), str(naive_frames), device)
     progress(f"naive: {naive['fps']:.2f} frames/s; anpr ...")
-    ours = _child("anpr", str(video), str(batch), str(input_size), device, detector, str(stride), str(settle),
-                  str(motion))
+    ours = run_phase("anpr", str(video), str(config), json.dumps(overrides or {}))
     progress(f"anpr: {ours['fps']:.1f} frames/s")
+    pipeline, detector = settings.pipeline, settings.detector
     return {
-        "video": str(video), "device": device, "detector": detector, "batch": batch, "input_size": input_size,
-        "stride": stride, "settle": settle, "motion": motion,
+        "video": str(video), "config": str(config), "device": device, "detector": detector.backend,
+        "ocr": pipeline.ocr, "batch": pipeline.batch, "input_size": detector.input_size,
+        "stride": pipeline.stride, "settle": pipeline.settle_reads, "motion": pipeline.motion_threshold,
         "frames": ours["frames"], "naive_frames": naive["frames"], "reads_stored": ours["reads_stored"],
         "decode_fps": round(decode["fps"], 2), "naive_fps": round(naive["fps"], 3), "fps": round(ours["fps"], 2),
         "speedup_vs_naive": round(ours["fps"] / naive["fps"], 2),
@@ -126,10 +130,11 @@ def benchmark(video: Path, *, naive_frames: int = 100, batch: int = 8, input_siz
     }
 
 
-PHASES = {"decode": lambda a: decode_phase(a[0]),
-          "naive": lambda a: naive_phase(a[0], int(a[1]), a[2]),
-          "anpr": lambda a: anpr_phase(a[0], int(a[1]), int(a[2]), a[3], a[4], int(a[5]), int(a[6]), float(a[7]))}
-
+PHASES: dict[str, Callable[[list[str]], dict[str, Any]]] = {
+    "decode": lambda a: decode_phase(a[0]),
+    "naive": lambda a: naive_phase(a[0], int(a[1]), a[2]),
+    "anpr": lambda a: anpr_phase(a[0], a[1], a[2]),
+}
 if __name__ == "__main__":
     import warnings
 

@@ -25,9 +25,9 @@ def _deployment(config: Path, db: str | None = None):
     from anpr.policy.engine import Policy
 
     settings = load_settings(config, {"store": {"url": db}})
-    if not settings.declares_deployment:
+    if settings.deployment is None:
         raise ConfigError(f"{config}: declares no deployment (no 'controller')")
-    return settings, Policy(settings)
+    return settings, Policy(settings.deployment)
 
 
 @policy_app.command("check")
@@ -51,10 +51,11 @@ def policy_explain(config: ConfigArgument,
     from anpr.policy.engine import describe_safeguard
     from anpr.policy.rules import CONTROLLER_TYPES, PURPOSES
 
-    settings, policy = _deployment(config)
+    _, policy = _deployment(config)
+    deployment = policy.deployment
     explained = []
     for decision in policy.decisions.values():
-        cameras = [c.id for c in settings.cameras if decision.purpose in c.purposes]
+        cameras = [c.id for c in deployment.cameras if decision.purpose in c.purposes]
         explained.append({
             "purpose": decision.purpose,
             "purpose_meaning": PURPOSES.get(decision.purpose, "unknown purpose"),
@@ -70,14 +71,14 @@ def policy_explain(config: ConfigArgument,
             "retention_notes": list(decision.retention_notes),
             "missing_safeguards": list(decision.missing_safeguards),
             "minimisation": decision.rule.minimisation.value,
-            "sinks": settings.purposes[decision.purpose].sinks if decision.allowed else [],
+            "sinks": deployment.purposes[decision.purpose].sinks if decision.allowed else [],
         })
     if as_json:
-        print(json.dumps({"config": str(config), "controller": settings.controller.model_dump(),
+        print(json.dumps({"config": str(config), "controller": deployment.controller.model_dump(),
                           "purposes": explained}, ensure_ascii=False))
         return
-    controller = settings.controller
-    print(f"{config}: {settings.name or '(unnamed deployment)'}")
+    controller = deployment.controller
+    print(f"{config}: {deployment.name or '(unnamed deployment)'}")
     print(f"controller: {controller.name} ({controller.type}: "
           f"{CONTROLLER_TYPES.get(controller.type, 'unknown controller type')}), jurisdiction {controller.jurisdiction}")
     for item in explained:
@@ -195,7 +196,7 @@ def db_search(
         raise PolicyRefusal(f"query refused: {result.reason}")
     for row in result.rows:
         if as_json:
-            print(json.dumps(row.as_json()))
+            print(json.dumps(row.to_dict()))
         else:
             print(f"{row.read.plate:<12} camera {row.camera:<16} frame {row.read.frame:>6} time {row.read.time:>12.2f} "
                   f"purpose {row.purpose} {'HIT ' if row.hit else ''}delete after "

@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anpr.errors import ConfigError
-from anpr.policy.deployment import Camera, Controller, Count, Number, Purpose, Sink
+from anpr.policy.deployment import DEPLOYMENT_KEYS, Count, Deployment, Number
+from anpr.registry import DETECTORS, RECOGNISERS, SINK_TYPES
 
 
 class _Section(BaseModel):
@@ -57,19 +58,33 @@ class _Section(BaseModel):
 
 class PipelineSettings(_Section):
     batch: Count = Field(8, ge=1, le=256)
-    ocr: Literal["ppocr", "easyocr"] = "ppocr"
+    ocr: str = "ppocr"  # a name in registry.RECOGNISERS
     queue: Count = Field(64, ge=2, le=4096)
     min_confidence: Number = Field(0.0, ge=0.0, le=1.0)
     stride: Count = Field(1, ge=1, le=100)
     motion_threshold: Number = Field(0.0, ge=0.0, le=255.0)
     settle_reads: Count = Field(0, ge=0, le=1000)
 
+    @field_validator("ocr")
+    @classmethod
+    def _known_recogniser(cls, value: str) -> str:
+        if value not in RECOGNISERS:
+            raise ValueError(f"must be {RECOGNISERS.choices()}")
+        return value
+
 
 class DetectorSettings(_Section):
-    backend: Literal["auto", "torch", "onnx"] = "auto"
+    backend: str = "auto"  # auto, or a name in registry.DETECTORS
     confidence: Number = Field(0.25, gt=0.0, le=1.0)
     input_size: Count = Field(640, ge=64, le=4096)
     device: str = "cpu"
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value != "auto" and value not in DETECTORS:
+            raise ValueError(f"must be {DETECTORS.choices('auto')}")
+        return value
 
     @field_validator("input_size")
     @classmethod
@@ -106,44 +121,48 @@ class StoreSettings(_Section):
     spool_max_mb: Count = Field(256, ge=1, le=1_048_576)
 
 
-class Settings(_Section):
+class RunSettings(_Section):
+    """How to run: every key has a default, and none of them changes what the law allows."""
+
     pipeline: PipelineSettings = PipelineSettings()
     detector: DetectorSettings = DetectorSettings()
     stream: StreamSettings = StreamSettings()
     store: StoreSettings = StoreSettings()
-    name: str = ""
-    description: str = ""
-    controller: Controller | None = None
-    cameras: list[Camera] = []
-    purposes: dict[str, Purpose] = {}
-    sinks: dict[str, Sink] = {"store": Sink(type="database")}
+
+
+class Settings(RunSettings):
+    """A config file: the run settings, and the deployment (None when the file declares none).
+
+    In the file the deployment's keys sit at the top level beside the run sections; here
+    they are one `Deployment`, the only part of a config the policy ever sees.
+    """
+
+    deployment: Deployment | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_deployment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "deployment" in data:
+            raise ValueError("unknown key 'deployment' (the deployment's keys go at the top level)")
+        data = dict(data)
+        declared = {key: data.pop(key) for key in DEPLOYMENT_KEYS if key in data}
+        if "controller" in declared:
+            data["deployment"] = declared
+        elif "cameras" in declared or "purposes" in declared:
+            raise ValueError("'cameras' and 'purposes' need a 'controller'")
+        return data
 
     @property
     def declares_deployment(self) -> bool:
-        return self.controller is not None
+        return self.deployment is not None
 
-    @model_validator(mode="after")
-    def _deployment_is_whole(self) -> Settings:
-        if self.controller is None:
-            if self.cameras or self.purposes:
-                raise ValueError("'cameras' and 'purposes' need a 'controller'")
-            return self
-        if not self.cameras:
-            raise ValueError("a deployment needs at least one camera under 'cameras'")
-        if not self.purposes:
-            raise ValueError("a deployment needs at least one entry under 'purposes'")
-        for index, camera in enumerate(self.cameras):
-            for purpose in camera.purposes:
-                if purpose not in self.purposes:
-                    raise ValueError(f"cameras[{index}] ({camera.id}) feeds purpose '{purpose}', "
-                                     f"which is not declared under 'purposes'")
-        for code, purpose in self.purposes.items():
-            for sink in purpose.sinks:
-                if sink not in self.sinks:
-                    raise ValueError(f"purposes.{code} writes to sink '{sink}', which is not declared under 'sinks'")
-        if len({c.id for c in self.cameras}) != len(self.cameras):
-            raise ValueError("camera ids must be unique")
-        return self
+    def flat(self) -> dict[str, Any]:
+        """The settings as a config file holds them (deployment keys at the top level)."""
+        data = self.model_dump()
+        data.update(data.pop("deployment") or {})
+        return data
 
 
 # A value quoted in an error message is cut short: a config can hold a huge string or,
@@ -159,8 +178,20 @@ def _one_line(text: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
+def _location(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The key path as the file has it: the deployment's keys at the top level, and no sink
+    type name (pydantic's tag of the sink model it tried) inside `sinks.NAME`."""
+    if loc[:1] == ("deployment",):
+        loc = loc[1:]
+    if loc[:1] == ("sinks",) and len(loc) > 2 and loc[2] in SINK_TYPES:
+        loc = loc[:2] + loc[3:]
+    return loc
+
+
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = _location(tuple(error["loc"]))
+    error = {**error, "loc": loc}
+    key = ".".join(str(part) for part in loc) or "(top level)"
     if error["type"] == "value_error" and not error["loc"]:
         return str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
@@ -244,7 +275,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
     settings = _validate(data, str(path) if path else "defaults")
     flags = {section: {k: v for k, v in keys.items() if v is not None} for section, keys in (overrides or {}).items()}
     if any(flags.values()):
-        merged = settings.model_dump()
+        merged = settings.flat()
         for section, keys in flags.items():
             merged[section].update(keys)
         settings = _validate(merged, "command-line option")

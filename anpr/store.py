@@ -25,9 +25,8 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError, IntegrityError, In
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from anpr.errors import StoreError
-from anpr.plates import PlateRead
-from anpr.policy.gate import COUNT_BUCKET_SECONDS, CountKey, Outcome, PolicedRead, new_key
+from anpr.errors import StoreError, first_line
+from anpr.records import CountKey, PolicedRead, hour_bucket, new_key
 
 DEFAULT_DATABASE = "anpr.sqlite"
 # A PostgreSQL server that does not answer fails a connection after this long, so an
@@ -84,29 +83,19 @@ class ReadRow(Base):
     stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(timezone.utc))
 
     @classmethod
-    def from_policed(cls, policed: PolicedRead) -> ReadRow:
-        read = policed.read
-        x1, y1, x2, y2 = read.box
-        return cls(
-            key=policed.key, source=read.source, camera=policed.camera, purpose=policed.purpose,
-            rule_id=policed.rule_id, delete_after=policed.delete_after, hit=policed.hit,
-            frame=read.frame, time=read.time, plate=read.plate, raw_text=read.raw_text,
-            confidence=read.confidence, ocr_confidence=read.ocr_confidence,
-            detector_confidence=read.detector_confidence, x1=x1, y1=y1, x2=x2, y2=y2,
-            detector_model=read.detector_model, ocr_model=read.ocr_model,
-            candidates=json.dumps([[t, p] for t, p in read.candidates]), country=read.country, format=read.format,
-        )
+    def from_record(cls, policed: PolicedRead) -> ReadRow:
+        columns = policed.to_dict(exact=True)
+        columns["x1"], columns["y1"], columns["x2"], columns["y2"] = columns.pop("box")
+        columns["candidates"] = json.dumps(columns["candidates"])
+        columns["rule_id"] = columns.pop("rule")
+        return cls(**columns)
 
-    def to_policed(self) -> PolicedRead:
-        read = PlateRead(
-            source=self.source, frame=self.frame, time=self.time, plate=self.plate, raw_text=self.raw_text,
-            confidence=self.confidence, ocr_confidence=self.ocr_confidence,
-            detector_confidence=self.detector_confidence, box=(self.x1, self.y1, self.x2, self.y2),
-            detector_model=self.detector_model, ocr_model=self.ocr_model,
-            candidates=tuple((t, p) for t, p in json.loads(self.candidates or "[]")),
-            country=self.country, format=self.format,
-        )
-        return PolicedRead(read, self.camera, self.purpose, self.rule_id, self.delete_after, self.hit, self.key)
+    def to_record(self) -> PolicedRead:
+        return PolicedRead.from_dict({
+            **{column.key: getattr(self, column.key) for column in self.__table__.columns},
+            "box": (self.x1, self.y1, self.x2, self.y2), "rule": self.rule_id,
+            "candidates": json.loads(self.candidates or "[]"),
+        })
 
 
 class WrittenBatchRow(Base):
@@ -174,7 +163,7 @@ class ReadStore:
                            for column in table.columns
                            if column.name not in {c["name"] for c in existing.get_columns(table.name)}]
             except SQLAlchemyError as exc:
-                raise _error(exc)(f"cannot open database {self.safe_url}: {_first_line(exc)}") from None
+                raise _error(exc)(f"cannot open database {self.safe_url}: {first_line(exc)}") from None
             if missing:  # create_all adds tables, never columns
                 listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
                 raise StoreError(f"database {self.safe_url} was made by an older anpr (no column {listed}): "
@@ -212,9 +201,8 @@ class ReadStore:
             with Session(self._engine) as session, session.begin():
                 if self._already_written(session, batch_key, reads):
                     return False
-                hour = int(time.time() // COUNT_BUCKET_SECONDS * COUNT_BUCKET_SECONDS)
-                session.add(WrittenBatchRow(key=batch_key, written_at=hour))
-                session.add_all([ReadRow.from_policed(r) for r in reads])
+                session.add(WrittenBatchRow(key=batch_key, written_at=hour_bucket(time.time())))
+                session.add_all([ReadRow.from_record(r) for r in reads])
                 for key, number in (counts or {}).items():
                     row = session.scalars(select(PolicyCountRow).where(
                         PolicyCountRow.bucket == key.bucket, PolicyCountRow.camera == key.camera,
@@ -230,9 +218,9 @@ class ReadStore:
             # very batch between our check and our commit.
             if self._written_elsewhere(batch_key, reads):
                 return False
-            raise StoreError(f"cannot write to database {self.safe_url}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot write to database {self.safe_url}: {first_line(exc)}") from None
         except SQLAlchemyError as exc:
-            raise _error(exc)(f"cannot write to database {self.safe_url}: {_first_line(exc)}") from None
+            raise _error(exc)(f"cannot write to database {self.safe_url}: {first_line(exc)}") from None
         return True
 
     @staticmethod
@@ -270,30 +258,28 @@ class ReadStore:
                     session.execute(delete(WrittenBatchRow).where(batch_condition))
                 return session.execute(delete(ReadRow).where(condition)).rowcount or 0
         except SQLAlchemyError as exc:
-            raise _error(exc)(f"cannot delete from database {self.safe_url}: {_first_line(exc)}") from None
+            raise _error(exc)(f"cannot delete from database {self.safe_url}: {first_line(exc)}") from None
 
     def count(self) -> int:
         self._ensure_schema()
         with Session(self._engine) as session:
             return session.scalar(select(func.count()).select_from(ReadRow)) or 0
 
-    def reads(self, source: str | None = None, plate: str | None = None, purpose: str | None = None,
-              hits_only: bool = False) -> list[PolicedRead]:
+    def reads(self, source: str | None = None, plate: str | None = None,
+              purpose: str | None = None) -> list[PolicedRead]:
         self._ensure_schema()
         query = select(ReadRow).order_by(ReadRow.id)
         for column, value in ((ReadRow.source, source), (ReadRow.plate, plate), (ReadRow.purpose, purpose)):
             if value is not None:
                 query = query.where(column == value)
-        if hits_only:
-            query = query.where(ReadRow.hit.is_(True))
         with Session(self._engine) as session:
-            return [row.to_policed() for row in session.scalars(query)]
+            return [row.to_record() for row in session.scalars(query)]
 
     def policy_counts(self) -> list[tuple[CountKey, int]]:
         self._ensure_schema()
         with Session(self._engine) as session:
             rows = session.scalars(select(PolicyCountRow).order_by(PolicyCountRow.id))
-            return [(CountKey(r.bucket, r.camera, r.purpose, r.rule_id, Outcome(r.outcome)), r.count) for r in rows]
+            return [(CountKey.from_dict({c.key: getattr(r, c.key) for c in r.__table__.columns}), r.count) for r in rows]
 
     def close(self) -> None:
         self._engine.dispose()
@@ -323,8 +309,3 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def _error(exc: BaseException) -> type[StoreError]:
     return DatabaseUnavailable if is_unavailable(exc) else StoreError
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

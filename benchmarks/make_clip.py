@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anpr.clips import build_clip, dataset_photos
+from clips import build_clip, dataset_photos
 
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "openalpr-eu"
 

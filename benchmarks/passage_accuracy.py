@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from anpr.clips import build_clip, dataset_photos
+from clips import build_clip, dataset_photos
 from anpr.eval import score_passages
 
 REPO = Path(__file__).resolve().parent.parent

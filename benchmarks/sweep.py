@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from anpr.bench import _child
+from anpr.bench import BENCH_DEPLOYMENT, run_phase
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,8 +28,9 @@ def main() -> None:
     points = []
     for size in args.sizes:
         for batch in args.batches:
-            result = _child("anpr", str(args.video), str(batch), str(size), "cpu", "auto", str(args.stride),
-                            str(args.settle), "0")
+            overrides = {"pipeline": {"batch": batch, "stride": args.stride, "settle_reads": args.settle},
+                         "detector": {"input_size": size}}
+            result = run_phase("anpr", str(args.video), str(BENCH_DEPLOYMENT), json.dumps(overrides))
             points.append({"input_size": size, "batch": batch, "fps": round(result["fps"], 2),
                            "peak_rss_mb": round(result["peak_rss_mb"], 1)})
             print(json.dumps(points[-1]), flush=True)

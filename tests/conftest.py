@@ -28,7 +28,7 @@ def dataset() -> Path:
 
 @pytest.fixture(scope="session")
 def few_photos(dataset):
-    from anpr.clips import dataset_photos
+    from benchmarks.clips import dataset_photos
 
     return dataset_photos(dataset, FEW_PHOTOS)
 
@@ -46,7 +46,7 @@ def small_dataset(tmp_path_factory, few_photos) -> Path:
 @pytest.fixture(scope="session")
 def clip_h264(tmp_path_factory, few_photos) -> Path:
     """1080p H.264, 25 fps, one 1.0 s passage per photo (6 photos: 150 frames)."""
-    from anpr.clips import build_clip
+    from benchmarks.clips import build_clip
 
     path = tmp_path_factory.mktemp("clips") / "passages.mp4"
     build_clip(few_photos, path, (1920, 1080), 25, 1.0, "h264")

@@ -273,7 +273,7 @@ class Clips:
     def __getitem__(self, container: str) -> bytes:
         from dataclasses import asdict
 
-        from anpr.clips import build_clip
+        from benchmarks.clips import build_clip
 
         if container not in self.built:
             path = self.folder / f"clip.{container}"

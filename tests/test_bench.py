@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from anpr.clips import build_clip
+from benchmarks.clips import build_clip
 
 
 def test_bench_json_holds_measured_figures_and_consistent_ratios(anpr_cli, few_photos, tmp_path):

@@ -9,7 +9,8 @@ import pytest
 
 from anpr import weights
 from anpr.errors import ModelError
-from anpr.eval import MATCH_IOU, box_iou, load_annotations
+from anpr.detect import pairwise_iou
+from anpr.eval import MATCH_IOU, load_annotations
 from anpr.ocr import PLATE_CLASSES, ctc_beam_search, ctc_greedy_decode, cut_plates, fold_to_plate_alphabet, isolate_characters
 from anpr.plates import PLATE_ALPHABET, choose_plate, same_plate
 
@@ -20,6 +21,10 @@ def few(small_dataset):
     return annotations, [cv2.imread(str(a.image)) for a in annotations]
 
 
+def _iou(box, boxes):
+    return pairwise_iou(box, boxes)[0]
+
+
 def test_detector_finds_the_annotated_plate_in_one_batched_call(detector, few):
     annotations, images = few
     detections = detector.detect(images)
@@ -27,22 +32,23 @@ def test_detector_finds_the_annotated_plate_in_one_batched_call(detector, few):
     for position, annotation in enumerate(annotations):
         mine = detections.xyxy[detections.frame == position]
         assert len(mine), f"no plate found in {annotation.image.name}"
-        assert box_iou(annotation.box, mine).max() >= MATCH_IOU, annotation.image.name
+        assert _iou(annotation.box, mine).max() >= MATCH_IOU, annotation.image.name
 
 
 def test_onnx_detector_agrees_with_the_torch_one(detector, few):
+    from anpr.config import DetectorSettings
     from anpr.detect import OnnxPlateDetector, make_detector
 
     annotations, images = few
-    onnx = make_detector("auto", device="cpu")
+    onnx = make_detector(DetectorSettings(backend="auto", device="cpu"))
     assert isinstance(onnx, OnnxPlateDetector) and onnx.identifier.startswith("plate-yolov8n-onnx@")
     torch_boxes, onnx_boxes = detector.detect(images), onnx.detect(images)
     for position, annotation in enumerate(annotations):
         mine = onnx_boxes.xyxy[onnx_boxes.frame == position]
         theirs = torch_boxes.xyxy[torch_boxes.frame == position]
-        assert box_iou(annotation.box, mine).max() >= MATCH_IOU, annotation.image.name
-        best = theirs[box_iou(annotation.box, theirs).argmax()]
-        assert box_iou(best, mine).max() >= 0.8, annotation.image.name  # the same plate box, give or take
+        assert _iou(annotation.box, mine).max() >= MATCH_IOU, annotation.image.name
+        best = theirs[_iou(annotation.box, theirs).argmax()]
+        assert _iou(best, mine).max() >= 0.8, annotation.image.name  # the same plate box, give or take
 
 
 def test_pairwise_iou():
@@ -58,7 +64,7 @@ def test_pairwise_iou():
 def test_ppocr_reads_most_plates_exactly(detector, ppocr, few):
     annotations, images = few
     detections = detector.detect(images)
-    best = [int(np.flatnonzero(detections.frame == i)[box_iou(a.box, detections.xyxy[detections.frame == i]).argmax()])
+    best = [int(np.flatnonzero(detections.frame == i)[_iou(a.box, detections.xyxy[detections.frame == i]).argmax()])
             for i, a in enumerate(annotations)]
     reads = ppocr.recognise(cut_plates(images, detections[np.array(best)]))
     plates = [choose_plate(c).plate for c in reads.candidates]

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from anpr.config import load_settings
 from anpr.errors import ConfigError, StoreError
-from anpr.plates import PLATE_ALPHABET, PlateRead, normalise, same_plate
-from anpr.policy.gate import PolicedRead
+from anpr.plates import PLATE_ALPHABET, normalise, same_plate
+from anpr.records import PlateRead, PolicedRead
 from anpr.store import ReadStore, database_url
 
 

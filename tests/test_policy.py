@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from anpr.audit import AuditLog
 from anpr.config import Settings, load_settings
-from anpr.plates import PlateRead
+from anpr.policy.deployment import Deployment
 from anpr.policy.engine import DAY, Policy, decide, decide_purpose
-from anpr.policy.gate import Outcome, PolicyGate
+from anpr.policy.gate import PolicyGate
+from anpr.records import Outcome, PlateRead
 from anpr.policy.queries import search
 from anpr.policy.rules import CONTROLLER_TYPES, PURPOSES, SAFEGUARDS, Verdict
 from anpr.store import ReadStore
@@ -22,13 +23,15 @@ T0 = 1_800_000_000.0  # a fixed "now" for every deadline
 
 
 def deployment(controller: str, purpose: str, safeguards: dict | None = None, retention: float | None = None,
-               **purpose_keys) -> Settings:
-    return Settings.model_validate({
+               **purpose_keys) -> Deployment:
+    settings = Settings.model_validate({
         "controller": {"type": controller, "name": "test controller", "jurisdiction": "FR"},
         "cameras": [{"id": "cam", "purposes": [purpose]}],
         "purposes": {purpose: {"safeguards": safeguards or {}, "retention_days": retention, "sinks": ["store"],
                                **purpose_keys}},
     })
+    assert settings.deployment is not None
+    return settings.deployment
 
 
 def read(plate: str, frame: int = 0) -> PlateRead:
@@ -107,10 +110,11 @@ def test_decide_gives_deadline_and_minimisation():
 
 # --- the gate, against a real database --------------------------------------------------------
 
-def gate_for(settings: Settings, store: ReadStore, clock=lambda: T0) -> PolicyGate:
+def gate_for(deployment: Deployment, store: ReadStore, clock=lambda: T0) -> PolicyGate:
     from anpr.sinks import make_sinks
 
-    return PolicyGate(Policy(settings), settings.cameras[0], store, make_sinks(settings, store), clock=clock)
+    return PolicyGate(Policy(deployment), deployment.cameras[0], store, make_sinks(deployment.sinks, store),
+                      clock=clock)
 
 
 # LEGAL.md's allow rows, restated here independently of anpr/policy/rules.py:
@@ -163,7 +167,7 @@ def test_nothing_outside_the_allow_rows_is_ever_stored(tmp_path_factory, control
 
 def test_denied_purpose_leaves_only_a_count(tmp_path):
     store = ReadStore(str(tmp_path / "db.sqlite"))
-    settings_ = load_settings(CONFIGS / "mixed-camera.yaml")
+    settings_ = load_settings(CONFIGS / "mixed-camera.yaml").deployment
     settings_ = settings_.model_copy(update={"sinks": {**settings_.sinks, "police_export": settings_.sinks[
         "police_export"].model_copy(update={"path": tmp_path / "export.jsonl"})}})
     gate = gate_for(settings_, store)
@@ -210,7 +214,7 @@ def test_zfe_never_stores_compliant_vehicles(tmp_path):
 def test_statistics_keep_counts_and_no_plate(tmp_path):
     path = tmp_path / "db.sqlite"
     store = ReadStore(str(path))
-    gate_for(load_settings(CONFIGS / "traffic-stats.yaml"), store).write([read("AB123CD", 0), read("XY456ZT", 1)])
+    gate_for(load_settings(CONFIGS / "traffic-stats.yaml").deployment, store).write([read("AB123CD", 0), read("XY456ZT", 1)])
     assert store.count() == 0
     assert [(k.outcome, n) for k, n in store.policy_counts()] == [(Outcome.AGGREGATED, 2)]
     store.close()

@@ -96,7 +96,7 @@ def _sane(loaded: Settings) -> None:
     assert loaded.store.url and loaded.store.spool_dir and type(loaded.store.spool_max_mb) is int
     stream = loaded.stream
     assert 0 < stream.reconnect_first_delay <= stream.reconnect_max_delay and math.isfinite(stream.stall_seconds)
-    for declared in loaded.purposes.values():
+    for declared in (loaded.deployment.purposes if loaded.deployment else {}).values():
         days = declared.retention_days
         assert days is None or (type(days) is float and 0 < days <= MAX_RETENTION_DAYS and math.isfinite(days))
 

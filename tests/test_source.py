@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from anpr.clips import build_clip
+from benchmarks.clips import build_clip
 from anpr.errors import SourceError
 from anpr.pipeline import Lane, run_lanes
 from anpr.source import Frame, FrameReader, SourceStatus, VideoSource, open_source

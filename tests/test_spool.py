@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import stat
 import sys
 import threading
@@ -17,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from anpr.config import load_settings
 from anpr.errors import StoreError
-from anpr.plates import PlateRead
 from anpr.policy.engine import Policy
-from anpr.policy.gate import CountKey, Outcome, PolicedRead, PolicyGate
+from anpr.policy.gate import PolicyGate
+from anpr.records import CountKey, Outcome, PlateRead, PolicedRead
 from anpr.sinks import make_sinks
 from anpr.spool import LOCK_NAME, Pending, SpooledStore
 from anpr.store import BATCH_KEY_SECONDS, ReadStore, WrittenBatchRow
@@ -76,14 +77,14 @@ def spool_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.json"))
 
 
-def test_postgresql_stopped_mid_run(server, tmp_path):
+def test_postgresql_stopped_mid_run(server, tmp_path, caplog):
     """A writer keeps going through an outage; afterwards every allowed read
     is in the database exactly once, the counters are the sums, and the spool is empty."""
     store = ReadStore(server.new_database())
     store.check()
-    warnings: list[str] = []
+    caplog.set_level(logging.INFO, logger="anpr.spool")
     folder = tmp_path / "spool"
-    spool = SpooledStore(store, folder, 64 << 20, warn=warnings.append, max_backoff=2.0)
+    spool = SpooledStore(store, folder, 64 << 20, max_backoff=2.0)
     sent: list[PolicedRead] = []
     counted = 0
     calls: list[tuple[float, float]] = []  # (start, seconds) of every write
@@ -136,6 +137,7 @@ def test_postgresql_stopped_mid_run(server, tmp_path):
     assert store.reads(plate="AB000CD") == [sent[0]]  # stored as it was kept, key and deadline included
     status = spool.status
     assert status.lost_batches == 0 and status.spooled_batches == status.flushed_batches + status.duplicate_batches
+    warnings = [record.getMessage() for record in caplog.records]
     assert any("keeping allowed reads" in w for w in warnings) and any("reachable again" in w for w in warnings)
     assert [p.name for p in folder.iterdir()] == [LOCK_NAME]
     spool.close()
@@ -145,7 +147,7 @@ def test_postgresql_stopped_mid_run(server, tmp_path):
 
 def test_a_batch_whose_acknowledgement_was_lost_is_not_stored_twice(postgres, tmp_path):
     store = ReadStore(postgres.new_database())
-    spool = SpooledStore(store, tmp_path / "spool", 1 << 20, warn=lambda _: None)
+    spool = SpooledStore(store, tmp_path / "spool", 1 << 20)
     reads = [kept("AB123CD", 1, time.time() + DAY), kept("XY987ZT", 2, time.time() + DAY)]
     lost = []
 
@@ -208,10 +210,10 @@ def test_a_batch_written_concurrently_by_another_run_is_skipped(postgres):
     store.close()
 
 
-def test_a_full_spool_loses_batches_with_one_warning_and_no_exception(tmp_path):
-    warnings: list[str] = []
+def test_a_full_spool_loses_batches_with_one_warning_and_no_exception(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="anpr.spool")
     folder = tmp_path / "spool"
-    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 4096, warn=warnings.append)
+    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 4096)
     for frame in range(10):
         spool.write([kept(f"AB{frame:03d}CD", frame, time.time() + DAY), kept("XY987ZT", frame, time.time() + DAY)],
                     {blocked(): 1})
@@ -219,6 +221,7 @@ def test_a_full_spool_loses_batches_with_one_warning_and_no_exception(tmp_path):
     assert 0 < pending.batches < 10 and pending.bytes <= 4096
     assert sum(p.stat().st_size for p in spool_files(folder)) == pending.bytes
     assert (status.lost_batches, status.lost_reads) == (10 - pending.batches, 2 * (10 - pending.batches))
+    warnings = [record.getMessage() for record in caplog.records]
     assert len([w for w in warnings if "is full" in w]) == 1 and "store.spool_max_mb" in warnings[-1]
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in spool_files(folder)} == {0o600}
@@ -232,7 +235,7 @@ def test_expired_reads_in_the_spool_are_never_written(server, tmp_path):
     folder = tmp_path / "spool"
     soon, later, late = now[0] + 10, now[0] + 30, now[0] + DAY
     with stopped(server):
-        spool = SpooledStore(store, folder, 1 << 20, clock=lambda: now[0], warn=lambda _: None)
+        spool = SpooledStore(store, folder, 1 << 20, clock=lambda: now[0])
         spool.write([kept("GONE111", 1, soon)])  # all its reads expire: the file goes
         spool.write([kept("GONE222", 2, soon), kept("KEPT333", 2, late)], {blocked(): 1})
         spool.write([kept("GONE444", 3, later), kept("KEPT555", 3, late)])
@@ -244,7 +247,7 @@ def test_expired_reads_in_the_spool_are_never_written(server, tmp_path):
         assert b"GONE111" not in content and b"GONE222" not in content and b"KEPT333" in content
         spool.close()  # the run ends during the outage; the next one picks the spool up
     now[0] = later + 1  # GONE444 expires between the runs: the flush drops it
-    spool = SpooledStore(store, folder, 1 << 20, clock=lambda: now[0], warn=lambda _: None, flush_budget=0)
+    spool = SpooledStore(store, folder, 1 << 20, clock=lambda: now[0], flush_budget=0)
     assert spool.pending.batches == 2
     spool.write([kept("NEW6666", 4, late)])  # sends one spooled batch (the budget), then queues behind the other
     assert spool.pending.batches == 2 and spool.status.flushed_batches == 1
@@ -267,8 +270,9 @@ def test_a_denied_purpose_never_reaches_the_spool(server, tmp_path, monkeypatch)
     spools = {}
     with stopped(server):
         for name, settings in (("mixed", mixed), ("denied", all_denied)):
-            spool = spools[name] = SpooledStore(store, tmp_path / name, 1 << 20, warn=lambda _: None)
-            gate = PolicyGate(Policy(settings), settings.cameras[0], spool, make_sinks(settings, spool))
+            spool = spools[name] = SpooledStore(store, tmp_path / name, 1 << 20)
+            deployment = settings.deployment
+            gate = PolicyGate(Policy(deployment), deployment.cameras[0], spool, make_sinks(deployment.sinks, spool))
             for batch in batches:
                 gate.write(batch)  # purges too, on the first batch: no error while down
             assert gate.tally.purged == 0
@@ -294,8 +298,7 @@ def test_a_denied_purpose_never_reaches_the_spool(server, tmp_path, monkeypatch)
 
 def test_backoff_while_the_database_is_down(tmp_path):
     clock = [0.0]
-    spool = SpooledStore(ReadStore(UNREACHABLE), tmp_path / "spool", 1 << 20, monotonic=lambda: clock[0],
-                         warn=lambda _: None)
+    spool = SpooledStore(ReadStore(UNREACHABLE), tmp_path / "spool", 1 << 20, monotonic=lambda: clock[0])
     read = kept("AB123CD", 1, time.time() + DAY)
     attempts = []
     for at in (0.0, 0.5, 1.0, 2.9, 3.0, 6.9, 7.0, 15.0, 31.0, 60.9, 61.0, 90.9, 91.0):
@@ -312,12 +315,12 @@ def test_backoff_while_the_database_is_down(tmp_path):
 
 def test_spool_folder_is_locked_and_tied_to_its_database(tmp_path):
     folder = tmp_path / "spool"
-    first = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20, warn=lambda _: None)
+    first = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
     first.write([kept("AB123CD", 1, time.time() + DAY)])
     with pytest.raises(StoreError, match="in use by another run"):
         SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
     first.close()
-    again = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20, warn=lambda _: None)
+    again = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
     assert again.pending.batches == 1 and again.pending.reads == 1  # picked up
     again.close()
     with pytest.raises(StoreError, match="holds 1 batch.* for database .*none, not sqlite"):
@@ -327,7 +330,7 @@ def test_spool_folder_is_locked_and_tied_to_its_database(tmp_path):
 
 def test_a_refused_batch_stays_an_error(postgres, tmp_path):
     store = ReadStore(postgres.new_database())
-    spool = SpooledStore(store, tmp_path / "spool", 1 << 20, warn=lambda _: None)
+    spool = SpooledStore(store, tmp_path / "spool", 1 << 20)
     too_long = PolicedRead(plate_read("AB123CD", 1), "c" * 200, "parking_fps", "FR-FPS", time.time() + DAY, False)
     with pytest.raises(StoreError, match="cannot write to database") as raised:
         spool.write([too_long])
@@ -339,9 +342,10 @@ def test_a_refused_batch_stays_an_error(postgres, tmp_path):
 def test_read_keys_round_trip_and_are_made_by_the_gate(tmp_path):
     settings = load_settings(CONFIGS / "paris-fps.yaml")
     store = ReadStore(str(tmp_path / "reads.sqlite"))
-    gate = PolicyGate(Policy(settings), settings.cameras[0], store, make_sinks(settings, store))
+    deployment = settings.deployment
+    gate = PolicyGate(Policy(deployment), deployment.cameras[0], store, make_sinks(deployment.sinks, store))
     gate.write([plate_read("AB123CD", 1), plate_read("AB123CD", 2)])
     stored = store.reads()
     assert len(stored) == 2 and len({r.key for r in stored}) == 2 and all(len(r.key) == 32 for r in stored)
-    assert stored[0].as_json()["key"] == stored[0].key
+    assert stored[0].to_dict()["key"] == stored[0].key
     store.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from anpr.eval import score_passages
-from anpr.plates import PlateRead
+from anpr.records import PlateRead
 from anpr.track import PassageTracker, vote
 
 

@@ -6,7 +6,8 @@ import json
 
 import cv2
 
-from anpr.pipeline import Pipeline, WorkSaving
+from anpr.config import PipelineSettings
+from anpr.pipeline import Pipeline
 from anpr.source import Frame, FrameBatch
 from conftest import PARKING_CONFIG
 
@@ -27,7 +28,7 @@ def _frames(few_photos, still: int) -> list[Frame]:
 
 def test_motion_gate_skips_a_still_scene(detector, ppocr, few_photos):
     sink = _Collect()
-    pipeline = Pipeline(detector, ppocr, [sink], saving=WorkSaving(motion_threshold=2.0))
+    pipeline = Pipeline(detector, ppocr, [sink], PipelineSettings(motion_threshold=2.0))
     pipeline.process(FrameBatch(_frames(few_photos, still=6)))
     assert pipeline.skipped["still"] == 6  # 5 repeats of the first photo, 1 of the second
     assert sorted({r.frame for r in sink.reads}) == [0, 6]
@@ -35,7 +36,7 @@ def test_motion_gate_skips_a_still_scene(detector, ppocr, few_photos):
 
 def test_stride_detects_every_nth_frame(detector, ppocr, few_photos):
     sink = _Collect()
-    pipeline = Pipeline(detector, ppocr, [sink], saving=WorkSaving(stride=3))
+    pipeline = Pipeline(detector, ppocr, [sink], PipelineSettings(stride=3))
     pipeline.process(FrameBatch(_frames(few_photos, still=7)))
     assert {r.frame for r in sink.reads} <= {0, 3, 6} and pipeline.skipped["stride"] == 6
 

@@ -8,9 +8,11 @@ question, and an unknown one is denied there (fail closed), not rejected here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from anpr.registry import SINK_TYPES
 
 
 def _not_a_boolean(value: Any) -> Any:
@@ -68,15 +70,51 @@ class Purpose(_Strict):
     compliant_plates: Path | None = None  # plates allowed in a low-emission zone (ZFE)
 
 
-class Sink(_Strict):
-    type: Literal["database", "jsonl_export", "webhook"]
-    path: Path | None = None  # jsonl_export: the file appended to
-    url: str | None = None  # webhook: where each batch is POSTed as JSON
+def _sink_spec() -> Any:
+    """One sink's config: the settings model of its `type`, as registered in SINK_TYPES."""
+    models = tuple(entry.settings for entry in SINK_TYPES.entries())
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007 (a tuple of types needs Union[])
+
+
+if TYPE_CHECKING:
+    from anpr.sinks import SinkSettings as SinkSpec
+else:
+    SinkSpec = _sink_spec()
+
+
+class Deployment(_Strict):
+    """Who runs the cameras, what each camera is for, and where each purpose's reads go."""
+
+    name: str = ""
+    description: str = ""
+    controller: Controller
+    cameras: list[Camera] = []
+    purposes: dict[str, Purpose] = {}
+    sinks: dict[str, SinkSpec] = {"store": {"type": "database"}}  # type: ignore[dict-item]  # validated
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     @model_validator(mode="after")
-    def _target_given(self) -> Sink:
-        if self.type == "jsonl_export" and self.path is None:
-            raise ValueError("a jsonl_export sink needs 'path'")
-        if self.type == "webhook" and not self.url:
-            raise ValueError("a webhook sink needs 'url'")
+    def _whole(self) -> Deployment:
+        if not self.cameras:
+            raise ValueError("a deployment needs at least one camera under 'cameras'")
+        if not self.purposes:
+            raise ValueError("a deployment needs at least one entry under 'purposes'")
+        for index, camera in enumerate(self.cameras):
+            for purpose in camera.purposes:
+                if purpose not in self.purposes:
+                    raise ValueError(f"cameras[{index}] ({camera.id}) feeds purpose '{purpose}', "
+                                     f"which is not declared under 'purposes'")
+        for code, purpose in self.purposes.items():
+            for sink in purpose.sinks:
+                if sink not in self.sinks:
+                    raise ValueError(f"purposes.{code} writes to sink '{sink}', which is not declared under 'sinks'")
+        if len({c.id for c in self.cameras}) != len(self.cameras):
+            raise ValueError("camera ids must be unique")
         return self
+
+    def camera(self, camera_id: str) -> Camera:
+        return next(c for c in self.cameras if c.id == camera_id)
+
+
+DEPLOYMENT_KEYS = tuple(Deployment.model_fields)  # at the top level of a config file

@@ -5,6 +5,9 @@ requested retention), so it is made once per run (`decide_purpose`). The per-rea
 adds what depends on the plate: a hit on a flagged-vehicle file, a compliant vehicle in
 a low-emission zone, and the deletion deadline. Every path that is not an explicit
 allow of the rule table is a deny.
+
+The engine sees only the deployment (never the run settings), and it alone decides a
+read's `Outcome` for a purpose; the gate (gate.py) routes the read by that outcome.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from anpr.config import Settings
 from anpr.errors import ConfigError
-from anpr.plates import PlateRead, normalise
+from anpr.plates import normalise
+from anpr.policy.deployment import Deployment
+from anpr.records import Outcome, PlateRead
 from anpr.policy.rules import (
     CONTROLLER_TYPES,
     PURPOSES,
@@ -65,9 +69,13 @@ class ReadDecision:
     """The decision for one read and one purpose."""
 
     purpose: PurposeDecision
-    store: bool  # the read itself may be written (allowed, not minimised, not exempt)
+    outcome: Outcome  # STORED: the read goes to the purpose's sinks; else only a count is kept
     hit: bool  # the plate is on the purpose's flagged-vehicle file
     delete_after: float | None  # Unix time; None when nothing is stored
+
+    @property
+    def store(self) -> bool:
+        return self.outcome is Outcome.STORED
 
     @property
     def verdict(self) -> Verdict:
@@ -90,7 +98,7 @@ def _deny(purpose: str, rule: Rule, *reasons: str, missing: tuple[str, ...] = ()
     return PurposeDecision(purpose, Verdict.DENY, rule, reasons, missing, None, None, ())
 
 
-def decide_purpose(deployment: Settings, purpose: str) -> PurposeDecision:
+def decide_purpose(deployment: Deployment, purpose: str) -> PurposeDecision:
     default = RULES_BY_ID["FR-DEFAULT"]
     controller = deployment.controller
     if controller is None:
@@ -147,7 +155,7 @@ def _plate_set(path: Path | None, what: str) -> frozenset[str]:
 class Policy:
     """The decisions of one deployment, made once, applied to every read."""
 
-    def __init__(self, deployment: Settings) -> None:
+    def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
         self.decisions = {code: decide_purpose(deployment, code) for code in deployment.purposes}
         self._hotlists = {code: _plate_set(p.hotlist, "hotlist") for code, p in deployment.purposes.items()}
@@ -159,22 +167,23 @@ class Policy:
 
     def decide(self, read: PlateRead, purpose: str, now: float | None = None) -> ReadDecision:
         decision = self.purpose(purpose)
-        if not decision.stores_reads:
-            return ReadDecision(decision, store=False, hit=False, delete_after=None)
+        if not decision.allowed:
+            return ReadDecision(decision, Outcome.BLOCKED, hit=False, delete_after=None)
+        if decision.rule.minimisation is not Minimisation.NONE:
+            return ReadDecision(decision, Outcome.AGGREGATED, hit=False, delete_after=None)
         retention = decision.rule.retention
         if not retention.store_compliant and read.plate in self._compliant.get(purpose, ()):
-            return ReadDecision(decision, store=False, hit=False, delete_after=None)
+            return ReadDecision(decision, Outcome.NOT_STORED, hit=False, delete_after=None)
         hit = read.plate in self._hotlists.get(purpose, ())
         days = decision.hit_days if hit and decision.hit_days is not None else decision.retention_days
         now = time.time() if now is None else now
-        return ReadDecision(decision, store=True, hit=hit, delete_after=now + float(days or 0) * DAY)
+        return ReadDecision(decision, Outcome.STORED, hit=hit, delete_after=now + float(days or 0) * DAY)
 
     def camera_decisions(self, camera_id: str) -> list[PurposeDecision]:
-        camera = next(c for c in self.deployment.cameras if c.id == camera_id)
-        return [self.purpose(code) for code in camera.purposes]
+        return [self.purpose(code) for code in self.deployment.camera(camera_id).purposes]
 
 
-def decide(deployment: Settings, read: PlateRead, purpose: str, now: float | None = None) -> ReadDecision:
+def decide(deployment: Deployment, read: PlateRead, purpose: str, now: float | None = None) -> ReadDecision:
     """The decision for one read and one purpose of a deployment."""
     return Policy(deployment).decide(read, purpose, now)
 

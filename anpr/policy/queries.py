@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from anpr.plates import normalise
 from anpr.policy.engine import Policy
-from anpr.policy.gate import PolicedRead
+from anpr.records import PolicedRead
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,6 @@
-"""Test clips built from real photos: one vehicle passage per photo.
+"""Test clips built from real photos: one vehicle passage per photo (development tooling,
+not part of the `anpr` package: the benchmarks import it as `clips`, the tests as
+`benchmarks.clips`).
 
 Each photo drifts and grows across the frame for `seconds_per_photo` (as a vehicle
 approaching a camera would), so consecutive frames differ the way video does. The
@@ -25,7 +27,9 @@ CONTAINER_OPTIONS = {("h265", ".mp4"): ["-tag:v", "hvc1"]}
 
 
 @dataclass(frozen=True, slots=True)
-class Passage:
+class TruePassage:
+    """Where one photo's plate is on screen in a clip: the truth passages are scored against."""
+
     plate: str
     photo: str
     first_frame: int
@@ -62,7 +66,7 @@ def build_clip(
     seconds_per_photo: float = 2.0,
     codec: str = "h264",
     gap_seconds: float = 0.0,
-) -> list[Passage]:
+) -> list[TruePassage]:
     """Encode one passage per (photo, plate) into `output`; writes `output`.json too.
 
     With `gap_seconds`, each passage ends with that much empty road (a plain frame), as
@@ -90,7 +94,7 @@ def build_clip(
             for _ in range(gap_frames):
                 encoder.stdin.write(empty_road)
             first = number * period
-            passages.append(Passage(plate, photo_path.name, first, first + frames_per_photo - 1))
+            passages.append(TruePassage(plate, photo_path.name, first, first + frames_per_photo - 1))
         encoder.stdin.close()
     finally:
         error = encoder.stderr.read().decode(errors="replace") if encoder.stderr else ""

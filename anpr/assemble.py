@@ -1,0 +1,268 @@
+"""One setup path: a run built from the settings.
+
+`anpr run`, `anpr demo`, `anpr bench` and `anpr eval` all build what they need here,
+so every command honours the config (detector backend, recogniser, device, batch,
+work savings) the same way:
+
+    load_models(settings)                   the detector and the recogniser, on the run's device
+    cameras_to_run(deployment, ...)         which cameras, reading what
+    open_sources(cameras, settings.stream)  their frame sources
+    build_lanes(...)                        per camera: reader -> pipeline -> policy gate -> sinks
+    DeploymentRun                           all of it with the database, the spool and the audit log
+
+Messages for the operator go through `logging` (logger `anpr`); the CLI shows them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from threading import Event
+from typing import Any
+
+from anpr.config import RunSettings, Settings, StreamSettings
+from anpr.detect import PlateDetector, make_detector
+from anpr.errors import ConfigError, PolicyRefusal, SourceError
+from anpr.ocr import PlateRecogniser, make_recogniser
+from anpr.pipeline import Lane, Pipeline, ReadSink, run_lanes
+from anpr.policy.deployment import Camera, Deployment
+from anpr.policy.engine import Policy, PurposeDecision
+from anpr.policy.gate import DatabaseSink, GateTally, PolicyGate
+from anpr.sinks import PolicedSink, make_sinks
+from anpr.source import FrameReader, FrameSource, Reconnect, SourceState, open_source
+
+log = logging.getLogger("anpr")
+
+
+# --- models ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Models:
+    """The two networks of a run, shared by all its cameras."""
+
+    detector: PlateDetector
+    recogniser: PlateRecogniser
+
+
+def load_models(settings: RunSettings) -> Models:
+    return Models(make_detector(settings.detector),
+                  make_recogniser(settings.pipeline.ocr, settings.detector.device))
+
+
+# --- cameras and sources -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CameraSource:
+    """A camera of the deployment and where its frames come from in this run."""
+
+    camera: Camera
+    location: str
+
+
+def require_deployment(settings: Settings) -> Deployment:
+    if settings.deployment is None:
+        raise PolicyRefusal("no deployment declared: pass --config with the controller, cameras and purposes "
+                            "(examples in configs/); without one no read may be kept")
+    return settings.deployment
+
+
+def cameras_to_run(deployment: Deployment, source: str | None, camera_id: str | None,
+                   config: Path | None) -> list[CameraSource]:
+    """SOURCE as one camera of the deployment, or every camera with its own source."""
+    if source is not None or camera_id is not None or len(deployment.cameras) == 1:
+        camera = _pick_camera(deployment, camera_id)
+        location = source or camera.source
+        if not location:
+            raise ConfigError(f"camera '{camera.id}' has no source in {config}: give SOURCE")
+        return [CameraSource(camera, location)]
+    missing = [c.id for c in deployment.cameras if not c.source]
+    if missing:
+        raise ConfigError(f"camera(s) {', '.join(missing)} have no source in {config}: "
+                          f"give each a source, or run one with SOURCE --camera ID")
+    return [CameraSource(camera, camera.source or "") for camera in deployment.cameras]
+
+
+def _pick_camera(deployment: Deployment, camera_id: str | None) -> Camera:
+    ids = ", ".join(c.id for c in deployment.cameras)
+    if camera_id is not None:
+        for camera in deployment.cameras:
+            if camera.id == camera_id:
+                return camera
+        raise ConfigError(f"no camera '{camera_id}' in the config; cameras: {ids}")
+    if len(deployment.cameras) > 1:
+        raise ConfigError(f"the config has {len(deployment.cameras)} cameras: choose one with --camera ({ids})")
+    return deployment.cameras[0]
+
+
+def refuse_denied_cameras(decisions: Mapping[str, Sequence[PurposeDecision]], demo: bool) -> None:
+    """A camera whose every purpose is denied does not start (unless `demo`, to show the blocks)."""
+    for camera, camera_decisions in decisions.items():
+        if not any(d.allowed for d in camera_decisions) and not demo:
+            refused = "; ".join(f"{d.purpose}: {d.rule.id} [{d.legal_reference}]" for d in camera_decisions)
+            raise PolicyRefusal(f"every purpose of camera '{camera}' is denied ({refused}): refusing to start "
+                                f"(--demo runs it and shows every read blocked)")
+
+
+def reconnect(stream: StreamSettings) -> Reconnect:
+    return Reconnect(stream.stall_seconds, stream.reconnect_first_delay, stream.reconnect_max_delay)
+
+
+def open_sources(cameras: Sequence[CameraSource], stream: StreamSettings) -> list[FrameSource]:
+    """Every camera's source. With several cameras, a stream that is down now is retried in
+    the background (a dead camera must not keep the others from running); if none at all
+    can be reached, that is a configuration problem and an error."""
+    several = len(cameras) > 1
+    sources = [open_source(c.location, reconnect(stream), wait_for_stream=several) for c in cameras]
+    down = [(c.camera.id, s.status.last_error) for c, s in zip(cameras, sources)
+            if s.status.state is SourceState.RECONNECTING]
+    if several and len(down) == len(sources):
+        for s in sources:
+            s.close()
+        raise SourceError("no camera can be reached: " + "; ".join(f"{c}: {why}" for c, why in down))
+    for camera, why in down:
+        log.warning("camera %s is down (%s); retrying in the background", camera, why)
+    return sources
+
+
+# --- lanes ---------------------------------------------------------------------------------
+
+def read_lane(name: str, source: FrameSource, settings: RunSettings, models: Models,
+              sinks: Sequence[ReadSink]) -> Lane:
+    """A camera's frames through the pipeline into `sinks`, with no policy gate (for reads
+    that are gated later, as `anpr demo` does)."""
+    pipeline = Pipeline(models.detector, models.recogniser, sinks, settings.pipeline)
+    return Lane(name, FrameReader(source, settings.pipeline.queue), pipeline)
+
+
+@dataclass
+class Lanes:
+    """Every camera of a run: its lane (reader and pipeline) and the policy gate it ends in."""
+
+    lanes: list[Lane]
+    gates: list[PolicyGate]
+
+    def tally(self) -> GateTally:
+        return GateTally.combined([gate.tally for gate in self.gates])
+
+    def run(self, stop: Event | None = None, progress: Any = None) -> None:
+        run_lanes(self.lanes, stop=stop, progress=progress)
+
+
+def build_lanes(settings: Settings, policy: Policy, cameras: Sequence[CameraSource], sources: Sequence[FrameSource],
+                models: Models, database: DatabaseSink, outputs: Sequence[PolicedSink] = ()) -> Lanes:
+    """Per camera: its reader, a pipeline with the shared models, and a policy gate that
+    writes to the deployment's sinks (the database sinks through `database`)."""
+    deployment = require_deployment(settings)
+    sinks = make_sinks(deployment.sinks, database)  # type: ignore[arg-type]  # the gate writes counters too
+    lanes, gates = [], []
+    for camera, source in zip(cameras, sources):
+        gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs)
+        gates.append(gate)
+        lanes.append(read_lane(camera.camera.id, source, settings, models, [gate]))
+    return Lanes(lanes, gates)
+
+
+# --- a whole run ---------------------------------------------------------------------------
+
+@dataclass
+class RunReport:
+    """How a run ended, for the summary."""
+
+    lanes: list[Lane]
+    tally: GateTally
+    store_url: str
+    spool: Any  # the SpooledStore: its status and what it still holds
+    frames_received: int = 0
+    audited_end: bool = True
+
+
+class DeploymentRun:
+    """A deployment's cameras read into its database: sources, store, spool, models, audit.
+
+    Opening order is what makes bad input cheap: the sources first (a wrong path fails
+    before the database is touched), then the database (a wrong URL fails before the
+    models load), then the models. Use as a context manager: it closes the spool and
+    the database on every exit.
+    """
+
+    def __init__(self, settings: Settings, policy: Policy, cameras: Sequence[CameraSource],
+                 outputs: Sequence[PolicedSink] = (), *, config: Path | None = None, demo: bool = False) -> None:
+        from anpr.audit import AuditLog
+        from anpr.spool import SpooledStore
+        from anpr.store import ReadStore
+
+        self.settings, self.policy, self.cameras = settings, policy, list(cameras)
+        self.config, self.demo = config, demo
+        self.sources = open_sources(self.cameras, settings.stream)
+        self.spool: Any = None
+        try:
+            self.store = ReadStore(settings.store.url)
+        except BaseException:
+            for source in self.sources:
+                source.close()
+            raise
+        try:
+            self.store.check()
+            self.audit = AuditLog(self.store.engine)
+            # The gate writes through the spool: if the database goes away mid-run, allowed
+            # reads wait on disk (with their deadlines) and are sent when it is back.
+            self.spool = SpooledStore(self.store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20)
+            if self.spool.pending.batches:
+                log.info("%d read(s) left in %s by an earlier run while the database was down: sending them first",
+                         self.spool.pending.reads, self.spool.directory)
+            self.models = load_models(settings)
+            self.lanes = build_lanes(settings, policy, self.cameras, self.sources, self.models, self.spool, outputs)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def frame_count(self) -> int | None:
+        return sum(getattr(s, "frame_count", 0) for s in self.sources) or None
+
+    def run(self, stop: Event | None = None, progress: Any = None) -> RunReport:
+        from anpr.store import DatabaseUnavailable
+
+        decisions = {c.camera.id: self.policy.camera_decisions(c.camera.id) for c in self.cameras}
+        self.audit.append("run.start", "pipeline", {
+            "deployment": self.policy.deployment.name, "config": str(self.config),
+            "cameras": [c.camera.id for c in self.cameras], "demo": self.demo,
+            "decisions": {camera: {d.purpose: {"verdict": d.verdict.value, "rule": d.rule.id} for d in ds}
+                          for camera, ds in decisions.items()}})
+        for camera in self.cameras:
+            log.info("reading %s as camera %s", camera.location, camera.camera.id)
+        pipeline = self.settings.pipeline
+        log.info("ocr %s, batch %d, device %s, into %s", pipeline.ocr, pipeline.batch,
+                 self.settings.detector.device, self.store.safe_url)
+        self.lanes.run(stop, progress)
+        tally = self.lanes.tally()
+        self.spool.flush()
+        lanes = self.lanes.lanes
+        report = RunReport(lanes, tally, self.store.safe_url, self.spool,
+                           frames_received=sum(lane.reader.status.received for lane in lanes))
+        try:
+            self.audit.append("run.end", "pipeline", {
+                "cameras": {lane.name: {"frames": lane.stats.frames, "reconnects": lane.reader.status.reconnects}
+                            for lane in lanes},
+                "reads_seen": tally.seen, "kept": dict(tally.stored), "purged": tally.purged,
+                "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in tally.counted.items()},
+                "spool": {k: v for k, v in self.spool.status.as_json().items() if k.endswith(("_batches", "_reads"))}})
+        except DatabaseUnavailable as exc:
+            log.warning("the run's end is not in the audit log: %s", exc)
+            report.audited_end = False
+        return report
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        self.store.close()
+
+    def __enter__(self) -> DeploymentRun:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+

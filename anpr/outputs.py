@@ -1,0 +1,212 @@
+"""What a run shows its operator: JSON lines, passages, the progress line, the status log
+and the end-of-run summary.
+
+The gate hands every output only the reads a purpose keeps (`PolicedRead`s), so nothing
+here can show a read of a denied purpose. Writers (`JsonLines`, `PassageOutput`,
+`ProgressLine`, `StatusLog`) write to their stream; the `*_lines` functions return text
+for the CLI to print.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from anpr.errors import ConfigError
+from anpr.pipeline import Lane
+from anpr.policy.engine import PurposeDecision
+from anpr.policy.gate import GateTally
+from anpr.records import Passage, PolicedRead
+from anpr.track import PassageTracker
+
+
+class ReadOutput(Protocol):
+    """Receives every batch of kept reads of a run (as sinks do, but for the operator's eyes)."""
+
+    def write(self, reads: Sequence[PolicedRead]) -> None: ...
+
+
+class JsonLines:
+    """One JSON object per kept read (`--jsonl`)."""
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self.out = out or sys.stdout
+
+    def write(self, reads: Sequence[PolicedRead]) -> None:
+        for read in reads:
+            self.out.write(json.dumps(read.to_dict()) + "\n")
+        self.out.flush()
+
+
+class PlateTally:
+    """Confidence, time and frame of every kept read, by plate text, for the end-of-run summary."""
+
+    def __init__(self) -> None:
+        self.by_plate: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
+
+    def write(self, reads: Sequence[PolicedRead]) -> None:
+        for policed in reads:
+            read = policed.read
+            self.by_plate[read.plate][read.frame] = (read.confidence, read.time)
+
+    def lines(self) -> list[str]:
+        if not self.by_plate:
+            return []
+        lines = [f"{'plate':<12} {'reads':>5} {'best':>5}  {'first s':>8} {'last s':>8}"]
+        for plate, frames in sorted(self.by_plate.items(), key=lambda kv: -len(kv[1])):
+            confidences = [c for c, _ in frames.values()]
+            times = [t for _, t in frames.values()]
+            lines.append(f"{plate:<12} {len(frames):>5} {max(confidences):>5.2f}  {min(times):>8.2f} "
+                         f"{max(times):>8.2f}")
+        return lines
+
+
+class PassageOutput:
+    """Groups kept reads into passages (one tracker per purpose); with `out`, writes each
+    as a JSON line when it closes (`--jsonl --passages`)."""
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self.out = out
+        self.trackers: dict[str, PassageTracker] = defaultdict(PassageTracker)
+        self.camera: dict[str, str] = {}
+        self.passages: list[Passage] = []
+
+    def write(self, reads: Sequence[PolicedRead]) -> None:
+        by_purpose: dict[str, list] = defaultdict(list)
+        for policed in reads:
+            by_purpose[policed.purpose].append(policed.read)
+            self.camera[policed.read.source] = policed.camera
+        for purpose, purpose_reads in by_purpose.items():
+            self._emit(purpose, self.trackers[purpose].update(purpose_reads))
+
+    def finish(self) -> None:
+        for purpose, tracker in self.trackers.items():
+            self._emit(purpose, tracker.flush())
+
+    def _emit(self, purpose: str, closed) -> None:
+        for track in closed:
+            passage = track.record(purpose, self.camera.get(track.source))
+            self.passages.append(passage)
+            if self.out is not None:
+                self.out.write(json.dumps(passage.to_dict()) + "\n")
+                self.out.flush()
+
+    def lines(self) -> list[str]:
+        lines = [f"{'plate':<12} {'conf':>5} {'reads':>5}  {'first s':>8} {'last s':>8}  country"]
+        for passage in self.passages:
+            p = passage.to_dict()  # the rounded figures, as the JSON lines give them
+            lines.append(f"{p['plate']:<12} {p['confidence']:>5.2f} {p['reads']:>5}  {p['first_time']:>8.2f} "
+                         f"{p['last_time']:>8.2f}  {p['country'] or '-'}")
+        return lines
+
+
+def lane_status(lanes: Sequence[Lane]) -> dict[str, dict[str, Any]]:
+    """Each camera's source status and counters, for the JSON status log."""
+    return {lane.name: {**lane.reader.status.as_json(), "processed": lane.stats.frames, "reads": lane.stats.reads,
+                        "dropped": lane.reader.dropped} for lane in lanes}
+
+
+class StatusLog:
+    """JSON lines for monitoring (`--log-json`): run start and end, every change of a camera's
+    state, and every camera's status at least every STATUS_EVERY_SECONDS."""
+
+    STATUS_EVERY_SECONDS = 10.0
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._out = sys.stderr if str(path) == "-" else path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the JSON log {path}: {exc.strerror or exc}") from None
+        self._logged: dict[str, int] = {}  # camera -> state changes already written
+        self._next_status = 0.0
+        self.database: Any = None  # the spool, when the run has one: its as_json() is the database's state
+
+    def event(self, name: str, **fields: Any) -> None:
+        self._out.write(json.dumps({"time": round(time.time(), 3), "event": name, **fields}) + "\n")
+        self._out.flush()
+
+    def update(self, lanes: Sequence[Lane]) -> None:
+        for lane in lanes:
+            changes = lane.reader.status.changes
+            for when, state, why in changes[self._logged.get(lane.name, 0):]:
+                self.event("camera", camera=lane.name, state=state.value, since=round(when, 3), error=why)
+            self._logged[lane.name] = len(changes)
+        if time.monotonic() >= self._next_status:
+            self._next_status = time.monotonic() + self.STATUS_EVERY_SECONDS
+            self.event("status", cameras=lane_status(lanes),
+                       **({"database": self.database.as_json()} if self.database else {}))
+
+
+class ProgressLine:
+    """A one-line progress display on stderr, redrawn in place on a terminal: per camera,
+    its state, frames and reads; it also feeds the JSON status log."""
+
+    def __init__(self, total: int | None, status_log: StatusLog | None = None) -> None:
+        self.total = total
+        self.enabled = sys.stderr.isatty()
+        self.status_log = status_log
+
+    def __call__(self, lanes: Sequence[Lane]) -> None:
+        if self.status_log:
+            self.status_log.update(lanes)
+        if not self.enabled:
+            return
+        parts = []
+        for lane in lanes:
+            status, stats = lane.reader.status, lane.stats
+            of_total = f"/{self.total}" if self.total and len(lanes) == 1 else ""
+            state = "" if status.state.value == "connected" else f" {status.state.value.upper()}"
+            again = f" reconnects {status.reconnects}" if status.reconnects else ""
+            dropped = f" dropped {lane.reader.dropped}" if lane.reader.dropped else ""
+            name = f"{lane.name}:" if len(lanes) > 1 else ""
+            parts.append(f"{name}{state} frames {stats.frames}{of_total} {stats.fps:5.1f}/s reads {stats.reads}"
+                         f"{again}{dropped}")
+        sys.stderr.write("\r  " + " | ".join(parts) + "   ")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def decision_lines(decisions: Sequence[PurposeDecision], camera: str | None = None) -> list[str]:
+    """Each purpose's verdict as announced before a run (warnings prefixed `warning: `)."""
+    where = f"camera {camera}: " if camera else ""
+    lines = []
+    for decision in decisions:
+        if decision.allowed:
+            kept = (f"reads kept {decision.retention_days:g} days" if decision.retention_days is not None
+                    else "aggregate counts only")
+            lines.append(f"{where}purpose {decision.purpose}: allowed by {decision.rule.id} ({kept})")
+        else:
+            lines.append(f"{where}purpose {decision.purpose}: DENIED by {decision.rule.id}: "
+                         f"{'; '.join(decision.reasons)} [{decision.legal_reference}]")
+        lines.extend(f"warning: {where}purpose {decision.purpose}: {note}" for note in decision.retention_notes)
+    return lines
+
+
+def summary_lines(gate_tally: GateTally, lanes: Sequence[Lane], store_url: str) -> list[str]:
+    """The end of a run, per purpose and per camera (warnings prefixed `warning: `)."""
+    lines = [f"{purpose}: {number} reads kept" for purpose, number in sorted(gate_tally.stored.items())]
+    lines += [f"{purpose}: {number} reads {outcome.value.replace('_', ' ')} ({rule}); only the count is kept"
+              for (purpose, rule, outcome), number in sorted(gate_tally.counted.items())]
+    for lane in lanes:
+        stats, status = lane.stats, lane.reader.status
+        name = f"camera {lane.name}: " if len(lanes) > 1 else ""
+        lines.append(f"{name}{stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s)"
+                     + (f", {lane.reader.dropped} frames dropped" if lane.reader.dropped else "")
+                     + (f", {status.reconnects} reconnections" if status.reconnects else ""))
+        if status.damaged_stretches:
+            lines.append(f"warning: {name}{lane.reader.source.name} is damaged: {status.damaged_stretches} "
+                         f"stretch(es) of undecodable frames skipped")
+        if status.unreadable:
+            lines.append(f"warning: {name}{len(status.unreadable)} image(s) could not be decoded and were skipped: "
+                         + ", ".join(Path(p).name for p in status.unreadable[:5])
+                         + (" ..." if len(status.unreadable) > 5 else ""))
+    lines.append(f"{gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}")
+    return lines
