@@ -1,16 +1,18 @@
 # Quick start: `make demo` reads the bundled sample clip into anpr.sqlite,
 # `make test` runs the test suite. Each creates the virtual environment it needs.
+# `make lint` runs the linter, the format check and the type checker (CI runs it first);
+# `make test-unit` runs the unit tests alone (no model weights, no servers: under a minute).
 
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test eval clean
+.PHONY: demo test test-unit lint format eval clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[test,lint]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,6 +21,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/system-deps.sh
 	$(VENV)/bin/python -m pytest
+
+test-unit: $(STAMP)
+	ANPR_MODELS_DIR="$$(mktemp -d)" $(VENV)/bin/python -m pytest -m unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 eval: $(STAMP)
 	$(VENV)/bin/anpr eval ../shared/datasets/openalpr-eu

@@ -36,6 +36,24 @@ from anpr.config import DetectorSettings, PipelineSettings
 from anpr.errors import AnprError
 from anpr.registry import DETECTORS, RECOGNISERS
 
+def _quiet_libraries() -> None:
+    # Ultralytics and torch print banners and warnings on stdout/stderr that would
+    # corrupt --jsonl output and bury our own messages.
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    # OpenCV and FFmpeg log decoder complaints (e.g. "moov atom not found") on stderr;
+    # the source turns those failures into one clear error of its own.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+# Before the help texts below read the registries, which imports OpenCV: its log level is
+# read when it loads.
+_quiet_libraries()
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -85,20 +103,6 @@ def _show_library_messages() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-
-
-def _quiet_libraries() -> None:
-    # Ultralytics and torch print banners and warnings on stdout/stderr that would
-    # corrupt --jsonl output and bury our own messages.
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    # OpenCV and FFmpeg log decoder complaints (e.g. "moov atom not found") on stderr;
-    # the source turns those failures into one clear error of its own.
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    import warnings
-
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _install_stop_handler() -> threading.Event:
@@ -320,7 +324,6 @@ app.add_typer(audit_app, name="audit")
 def main() -> None:
     from typer._click import exceptions as click  # typer vendors Click; its errors are not exported
 
-    _quiet_libraries()
     _show_library_messages()
     try:
         code = app(standalone_mode=False)

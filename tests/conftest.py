@@ -14,6 +14,24 @@ FEW_PHOTOS = 6
 
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
+# Two kinds of test (markers registered in pyproject.toml):
+# - system: real model weights, the annotated photos, encoded clips, the `anpr` command in a
+#   subprocess, an RTSP or PostgreSQL server: what `make test` runs besides the unit tests;
+# - unit: none of those; `make test-unit` runs them in well under a minute, with the model
+#   folder pointed at an empty one, so a unit test that loads weights fails.
+# A test is a system test when it uses one of these fixtures (or a PostgreSQL parameter).
+SYSTEM_FIXTURES = frozenset({
+    "detector", "ppocr", "easyocr_recogniser", "anpr_cli", "postgres", "server",
+    "dataset", "few_photos", "small_dataset", "clip_h264", "few", "clips", "h264_clip", "ocr_plates",
+})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        system = bool(SYSTEM_FIXTURES & set(item.fixturenames)) or "postgresql" in params.values()
+        item.add_marker(pytest.mark.system if system else pytest.mark.unit)
+
 
 # An allowed deployment that stores reads (FR-FPS): the tests of reading use it.
 PARKING_CONFIG = REPO / "configs" / "paris-fps.yaml"
