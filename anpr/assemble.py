@@ -38,6 +38,7 @@ log = logging.getLogger("anpr")
 
 # --- models ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Models:
     """The two networks of a run, shared by all its cameras."""
@@ -47,11 +48,11 @@ class Models:
 
 
 def load_models(settings: RunSettings) -> Models:
-    return Models(make_detector(settings.detector),
-                  make_recogniser(settings.pipeline.ocr, settings.detector.device))
+    return Models(make_detector(settings.detector), make_recogniser(settings.pipeline.ocr, settings.detector.device))
 
 
 # --- cameras and sources -----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CameraSource:
@@ -63,13 +64,16 @@ class CameraSource:
 
 def require_deployment(settings: Settings) -> Deployment:
     if settings.deployment is None:
-        raise PolicyRefusal("no deployment declared: pass --config with the controller, cameras and purposes "
-                            "(examples in configs/); without one no read may be kept")
+        raise PolicyRefusal(
+            "no deployment declared: pass --config with the controller, cameras and purposes "
+            "(examples in configs/); without one no read may be kept"
+        )
     return settings.deployment
 
 
-def cameras_to_run(deployment: Deployment, source: str | None, camera_id: str | None,
-                   config: Path | None) -> list[CameraSource]:
+def cameras_to_run(
+    deployment: Deployment, source: str | None, camera_id: str | None, config: Path | None
+) -> list[CameraSource]:
     """SOURCE as one camera of the deployment, or every camera with its own source."""
     if source is not None or camera_id is not None or len(deployment.cameras) == 1:
         camera = _pick_camera(deployment, camera_id)
@@ -79,8 +83,10 @@ def cameras_to_run(deployment: Deployment, source: str | None, camera_id: str | 
         return [CameraSource(camera, location)]
     missing = [c.id for c in deployment.cameras if not c.source]
     if missing:
-        raise ConfigError(f"camera(s) {', '.join(missing)} have no source in {config}: "
-                          f"give each a source, or run one with SOURCE --camera ID")
+        raise ConfigError(
+            f"camera(s) {', '.join(missing)} have no source in {config}: "
+            f"give each a source, or run one with SOURCE --camera ID"
+        )
     return [CameraSource(camera, camera.source or "") for camera in deployment.cameras]
 
 
@@ -101,12 +107,10 @@ def refuse_denied_cameras(decisions: Mapping[str, Sequence[PurposeDecision]], de
     for camera, camera_decisions in decisions.items():
         if not any(d.allowed for d in camera_decisions) and not demo:
             refused = "; ".join(f"{d.purpose}: {d.rule.id} [{d.legal_reference}]" for d in camera_decisions)
-            raise PolicyRefusal(f"every purpose of camera '{camera}' is denied ({refused}): refusing to start "
-                                f"(--demo runs it and shows every read blocked)")
-
-
-def reconnect(stream: StreamSettings) -> Reconnect:
-    return Reconnect(stream.stall_seconds, stream.reconnect_first_delay, stream.reconnect_max_delay)
+            raise PolicyRefusal(
+                f"every purpose of camera '{camera}' is denied ({refused}): refusing to start "
+                f"(--demo runs it and shows every read blocked)"
+            )
 
 
 def open_sources(cameras: Sequence[CameraSource], stream: StreamSettings) -> list[FrameSource]:
@@ -114,9 +118,12 @@ def open_sources(cameras: Sequence[CameraSource], stream: StreamSettings) -> lis
     the background (a dead camera must not keep the others from running); if none at all
     can be reached, that is a configuration problem and an error."""
     several = len(cameras) > 1
-    sources = [open_source(c.location, reconnect(stream), wait_for_stream=several) for c in cameras]
-    down = [(c.camera.id, s.status.last_error) for c, s in zip(cameras, sources)
-            if s.status.state is SourceState.RECONNECTING]
+    sources = [open_source(c.location, Reconnect.of(stream), wait_for_stream=several) for c in cameras]
+    down = [
+        (c.camera.id, s.status.last_error)
+        for c, s in zip(cameras, sources, strict=True)
+        if s.status.state is SourceState.RECONNECTING
+    ]
     if several and len(down) == len(sources):
         for s in sources:
             s.close()
@@ -128,8 +135,8 @@ def open_sources(cameras: Sequence[CameraSource], stream: StreamSettings) -> lis
 
 # --- lanes ---------------------------------------------------------------------------------
 
-def read_lane(name: str, source: FrameSource, settings: RunSettings, models: Models,
-              sinks: Sequence[ReadSink]) -> Lane:
+
+def read_lane(name: str, source: FrameSource, settings: RunSettings, models: Models, sinks: Sequence[ReadSink]) -> Lane:
     """A camera's frames through the pipeline into `sinks`, with no policy gate (for reads
     that are gated later, as `anpr demo` does)."""
     pipeline = Pipeline(models.detector, models.recogniser, sinks, settings.pipeline)
@@ -150,14 +157,21 @@ class Lanes:
         run_lanes(self.lanes, stop=stop, progress=progress)
 
 
-def build_lanes(settings: Settings, policy: Policy, cameras: Sequence[CameraSource], sources: Sequence[FrameSource],
-                models: Models, database: DatabaseSink, outputs: Sequence[PolicedSink] = ()) -> Lanes:
+def build_lanes(
+    settings: Settings,
+    policy: Policy,
+    cameras: Sequence[CameraSource],
+    sources: Sequence[FrameSource],
+    models: Models,
+    database: DatabaseSink,
+    outputs: Sequence[PolicedSink] = (),
+) -> Lanes:
     """Per camera: its reader, a pipeline with the shared models, and a policy gate that
     writes to the deployment's sinks (the database sinks through `database`)."""
     deployment = require_deployment(settings)
-    sinks = make_sinks(deployment.sinks, database)  # type: ignore[arg-type]  # the gate writes counters too
+    sinks = make_sinks(deployment.sinks, database)
     lanes, gates = [], []
-    for camera, source in zip(cameras, sources):
+    for camera, source in zip(cameras, sources, strict=True):
         gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs)
         gates.append(gate)
         lanes.append(read_lane(camera.camera.id, source, settings, models, [gate]))
@@ -165,6 +179,7 @@ def build_lanes(settings: Settings, policy: Policy, cameras: Sequence[CameraSour
 
 
 # --- a whole run ---------------------------------------------------------------------------
+
 
 @dataclass
 class RunReport:
@@ -187,8 +202,16 @@ class DeploymentRun:
     the database on every exit.
     """
 
-    def __init__(self, settings: Settings, policy: Policy, cameras: Sequence[CameraSource],
-                 outputs: Sequence[PolicedSink] = (), *, config: Path | None = None, demo: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        cameras: Sequence[CameraSource],
+        outputs: Sequence[PolicedSink] = (),
+        *,
+        config: Path | None = None,
+        demo: bool = False,
+    ) -> None:
         from anpr.audit import AuditLog
         from anpr.spool import SpooledStore
         from anpr.store import ReadStore
@@ -210,8 +233,11 @@ class DeploymentRun:
             # reads wait on disk (with their deadlines) and are sent when it is back.
             self.spool = SpooledStore(self.store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20)
             if self.spool.pending.batches:
-                log.info("%d read(s) left in %s by an earlier run while the database was down: sending them first",
-                         self.spool.pending.reads, self.spool.directory)
+                log.info(
+                    "%d read(s) left in %s by an earlier run while the database was down: sending them first",
+                    self.spool.pending.reads,
+                    self.spool.directory,
+                )
             self.models = load_models(settings)
             self.lanes = build_lanes(settings, policy, self.cameras, self.sources, self.models, self.spool, outputs)
         except BaseException:
@@ -226,29 +252,59 @@ class DeploymentRun:
         from anpr.store import DatabaseUnavailable
 
         decisions = {c.camera.id: self.policy.camera_decisions(c.camera.id) for c in self.cameras}
-        self.audit.append("run.start", "pipeline", {
-            "deployment": self.policy.deployment.name, "config": str(self.config),
-            "cameras": [c.camera.id for c in self.cameras], "demo": self.demo,
-            "decisions": {camera: {d.purpose: {"verdict": d.verdict.value, "rule": d.rule.id} for d in ds}
-                          for camera, ds in decisions.items()}})
+        self.audit.append(
+            "run.start",
+            "pipeline",
+            {
+                "deployment": self.policy.deployment.name,
+                "config": str(self.config),
+                "cameras": [c.camera.id for c in self.cameras],
+                "demo": self.demo,
+                "decisions": {
+                    camera: {d.purpose: {"verdict": d.verdict.value, "rule": d.rule.id} for d in ds}
+                    for camera, ds in decisions.items()
+                },
+            },
+        )
         for camera in self.cameras:
             log.info("reading %s as camera %s", camera.location, camera.camera.id)
         pipeline = self.settings.pipeline
-        log.info("ocr %s, batch %d, device %s, into %s", pipeline.ocr, pipeline.batch,
-                 self.settings.detector.device, self.store.safe_url)
+        log.info(
+            "ocr %s, batch %d, device %s, into %s",
+            pipeline.ocr,
+            pipeline.batch,
+            self.settings.detector.device,
+            self.store.safe_url,
+        )
         self.lanes.run(stop, progress)
         tally = self.lanes.tally()
         self.spool.flush()
         lanes = self.lanes.lanes
-        report = RunReport(lanes, tally, self.store.safe_url, self.spool,
-                           frames_received=sum(lane.reader.status.received for lane in lanes))
+        report = RunReport(
+            lanes,
+            tally,
+            self.store.safe_url,
+            self.spool,
+            frames_received=sum(lane.reader.status.received for lane in lanes),
+        )
         try:
-            self.audit.append("run.end", "pipeline", {
-                "cameras": {lane.name: {"frames": lane.stats.frames, "reconnects": lane.reader.status.reconnects}
-                            for lane in lanes},
-                "reads_seen": tally.seen, "kept": dict(tally.stored), "purged": tally.purged,
-                "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in tally.counted.items()},
-                "spool": {k: v for k, v in self.spool.status.as_json().items() if k.endswith(("_batches", "_reads"))}})
+            self.audit.append(
+                "run.end",
+                "pipeline",
+                {
+                    "cameras": {
+                        lane.name: {"frames": lane.stats.frames, "reconnects": lane.reader.status.reconnects}
+                        for lane in lanes
+                    },
+                    "reads_seen": tally.seen,
+                    "kept": dict(tally.stored),
+                    "purged": tally.purged,
+                    "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in tally.counted.items()},
+                    "spool": {
+                        k: v for k, v in self.spool.status.as_json().items() if k.endswith(("_batches", "_reads"))
+                    },
+                },
+            )
         except DatabaseUnavailable as exc:
             log.warning("the run's end is not in the audit log: %s", exc)
             report.audited_end = False
@@ -265,4 +321,3 @@ class DeploymentRun:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-

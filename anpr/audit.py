@@ -40,9 +40,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import DDL, Double, Integer, String, Text, create_engine, event, inspect, select, text
+from sqlalchemy import DDL, Double, Integer, String, Table, Text, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -70,8 +70,9 @@ class AuditEntry(Base):
 
     def computed_hash(self, seq: int | None = None) -> str:
         """The hash this entry's content should have (at `seq` instead of its own, if given)."""
-        return chain_hash(self.prev_hash, self.seq if seq is None else seq, self.at, self.actor, self.action,
-                          self.details)
+        return chain_hash(
+            self.prev_hash, self.seq if seq is None else seq, self.at, self.actor, self.action, self.details
+        )
 
 
 def chain_hash(prev_hash: str, seq: int, at: float, actor: str, action: str, details: str) -> str:
@@ -88,17 +89,32 @@ def canonical_json(details: dict[str, Any]) -> str:
 # a table created some other way has no triggers, and the chain is then the only guard.
 _APPEND_ONLY = "audit_log is append-only"
 for _statement, _dialect in [
-    (f"CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON {TABLE} "
-     f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END;", "sqlite"),
-    (f"CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON {TABLE} "
-     f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END;", "sqlite"),
-    ("CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-     f"$$ BEGIN RAISE EXCEPTION '{_APPEND_ONLY}'; END; $$", "postgresql"),
-    (f"CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON {TABLE} "
-     "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()", "postgresql"),
+    (
+        f"CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON {TABLE} "
+        f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END;",
+        "sqlite",
+    ),
+    (
+        f"CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON {TABLE} "
+        f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END;",
+        "sqlite",
+    ),
+    (
+        "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN RAISE EXCEPTION '{_APPEND_ONLY}'; END; $$",
+        "postgresql",
+    ),
+    (
+        f"CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON {TABLE} "
+        "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
+        "postgresql",
+    ),
     # TRUNCATE fires no DELETE trigger, so it needs its own.
-    (f"CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON {TABLE} "
-     "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()", "postgresql"),
+    (
+        f"CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON {TABLE} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()",
+        "postgresql",
+    ),
 ]:
     event.listen(AuditEntry.__table__, "after_create", DDL(_statement).execute_if(dialect=_dialect))
 
@@ -127,10 +143,17 @@ class AuditLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         with _errors("cannot open database", engine):
-            Base.metadata.create_all(engine, tables=[AuditEntry.__table__])
+            Base.metadata.create_all(engine, tables=[cast(Table, AuditEntry.__table__)])
 
-    def append(self, action: str, actor: str, details: dict[str, Any], *, session: Session | None = None,
-               at: float | None = None) -> AuditEntry:
+    def append(
+        self,
+        action: str,
+        actor: str,
+        details: dict[str, Any],
+        *,
+        session: Session | None = None,
+        at: float | None = None,
+    ) -> AuditEntry:
         """Append one entry and return it.
 
         With `session`, the entry joins that caller's transaction (and that session's
@@ -153,14 +176,16 @@ class AuditLog:
         if session is not None:
             with _errors("cannot write the audit log to database", session.get_bind()):
                 return _append(session, action, actor, body, at)
-        with _errors("cannot write the audit log to database", self.engine):
-            with Session(self.engine, expire_on_commit=False) as own, own.begin():
-                return _append(own, action, actor, body, at)
+        with (
+            _errors("cannot write the audit log to database", self.engine),
+            Session(self.engine, expire_on_commit=False) as own,
+            own.begin(),
+        ):
+            return _append(own, action, actor, body, at)
 
     def entries(self) -> list[AuditEntry]:
-        with _errors("cannot read the audit log from database", self.engine):
-            with Session(self.engine) as session:
-                return list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
+        with _errors("cannot read the audit log from database", self.engine), Session(self.engine) as session:
+            return list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
 
     def verify(self) -> list[AuditProblem]:
         """Every break in the chain, in seq order; [] for an intact log."""
@@ -182,8 +207,15 @@ def _append(session: Session, action: str, actor: str, body: str, at: float) -> 
     last = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()
     seq = last.seq + 1 if last else 1
     prev = last.entry_hash if last else GENESIS
-    entry = AuditEntry(seq=seq, at=at, actor=actor, action=action, details=body, prev_hash=prev,
-                       entry_hash=chain_hash(prev, seq, at, actor, action, body))
+    entry = AuditEntry(
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        details=body,
+        prev_hash=prev,
+        entry_hash=chain_hash(prev, seq, at, actor, action, body),
+    )
     session.add(entry)
     # Now, not at commit: a clash shows here, and a later append in this session sees it.
     session.flush()
@@ -212,11 +244,17 @@ def check_chain(entries: Sequence[AuditEntry]) -> list[AuditProblem]:
             moved = place is not None and place != n and _on_grid(entry.at)
             if moved and entry.computed_hash(place) == entry.entry_hash:
                 # Its content is untouched except for the seq: it was moved here.
-                problems.append(AuditProblem(n, "reordered",
-                                             f"entry {n} is out of order: its content belongs at position {place}"))
+                problems.append(
+                    AuditProblem(n, "reordered", f"entry {n} is out of order: its content belongs at position {place}")
+                )
             elif not _on_grid(entry.at):
-                problems.append(AuditProblem(n, "edited", f"entry {n} was edited: its time has digits below "
-                                                          "a microsecond, which append never writes"))
+                problems.append(
+                    AuditProblem(
+                        n,
+                        "edited",
+                        f"entry {n} was edited: its time has digits below a microsecond, which append never writes",
+                    )
+                )
             else:
                 problems.append(AuditProblem(n, "edited", f"entry {n} was edited: its hash does not match its content"))
         elif n == expected_seq:
@@ -227,15 +265,19 @@ def check_chain(entries: Sequence[AuditEntry]) -> list[AuditProblem]:
                 pass
             elif pred is None or entry.prev_hash == GENESIS:
                 # Append links entry 1, and only entry 1, to GENESIS: this one was forged.
-                problems.append(AuditProblem(n, "edited", f"entry {n} was rewritten: "
-                                                          "its link does not fit its place in the chain"))
+                problems.append(
+                    AuditProblem(n, "edited", f"entry {n} was rewritten: its link does not fit its place in the chain")
+                )
             elif entry.prev_hash in by_hash:
                 pass  # its true predecessor was moved elsewhere, and is reported there
             elif pred.seq not in bad_content:
                 # The predecessor hashes right but is not the entry this one was chained
                 # to: it was rewritten (or replaced) with a recomputed hash.
-                problems.append(AuditProblem(pred.seq, "edited", f"entry {pred.seq} was rewritten: entry {n} "
-                                                                 "links to a different hash"))
+                problems.append(
+                    AuditProblem(
+                        pred.seq, "edited", f"entry {pred.seq} was rewritten: entry {n} links to a different hash"
+                    )
+                )
         pred = entry
     return problems
 
@@ -289,10 +331,10 @@ def verify_database(url: str) -> list[AuditProblem]:
     url = database_url(url)
     try:
         parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            # Connecting would create an empty file; a missing file is a mistake to report.
-            if not Path(parsed.database).is_file():
-                raise StoreError(f"database not found: {parsed.database}")
+        # Connecting would create an empty file; a missing file is a mistake to report.
+        local_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if local_file and not Path(str(parsed.database)).is_file():
+            raise StoreError(f"database not found: {parsed.database}")
         engine = create_engine(parsed)
     except (ArgumentError, ImportError, ValueError) as exc:
         raise StoreError(f"invalid database URL {url!r}: {first_line(exc)}") from None

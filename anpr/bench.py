@@ -54,17 +54,22 @@ def naive_phase(video: str, frames: int, device: str) -> dict[str, float]:
     from anpr.weights import model_file
 
     model = YOLO(str(model_file("plate-yolov8n").path), task="detect")
-    reader = easyocr.Reader(["en"], gpu=device != "cpu", verbose=False,
-                            model_storage_directory=str(model_file("easyocr-english-g2").path.parent),
-                            download_enabled=False)
+    reader = easyocr.Reader(
+        ["en"],
+        gpu=device != "cpu",
+        verbose=False,
+        model_storage_directory=str(model_file("easyocr-english-g2").path.parent),
+        download_enabled=False,
+    )
     capture = cv2.VideoCapture(video, cv2.CAP_FFMPEG)
     done, texts, started = 0, 0, time.perf_counter()
     while done < frames:
         ok, frame = capture.read()
         if not ok:
             break
-        for x1, y1, x2, y2 in model.predict(frame, device=device, verbose=False)[0].boxes.xyxy.cpu().numpy().astype(int):
-            texts += len(reader.readtext(frame[max(0, y1):y2, max(0, x1):x2]))
+        prediction: Any = model.predict(frame, device=device, verbose=False)
+        for x1, y1, x2, y2 in prediction[0].boxes.xyxy.cpu().numpy().astype(int):
+            texts += len(reader.readtext(frame[max(0, y1) : y2, max(0, x1) : x2]))
         done += 1
     seconds = time.perf_counter() - started
     capture.release()
@@ -82,14 +87,25 @@ def anpr_phase(video: str, config: str, overrides: str) -> dict[str, Any]:
     deployment = require_deployment(settings)
     with tempfile.TemporaryDirectory() as work:
         store = ReadStore(str(Path(work) / "bench.sqlite"))
-        lanes = build_lanes(settings, Policy(deployment), [CameraSource(deployment.cameras[0], video)],
-                            [open_source(video)], load_models(settings), store)
+        lanes = build_lanes(
+            settings,
+            Policy(deployment),
+            [CameraSource(deployment.cameras[0], video)],
+            [open_source(video)],
+            load_models(settings),
+            store,
+        )
         lanes.run()
         stats = lanes.lanes[0].stats
         stored = store.count()
         store.close()
-    return {"frames": stats.frames, "seconds": stats.seconds, "fps": stats.fps, "reads_stored": stored,
-            "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "frames": stats.frames,
+        "seconds": stats.seconds,
+        "fps": stats.fps,
+        "reads_stored": stored,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def run_phase(*args: str) -> dict[str, Any]:
@@ -101,9 +117,15 @@ def run_phase(*args: str) -> dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def benchmark(video: Path, settings: RunSettings, config: Path = BENCH_DEPLOYMENT,
-              overrides: dict[str, dict[str, Any]] | None = None, *, naive_frames: int = 100,
-              progress: Callable[[str], None] = print) -> dict[str, object]:
+def benchmark(
+    video: Path,
+    settings: RunSettings,
+    config: Path = BENCH_DEPLOYMENT,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    naive_frames: int = 100,
+    progress: Callable[[str], None] = print,
+) -> dict[str, object]:
     """The three phases on `video`, each by `run_phase`; anpr's with `config` and `overrides` (as `load_settings`
     takes them), whose result is `settings`: the figures report what was measured."""
     if not video.is_file():
@@ -118,11 +140,22 @@ def benchmark(video: Path, settings: RunSettings, config: Path = BENCH_DEPLOYMEN
     progress(f"anpr: {ours['fps']:.1f} frames/s")
     pipeline, detector = settings.pipeline, settings.detector
     return {
-        "video": str(video), "config": str(config), "device": device, "detector": detector.backend,
-        "ocr": pipeline.ocr, "batch": pipeline.batch, "input_size": detector.input_size,
-        "stride": pipeline.stride, "settle": pipeline.settle_reads, "motion": pipeline.motion_threshold,
-        "frames": ours["frames"], "naive_frames": naive["frames"], "reads_stored": ours["reads_stored"],
-        "decode_fps": round(decode["fps"], 2), "naive_fps": round(naive["fps"], 3), "fps": round(ours["fps"], 2),
+        "video": str(video),
+        "config": str(config),
+        "device": device,
+        "detector": detector.backend,
+        "ocr": pipeline.ocr,
+        "batch": pipeline.batch,
+        "input_size": detector.input_size,
+        "stride": pipeline.stride,
+        "settle": pipeline.settle_reads,
+        "motion": pipeline.motion_threshold,
+        "frames": ours["frames"],
+        "naive_frames": naive["frames"],
+        "reads_stored": ours["reads_stored"],
+        "decode_fps": round(decode["fps"], 2),
+        "naive_fps": round(naive["fps"], 3),
+        "fps": round(ours["fps"], 2),
         "speedup_vs_naive": round(ours["fps"] / naive["fps"], 2),
         "fraction_of_decode": round(ours["fps"] / decode["fps"], 4),
         "peak_rss_mb": round(ours["peak_rss_mb"], 1),

@@ -28,13 +28,14 @@ import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from anpr.config import DetectorSettings, PipelineSettings
 from anpr.errors import AnprError
 from anpr.registry import DETECTORS, RECOGNISERS
+
 
 def _quiet_libraries() -> None:
     # Ultralytics and torch print banners and warnings on stdout/stderr that would
@@ -62,23 +63,38 @@ app = typer.Typer(
 )
 
 _PIPELINE, _DETECTOR = PipelineSettings(), DetectorSettings()
-OcrOption = Annotated[Optional[str], typer.Option(
-    "--ocr", help=f"OCR backend: {RECOGNISERS.choices()} (default {_PIPELINE.ocr}).")]
-BatchOption = Annotated[Optional[int], typer.Option(
-    "--batch", help=f"Frames per detector call (default {_PIPELINE.batch}).")]
-DeviceOption = Annotated[Optional[str], typer.Option(
-    "--device", help=f"cpu, cuda or cuda:N (default {_DETECTOR.device}).")]
-DetectorOption = Annotated[Optional[str], typer.Option(
-    "--detector", help=f"Detector runtime: {DETECTORS.choices('auto')} (default {_DETECTOR.backend}: the first "
-                       f"that runs on the device, {DETECTORS.for_device('cpu').name} on cpu).")]
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="Deployment config (see configs/).")]
+OcrOption = Annotated[
+    str | None, typer.Option("--ocr", help=f"OCR backend: {RECOGNISERS.choices()} (default {_PIPELINE.ocr}).")
+]
+BatchOption = Annotated[
+    int | None, typer.Option("--batch", help=f"Frames per detector call (default {_PIPELINE.batch}).")
+]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help=f"cpu, cuda or cuda:N (default {_DETECTOR.device}).")
+]
+DetectorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--detector",
+        help=f"Detector runtime: {DETECTORS.choices('auto')} (default {_DETECTOR.backend}: the first "
+        f"that runs on the device, {DETECTORS.for_device('cpu').name} on cpu).",
+    ),
+]
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="Deployment config (see configs/).")]
 
 
-def _flags(ocr: str | None = None, batch: int | None = None, device: str | None = None,
-           backend: str | None = None, **more: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _flags(
+    ocr: str | None = None,
+    batch: int | None = None,
+    device: str | None = None,
+    backend: str | None = None,
+    **more: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
     """Command-line values as `load_settings` overrides (None: not given); `more` adds keys by section."""
-    overrides: dict[str, dict[str, Any]] = {"pipeline": {"ocr": ocr, "batch": batch},
-                                            "detector": {"device": device, "backend": backend}}
+    overrides: dict[str, dict[str, Any]] = {
+        "pipeline": {"ocr": ocr, "batch": batch},
+        "detector": {"device": device, "backend": backend},
+    }
     for section, keys in more.items():
         overrides.setdefault(section, {}).update(keys)
     return overrides
@@ -113,8 +129,11 @@ def _install_stop_handler() -> threading.Event:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print("\nanpr: stopping: the frames already read go through; press Ctrl-C again to abort",
-              file=sys.stderr, flush=True)
+        print(
+            "\nanpr: stopping: the frames already read go through; press Ctrl-C again to abort",
+            file=sys.stderr,
+            flush=True,
+        )
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -123,21 +142,39 @@ def _install_stop_handler() -> threading.Event:
 
 @app.command()
 def run(
-    source: Annotated[Optional[str], typer.Argument(
-        help="Video file, RTSP URL, image folder or image file (default: the camera's source in the config).")] = None,
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="Video file, RTSP URL, image folder or image file (default: the camera's source in the config)."
+        ),
+    ] = None,
     config: ConfigOption = None,
-    camera_id: Annotated[Optional[str], typer.Option("--camera", help="Camera of the config that SOURCE is.")] = None,
-    db: Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL or SQLite file path (default anpr.sqlite).")] = None,
+    camera_id: Annotated[str | None, typer.Option("--camera", help="Camera of the config that SOURCE is.")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite file path (default anpr.sqlite).")
+    ] = None,
     ocr: OcrOption = None,
     batch: BatchOption = None,
     device: DeviceOption = None,
     detector_backend: DetectorOption = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Write one JSON object per kept read to stdout.")] = False,
-    passages: Annotated[bool, typer.Option("--passages", help="Group reads of one vehicle into passages: "
-                                           "with --jsonl one object per passage, else a passage table.")] = False,
-    demo: Annotated[bool, typer.Option("--demo", help="Run even when every purpose is denied, to show the reads blocked.")] = False,
-    log_json: Annotated[Optional[Path], typer.Option("--log-json", help="Append JSON status lines (camera states, "
-                                                     "reconnects, every 10 s) to this file; '-' for stderr.")] = None,
+    passages: Annotated[
+        bool,
+        typer.Option(
+            "--passages",
+            help="Group reads of one vehicle into passages: with --jsonl one object per passage, else a passage table.",
+        ),
+    ] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Run even when every purpose is denied, to show the reads blocked.")
+    ] = False,
+    log_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-json",
+            help="Append JSON status lines (camera states, reconnects, every 10 s) to this file; '-' for stderr.",
+        ),
+    ] = None,
 ) -> None:
     """Read plates under a deployment's policy: SOURCE as one camera, or, without SOURCE,
     every camera of the config at once. Files are read to their end; streams until Ctrl-C
@@ -145,8 +182,16 @@ def run(
     from anpr.assemble import DeploymentRun, cameras_to_run, refuse_denied_cameras, require_deployment
     from anpr.config import load_settings
     from anpr.errors import SourceError
-    from anpr.outputs import (JsonLines, PassageOutput, PlateTally, ProgressLine, StatusLog, decision_lines,
-                              lane_status, summary_lines)
+    from anpr.outputs import (
+        JsonLines,
+        PassageOutput,
+        PlateTally,
+        ProgressLine,
+        StatusLog,
+        decision_lines,
+        lane_status,
+        summary_lines,
+    )
     from anpr.policy.engine import Policy
 
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend, store={"url": db}))
@@ -187,15 +232,21 @@ def _report_spool(spool: Any, store_url: str) -> None:
 
     status, pending = spool.status, spool.pending
     if status.spooled_batches or status.flushed_batches:
-        _say(f"the database was unreachable for part of the run: {status.spooled_reads} read(s) spooled, "
-             f"{status.flushed_reads} sent later" + (f", {status.duplicate_batches} batch(es) found already "
-                                                     f"written" if status.duplicate_batches else ""))
+        _say(
+            f"the database was unreachable for part of the run: {status.spooled_reads} read(s) spooled, "
+            f"{status.flushed_reads} sent later"
+            + (f", {status.duplicate_batches} batch(es) found already written" if status.duplicate_batches else "")
+        )
     if pending.batches:
-        _say(f"warning: database {store_url} unreachable: {pending.reads} read(s) kept in {spool.directory}; "
-             f"the next run with this database sends them (each is deleted when its retention ends)")
+        _say(
+            f"warning: database {store_url} unreachable: {pending.reads} read(s) kept in {spool.directory}; "
+            f"the next run with this database sends them (each is deleted when its retention ends)"
+        )
     if status.lost_reads:
-        raise StoreError(f"{status.lost_reads} read(s) lost: the spool was full or not writable "
-                         f"(store.spool_max_mb, store.spool_dir)")
+        raise StoreError(
+            f"{status.lost_reads} read(s) lost: the spool was full or not writable "
+            f"(store.spool_max_mb, store.spool_dir)"
+        )
 
 
 @app.command("eval")
@@ -206,7 +257,7 @@ def evaluate_command(
     batch: BatchOption = None,
     device: DeviceOption = None,
     detector_backend: DetectorOption = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML settings file.")] = None,
 ) -> None:
     """Measure plate detection recall and exact-plate accuracy on an annotated folder."""
     from anpr.assemble import load_models
@@ -242,35 +293,61 @@ def evaluate_command(
 def bench(
     video: Annotated[Path, typer.Argument(help="Video to measure on (e.g. from benchmarks/make_clip.py).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", help="Deployment and run settings for the anpr phase (default configs/paris-fps.yaml).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Deployment and run settings for the anpr phase (default configs/paris-fps.yaml)."
+        ),
+    ] = None,
     device: DeviceOption = None,
-    naive_frames: Annotated[int, typer.Option("--naive-frames", min=1, help="Frames the naive pipeline runs on.")] = 100,
+    naive_frames: Annotated[
+        int, typer.Option("--naive-frames", min=1, help="Frames the naive pipeline runs on.")
+    ] = 100,
     ocr: OcrOption = None,
     batch: BatchOption = None,
-    input_size: Annotated[Optional[int], typer.Option(
-        "--input-size", help=f"Detector input size (default {_DETECTOR.input_size}).")] = None,
+    input_size: Annotated[
+        int | None, typer.Option("--input-size", help=f"Detector input size (default {_DETECTOR.input_size}).")
+    ] = None,
     detector_backend: DetectorOption = None,
-    stride: Annotated[Optional[int], typer.Option(
-        "--stride", help=f"Detect on every n-th frame (default {_PIPELINE.stride}).")] = None,
-    settle: Annotated[Optional[int], typer.Option(
-        "--settle", help="Stop reading a plate after n identical reads (default "
-                         f"{_PIPELINE.settle_reads}: never).")] = None,
-    motion: Annotated[Optional[float], typer.Option(
-        "--motion", help=f"Skip still frames (mean grey change; default {_PIPELINE.motion_threshold:g}: off).")] = None,
+    stride: Annotated[
+        int | None, typer.Option("--stride", help=f"Detect on every n-th frame (default {_PIPELINE.stride}).")
+    ] = None,
+    settle: Annotated[
+        int | None,
+        typer.Option(
+            "--settle", help=f"Stop reading a plate after n identical reads (default {_PIPELINE.settle_reads}: never)."
+        ),
+    ] = None,
+    motion: Annotated[
+        float | None,
+        typer.Option(
+            "--motion", help=f"Skip still frames (mean grey change; default {_PIPELINE.motion_threshold:g}: off)."
+        ),
+    ] = None,
 ) -> None:
     """Frames/s of decoding alone, of the naive pipeline and of anpr, measured in one run."""
     from anpr.bench import BENCH_DEPLOYMENT, benchmark
     from anpr.config import load_settings
 
     config = config or BENCH_DEPLOYMENT
-    overrides = _flags(ocr, batch, device, detector_backend,
-                       pipeline={"stride": stride, "settle_reads": settle, "motion_threshold": motion},
-                       detector={"input_size": input_size})
+    overrides = _flags(
+        ocr,
+        batch,
+        device,
+        detector_backend,
+        pipeline={"stride": stride, "settle_reads": settle, "motion_threshold": motion},
+        detector={"input_size": input_size},
+    )
     settings = load_settings(config, overrides)  # bad values fail here, before any phase runs
     given = {section: {k: v for k, v in keys.items() if v is not None} for section, keys in overrides.items()}
-    result = benchmark(video, settings, config, given, naive_frames=naive_frames,
-                       progress=lambda m: print(f"anpr bench: {m}", file=sys.stderr, flush=True))
+    result = benchmark(
+        video,
+        settings,
+        config,
+        given,
+        naive_frames=naive_frames,
+        progress=lambda m: print(f"anpr bench: {m}", file=sys.stderr, flush=True),
+    )
     if as_json:
         print(json.dumps(result))
         return
@@ -285,7 +362,7 @@ REPO = Path(__file__).resolve().parent.parent
 def demo(
     configs: Annotated[Path, typer.Option("--configs", help="Folder of deployment configs.")] = REPO / "configs",
     sample: Annotated[Path, typer.Option("--sample", help="Clip to read.")] = REPO / "samples" / "sample.mp4",
-    keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep each config's database in this folder.")] = None,
+    keep: Annotated[Path | None, typer.Option("--keep", help="Keep each config's database in this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per table row.")] = False,
 ) -> None:
     """Run the sample under every config in configs/ and show, per purpose, what was kept and blocked.
@@ -304,13 +381,17 @@ def demo(
         for row in rows:
             print(json.dumps(row))
         return
-    header = f"{'config':<32} {'purpose':<26} {'verdict':<7} {'rule':<12} {'seen':>5} {'stored':>6} {'blocked':>7}  other"
+    header = (
+        f"{'config':<32} {'purpose':<26} {'verdict':<7} {'rule':<12} {'seen':>5} {'stored':>6} {'blocked':>7}  other"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         other = ", ".join(f"{row[k]} {k.replace('_', ' ')}" for k in ("counted_only", "not_stored") if row[k])
-        print(f"{row['config']:<32} {row['purpose']:<26} {row['verdict']:<7} {row['rule']:<12} {row['seen']:>5} "
-              f"{row['stored']:>6} {row['blocked']:>7}  {other}")
+        print(
+            f"{row['config']:<32} {row['purpose']:<26} {row['verdict']:<7} {row['rule']:<12} {row['seen']:>5} "
+            f"{row['stored']:>6} {row['blocked']:>7}  {other}"
+        )
     _say(f"databases in {workdir}")
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,10 @@ audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log
 
 ConfigArgument = Annotated[Path, typer.Argument(help="Deployment config (YAML).")]
 ConfigOption = Annotated[Path, typer.Option("--config", help="Deployment config (YAML).")]
-DbOption = Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL or SQLite path (default: the config's, else anpr.sqlite).")]
+KEPT = {"aggregate": "aggregate counts only, no plate text", "none": "reads"}  # by the rule's minimisation
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path (default: the config's, else anpr.sqlite).")
+]
 
 
 def _deployment(config: Path, db: str | None = None):
@@ -33,11 +36,13 @@ def _deployment(config: Path, db: str | None = None):
 @policy_app.command("check")
 def policy_check(config: ConfigArgument) -> None:
     """Exit 0 if every purpose is allowed, 3 if any is denied, 2 if the config is invalid."""
-    settings, policy = _deployment(config)
+    _, policy = _deployment(config)
     for decision in policy.decisions.values():
         verdict = "allowed" if decision.allowed else "DENIED"
-        print(f"{decision.purpose}: {verdict} by {decision.rule.id}: {'; '.join(decision.reasons)} "
-              f"[{decision.legal_reference}]")
+        print(
+            f"{decision.purpose}: {verdict} by {decision.rule.id}: {'; '.join(decision.reasons)} "
+            f"[{decision.legal_reference}]"
+        )
     if not all(d.allowed for d in policy.decisions.values()):
         print(f"{config}: non-compliant", file=sys.stderr)
         raise typer.Exit(3)
@@ -45,42 +50,30 @@ def policy_check(config: ConfigArgument) -> None:
 
 
 @policy_app.command("explain")
-def policy_explain(config: ConfigArgument,
-                   as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+def policy_explain(
+    config: ConfigArgument, as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False
+) -> None:
     """Per purpose: verdict, rule, legal reference, retention, missing safeguards, verified or not."""
     from anpr.policy.engine import describe_safeguard
-    from anpr.policy.rules import CONTROLLER_TYPES, PURPOSES
+    from anpr.policy.rules import CONTROLLER_TYPES
 
     _, policy = _deployment(config)
     deployment = policy.deployment
-    explained = []
-    for decision in policy.decisions.values():
-        cameras = [c.id for c in deployment.cameras if decision.purpose in c.purposes]
-        explained.append({
-            "purpose": decision.purpose,
-            "purpose_meaning": PURPOSES.get(decision.purpose, "unknown purpose"),
-            "cameras": cameras,
-            "verdict": decision.verdict.value,
-            "rule": decision.rule.id,
-            "legal_reference": decision.legal_reference,
-            "verified": decision.rule.verified,
-            "reasons": list(decision.reasons),
-            "retention": decision.rule.retention.summary,
-            "retention_days": decision.retention_days,
-            "hit_retention_days": decision.hit_days if decision.allowed else None,
-            "retention_notes": list(decision.retention_notes),
-            "missing_safeguards": list(decision.missing_safeguards),
-            "minimisation": decision.rule.minimisation.value,
-            "sinks": deployment.purposes[decision.purpose].sinks if decision.allowed else [],
-        })
+    explained = policy.explain()
     if as_json:
-        print(json.dumps({"config": str(config), "controller": deployment.controller.model_dump(),
-                          "purposes": explained}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {"config": str(config), "controller": deployment.controller.model_dump(), "purposes": explained},
+                ensure_ascii=False,
+            )
+        )
         return
     controller = deployment.controller
     print(f"{config}: {deployment.name or '(unnamed deployment)'}")
-    print(f"controller: {controller.name} ({controller.type}: "
-          f"{CONTROLLER_TYPES.get(controller.type, 'unknown controller type')}), jurisdiction {controller.jurisdiction}")
+    print(
+        f"controller: {controller.name} ({controller.type}: "
+        f"{CONTROLLER_TYPES.get(controller.type, 'unknown controller type')}), jurisdiction {controller.jurisdiction}"
+    )
     for item in explained:
         print()
         print(f"purpose {item['purpose']} ({item['purpose_meaning']}), cameras: {', '.join(item['cameras']) or '-'}")
@@ -89,10 +82,11 @@ def policy_explain(config: ConfigArgument,
         print(f"  legal ref:  {item['legal_reference']}")
         print(f"  rule text:  {'verified' if item['verified'] else 'UNVERIFIED (rests on secondary reporting)'}")
         if item["verdict"] == "allow":
-            print(f"  retention:  {item['retention']}"
-                  + (f"; here {item['retention_days']:g} days" if item["retention_days"] is not None else ""))
-            print(f"  keeps:      {'aggregate counts only, no plate text' if item['minimisation'] == 'aggregate' else 'reads'}"
-                  f" -> {', '.join(item['sinks'])}")
+            print(
+                f"  retention:  {item['retention']}"
+                + (f"; here {item['retention_days']:g} days" if item["retention_days"] is not None else "")
+            )
+            print(f"  keeps:      {KEPT[item['minimisation']]} -> {', '.join(item['sinks'])}")
         for note in item["retention_notes"]:
             print(f"  warning:    {note}")
         for name in item["missing_safeguards"]:
@@ -111,16 +105,16 @@ def _store(settings):
 def db_purge(
     config: ConfigOption,
     db: DbOption = None,
-    now: Annotated[Optional[float], typer.Option("--now", help="Unix time to purge as of (default: now).")] = None,
+    now: Annotated[float | None, typer.Option("--now", help="Unix time to purge as of (default: now).")] = None,
 ) -> None:
     """Delete every read whose retention deadline has passed."""
     from anpr.audit import AuditLog
+    from anpr.policy.queries import purge
 
     settings, _ = _deployment(config, db)
     store = _store(settings)
     try:
-        deleted = store.purge(time.time() if now is None else now)
-        AuditLog(store.engine).append("purge", "operator", {"deleted": deleted})
+        deleted = purge(store, AuditLog(store.engine), time.time() if now is None else now)
         print(f"purged {deleted} read(s) past their deadline")
     finally:
         store.close()
@@ -129,17 +123,14 @@ def db_purge(
 def _delete_fps(config: Path, db: str | None, plate: str, user: str, action: str) -> None:
     from anpr.audit import AuditLog
     from anpr.errors import PolicyRefusal
-    from anpr.plates import normalise
+    from anpr.policy.queries import delete_on_payment, payment_rules
 
     settings, policy = _deployment(config, db)
-    fps = [d for d in policy.decisions.values() if d.allowed and d.rule.retention.delete_on_payment]
-    if not fps:
+    if not payment_rules(policy):
         raise PolicyRefusal(f"{config}: no allowed purpose of this deployment deletes reads on payment or finding")
     store = _store(settings)
     try:
-        deleted = sum(store.delete_plate(normalise(plate), d.rule.id) for d in fps)
-        # The audit entry records that reads were deleted, not whose: keeping the plate here would undo the deletion.
-        AuditLog(store.engine).append(action, user, {"rules": [d.rule.id for d in fps], "deleted": deleted})
+        deleted = delete_on_payment(store, policy, AuditLog(store.engine), plate, user, action)
         print(f"deleted {deleted} read(s)")
     finally:
         store.close()
@@ -173,14 +164,13 @@ def db_search(
     purpose: Annotated[str, typer.Option("--purpose", help="The purpose the query serves.")],
     user: Annotated[str, typer.Option("--user", help="Who asks (written to the audit log).")],
     config: ConfigOption,
-    procedure: Annotated[Optional[str], typer.Option("--procedure", help="Criminal or customs procedure id.")] = None,
+    procedure: Annotated[str | None, typer.Option("--procedure", help="Criminal or customs procedure id.")] = None,
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per row.")] = False,
 ) -> None:
     """Reads of PLATE that PURPOSE may see; refused (exit 3) when the purpose or user may not query."""
     from anpr.audit import AuditLog
-    from anpr.errors import PolicyRefusal
-    from anpr.errors import ConfigError
+    from anpr.errors import ConfigError, PolicyRefusal
     from anpr.plates import normalise
     from anpr.policy.queries import search
 
@@ -198,16 +188,18 @@ def db_search(
         if as_json:
             print(json.dumps(row.to_dict()))
         else:
-            print(f"{row.read.plate:<12} camera {row.camera:<16} frame {row.read.frame:>6} time {row.read.time:>12.2f} "
-                  f"purpose {row.purpose} {'HIT ' if row.hit else ''}delete after "
-                  f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(row.delete_after))} UTC")
+            print(
+                f"{row.read.plate:<12} camera {row.camera:<16} frame {row.read.frame:>6} time {row.read.time:>12.2f} "
+                f"purpose {row.purpose} {'HIT ' if row.hit else ''}delete after "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(row.delete_after))} UTC"
+            )
     print(f"{len(result.rows)} row(s); {result.reason}", file=sys.stderr)
 
 
 @audit_app.command("verify")
 def audit_verify(
-    db: Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL or SQLite path.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Take the database from this config.")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Take the database from this config.")] = None,
 ) -> None:
     """Check the audit log's hash chain; names every edited, deleted or reordered entry (exit 1)."""
     from anpr.audit import verify_database

@@ -41,6 +41,7 @@ A deployment (required by `anpr run`, see configs/ and README "Deployment config
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ class DetectorSettings(_Section):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if value != "cpu" and not (value == "cuda" or value.startswith("cuda:") and value[5:].isdigit()):
+        if value != "cpu" and not (value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit())):
             raise ValueError("must be 'cpu', 'cuda' or 'cuda:N'")
         return value
 
@@ -188,7 +189,7 @@ def _location(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return loc
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     loc = _location(tuple(error["loc"]))
     error = {**error, "loc": loc}
     key = ".".join(str(part) for part in loc) or "(top level)"
@@ -240,7 +241,11 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+def _as_text(loader: _Loader, node: yaml.ScalarNode) -> str:
+    return str(loader.construct_scalar(node))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _as_text)
 
 
 def _yaml_problem(exc: Exception) -> str:
@@ -267,7 +272,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
             raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         try:
             loaded = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-        except Exception as exc:  # noqa: BLE001 - whatever the parser raises on this text, the text is at fault
+        except Exception as exc:
             raise ConfigError(_one_line(f"{path}: not valid YAML: {_yaml_problem(exc)}")) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")

@@ -64,8 +64,9 @@ def gate_sample(configs: Path, sample: Path, workdir: Path) -> list[dict[str, An
         policy = Policy(deployment)
         store = ReadStore(str(workdir / f"{path.stem}.sqlite"))
         # Exports go to the work folder, never into the current directory.
-        sinks = make_sinks({name: spec.in_folder(workdir, f"{path.stem}-{name}")
-                            for name, spec in deployment.sinks.items()}, store)
+        sinks = make_sinks(
+            {name: spec.in_folder(workdir, f"{path.stem}-{name}") for name, spec in deployment.sinks.items()}, store
+        )
         try:
             for camera in deployment.cameras:
                 gate = PolicyGate(policy, camera, store, sinks)
@@ -73,11 +74,19 @@ def gate_sample(configs: Path, sample: Path, workdir: Path) -> list[dict[str, An
                 for code in camera.purposes:
                     decision = policy.purpose(code)
                     counted = {o: gate.tally.counted_for(code, o) for o in Outcome}
-                    rows.append({"config": path.name, "purpose": code, "verdict": decision.verdict.value,
-                                 "rule": decision.rule.id, "seen": gate.tally.seen,
-                                 "stored": gate.tally.stored[code], "blocked": counted[Outcome.BLOCKED],
-                                 "counted_only": counted[Outcome.AGGREGATED],
-                                 "not_stored": counted[Outcome.NOT_STORED]})
+                    rows.append(
+                        {
+                            "config": path.name,
+                            "purpose": code,
+                            "verdict": decision.verdict.value,
+                            "rule": decision.rule.id,
+                            "seen": gate.tally.seen,
+                            "stored": gate.tally.stored[code],
+                            "blocked": counted[Outcome.BLOCKED],
+                            "counted_only": counted[Outcome.AGGREGATED],
+                            "not_stored": counted[Outcome.NOT_STORED],
+                        }
+                    )
         finally:
             store.close()
     return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -80,8 +80,9 @@ class OnnxPlateDetector:
     square, so a 16:9 frame at input 640 costs 640x384; a batch is one session call.
     """
 
-    def __init__(self, settings: DetectorSettings | None = None, weights: ModelFile | None = None,
-                 threads: int = 0) -> None:
+    def __init__(
+        self, settings: DetectorSettings | None = None, weights: ModelFile | None = None, threads: int = 0
+    ) -> None:
         settings = settings or DetectorSettings()
         self.weights = weights or model_file("plate-yolov8n-onnx")
         self.identifier = self.weights.identifier
@@ -101,7 +102,7 @@ class OnnxPlateDetector:
         for i, image in enumerate(images):
             h, w = scaled[i]
             x, y = pads[i]
-            batch[i, y:y + h, x:x + w] = cv2.resize(image, (int(w), int(h)), interpolation=cv2.INTER_LINEAR)
+            batch[i, y : y + h, x : x + w] = cv2.resize(image, (int(w), int(h)), interpolation=cv2.INTER_LINEAR)
         tensor = batch[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # BGR -> RGB, NCHW
         return np.ascontiguousarray(tensor), scales, pads.astype(np.float32)
 
@@ -116,21 +117,26 @@ class OnnxPlateDetector:
         cx, cy, w, h, score = (output[frame, anchor, i] for i in range(5))
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         xyxy = (xyxy - np.tile(pads[frame], 2)) / scales[frame, None]
-        keep = []
+        keep: list[int] = []
         for position in np.unique(frame):
             members = np.flatnonzero(frame == position)
             boxes = xyxy[members]
-            chosen = cv2.dnn.NMSBoxes(np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]).tolist(),
-                                      score[members].tolist(), self.confidence, NMS_IOU)
+            chosen = cv2.dnn.NMSBoxes(
+                np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]).tolist(),
+                score[members].tolist(),
+                self.confidence,
+                NMS_IOU,
+            )
             keep.extend(members[np.asarray(chosen, np.int64).reshape(-1)])
-        keep = np.array(sorted(keep), np.int64)
-        sizes = np.array([images[i].shape[1::-1] for i in frame[keep]], np.float32)
-        clipped = np.clip(xyxy[keep], 0, np.tile(sizes, 2))
-        return Detections(clipped.astype(np.float32), score[keep].astype(np.float32), frame[keep].astype(np.int32))
+        kept = np.array(sorted(keep), np.int64)
+        sizes = np.array([images[i].shape[1::-1] for i in frame[kept]], np.float32)
+        clipped = np.clip(xyxy[kept], 0, np.tile(sizes, 2))
+        return Detections(clipped.astype(np.float32), score[kept].astype(np.float32), frame[kept].astype(np.int32))
 
 
-@DETECTORS.register("torch", devices=("cpu", "cuda"),
-                    help="the YOLO weights through Ultralytics and PyTorch (CPU or CUDA)")
+@DETECTORS.register(
+    "torch", devices=("cpu", "cuda"), help="the YOLO weights through Ultralytics and PyTorch (CPU or CUDA)"
+)
 class YoloPlateDetector:
     """Ultralytics YOLO plate detector; one model call per batch of frames."""
 
@@ -148,7 +154,7 @@ class YoloPlateDetector:
     def detect(self, images: Sequence[np.ndarray]) -> Detections:
         if not images:
             return Detections.empty()
-        results = self._model.predict(
+        results: Any = self._model.predict(  # Ultralytics types a list, an iterator or tensors
             list(images),
             conf=self.confidence,
             imgsz=self.input_size,
@@ -181,8 +187,10 @@ def make_detector(settings: DetectorSettings | None = None) -> PlateDetector:
         entry = DETECTORS.get(settings.backend)
         if settings.device.split(":")[0] not in entry.devices:
             runs_there = DETECTORS.for_device(settings.device).name
-            raise ConfigError(f"the {entry.name} detector runs on {', '.join(entry.devices)}, not "
-                              f"{settings.device}; use --detector {runs_there} (or auto) with --device "
-                              f"{settings.device}")
+            raise ConfigError(
+                f"the {entry.name} detector runs on {', '.join(entry.devices)}, not "
+                f"{settings.device}; use --detector {runs_there} (or auto) with --device "
+                f"{settings.device}"
+            )
     detector: PlateDetector = entry.factory(settings)
     return detector

@@ -107,7 +107,7 @@ def load_annotations(folder: Path) -> list[Annotation]:
 
 def _batches(items: list[Annotation], size: int) -> Iterator[list[Annotation]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def evaluate(
@@ -139,11 +139,18 @@ def evaluate(
             ious.append(float(overlaps[best]) if best >= 0 else 0.0)
         chosen = np.array([m for m in matched if m >= 0], np.int64)
         reads = recogniser.recognise(cut_plates(images, detections[chosen])).candidates if len(chosen) else []
-        plate_of = dict(zip(chosen.tolist(), (choose_plate(c) for c in reads)))
-        for annotation, match, iou in zip(batch, matched, ious):
+        plate_of = dict(zip(chosen.tolist(), (choose_plate(c) for c in reads), strict=True))
+        for annotation, match, iou in zip(batch, matched, ious, strict=True):
             plate = plate_of.get(match)
-            results.append(ImageResult(annotation.image.name, annotation.plate, plate.plate if plate else None, iou,
-                                       tuple(t for t, _ in plate.candidates) if plate else ()))
+            results.append(
+                ImageResult(
+                    annotation.image.name,
+                    annotation.plate,
+                    plate.plate if plate else None,
+                    iou,
+                    tuple(t for t, _ in plate.candidates) if plate else (),
+                )
+            )
         if progress:
             progress(len(results), len(annotations))
     return EvalReport(results, time.perf_counter() - started)

@@ -18,9 +18,16 @@ FORMATS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("SK", "2 letters district", ("LLDDDLL",)),
     ("CZ", "digit letter digit", ("DLDDDDD", "DLLDDDD")),
     ("PL", "district + serial", ("LLDDDDD", "LLLDDDD", "LLDDDLL", "LLLDDLL", "LLLDLDD")),
-    ("DE", "district, letters, digits", tuple("L" * letters + "D" * digits
-                                              for letters in range(2, 6) for digits in range(1, 5)
-                                              if 4 <= letters + digits <= 8)),
+    (
+        "DE",
+        "district, letters, digits",
+        tuple(
+            "L" * letters + "D" * digits
+            for letters in range(2, 6)
+            for digits in range(1, 5)
+            if 4 <= letters + digits <= 8
+        ),
+    ),
     ("UK", "2001 series", ("LLDDLLL",)),
     ("IT", "1994 series", ("LLDDDLL",)),
     ("ES", "2000 series", ("DDDDLLL",)),
@@ -46,7 +53,7 @@ class FormatMatch:
 
 def _fit(text: str, pattern: str) -> tuple[str, int] | None:
     out, swaps = [], 0
-    for ch, kind in zip(text, pattern):
+    for ch, kind in zip(text, pattern, strict=True):
         if (kind == "L") == ch.isalpha():
             out.append(ch)
             continue
@@ -77,5 +84,11 @@ def best_format(text: str) -> FormatMatch | None:
         return None
     pattern, fitted_text, swaps = best
     owners = COUNTRIES_BY_PATTERN[pattern]
-    return FormatMatch(fitted_text, "/".join(dict.fromkeys(c for c, _, _ in owners)),
-                       "; ".join(f"{c} {n}" for c, n, _ in owners), pattern, swaps, min(v for _, _, v in owners))
+    return FormatMatch(
+        fitted_text,
+        "/".join(dict.fromkeys(c for c, _, _ in owners)),
+        "; ".join(f"{c} {n}" for c, n, _ in owners),
+        pattern,
+        swaps,
+        min(v for _, _, v in owners),
+    )

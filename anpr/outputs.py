@@ -61,8 +61,9 @@ class PlateTally:
         for plate, frames in sorted(self.by_plate.items(), key=lambda kv: -len(kv[1])):
             confidences = [c for c, _ in frames.values()]
             times = [t for _, t in frames.values()]
-            lines.append(f"{plate:<12} {len(frames):>5} {max(confidences):>5.2f}  {min(times):>8.2f} "
-                         f"{max(times):>8.2f}")
+            lines.append(
+                f"{plate:<12} {len(frames):>5} {max(confidences):>5.2f}  {min(times):>8.2f} {max(times):>8.2f}"
+            )
         return lines
 
 
@@ -100,15 +101,24 @@ class PassageOutput:
         lines = [f"{'plate':<12} {'conf':>5} {'reads':>5}  {'first s':>8} {'last s':>8}  country"]
         for passage in self.passages:
             p = passage.to_dict()  # the rounded figures, as the JSON lines give them
-            lines.append(f"{p['plate']:<12} {p['confidence']:>5.2f} {p['reads']:>5}  {p['first_time']:>8.2f} "
-                         f"{p['last_time']:>8.2f}  {p['country'] or '-'}")
+            lines.append(
+                f"{p['plate']:<12} {p['confidence']:>5.2f} {p['reads']:>5}  {p['first_time']:>8.2f} "
+                f"{p['last_time']:>8.2f}  {p['country'] or '-'}"
+            )
         return lines
 
 
 def lane_status(lanes: Sequence[Lane]) -> dict[str, dict[str, Any]]:
     """Each camera's source status and counters, for the JSON status log."""
-    return {lane.name: {**lane.reader.status.as_json(), "processed": lane.stats.frames, "reads": lane.stats.reads,
-                        "dropped": lane.reader.dropped} for lane in lanes}
+    return {
+        lane.name: {
+            **lane.reader.status.as_json(),
+            "processed": lane.stats.frames,
+            "reads": lane.stats.reads,
+            "dropped": lane.reader.dropped,
+        }
+        for lane in lanes
+    }
 
 
 class StatusLog:
@@ -133,13 +143,14 @@ class StatusLog:
     def update(self, lanes: Sequence[Lane]) -> None:
         for lane in lanes:
             changes = lane.reader.status.changes
-            for when, state, why in changes[self._logged.get(lane.name, 0):]:
+            for when, state, why in changes[self._logged.get(lane.name, 0) :]:
                 self.event("camera", camera=lane.name, state=state.value, since=round(when, 3), error=why)
             self._logged[lane.name] = len(changes)
         if time.monotonic() >= self._next_status:
             self._next_status = time.monotonic() + self.STATUS_EVERY_SECONDS
-            self.event("status", cameras=lane_status(lanes),
-                       **({"database": self.database.as_json()} if self.database else {}))
+            self.event(
+                "status", cameras=lane_status(lanes), **({"database": self.database.as_json()} if self.database else {})
+            )
 
 
 class ProgressLine:
@@ -164,8 +175,9 @@ class ProgressLine:
             again = f" reconnects {status.reconnects}" if status.reconnects else ""
             dropped = f" dropped {lane.reader.dropped}" if lane.reader.dropped else ""
             name = f"{lane.name}:" if len(lanes) > 1 else ""
-            parts.append(f"{name}{state} frames {stats.frames}{of_total} {stats.fps:5.1f}/s reads {stats.reads}"
-                         f"{again}{dropped}")
+            parts.append(
+                f"{name}{state} frames {stats.frames}{of_total} {stats.fps:5.1f}/s reads {stats.reads}{again}{dropped}"
+            )
         sys.stderr.write("\r  " + " | ".join(parts) + "   ")
         sys.stderr.flush()
 
@@ -180,12 +192,17 @@ def decision_lines(decisions: Sequence[PurposeDecision], camera: str | None = No
     lines = []
     for decision in decisions:
         if decision.allowed:
-            kept = (f"reads kept {decision.retention_days:g} days" if decision.retention_days is not None
-                    else "aggregate counts only")
+            kept = (
+                f"reads kept {decision.retention_days:g} days"
+                if decision.retention_days is not None
+                else "aggregate counts only"
+            )
             lines.append(f"{where}purpose {decision.purpose}: allowed by {decision.rule.id} ({kept})")
         else:
-            lines.append(f"{where}purpose {decision.purpose}: DENIED by {decision.rule.id}: "
-                         f"{'; '.join(decision.reasons)} [{decision.legal_reference}]")
+            lines.append(
+                f"{where}purpose {decision.purpose}: DENIED by {decision.rule.id}: "
+                f"{'; '.join(decision.reasons)} [{decision.legal_reference}]"
+            )
         lines.extend(f"warning: {where}purpose {decision.purpose}: {note}" for note in decision.retention_notes)
     return lines
 
@@ -193,20 +210,28 @@ def decision_lines(decisions: Sequence[PurposeDecision], camera: str | None = No
 def summary_lines(gate_tally: GateTally, lanes: Sequence[Lane], store_url: str) -> list[str]:
     """The end of a run, per purpose and per camera (warnings prefixed `warning: `)."""
     lines = [f"{purpose}: {number} reads kept" for purpose, number in sorted(gate_tally.stored.items())]
-    lines += [f"{purpose}: {number} reads {outcome.value.replace('_', ' ')} ({rule}); only the count is kept"
-              for (purpose, rule, outcome), number in sorted(gate_tally.counted.items())]
+    lines += [
+        f"{purpose}: {number} reads {outcome.value.replace('_', ' ')} ({rule}); only the count is kept"
+        for (purpose, rule, outcome), number in sorted(gate_tally.counted.items())
+    ]
     for lane in lanes:
         stats, status = lane.stats, lane.reader.status
         name = f"camera {lane.name}: " if len(lanes) > 1 else ""
-        lines.append(f"{name}{stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s)"
-                     + (f", {lane.reader.dropped} frames dropped" if lane.reader.dropped else "")
-                     + (f", {status.reconnects} reconnections" if status.reconnects else ""))
+        lines.append(
+            f"{name}{stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s)"
+            + (f", {lane.reader.dropped} frames dropped" if lane.reader.dropped else "")
+            + (f", {status.reconnects} reconnections" if status.reconnects else "")
+        )
         if status.damaged_stretches:
-            lines.append(f"warning: {name}{lane.reader.source.name} is damaged: {status.damaged_stretches} "
-                         f"stretch(es) of undecodable frames skipped")
+            lines.append(
+                f"warning: {name}{lane.reader.source.name} is damaged: {status.damaged_stretches} "
+                f"stretch(es) of undecodable frames skipped"
+            )
         if status.unreadable:
-            lines.append(f"warning: {name}{len(status.unreadable)} image(s) could not be decoded and were skipped: "
-                         + ", ".join(Path(p).name for p in status.unreadable[:5])
-                         + (" ..." if len(status.unreadable) > 5 else ""))
+            lines.append(
+                f"warning: {name}{len(status.unreadable)} image(s) could not be decoded and were skipped: "
+                + ", ".join(Path(p).name for p in status.unreadable[:5])
+                + (" ..." if len(status.unreadable) > 5 else "")
+            )
     lines.append(f"{gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}")
     return lines

@@ -21,12 +21,10 @@ import numpy as np
 from anpr.config import PipelineSettings
 from anpr.detect import Detections, PlateDetector
 from anpr.ocr import PlateRecogniser, TextReads, cut_plates
-from anpr.plates import choose_plate
+from anpr.plates import MIN_PLATE_LENGTH, choose_plate
 from anpr.records import PlateRead
 from anpr.source import FrameBatch, FrameReader
 from anpr.track import SettleTracker
-
-MIN_PLATE_LENGTH = 2  # shorter strings are OCR noise, not a registration
 
 
 class ReadSink(Protocol):
@@ -68,14 +66,24 @@ def assemble_reads(
             reads.append(None)
             continue
         frame = batch.frames[detections.frame[i]]
-        reads.append(PlateRead(
-            source=frame.source, frame=frame.index, time=frame.time, plate=chosen.plate, raw_text=texts.raw[i],
-            confidence=combined, ocr_confidence=chosen.confidence,
-            detector_confidence=float(detections.confidence[i]),
-            box=tuple(float(v) for v in detections.xyxy[i]),  # type: ignore[arg-type]
-            detector_model=detector_model, ocr_model=ocr_model,
-            candidates=chosen.candidates, country=chosen.country, format=chosen.format,
-        ))
+        reads.append(
+            PlateRead(
+                source=frame.source,
+                frame=frame.index,
+                time=frame.time,
+                plate=chosen.plate,
+                raw_text=texts.raw[i],
+                confidence=combined,
+                ocr_confidence=chosen.confidence,
+                detector_confidence=float(detections.confidence[i]),
+                box=tuple(float(v) for v in detections.xyxy[i]),  # type: ignore[arg-type]
+                detector_model=detector_model,
+                ocr_model=ocr_model,
+                candidates=chosen.candidates,
+                country=chosen.country,
+                format=chosen.format,
+            )
+        )
     return reads
 
 
@@ -100,7 +108,7 @@ class Pipeline:
         self.batch_size = self.settings.batch
         self._last_motion: np.ndarray | None = None
         self._tracks = SettleTracker(self.settings.settle_reads)
-        self.skipped = Counter()  # frames not detected, crops not read, and why
+        self.skipped: Counter[str] = Counter()  # frames not detected, crops not read, and why
 
     def _frames_to_detect(self, batch: FrameBatch) -> list[int]:
         chosen = []
@@ -109,10 +117,14 @@ class Pipeline:
                 self.skipped["stride"] += 1
                 continue
             if self.settings.motion_threshold > 0:
-                small = cv2.cvtColor(cv2.resize(frame.image, MOTION_SIZE, interpolation=cv2.INTER_AREA),
-                                     cv2.COLOR_BGR2GRAY).astype(np.int16)
-                still = (self._last_motion is not None and self._last_motion.shape == small.shape
-                         and np.abs(small - self._last_motion).mean() < self.settings.motion_threshold)
+                small = cv2.cvtColor(
+                    cv2.resize(frame.image, MOTION_SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
+                ).astype(np.int16)
+                still = (
+                    self._last_motion is not None
+                    and self._last_motion.shape == small.shape
+                    and np.abs(small - self._last_motion).mean() < self.settings.motion_threshold
+                )
                 if still:
                     self.skipped["still"] += 1
                     continue
@@ -134,12 +146,13 @@ class Pipeline:
         else:
             to_read = detections
         texts = self.recogniser.recognise(cut_plates(images, to_read))
-        per_detection = assemble_reads(detected, to_read, texts, self.detector.identifier,
-                                       self.recogniser.identifier, self.settings.min_confidence)
+        per_detection = assemble_reads(
+            detected, to_read, texts, self.detector.identifier, self.recogniser.identifier, self.settings.min_confidence
+        )
         reads = [read for read in per_detection if read is not None]
         if self.settings.settle_reads:
             plates: list[str | None] = [None] * len(detections)
-            for i, read in zip(np.flatnonzero(unread), per_detection):
+            for i, read in zip(np.flatnonzero(unread), per_detection, strict=True):
                 plates[i] = read.plate if read else None
             self._tracks.update(frame_numbers, detections.xyxy, tracks, plates)
         for sink in self.sinks:

@@ -15,6 +15,7 @@ from anpr.formats import best_format
 
 PLATE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _KEEP = frozenset(PLATE_ALPHABET)
+MIN_PLATE_LENGTH = 2  # shorter strings are OCR noise, not a registration
 
 # Characters a plate font draws identically in many countries: compared as equal when
 # scoring against annotations, never rewritten in what is stored.
@@ -59,10 +60,10 @@ def choose_plate(candidates: Sequence[tuple[str, float]], top: int = TOP_CANDIDA
     formats: dict[str, tuple[str, str]] = {}
     for text, probability in candidates:
         text = normalise(text)
-        if len(text) < 2:
+        if len(text) < MIN_PLATE_LENGTH:
             continue
         match = best_format(text)
-        weight = max(1.0, FORMAT_PRIOR / match.variants) / SWAP_COST ** match.swaps if match else 1.0
+        weight = max(1.0, FORMAT_PRIOR / match.variants) / SWAP_COST**match.swaps if match else 1.0
         if match:
             text = match.text
             formats[text] = (match.country, match.pattern)

@@ -87,12 +87,20 @@ class PlateRead:
     def from_dict(cls, data: dict[str, Any]) -> PlateRead:
         x1, y1, x2, y2 = (float(v) for v in data["box"])
         return cls(
-            source=data["source"], frame=int(data["frame"]), time=float(data["time"]), plate=data["plate"],
-            raw_text=data["raw_text"], confidence=float(data["confidence"]),
-            ocr_confidence=float(data["ocr_confidence"]), detector_confidence=float(data["detector_confidence"]),
-            box=(x1, y1, x2, y2), detector_model=data["detector_model"], ocr_model=data["ocr_model"],
+            source=data["source"],
+            frame=int(data["frame"]),
+            time=float(data["time"]),
+            plate=data["plate"],
+            raw_text=data["raw_text"],
+            confidence=float(data["confidence"]),
+            ocr_confidence=float(data["ocr_confidence"]),
+            detector_confidence=float(data["detector_confidence"]),
+            box=(x1, y1, x2, y2),
+            detector_model=data["detector_model"],
+            ocr_model=data["ocr_model"],
             candidates=_candidates_from_list(data.get("candidates") or ()),
-            country=data.get("country"), format=data.get("format"),
+            country=data.get("country"),
+            format=data.get("format"),
         )
 
 
@@ -112,8 +120,13 @@ class CountKey:
     outcome: Outcome
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bucket": self.bucket, "camera": self.camera, "purpose": self.purpose, "rule_id": self.rule_id,
-                "outcome": self.outcome.value}
+        return {
+            "bucket": self.bucket,
+            "camera": self.camera,
+            "purpose": self.purpose,
+            "rule_id": self.rule_id,
+            "outcome": self.outcome.value,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CountKey:
@@ -136,13 +149,27 @@ class PolicedRead:
 
     def to_dict(self, exact: bool = False) -> dict[str, Any]:
         """The read's fields, then camera, purpose, rule, delete_after, hit and key (one flat object)."""
-        return {**self.read.to_dict(exact), "camera": self.camera, "purpose": self.purpose, "rule": self.rule_id,
-                "delete_after": _round(self.delete_after, 3, exact), "hit": self.hit, "key": self.key}
+        return {
+            **self.read.to_dict(exact),
+            "camera": self.camera,
+            "purpose": self.purpose,
+            "rule": self.rule_id,
+            "delete_after": _round(self.delete_after, 3, exact),
+            "hit": self.hit,
+            "key": self.key,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicedRead:
-        return cls(PlateRead.from_dict(data), data["camera"], data["purpose"], data["rule"],
-                   float(data["delete_after"]), bool(data["hit"]), data["key"])
+        return cls(
+            PlateRead.from_dict(data),
+            data["camera"],
+            data["purpose"],
+            data["rule"],
+            float(data["delete_after"]),
+            bool(data["hit"]),
+            data["key"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +192,17 @@ class Passage:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "source": self.source, "camera": self.camera, "purpose": self.purpose,
-            "plate": self.plate, "confidence": round(self.confidence, 4),
+            "source": self.source,
+            "camera": self.camera,
+            "purpose": self.purpose,
+            "plate": self.plate,
+            "confidence": round(self.confidence, 4),
             "candidates": _candidates_to_list(self.candidates, exact=False),
-            "country": self.country, "format": self.format,
-            "first_frame": self.first_frame, "last_frame": self.last_frame,
-            "first_time": round(self.first_time, 3), "last_time": round(self.last_time, 3), "reads": self.reads,
+            "country": self.country,
+            "format": self.format,
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+            "first_time": round(self.first_time, 3),
+            "last_time": round(self.last_time, 3),
+            "reads": self.reads,
         }

@@ -43,8 +43,9 @@ class Registry(Generic[Factory]):
         self._module = module  # imported on first use: its decorators fill the table
         self._entries: dict[str, Entry[Factory]] = {}
 
-    def register(self, name: str, *, help: str, devices: tuple[str, ...] = ("cpu",),
-                 settings: Any = None) -> Callable[[Factory], Factory]:
+    def register(
+        self, name: str, *, help: str, devices: tuple[str, ...] = ("cpu",), settings: Any = None
+    ) -> Callable[[Factory], Factory]:
         def add(factory: Factory) -> Factory:
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")

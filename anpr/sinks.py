@@ -26,9 +26,9 @@ WEBHOOK_TIMEOUT_SECONDS = 5.0
 
 
 class PolicedSink(Protocol):
-    """Receives the reads a purpose keeps, one batch at a time."""
+    """Receives the reads a purpose keeps, one batch at a time (what it returns is not used)."""
 
-    def write(self, reads: Sequence[PolicedRead]) -> None: ...
+    def write(self, reads: Sequence[PolicedRead]) -> object: ...
 
 
 class SinkSettings(BaseModel):
@@ -63,12 +63,16 @@ def _run_database(settings: DatabaseSinkSettings, database: PolicedSink) -> Poli
     return database
 
 
-SINK_TYPES.register("database", settings=DatabaseSinkSettings,
-                    help="the run's database (--db, store.url), through the outage spool")(_run_database)
+SINK_TYPES.register(
+    "database", settings=DatabaseSinkSettings, help="the run's database (--db, store.url), through the outage spool"
+)(_run_database)
 
 
-@SINK_TYPES.register("jsonl_export", settings=JsonlExportSettings,
-                     help="appends one JSON object per read to `path` (e.g. an export answering requisitions)")
+@SINK_TYPES.register(
+    "jsonl_export",
+    settings=JsonlExportSettings,
+    help="appends one JSON object per read to `path` (e.g. an export answering requisitions)",
+)
 class JsonlExport:
     def __init__(self, settings: JsonlExportSettings, database: PolicedSink | None = None) -> None:
         self.path = settings.path

@@ -23,6 +23,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from anpr.config import PipelineSettings, StreamSettings
 from anpr.errors import SourceError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -69,18 +70,27 @@ class SourceStatus:
             self.changes.append((time.time(), state, error))
 
     def as_json(self) -> dict[str, object]:
-        return {"state": self.state.value, "received": self.received, "reconnects": self.reconnects,
-                "last_frame_time": round(self.last_frame_time, 3) if self.last_frame_time else None,
-                "last_error": self.last_error}
+        return {
+            "state": self.state.value,
+            "received": self.received,
+            "reconnects": self.reconnects,
+            "last_frame_time": round(self.last_frame_time, 3) if self.last_frame_time else None,
+            "last_error": self.last_error,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Reconnect:
     """How a live stream is watched and reopened (config section `stream`)."""
 
-    stall_seconds: float = 10.0  # no frame for this long counts as a drop
-    first_delay: float = 0.5  # seconds before the first reopening attempt
-    max_delay: float = 30.0  # attempts back off exponentially up to this
+    stall_seconds: float  # no frame for this long counts as a drop
+    first_delay: float  # seconds before the first reopening attempt
+    max_delay: float  # attempts back off exponentially up to this
+
+    @classmethod
+    def of(cls, stream: StreamSettings | None = None) -> Reconnect:
+        stream = stream or StreamSettings()
+        return cls(stream.stall_seconds, stream.reconnect_first_delay, stream.reconnect_max_delay)
 
     def delays(self) -> Iterator[float]:
         """Exponential backoff with jitter: many cameras that dropped together do not
@@ -112,11 +122,12 @@ class VideoSource:
     unless `wait_for_stream`: then it is retried like a drop.
     """
 
-    def __init__(self, location: str, live: bool, reconnect: Reconnect = Reconnect(),
-                 wait_for_stream: bool = False) -> None:
+    def __init__(
+        self, location: str, live: bool, reconnect: Reconnect | None = None, wait_for_stream: bool = False
+    ) -> None:
         self.name = location
         self.live = live
-        self.reconnect = reconnect
+        self.reconnect = reconnect or Reconnect.of()
         self.status = SourceStatus()
         self._closing = threading.Event()
         self._reading = False
@@ -148,8 +159,16 @@ class VideoSource:
 
     def _open(self) -> tuple[cv2.VideoCapture, np.ndarray] | str:
         """The capture and its first frame, or why not."""
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.reconnect.stall_seconds * 1000)] if self.live else []
+        params = (
+            [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                STREAM_OPEN_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                int(self.reconnect.stall_seconds * 1000),
+            ]
+            if self.live
+            else []
+        )
         capture = cv2.VideoCapture(self.name, cv2.CAP_FFMPEG, params)
         if not capture.isOpened():
             capture.release()
@@ -206,8 +225,9 @@ class VideoSource:
         """Reopen a dropped or stalled stream, backing off; its first frame, or None once closed."""
         self._capture.release()
         if self.status.state is not SourceState.RECONNECTING:  # else: never connected yet
-            self.status.set(SourceState.RECONNECTING,
-                            f"stream dropped or sent nothing for {self.reconnect.stall_seconds:g} s")
+            self.status.set(
+                SourceState.RECONNECTING, f"stream dropped or sent nothing for {self.reconnect.stall_seconds:g} s"
+            )
         for delay in self.reconnect.delays():
             if self._closing.wait(delay):
                 return None
@@ -270,7 +290,7 @@ class ImageSource:
         pass
 
 
-def open_source(location: str, reconnect: Reconnect = Reconnect(), wait_for_stream: bool = False) -> FrameSource:
+def open_source(location: str, reconnect: Reconnect | None = None, wait_for_stream: bool = False) -> FrameSource:
     """The source for a path or URL; raises SourceError with a one-line reason.
 
     With `wait_for_stream`, a stream that cannot be reached yet is retried in the
@@ -307,9 +327,9 @@ class FrameReader:
     oldest frame (counted in `dropped`); for a file the decoder waits.
     """
 
-    def __init__(self, source: FrameSource, capacity: int = 64) -> None:
+    def __init__(self, source: FrameSource, capacity: int | None = None) -> None:
         self.source = source
-        self.capacity = max(2, capacity)
+        self.capacity = max(2, capacity or PipelineSettings().queue)
         self.dropped = 0
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=self.capacity)
         self._stop = threading.Event()

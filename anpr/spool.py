@@ -38,6 +38,7 @@ through `logging` (logger `anpr.spool`); the CLI shows them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -154,7 +155,7 @@ class SpooledStore:
         self._entries: list[_Entry] = []
         self._bytes = 0
         self._last_ns = 0
-        self._lock_fd = self._open_and_lock()
+        self._lock_fd: int | None = self._open_and_lock()
         try:
             self._pick_up()
         except BaseException:
@@ -208,18 +209,21 @@ class SpooledStore:
     def as_json(self) -> dict[str, object]:
         """The status and what is pending, for a JSON status line."""
         pending = self.pending
-        return {**self.status.as_json(), "pending_batches": pending.batches, "pending_reads": pending.reads,
-                "pending_bytes": pending.bytes, "spool_dir": str(self.directory)}
+        return {
+            **self.status.as_json(),
+            "pending_batches": pending.batches,
+            "pending_reads": pending.reads,
+            "pending_bytes": pending.bytes,
+            "spool_dir": str(self.directory),
+        }
 
     def close(self) -> None:
         """Release the spool folder (not the wrapped store); the folder is removed if empty."""
         if self._lock_fd is None:
             return
         self._unlock()
-        try:
+        with contextlib.suppress(OSError):  # batches remain: the next run sends them
             self.directory.rmdir()
-        except OSError:
-            pass  # batches remain: the next run sends them
 
     # --- database state -------------------------------------------------------------------
 
@@ -244,8 +248,12 @@ class SpooledStore:
             outage = self.clock() - (status.down_since or self.clock())
             status.database_up, status.down_since = True, None
             self._backoff, self._retry_at, self._full_warned = self.initial_backoff, 0.0, False
-            log.info("database %s reachable again after %.0f s%s", self.store.safe_url, outage,
-                     f"; sending {len(self._entries)} spooled batch(es)" if self._entries else "")
+            log.info(
+                "database %s reachable again after %.0f s%s",
+                self.store.safe_url,
+                outage,
+                f"; sending {len(self._entries)} spooled batch(es)" if self._entries else "",
+            )
 
     # --- sending and expiring ---------------------------------------------------------------
 
@@ -290,8 +298,12 @@ class SpooledStore:
                 self._write_file(entry.path, data)
             except OSError as exc:
                 # The expired reads must not stay on disk: the batch goes rather than them.
-                log.warning("cannot rewrite spool file %s (%s); dropping its %d read(s)", entry.path,
-                            exc.strerror or exc, len(batch.reads))
+                log.warning(
+                    "cannot rewrite spool file %s (%s); dropping its %d read(s)",
+                    entry.path,
+                    exc.strerror or exc,
+                    len(batch.reads),
+                )
                 self._lose(len(batch.reads))
                 self._remove(entry)
                 continue
@@ -341,7 +353,7 @@ class SpooledStore:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -381,8 +393,10 @@ class SpooledStore:
                 raise OSError("lock file replaced")  # its last holder removed it as we opened it
         except OSError:
             os.close(fd)
-            raise StoreError(f"spool folder {self.directory} is in use by another run: give each concurrent "
-                             f"run its own store.spool_dir") from None
+            raise StoreError(
+                f"spool folder {self.directory} is in use by another run: give each concurrent "
+                f"run its own store.spool_dir"
+            ) from None
         return fd
 
     def _unlock(self) -> None:
@@ -395,7 +409,7 @@ class SpooledStore:
     def _pick_up(self) -> None:
         """Index the batches an earlier run left, finishing or discarding its interrupted writes."""
         for temp in sorted(self.directory.glob(f".*.json{_TEMP_SUFFIX}")):
-            final = temp.with_name(temp.name[1:-len(_TEMP_SUFFIX)])
+            final = temp.with_name(temp.name[1 : -len(_TEMP_SUFFIX)])
             try:
                 _decode(temp.read_bytes())
             except (OSError, ValueError, KeyError, TypeError):
@@ -422,12 +436,15 @@ class SpooledStore:
             self._bytes += len(data)
         if others:
             database, number = next(iter(others.items()))
-            raise StoreError(f"spool folder {self.directory} holds {number} batch(es) for database {database}, "
-                             f"not {self.store.safe_url}: run with that database to send them, "
-                             f"or set store.spool_dir to another folder")
+            raise StoreError(
+                f"spool folder {self.directory} holds {number} batch(es) for database {database}, "
+                f"not {self.store.safe_url}: run with that database to send them, "
+                f"or set store.spool_dir to another folder"
+            )
 
 
 # --- the file format --------------------------------------------------------------------------
+
 
 def _encode(batch: _Batch, database: str, spooled_at: float) -> bytes:
     document = {
@@ -448,8 +465,7 @@ def _decode(data: bytes) -> tuple[_Batch, str]:
         raise ValueError(f"unknown spool format {version!r}")
     entries = document["reads"]
     if version == 1:
-        entries = [{**r["read"], **{k: v for k, v in r.items() if k != "read"}, "rule": r["rule_id"]}
-                   for r in entries]
+        entries = [{**r["read"], **{k: v for k, v in r.items() if k != "read"}, "rule": r["rule_id"]} for r in entries]
     reads = [PolicedRead.from_dict(entry) for entry in entries]
     counts = {CountKey.from_dict(c): c["count"] for c in document["counts"]}
     return _Batch(document["key"], reads, counts), document["database"]

@@ -15,20 +15,39 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import (Boolean, Float, Integer, String, Text, UniqueConstraint, create_engine, delete, event, func,
-                        inspect, select)
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import CursorResult, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from anpr.config import StoreSettings
 from anpr.errors import StoreError, first_line
 from anpr.records import CountKey, PolicedRead, hour_bucket, new_key
 
-DEFAULT_DATABASE = "anpr.sqlite"
 # A PostgreSQL server that does not answer fails a connection after this long, so an
 # outage costs a run seconds per attempt, not the operating system's TCP timeout.
 CONNECT_TIMEOUT_SECONDS = 3
@@ -80,7 +99,7 @@ class ReadRow(Base):
     candidates: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[text, probability], ...]
     country: Mapped[str | None] = mapped_column(String(32), nullable=True)
     format: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(timezone.utc))
+    stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
 
     @classmethod
     def from_record(cls, policed: PolicedRead) -> ReadRow:
@@ -91,11 +110,14 @@ class ReadRow(Base):
         return cls(**columns)
 
     def to_record(self) -> PolicedRead:
-        return PolicedRead.from_dict({
-            **{column.key: getattr(self, column.key) for column in self.__table__.columns},
-            "box": (self.x1, self.y1, self.x2, self.y2), "rule": self.rule_id,
-            "candidates": json.loads(self.candidates or "[]"),
-        })
+        return PolicedRead.from_dict(
+            {
+                **{column.key: getattr(self, column.key) for column in self.__table__.columns},
+                "box": (self.x1, self.y1, self.x2, self.y2),
+                "rule": self.rule_id,
+                "candidates": json.loads(self.candidates or "[]"),
+            }
+        )
 
 
 class WrittenBatchRow(Base):
@@ -126,7 +148,7 @@ class PolicyCountRow(Base):
 
 def database_url(target: str | None) -> str:
     """A SQLAlchemy URL from `--db`: a URL as is, a plain path as a SQLite file."""
-    target = target or DEFAULT_DATABASE
+    target = target or StoreSettings().url
     if "://" in target:
         return target
     return f"sqlite:///{Path(target).expanduser().resolve()}"
@@ -144,8 +166,11 @@ class ReadStore:
                 if not parent.is_dir():
                     raise StoreError(f"database folder does not exist: {parent}")
             connect_args = {}
-            if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2") \
-                    and "connect_timeout" not in url.query:
+            if (
+                url.get_backend_name() == "postgresql"
+                and url.get_driver_name() in ("psycopg", "psycopg2")
+                and "connect_timeout" not in url.query
+            ):
                 connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
             self._engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
             if url.get_backend_name() == "sqlite":
@@ -159,15 +184,20 @@ class ReadStore:
             try:
                 Base.metadata.create_all(self._engine)
                 existing = inspect(self._engine)
-                missing = [f"{table.name}.{column.name}" for table in Base.metadata.sorted_tables
-                           for column in table.columns
-                           if column.name not in {c["name"] for c in existing.get_columns(table.name)}]
+                missing = [
+                    f"{table.name}.{column.name}"
+                    for table in Base.metadata.sorted_tables
+                    for column in table.columns
+                    if column.name not in {c["name"] for c in existing.get_columns(table.name)}
+                ]
             except SQLAlchemyError as exc:
                 raise _error(exc)(f"cannot open database {self.safe_url}: {first_line(exc)}") from None
             if missing:  # create_all adds tables, never columns
                 listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-                raise StoreError(f"database {self.safe_url} was made by an older anpr (no column {listed}): "
-                                 f"use a new database file, or add the columns")
+                raise StoreError(
+                    f"database {self.safe_url} was made by an older anpr (no column {listed}): "
+                    f"use a new database file, or add the columns"
+                )
             self._ready = True
 
     @property
@@ -183,8 +213,9 @@ class ReadStore:
         self._ensure_schema()
         return self._engine
 
-    def write(self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] | None = None,
-              key: str | None = None) -> bool:
+    def write(
+        self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] | None = None, key: str | None = None
+    ) -> bool:
         """Store a batch of reads and add to the policy counters, in one transaction.
 
         `key` identifies the batch (a new one if not given): a batch whose key is already
@@ -203,14 +234,18 @@ class ReadStore:
                     return False
                 session.add(WrittenBatchRow(key=batch_key, written_at=hour_bucket(time.time())))
                 session.add_all([ReadRow.from_record(r) for r in reads])
-                for key, number in (counts or {}).items():
-                    row = session.scalars(select(PolicyCountRow).where(
-                        PolicyCountRow.bucket == key.bucket, PolicyCountRow.camera == key.camera,
-                        PolicyCountRow.purpose == key.purpose, PolicyCountRow.rule_id == key.rule_id,
-                        PolicyCountRow.outcome == key.outcome.value)).one_or_none()
+                for counter, number in (counts or {}).items():
+                    row = session.scalars(
+                        select(PolicyCountRow).where(
+                            PolicyCountRow.bucket == counter.bucket,
+                            PolicyCountRow.camera == counter.camera,
+                            PolicyCountRow.purpose == counter.purpose,
+                            PolicyCountRow.rule_id == counter.rule_id,
+                            PolicyCountRow.outcome == counter.outcome.value,
+                        )
+                    ).one_or_none()
                     if row is None:
-                        session.add(PolicyCountRow(bucket=key.bucket, camera=key.camera, purpose=key.purpose,
-                                                   rule_id=key.rule_id, outcome=key.outcome.value, count=number))
+                        session.add(PolicyCountRow(**counter.to_dict(), count=number))
                     else:
                         row.count += number
         except IntegrityError as exc:
@@ -228,8 +263,10 @@ class ReadStore:
         if session.get(WrittenBatchRow, key) is not None:
             return True
         # Its key may have been pruned (BATCH_KEY_SECONDS) while its reads are still kept.
-        return bool(reads) and session.scalar(
-            select(ReadRow.id).where(ReadRow.key.in_([r.key for r in reads])).limit(1)) is not None
+        return (
+            bool(reads)
+            and session.scalar(select(ReadRow.id).where(ReadRow.key.in_([r.key for r in reads])).limit(1)) is not None
+        )
 
     def _written_elsewhere(self, key: str, reads: Sequence[PolicedRead]) -> bool:
         try:
@@ -256,7 +293,8 @@ class ReadStore:
             with Session(self._engine) as session, session.begin():
                 if batch_condition is not None:
                     session.execute(delete(WrittenBatchRow).where(batch_condition))
-                return session.execute(delete(ReadRow).where(condition)).rowcount or 0
+                deleted = cast("CursorResult[Any]", session.execute(delete(ReadRow).where(condition)))
+                return deleted.rowcount or 0
         except SQLAlchemyError as exc:
             raise _error(exc)(f"cannot delete from database {self.safe_url}: {first_line(exc)}") from None
 
@@ -265,8 +303,9 @@ class ReadStore:
         with Session(self._engine) as session:
             return session.scalar(select(func.count()).select_from(ReadRow)) or 0
 
-    def reads(self, source: str | None = None, plate: str | None = None,
-              purpose: str | None = None) -> list[PolicedRead]:
+    def reads(
+        self, source: str | None = None, plate: str | None = None, purpose: str | None = None
+    ) -> list[PolicedRead]:
         self._ensure_schema()
         query = select(ReadRow).order_by(ReadRow.id)
         for column, value in ((ReadRow.source, source), (ReadRow.plate, plate), (ReadRow.purpose, purpose)):
@@ -279,7 +318,9 @@ class ReadStore:
         self._ensure_schema()
         with Session(self._engine) as session:
             rows = session.scalars(select(PolicyCountRow).order_by(PolicyCountRow.id))
-            return [(CountKey.from_dict({c.key: getattr(r, c.key) for c in r.__table__.columns}), r.count) for r in rows]
+            return [
+                (CountKey.from_dict({c.key: getattr(r, c.key) for c in r.__table__.columns}), r.count) for r in rows
+            ]
 
     def close(self) -> None:
         self._engine.dispose()

@@ -60,9 +60,9 @@ class LiveTracks(Generic[Item]):
         ended = (frame - self.last_frame) > self.max_gap
         if not ended.any():
             return []
-        gone = [item for item, end in zip(self.items, ended) if end]
+        gone = [item for item, end in zip(self.items, ended, strict=True) if end]
         self.boxes, self.last_frame = self.boxes[~ended], self.last_frame[~ended]
-        self.items = [item for item, end in zip(self.items, ended) if not end]
+        self.items = [item for item, end in zip(self.items, ended, strict=True) if not end]
         return gone
 
 
@@ -88,11 +88,12 @@ class SettleTracker:
     def settled(self, tracks: np.ndarray) -> np.ndarray:
         """For each track index (-1: none), whether its plate was read the same `settle_reads` times."""
         counts = self._tracks.items
-        return np.array([t >= 0 and bool(counts[t]) and counts[t].most_common(1)[0][1] >= self.settle_reads
-                         for t in tracks], bool)
+        return np.array(
+            [t >= 0 and bool(counts[t]) and counts[t].most_common(1)[0][1] >= self.settle_reads for t in tracks], bool
+        )
 
     def update(self, frames: np.ndarray, boxes: np.ndarray, tracks: np.ndarray, plates: list[str | None]) -> None:
-        for frame, box, track, plate in zip(frames, boxes, tracks, plates):
+        for frame, box, track, plate in zip(frames, boxes, tracks, plates, strict=True):
             if track < 0:
                 track = self._tracks.start(int(frame), box, Counter())
             self._tracks.continue_(int(track), int(frame), box)
@@ -117,7 +118,7 @@ def text_similarity(a: str, b: str) -> float:
     difflib's ratio otherwise (a clipped read drops characters). Two plates of one series,
     RK857AI and RK576AH, share 3 of 7 positions though difflib finds 5 common characters."""
     if len(a) == len(b) and a:
-        return sum(x == y for x, y in zip(a, b)) / len(a)
+        return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
     return SequenceMatcher(None, a, b).ratio()
 
 
@@ -146,9 +147,21 @@ class PassageTrack:
     def record(self, purpose: str, camera: str | None) -> Passage:
         voted = self.vote()
         first, last = self.reads[0], self.reads[-1]
-        return Passage(first.source, camera, purpose, voted.plate, voted.confidence, voted.candidates,
-                       voted.country, voted.format, first.frame, last.frame, first.time, last.time,
-                       len(self.reads))
+        return Passage(
+            first.source,
+            camera,
+            purpose,
+            voted.plate,
+            voted.confidence,
+            voted.candidates,
+            voted.country,
+            voted.format,
+            first.frame,
+            last.frame,
+            first.time,
+            last.time,
+            len(self.reads),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +213,9 @@ class PassageTracker:
                 similarity = text_similarity(passage.last.plate, read.plate)
                 ratio = _area(read.box) / _area(passage.last.box)
                 same_size = 1 / JOIN_MAX_AREA_RATIO <= ratio <= JOIN_MAX_AREA_RATIO
-                if similarity >= JOIN_MIN_SIMILARITY and (overlap >= JOIN_IOU and same_size
-                                                          or similarity >= JOIN_SAME_TEXT):
+                if similarity >= JOIN_MIN_SIMILARITY and (
+                    (overlap >= JOIN_IOU and same_size) or similarity >= JOIN_SAME_TEXT
+                ):
                     score = overlap + similarity
                     if score > best_score:
                         best, best_score = index, score

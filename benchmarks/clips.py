@@ -20,8 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-CODECS = {"h264": ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23"],
-          "h265": ["-c:v", "libx265", "-preset", "veryfast", "-crf", "26", "-x265-params", "log-level=error"]}
+CODECS = {
+    "h264": ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23"],
+    "h265": ["-c:v", "libx265", "-preset", "veryfast", "-crf", "26", "-x265-params", "log-level=error"],
+}
 # QuickTime players want HEVC in MP4 tagged hvc1; other containers take no tag.
 CONTAINER_OPTIONS = {("h265", ".mp4"): ["-tag:v", "hvc1"]}
 
@@ -54,7 +56,7 @@ def _placed(photo: np.ndarray, size: tuple[int, int], progress: float) -> np.nda
     y = (height - h) // 2
     # Clip the pasted region to the frame.
     fx1, fy1, fx2, fy2 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
-    frame[fy1:fy2, fx1:fx2] = resized[fy1 - y:fy2 - y, fx1 - x:fx2 - x]
+    frame[fy1:fy2, fx1:fx2] = resized[fy1 - y : fy2 - y, fx1 - x : fx2 - x]
     return frame
 
 
@@ -75,10 +77,29 @@ def build_clip(
     period = max(1, round(seconds_per_photo * fps))
     gap_frames = min(period - 1, round(gap_seconds * fps))
     frames_per_photo = period - gap_frames
-    command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-               "-s", f"{size[0]}x{size[1]}", "-r", str(fps), "-i", "-", *CODECS[codec],
-               *CONTAINER_OPTIONS.get((codec, output.suffix.lower()), []),
-               "-pix_fmt", "yuv420p", "-g", str(2 * fps), str(output)]
+    command = [
+        ffmpeg_exe(),
+        "-y",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{size[0]}x{size[1]}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        *CODECS[codec],
+        *CONTAINER_OPTIONS.get((codec, output.suffix.lower()), []),
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        str(2 * fps),
+        str(output),
+    ]
     output.parent.mkdir(parents=True, exist_ok=True)
     passages = []
     encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -101,8 +122,11 @@ def build_clip(
         code = encoder.wait()
     if code != 0:
         raise RuntimeError(f"ffmpeg failed ({code}): {error.strip()}")
-    output.with_suffix(".json").write_text(json.dumps(
-        {"fps": fps, "size": list(size), "codec": codec, "passages": [asdict(p) for p in passages]}, indent=1))
+    output.with_suffix(".json").write_text(
+        json.dumps(
+            {"fps": fps, "size": list(size), "codec": codec, "passages": [asdict(p) for p in passages]}, indent=1
+        )
+    )
     return passages
 
 

@@ -34,8 +34,10 @@ def main() -> None:
     if not photos:
         parser.error(f"no annotated photos in {args.dataset}")
     passages = build_clip(photos, args.output, (width, height), args.fps, args.seconds, args.codec)
-    print(f"{args.output}: {len(passages)} passages, {passages[-1].last_frame + 1} frames, "
-          f"{width}x{height} @ {args.fps} fps, {args.codec}")
+    print(
+        f"{args.output}: {len(passages)} passages, {passages[-1].last_frame + 1} frames, "
+        f"{width}x{height} @ {args.fps} fps, {args.codec}"
+    )
 
 
 if __name__ == "__main__":

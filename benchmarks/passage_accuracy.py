@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from clips import build_clip, dataset_photos
+
 from anpr.eval import score_passages
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,10 @@ def main() -> None:
     parser.add_argument("--pipeline", default="", help="extra pipeline keys, e.g. 'stride: 2, settle_reads: 3'")
     parser.add_argument("--input-size", type=int, default=None, help="detector input size")
     args = parser.parse_args()
-    clip = args.clip or REPO / "benchmarks" / "data" / f"passages-{args.count or 'all'}-{args.seconds:g}s-gap{args.gap:g}.mp4"
+    clip = (
+        args.clip
+        or REPO / "benchmarks" / "data" / f"passages-{args.count or 'all'}-{args.seconds:g}s-gap{args.gap:g}.mp4"
+    )
     if not clip.exists():
         build_clip(dataset_photos(args.dataset, args.count), clip, (1920, 1080), 25, args.seconds, "h264", args.gap)
     truth = json.loads(clip.with_suffix(".json").read_text())["passages"]
@@ -48,21 +52,49 @@ def main() -> None:
         config = args.config
         if args.pipeline or args.input_size:
             config = Path(work) / "config.yaml"
-            config.write_text(args.config.read_text() + (f"pipeline: {{{args.pipeline}}}\n" if args.pipeline else "")
-                              + (f"detector: {{input_size: {args.input_size}}}\n" if args.input_size else ""))
+            config.write_text(
+                args.config.read_text()
+                + (f"pipeline: {{{args.pipeline}}}\n" if args.pipeline else "")
+                + (f"detector: {{input_size: {args.input_size}}}\n" if args.input_size else "")
+            )
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "anpr", "run", str(clip), "--config", str(config),
-                                 "--db", str(Path(work) / "reads.sqlite"), "--jsonl", "--passages"],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "anpr",
+                "run",
+                str(clip),
+                "--config",
+                str(config),
+                "--db",
+                str(Path(work) / "reads.sqlite"),
+                "--jsonl",
+                "--passages",
+            ],
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"anpr run failed: {result.stderr.strip()}")
     reported = [json.loads(line) for line in result.stdout.splitlines()]
-    saved = clip.with_suffix(f".{args.pipeline.replace(' ', '').replace(':', '').replace(',', '-') or 'every'}"
-                             f"-{args.input_size or 640}.reported.jsonl")
+    saved = clip.with_suffix(
+        f".{args.pipeline.replace(' ', '').replace(':', '').replace(',', '-') or 'every'}"
+        f"-{args.input_size or 640}.reported.jsonl"
+    )
     saved.write_text(result.stdout)  # to rescore without running again
-    print(json.dumps({"clip": str(clip), "pipeline": args.pipeline or "every frame", "input_size": args.input_size or 640,
-                      **score_passages(truth, reported), "seconds": round(seconds, 1)}))
+    print(
+        json.dumps(
+            {
+                "clip": str(clip),
+                "pipeline": args.pipeline or "every frame",
+                "input_size": args.input_size or 640,
+                **score_passages(truth, reported),
+                "seconds": round(seconds, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,14 +28,23 @@ def main() -> None:
     points = []
     for size in args.sizes:
         for batch in args.batches:
-            overrides = {"pipeline": {"batch": batch, "stride": args.stride, "settle_reads": args.settle},
-                         "detector": {"input_size": size}}
+            overrides = {
+                "pipeline": {"batch": batch, "stride": args.stride, "settle_reads": args.settle},
+                "detector": {"input_size": size},
+            }
             result = run_phase("anpr", str(args.video), str(BENCH_DEPLOYMENT), json.dumps(overrides))
-            points.append({"input_size": size, "batch": batch, "fps": round(result["fps"], 2),
-                           "peak_rss_mb": round(result["peak_rss_mb"], 1)})
+            points.append(
+                {
+                    "input_size": size,
+                    "batch": batch,
+                    "fps": round(result["fps"], 2),
+                    "peak_rss_mb": round(result["peak_rss_mb"], 1),
+                }
+            )
             print(json.dumps(points[-1]), flush=True)
-    (HERE / "sweep.json").write_text(json.dumps({"video": str(args.video), "stride": args.stride,
-                                                 "settle": args.settle, "points": points}, indent=1))
+    (HERE / "sweep.json").write_text(
+        json.dumps({"video": str(args.video), "stride": args.stride, "settle": args.settle, "points": points}, indent=1)
+    )
     import matplotlib
 
     matplotlib.use("Agg")

@@ -19,17 +19,36 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 #   subprocess, an RTSP or PostgreSQL server: what `make test` runs besides the unit tests;
 # - unit: none of those; `make test-unit` runs them in well under a minute, with the model
 #   folder pointed at an empty one, so a unit test that loads weights fails.
-# A test is a system test when it uses one of these fixtures (or a PostgreSQL parameter).
-SYSTEM_FIXTURES = frozenset({
-    "detector", "ppocr", "easyocr_recogniser", "anpr_cli", "postgres", "server",
-    "dataset", "few_photos", "small_dataset", "clip_h264", "few", "clips", "h264_clip", "ocr_plates",
-})
+# A test is a system test when it uses one of these fixtures (or a PostgreSQL parameter), or is
+# marked `system` itself (it reads the weights without a fixture).
+SYSTEM_FIXTURES = frozenset(
+    {
+        "detector",
+        "ppocr",
+        "easyocr_recogniser",
+        "anpr_cli",
+        "postgres",
+        "server",
+        "dataset",
+        "few_photos",
+        "small_dataset",
+        "clip_h264",
+        "few",
+        "clips",
+        "h264_clip",
+        "ocr_plates",
+    }
+)
 
 
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        system = bool(SYSTEM_FIXTURES & set(item.fixturenames)) or "postgresql" in params.values()
+        system = (
+            item.get_closest_marker("system") is not None
+            or bool(SYSTEM_FIXTURES & set(item.fixturenames))
+            or "postgresql" in params.values()
+        )
         item.add_marker(pytest.mark.system if system else pytest.mark.unit)
 
 

@@ -89,8 +89,9 @@ def test_chain_of_five(sqlite_engine):
     for before, after in itertools.pairwise(entries):
         assert after.prev_hash == before.entry_hash
     for entry in entries:
-        assert entry.entry_hash == chain_hash(entry.prev_hash, entry.seq, entry.at, entry.actor, entry.action,
-                                              entry.details)
+        assert entry.entry_hash == chain_hash(
+            entry.prev_hash, entry.seq, entry.at, entry.actor, entry.action, entry.details
+        )
         assert len(entry.entry_hash) == 64
     # The formula of the docstring, spelled out once by hand.
     first = entries[0]
@@ -148,8 +149,11 @@ def test_append_refuses_ambiguous_fields(sqlite_engine):
 
 def test_update_and_delete_are_refused(engine):
     log = filled(engine, 3)
-    for statement in ("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2", "DELETE FROM audit_log WHERE seq = 2",
-                      "DELETE FROM audit_log"):
+    for statement in (
+        "UPDATE audit_log SET actor = 'mallory' WHERE seq = 2",
+        "DELETE FROM audit_log WHERE seq = 2",
+        "DELETE FROM audit_log",
+    ):
         with pytest.raises(DBAPIError, match="append-only"):
             sql(engine, statement)
     if engine.dialect.name == "postgresql":
@@ -167,7 +171,7 @@ def test_concurrent_appenders_take_turns(engine):
         for i in range(10):
             try:
                 log.append("query", f"worker{worker}", {"i": i})
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            except BaseException as exc:
                 errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
@@ -208,13 +212,23 @@ TAMPERING = {
     "delete the first": (lambda e: sql(e, "DELETE FROM audit_log WHERE seq = 1"), [(2, "deleted")]),
     "swap contents of 2 and 3": (lambda e: swap_contents(e, 2, 3), [(2, "reordered"), (3, "reordered")]),
     "swap seq numbers of 2 and 3": (
-        lambda e: sql(e, "UPDATE audit_log SET seq = -2 WHERE seq = 2", "UPDATE audit_log SET seq = 2 WHERE seq = 3",
-                      "UPDATE audit_log SET seq = 3 WHERE seq = -2"),
-        [(2, "reordered"), (3, "reordered")]),
+        lambda e: sql(
+            e,
+            "UPDATE audit_log SET seq = -2 WHERE seq = 2",
+            "UPDATE audit_log SET seq = 2 WHERE seq = 3",
+            "UPDATE audit_log SET seq = 3 WHERE seq = -2",
+        ),
+        [(2, "reordered"), (3, "reordered")],
+    ),
     "swap seq numbers of 1 and 2": (
-        lambda e: sql(e, "UPDATE audit_log SET seq = -1 WHERE seq = 1", "UPDATE audit_log SET seq = 1 WHERE seq = 2",
-                      "UPDATE audit_log SET seq = 2 WHERE seq = -1"),
-        [(1, "reordered"), (2, "reordered")]),
+        lambda e: sql(
+            e,
+            "UPDATE audit_log SET seq = -1 WHERE seq = 1",
+            "UPDATE audit_log SET seq = 1 WHERE seq = 2",
+            "UPDATE audit_log SET seq = 2 WHERE seq = -1",
+        ),
+        [(1, "reordered"), (2, "reordered")],
+    ),
     # Only what was recorded moves, the chain fields stay: both hashes stop matching.
     "swap what 2 and 3 recorded": (lambda e: swap_contents(e, 2, 3, PAYLOAD), [(2, "edited"), (3, "edited")]),
     # The documented limit: without an anchor outside the database, truncation is invisible.
@@ -234,8 +248,17 @@ def test_tampering_is_found_on_sqlite(sqlite_engine, tampering):
         assert f"entry {problem.seq} " in problem.message and "\n" not in problem.message
 
 
-@pytest.mark.parametrize("tampering", ["nothing", "details of 3", "actor of 3", "delete 3", "swap contents of 2 and 3",
-                                       "time of 2 by under a microsecond"])
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        "nothing",
+        "details of 3",
+        "actor of 3",
+        "delete 3",
+        "swap contents of 2 and 3",
+        "time of 2 by under a microsecond",
+    ],
+)
 def test_tampering_is_found_on_postgresql(postgres, tampering):
     engine = create_engine(postgres.new_database())
     try:
@@ -267,7 +290,8 @@ def test_verify_database(tmp_path):
     set_columns(engine, 2, {"actor": "mallory"})
     engine.dispose()
     assert verify_database(str(path)) == [
-        AuditProblem(2, "edited", "entry 2 was edited: its hash does not match its content")]
+        AuditProblem(2, "edited", "entry 2 was edited: its hash does not match its content")
+    ]
     assert found(verify_database(f"sqlite:///{path}")) == [(2, "edited")]
 
     with pytest.raises(StoreError, match="database not found") as error:
@@ -298,7 +322,8 @@ details_dicts = st.dictionaries(st.text(max_size=6), json_values, max_size=4)
 attacker_text = st.text(max_size=12)
 one_line = st.text(max_size=12).filter(lambda s: "\n" not in s and "\x00" not in s)
 entries_st = st.lists(
-    st.tuples(one_line, one_line, details_dicts, st.one_of(st.none(), st.floats(0, 4e9))), min_size=1, max_size=6)
+    st.tuples(one_line, one_line, details_dicts, st.one_of(st.none(), st.floats(0, 4e9))), min_size=1, max_size=6
+)
 hex64 = st.text("0123456789abcdef", min_size=64, max_size=64)
 
 
@@ -313,8 +338,9 @@ def test_any_single_edit_is_found(tmp_path_factory, entries, data):
         assert log.verify() == []
         stored = log.entries()
         target = data.draw(st.sampled_from(stored), label="entry")
-        column = data.draw(st.sampled_from(["at", "actor", "action", "details", "prev_hash", "entry_hash"]),
-                           label="column")
+        column = data.draw(
+            st.sampled_from(["at", "actor", "action", "details", "prev_hash", "entry_hash"]), label="column"
+        )
         if column == "at":
             value = data.draw(st.floats(allow_nan=False, allow_infinity=False), label="value")
         elif column == "details":

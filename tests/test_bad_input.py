@@ -95,10 +95,14 @@ def _alias_bomb(levels: int) -> str:
     return "\n".join(lines) + f"\nname: *a{levels - 1}\n"
 
 
-WEBHOOK = (PARIS.replace("sinks: [store]", "sinks: [store, hook]")
-           + "  hook: {type: webhook, url: 'http://127.0.0.1:{port}/reads'}\n")
-EXPORT = (PARIS.replace("sinks: [store]", "sinks: [store, export]")
-          + "  export: {type: jsonl_export, path: '{tmp}/no/such/folder/reads.jsonl'}\n")
+WEBHOOK = (
+    PARIS.replace("sinks: [store]", "sinks: [store, hook]")
+    + "  hook: {type: webhook, url: 'http://127.0.0.1:{port}/reads'}\n"
+)
+EXPORT = (
+    PARIS.replace("sinks: [store]", "sinks: [store, export]")
+    + "  export: {type: jsonl_export, path: '{tmp}/no/such/folder/reads.jsonl'}\n"
+)
 UNNAMED = PARIS.replace("name: Paris parking check (FPS)\n", "")
 HOTLIST = PARIS.replace("sinks: [store]", "sinks: [store]\n    hotlist: {hotlist}")
 NOISE = random.Random(4).randbytes(65536)
@@ -108,37 +112,87 @@ CASES: list[Case] = [
     # ---- sources ----
     _run_source("zero-byte video", "{tmp}/empty.mp4", 2, "video file is empty", files={"empty.mp4": b""}),
     _run_source("zero-byte image", "{tmp}/empty.jpg", 2, "not a readable image", files={"empty.jpg": b""}),
-    _run_source("text file named .mp4", "{tmp}/notes.mp4", 2, "cannot open video",
-                files={"notes.mp4": "meeting notes, not a video\n"}),
+    _run_source(
+        "text file named .mp4",
+        "{tmp}/notes.mp4",
+        2,
+        "cannot open video",
+        files={"notes.mp4": "meeting notes, not a video\n"},
+    ),
     _run_source("random bytes named .mkv", "{tmp}/noise.mkv", 2, "cannot open video", files={"noise.mkv": NOISE}),
     _run_source("nonexistent path", "{tmp}/nope.mp4", 2, "no such file or folder"),
-    _run_source("folder with non-images", "{tmp}/mixed", 2, "not images: notes.txt",
-                files={"mixed/car.jpg": Photo(0), "mixed/notes.txt": "not an image"}),
+    _run_source(
+        "folder with non-images",
+        "{tmp}/mixed",
+        2,
+        "not images: notes.txt",
+        files={"mixed/car.jpg": Photo(0), "mixed/notes.txt": "not an image"},
+    ),
     _run_source("empty folder", "{tmp}/void", 2, "folder holds no images", files={"void": None}),
-    _run_source("folder with an undecodable image between two good ones", "{tmp}/photos", 0, "b.jpg",
-                files={"photos/a.jpg": Photo(0), "photos/b.jpg": CORRUPT_JPEG, "photos/c.jpg": Photo(2)},
-                reads_of=(0, 2)),
+    _run_source(
+        "folder with an undecodable image between two good ones",
+        "{tmp}/photos",
+        0,
+        "b.jpg",
+        files={"photos/a.jpg": Photo(0), "photos/b.jpg": CORRUPT_JPEG, "photos/c.jpg": Photo(2)},
+        reads_of=(0, 2),
+    ),
     _run_source("rtsp URL to a closed port", "rtsp://127.0.0.1:{port}/stream", 2, "cannot connect to stream"),
     _run_source("malformed rtsp URL", "rtsp://", 2, "cannot connect to stream"),
     _run_source("http URL to a closed port", "http://127.0.0.1:{port}/cam.mjpg", 2, "cannot connect to stream"),
     _run_source("http URL serving a web page", "{http}/index.html", 2, "stream"),
-    _run_source("mkv truncated at half", "{tmp}/cut.mkv", 0, "", files={"cut.mkv": Clip("mkv", keep=0.5)},
-                reads_of=(0,), true_frames=True),
-    _run_source("mkv with 16 KB of random bytes in the middle", "{tmp}/hit.mkv", 0, "",
-                files={"hit.mkv": Clip("mkv", damage=16384)}, reads_of=(0, 2)),
-    _run_source("ts with 16 KB of random bytes in the middle: reads keep their frame number", "{tmp}/hit.ts", 0, "",
-                files={"hit.ts": Clip("ts", damage=16384)}, reads_of=(0, 2), true_frames=True),
-    _run_source("mp4 with 16 KB of random bytes in the middle", "{tmp}/hit.mp4", 0, "",
-                files={"hit.mp4": Clip("mp4", damage=16384)}, reads_of=(0, 2)),
-    _run_source("mp4 truncated at half (its index is at the end)", "{tmp}/cut.mp4", 2, "cannot open video",
-                files={"cut.mp4": Clip("mp4", keep=0.5)}),
+    _run_source(
+        "mkv truncated at half",
+        "{tmp}/cut.mkv",
+        0,
+        "",
+        files={"cut.mkv": Clip("mkv", keep=0.5)},
+        reads_of=(0,),
+        true_frames=True,
+    ),
+    _run_source(
+        "mkv with 16 KB of random bytes in the middle",
+        "{tmp}/hit.mkv",
+        0,
+        "",
+        files={"hit.mkv": Clip("mkv", damage=16384)},
+        reads_of=(0, 2),
+    ),
+    _run_source(
+        "ts with 16 KB of random bytes in the middle: reads keep their frame number",
+        "{tmp}/hit.ts",
+        0,
+        "",
+        files={"hit.ts": Clip("ts", damage=16384)},
+        reads_of=(0, 2),
+        true_frames=True,
+    ),
+    _run_source(
+        "mp4 with 16 KB of random bytes in the middle",
+        "{tmp}/hit.mp4",
+        0,
+        "",
+        files={"hit.mp4": Clip("mp4", damage=16384)},
+        reads_of=(0, 2),
+    ),
+    _run_source(
+        "mp4 truncated at half (its index is at the end)",
+        "{tmp}/cut.mp4",
+        2,
+        "cannot open video",
+        files={"cut.mp4": Clip("mp4", keep=0.5)},
+    ),
     # ---- deployment config ----
     _run_config("zero-byte config", "", 3, "no deployment declared"),
     _run_config("negative batch", PARIS + "pipeline: {batch: -1}\n", 2, "key 'pipeline.batch'"),
     _run_config("batch 0", PARIS + "pipeline: {batch: 0}\n", 2, "key 'pipeline.batch'"),
     _run_config("batch 10**9", PARIS + f"pipeline: {{batch: {10**9}}}\n", 2, "key 'pipeline.batch'"),
-    _run_config("batch: true", PARIS + "pipeline: {batch: true}\n", 2,
-                "key 'pipeline.batch': Value error, must be a number, not a boolean"),
+    _run_config(
+        "batch: true",
+        PARIS + "pipeline: {batch: true}\n",
+        2,
+        "key 'pipeline.batch': Value error, must be a number, not a boolean",
+    ),
     _run_config("batch: eight", PARIS + "pipeline: {batch: eight}\n", 2, "key 'pipeline.batch'"),
     _run_config("negative stride", PARIS + "pipeline: {stride: -2}\n", 2, "key 'pipeline.stride'"),
     _run_config("input_size not a multiple of 32", PARIS + "detector: {input_size: 500}\n", 2, "multiple of 32"),
@@ -146,45 +200,98 @@ CASES: list[Case] = [
     _run_config("confidence .nan", PARIS + "detector: {confidence: .nan}\n", 2, "key 'detector.confidence'"),
     _run_config("unknown top-level key", PARIS + "colour: red\n", 2, "unknown key 'colour'"),
     _run_config("typo in a nested key", PARIS + "pipeline: {batchsize: 4}\n", 2, "unknown key 'pipeline.batchsize'"),
-    _run_config("cameras: a string", PARIS.replace("cameras:\n", "cameras: scan-car-07\n_cameras:\n"), 2,
-                "key 'cameras': Input should be a valid list"),
-    _run_config("purposes: a list",
-                PARIS.replace("  parking_fps:\n    legal_basis", "  - parking_fps:\n    legal_basis"), 2,
-                "key 'purposes': Input should be a valid dictionary"),
+    _run_config(
+        "cameras: a string",
+        PARIS.replace("cameras:\n", "cameras: scan-car-07\n_cameras:\n"),
+        2,
+        "key 'cameras': Input should be a valid list",
+    ),
+    _run_config(
+        "purposes: a list",
+        PARIS.replace("  parking_fps:\n    legal_basis", "  - parking_fps:\n    legal_basis"),
+        2,
+        "key 'purposes': Input should be a valid dictionary",
+    ),
     _run_config("YAML that is a list", "- a\n- b\n", 2, "expected a mapping of sections at the top level, got list"),
     _run_config("invalid YAML", PARIS + "pipeline: [\n", 2, "not valid YAML"),
     Case("binary garbage config", RUN_WITH_CONFIG, 2, "not valid YAML", files={"c.yaml": bytes(range(256)) * 16}),
     Case("UTF-16 config", RUN_WITH_CONFIG, 2, "not valid YAML", files={"c.yaml": PARIS.encode("utf-16")}),
     _run_config("YAML nested 5000 deep", f"name: {_nested(5000)}\n", 2, "nested too deeply"),
-    _run_config("YAML alias bomb (9**6 strings)", UNNAMED + _alias_bomb(6), 2,
-                "key 'name': Input should be a valid string"),
-    _run_config("duplicate section", PARIS + "pipeline: {batch: 4}\npipeline: {stride: 2}\n", 2,
-                "duplicate key 'pipeline'"),
+    _run_config(
+        "YAML alias bomb (9**6 strings)", UNNAMED + _alias_bomb(6), 2, "key 'name': Input should be a valid string"
+    ),
+    _run_config(
+        "duplicate section", PARIS + "pipeline: {batch: 4}\npipeline: {stride: 2}\n", 2, "duplicate key 'pipeline'"
+    ),
     _run_config("impossible date as a name (stays text)", UNNAMED + "name: 2021-02-30\n", 0, "", reads_of=(0,)),
-    Case("config is a folder", ("run", "{image}", "--config", "{tmp}/conf.d"), 2, "cannot read config file",
-         files={"conf.d": None}),
+    Case(
+        "config is a folder",
+        ("run", "{image}", "--config", "{tmp}/conf.d"),
+        2,
+        "cannot read config file",
+        files={"conf.d": None},
+    ),
     Case("config file not found", ("run", "{image}", "--config", "{tmp}/missing.yaml"), 2, "config file not found"),
-    _run_config("retention longer than its rule allows", CAR_PARK.replace("retention_days: 1", "retention_days: 30"),
-                0, "requested retention 30 days exceeds the 1 days FR-ACCESS allows: clamped to 1",
-                reads_of=(0,), keeps_days=1),
-    _run_config("retention .inf", PARIS.replace("retention_days: 1", "retention_days: .inf"), 2,
-                "key 'purposes.parking_fps.retention_days'"),
-    _run_config("retention 1e308 days", PARIS.replace("retention_days: 1", "retention_days: 1.0e+308"), 2,
-                "key 'purposes.parking_fps.retention_days'"),
-    _run_config("negative retention", PARIS.replace("retention_days: 1", "retention_days: -5"), 2,
-                "key 'purposes.parking_fps.retention_days'"),
-    _run_config("unknown purpose", PARIS.replace("parking_fps", "parking_fpz"), 3, "is denied",
-                also="unknown purpose 'parking_fpz'"),
-    _run_config("unknown controller type", PARIS.replace("type: municipality", "type: sheriff"), 3, "is denied",
-                also="unknown controller type 'sheriff'"),
-    _run_config("duplicate camera ids",
-                PARIS.replace("cameras:\n", "cameras:\n  - {id: scan-car-07, purposes: [parking_fps]}\n"), 2,
-                "camera ids must be unique"),
-    _run_config("camera feeds an undeclared purpose", PARIS.replace("purposes: [parking_fps]", "purposes: [zfe]"), 2,
-                "feeds purpose 'zfe', which is not declared"),
+    _run_config(
+        "retention longer than its rule allows",
+        CAR_PARK.replace("retention_days: 1", "retention_days: 30"),
+        0,
+        "requested retention 30 days exceeds the 1 days FR-ACCESS allows: clamped to 1",
+        reads_of=(0,),
+        keeps_days=1,
+    ),
+    _run_config(
+        "retention .inf",
+        PARIS.replace("retention_days: 1", "retention_days: .inf"),
+        2,
+        "key 'purposes.parking_fps.retention_days'",
+    ),
+    _run_config(
+        "retention 1e308 days",
+        PARIS.replace("retention_days: 1", "retention_days: 1.0e+308"),
+        2,
+        "key 'purposes.parking_fps.retention_days'",
+    ),
+    _run_config(
+        "negative retention",
+        PARIS.replace("retention_days: 1", "retention_days: -5"),
+        2,
+        "key 'purposes.parking_fps.retention_days'",
+    ),
+    _run_config(
+        "unknown purpose",
+        PARIS.replace("parking_fps", "parking_fpz"),
+        3,
+        "is denied",
+        also="unknown purpose 'parking_fpz'",
+    ),
+    _run_config(
+        "unknown controller type",
+        PARIS.replace("type: municipality", "type: sheriff"),
+        3,
+        "is denied",
+        also="unknown controller type 'sheriff'",
+    ),
+    _run_config(
+        "duplicate camera ids",
+        PARIS.replace("cameras:\n", "cameras:\n  - {id: scan-car-07, purposes: [parking_fps]}\n"),
+        2,
+        "camera ids must be unique",
+    ),
+    _run_config(
+        "camera feeds an undeclared purpose",
+        PARIS.replace("purposes: [parking_fps]", "purposes: [zfe]"),
+        2,
+        "feeds purpose 'zfe', which is not declared",
+    ),
     _run_config("hotlist file missing", HOTLIST.replace("{hotlist}", "stolen.txt"), 2, "cannot read hotlist"),
-    Case("hotlist of binary bytes", RUN_WITH_CONFIG, 2, "not UTF-8",
-         files={"c.yaml": HOTLIST.replace("{hotlist}", "stolen.bin"), "stolen.bin": NOISE}),
+    Case(
+        "hotlist of binary bytes",
+        RUN_WITH_CONFIG,
+        2,
+        "not UTF-8",
+        files={"c.yaml": HOTLIST.replace("{hotlist}", "stolen.bin"), "stolen.bin": NOISE},
+    ),
     _run_config("hotlist path with a NUL byte", HOTLIST.replace("{hotlist}", '"stolen\\0.txt"'), 2, "null byte"),
     _run_config("webhook to a closed port", WEBHOOK, 2, "webhook http://127.0.0.1:", db_after="reads"),
     _run_config("export into a missing folder", EXPORT, 2, "cannot write export", db_after="reads"),
@@ -193,39 +300,103 @@ CASES: list[Case] = [
     Case("--batch eight", ("run", "{image}", "--config", "{paris}", "--batch", "eight"), 2, "--batch"),
     Case("--ocr tesseract", ("run", "{image}", "--config", "{paris}", "--ocr", "tesseract"), 2, "key 'pipeline.ocr'"),
     Case("--device gpu", ("run", "{image}", "--config", "{paris}", "--device", "gpu"), 2, "key 'detector.device'"),
-    Case("--camera not in the config", ("run", "{image}", "--config", "{paris}", "--camera", "cam-9"), 2,
-         "no camera 'cam-9'"),
+    Case(
+        "--camera not in the config",
+        ("run", "{image}", "--config", "{paris}", "--camera", "cam-9"),
+        2,
+        "no camera 'cam-9'",
+    ),
     Case("--db ''", ("run", "{image}", "--config", "{paris}", "--db", ""), 2, "key 'store.url'"),
-    Case("--db in a missing folder", ("run", "{image}", "--config", "{paris}", "--db", "{tmp}/no/reads.sqlite"), 2,
-         "database folder does not exist"),
-    Case("--db a text file", ("run", "{image}", "--config", "{paris}", "--db", "{tmp}/notes.sqlite"), 2,
-         "file is not a database", files={"notes.sqlite": "my notes\n"}),
+    Case(
+        "--db in a missing folder",
+        ("run", "{image}", "--config", "{paris}", "--db", "{tmp}/no/reads.sqlite"),
+        2,
+        "database folder does not exist",
+    ),
+    Case(
+        "--db a text file",
+        ("run", "{image}", "--config", "{paris}", "--db", "{tmp}/notes.sqlite"),
+        2,
+        "file is not a database",
+        files={"notes.sqlite": "my notes\n"},
+    ),
     # ---- other commands ----
-    Case("eval on a folder without annotations", ("eval", "{tmp}/photos"), 2, "no annotations",
-         files={"photos/a.jpg": Photo(0)}),
+    Case(
+        "eval on a folder without annotations",
+        ("eval", "{tmp}/photos"),
+        2,
+        "no annotations",
+        files={"photos/a.jpg": Photo(0)},
+    ),
     Case("eval on a missing folder", ("eval", "{tmp}/nope"), 2, "dataset folder not found"),
-    Case("db search without --purpose", ("db", "search", "AB123CD", "--user", "agent", "--config", "{paris}",
-                                         "--db", "{db}"), 2, "--purpose"),
-    Case("db search for an undeclared purpose", ("db", "search", "AB123CD", "--purpose", "stalking", "--user", "agent",
-                                                 "--config", "{paris}", "--db", "{db}"), 3,
-         "query refused: purpose 'stalking' is denied", db_after="audit"),  # every query, refused too, is audited
-    Case("db search for a plate with no letter or digit", ("db", "search", "%%", "--purpose", "parking_fps",
-                                                           "--user", "agent", "--config", "{paris}", "--db", "{db}"),
-         2, "plate"),
-    Case("db search in a text file", ("db", "search", "AB123CD", "--purpose", "parking_fps", "--user", "agent",
-                                      "--config", "{paris}", "--db", "{tmp}/notes.sqlite"), 2,
-         "file is not a database", files={"notes.sqlite": "my notes\n"}),
-    Case("db mark-paid where no purpose is FPS", ("db", "mark-paid", "AB123CD", "--config", "{tmp}/c.yaml",
-                                                  "--db", "{db}"), 3, "deletes reads on payment",
-         files=_config(CAR_PARK)),
-    Case("audit verify on a text file", ("audit", "verify", "--db", "{tmp}/notes.sqlite"), 2,
-         "file is not a database", files={"notes.sqlite": "my notes\n"}),
-    Case("audit verify on a zero-byte file", ("audit", "verify", "--db", "{tmp}/empty.sqlite"), 2, "has no audit log",
-         files={"empty.sqlite": b""}),
+    Case(
+        "db search without --purpose",
+        ("db", "search", "AB123CD", "--user", "agent", "--config", "{paris}", "--db", "{db}"),
+        2,
+        "--purpose",
+    ),
+    Case(
+        "db search for an undeclared purpose",
+        ("db", "search", "AB123CD", "--purpose", "stalking", "--user", "agent", "--config", "{paris}", "--db", "{db}"),
+        3,
+        "query refused: purpose 'stalking' is denied",
+        db_after="audit",
+    ),  # every query, refused too, is audited
+    Case(
+        "db search for a plate with no letter or digit",
+        ("db", "search", "%%", "--purpose", "parking_fps", "--user", "agent", "--config", "{paris}", "--db", "{db}"),
+        2,
+        "plate",
+    ),
+    Case(
+        "db search in a text file",
+        (
+            "db",
+            "search",
+            "AB123CD",
+            "--purpose",
+            "parking_fps",
+            "--user",
+            "agent",
+            "--config",
+            "{paris}",
+            "--db",
+            "{tmp}/notes.sqlite",
+        ),
+        2,
+        "file is not a database",
+        files={"notes.sqlite": "my notes\n"},
+    ),
+    Case(
+        "db mark-paid where no purpose is FPS",
+        ("db", "mark-paid", "AB123CD", "--config", "{tmp}/c.yaml", "--db", "{db}"),
+        3,
+        "deletes reads on payment",
+        files=_config(CAR_PARK),
+    ),
+    Case(
+        "audit verify on a text file",
+        ("audit", "verify", "--db", "{tmp}/notes.sqlite"),
+        2,
+        "file is not a database",
+        files={"notes.sqlite": "my notes\n"},
+    ),
+    Case(
+        "audit verify on a zero-byte file",
+        ("audit", "verify", "--db", "{tmp}/empty.sqlite"),
+        2,
+        "has no audit log",
+        files={"empty.sqlite": b""},
+    ),
     Case("audit verify on a missing file", ("audit", "verify", "--db", "{db}"), 2, "database not found"),
     Case("policy check on a missing file", ("policy", "check", "{tmp}/missing.yaml"), 2, "config file not found"),
-    Case("policy check on binary garbage", ("policy", "check", "{tmp}/c.yaml"), 2, "not valid YAML",
-         files={"c.yaml": NOISE}),
+    Case(
+        "policy check on binary garbage",
+        ("policy", "check", "{tmp}/c.yaml"),
+        2,
+        "not valid YAML",
+        files={"c.yaml": NOISE},
+    ),
 ]
 
 MAX_ERROR_LENGTH = 1000  # characters: an error to read, not a dump
@@ -292,7 +463,7 @@ def _clip_bytes(clip: Clip, clean: bytes) -> bytes:
     data = bytearray(clean[: int(len(clean) * clip.keep)])
     if clip.damage:
         middle = len(data) // 2
-        data[middle:middle + clip.damage] = random.Random(6).randbytes(clip.damage)
+        data[middle : middle + clip.damage] = random.Random(6).randbytes(clip.damage)
     return bytes(data)
 
 
@@ -325,8 +496,14 @@ def _run_case(case: Case, tmp: Path, few_photos, clips: Clips | None, port: int,
         path.write_bytes(data)
         inputs[path] = data
     db = tmp / "reads.sqlite"
-    values = {"{tmp}": str(tmp), "{db}": str(db), "{image}": str(few_photos[0][0]),
-              "{paris}": str(REPO / "configs" / "paris-fps.yaml"), "{port}": str(port), "{http}": http_base}
+    values = {
+        "{tmp}": str(tmp),
+        "{db}": str(db),
+        "{image}": str(few_photos[0][0]),
+        "{paris}": str(REPO / "configs" / "paris-fps.yaml"),
+        "{port}": str(port),
+        "{http}": http_base,
+    }
     args = []
     for arg in case.args:
         for key, value in values.items():
@@ -336,13 +513,25 @@ def _run_case(case: Case, tmp: Path, few_photos, clips: Clips | None, port: int,
         args += ["--db", str(db)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.time()
-    result = subprocess.run([sys.executable, "-m", "anpr", *args], check=False, capture_output=True, text=True,
-                            cwd=tmp, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "anpr", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        timeout=120,
+        env=env,
+    )
     return Outcome(result, tmp, db, inputs, started, time.time())
 
 
 def _problems(case: Case, outcome: Outcome, passages: list[dict]) -> list[str]:
     """Every expectation of `case` that `outcome` does not meet (the traceback check is apart)."""
+    return _output_problems(case, outcome) + _database_problems(case, outcome, passages)
+
+
+def _output_problems(case: Case, outcome: Outcome) -> list[str]:
+    """The exit status, the error or warning line, and the inputs left as they were."""
     result, problems = outcome.result, []
     stderr_lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in stderr_lines if line.startswith("anpr: error: ")]
@@ -366,41 +555,60 @@ def _problems(case: Case, outcome: Outcome, passages: list[dict]) -> list[str]:
     for path, data in outcome.inputs.items():
         if not path.is_file() or path.read_bytes() != data:
             problems.append(f"input {path.name} was changed or removed")
+    return problems
 
+
+def _database_problems(case: Case, outcome: Outcome, passages: list[dict]) -> list[str]:
+    """What the database holds: nothing, audit entries only, or the right reads with the right deadlines."""
     db_after = case.db_after or ("reads" if case.status == 0 else "none")
     db = outcome.db
     if db_after == "none":
-        if db.exists():
-            problems.append(f"a database was created: {db.name}")
-        return problems
+        return [f"a database was created: {db.name}"] if db.exists() else []
     if not db.exists():
-        return problems + ["no database was written"]
+        return ["no database was written"]
     connection = sqlite3.connect(db)
     try:
         tables = {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
-        reads = connection.execute("select plate, frame, time, delete_after from reads").fetchall() \
-            if "reads" in tables else []
+        reads = (
+            connection.execute("select plate, frame, time, delete_after from reads").fetchall()
+            if "reads" in tables
+            else []
+        )
         audit = connection.execute("select action from audit_log").fetchall() if "audit_log" in tables else []
     finally:
         connection.close()
     if db_after == "audit":
         if reads or not audit:
-            problems.append(f"expected only audit entries, got {len(reads)} reads and {len(audit)} audit entries")
-        return problems
-    if not reads:
-        problems.append("no read was stored")
+            return [f"expected only audit entries, got {len(reads)} reads and {len(audit)} audit entries"]
+        return []
+    problems = [] if reads else ["no read was stored"]
+    return problems + _read_problems(case, outcome, passages, reads)
+
+
+def _read_problems(case: Case, outcome: Outcome, passages: list[dict], reads: list[tuple]) -> list[str]:
+    """The stored reads against the clip's truth: plates, frame numbers and deletion deadlines."""
+    problems = []
     for index in case.reads_of:
         plate = passages[index]["plate"]
         if not any(same_plate(p, plate) for p, *_ in reads):
-            problems.append(f"no stored read of {plate} (photo/passage {index}); stored: "
-                            f"{sorted({p for p, *_ in reads})}")
+            problems.append(
+                f"no stored read of {plate} (photo/passage {index}); stored: {sorted({p for p, *_ in reads})}"
+            )
     if case.true_frames:
         for passage in passages:
-            wrong = sorted({frame for p, frame, t, _ in reads if same_plate(p, passage["plate"]) and not (
-                passage["first_frame"] <= frame <= passage["last_frame"] and abs(t - frame / 25) < 1e-6)})
+            wrong = sorted(
+                {
+                    frame
+                    for p, frame, t, _ in reads
+                    if same_plate(p, passage["plate"])
+                    and not (passage["first_frame"] <= frame <= passage["last_frame"] and abs(t - frame / 25) < 1e-6)
+                }
+            )
             if wrong:
-                problems.append(f"reads of {passage['plate']} (frames {passage['first_frame']}-"
-                                f"{passage['last_frame']}) stored with frame numbers {wrong}")
+                problems.append(
+                    f"reads of {passage['plate']} (frames {passage['first_frame']}-"
+                    f"{passage['last_frame']}) stored with frame numbers {wrong}"
+                )
     if case.keeps_days is not None:
         early = outcome.started + case.keeps_days * DAY - 1
         late = outcome.finished + case.keeps_days * DAY + 1

@@ -5,9 +5,9 @@ import socket
 import sqlite3
 
 import pytest
+from conftest import PARKING_CONFIG
 
 from anpr.plates import same_plate
-from conftest import PARKING_CONFIG
 
 
 def _passages(clip):
@@ -19,10 +19,13 @@ def test_run_stores_reads_of_every_passage(anpr_cli, clip_h264, tmp_path):
     result = anpr_cli("run", str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(db), "--batch", "6")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    rows = sqlite3.connect(db).execute(
-        "select frame, time, plate, confidence, x1, y1, x2, y2, detector_model, ocr_model from reads").fetchall()
+    rows = (
+        sqlite3.connect(db)
+        .execute("select frame, time, plate, confidence, x1, y1, x2, y2, detector_model, ocr_model from reads")
+        .fetchall()
+    )
     assert len(rows) >= 100  # most of the 150 frames show a readable plate
-    for frame, time, plate, confidence, x1, y1, x2, y2, detector_model, ocr_model in rows:
+    for frame, time, _plate, confidence, x1, y1, x2, y2, detector_model, ocr_model in rows:
         assert 0 <= frame < 150 and time == pytest.approx(frame / 25)
         assert 0 < confidence <= 1 and 0 <= x1 < x2 <= 1920 and 0 <= y1 < y2 <= 1080
         assert detector_model.startswith("plate-yolov8n") and ocr_model.startswith("ppocrv4-rec@")
@@ -54,13 +57,31 @@ def test_run_jsonl_writes_one_object_per_read(anpr_cli, clip_h264, tmp_path):
 def test_run_passages_reports_each_vehicle_once(anpr_cli, clip_h264, tmp_path):
     from anpr.eval import score_passages
 
-    result = anpr_cli("run", str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(tmp_path / "p.sqlite"),
-                      "--jsonl", "--passages")
+    result = anpr_cli(
+        "run",
+        str(clip_h264),
+        "--config",
+        str(PARKING_CONFIG),
+        "--db",
+        str(tmp_path / "p.sqlite"),
+        "--jsonl",
+        "--passages",
+    )
     assert result.returncode == 0, result.stderr
     reported = [json.loads(line) for line in result.stdout.splitlines()]
     for passage in reported:
-        assert {"plate", "confidence", "candidates", "country", "format", "first_frame", "last_frame",
-                "first_time", "last_time", "reads"} <= passage.keys()
+        assert {
+            "plate",
+            "confidence",
+            "candidates",
+            "country",
+            "format",
+            "first_frame",
+            "last_frame",
+            "first_time",
+            "last_time",
+            "reads",
+        } <= passage.keys()
         assert passage["candidates"][0][0] == passage["plate"] and passage["first_frame"] <= passage["last_frame"]
     scored = score_passages(_passages(clip_h264), reported)
     assert scored["exactly_once_right"] >= 5 / 6 and scored["spurious"] <= 1 / 6, scored
@@ -72,8 +93,10 @@ def test_run_with_config_file_and_easyocr(anpr_cli, small_dataset, tmp_path):
     for photo in small_dataset.glob("*.jpg"):
         (images / photo.name).write_bytes(photo.read_bytes())
     config = tmp_path / "run.yaml"
-    config.write_text(PARKING_CONFIG.read_text()
-                      + f"pipeline:\n  batch: 3\n  ocr: easyocr\nstore:\n  url: {tmp_path / 'cfg.sqlite'}\n")
+    config.write_text(
+        PARKING_CONFIG.read_text()
+        + f"pipeline:\n  batch: 3\n  ocr: easyocr\nstore:\n  url: {tmp_path / 'cfg.sqlite'}\n"
+    )
     result = anpr_cli("run", str(images), "--config", str(config))
     assert result.returncode == 0, result.stderr
     models = sqlite3.connect(tmp_path / "cfg.sqlite").execute("select distinct ocr_model from reads").fetchall()
@@ -133,7 +156,6 @@ def _bad_inputs(tmp_path):
         "zero-byte video": [str(empty)],
         "unanswered rtsp": [f"rtsp://127.0.0.1:{_closed_port()}/stream"],
         "folder with non-images": [str(mixed)],
-
         "bad batch": [str(noise), "--batch", "0"],
         "unknown ocr": [str(noise), "--ocr", "tesseract"],
     }
@@ -142,8 +164,10 @@ def _bad_inputs(tmp_path):
 def test_invalid_config_is_one_line_error(anpr_cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("controller:\n  type: municipality\n  nme: typo\n")
-    for config, message in ((tmp_path / "missing.yaml", "config file not found"),
-                            (bad, "unknown key 'controller.nme'")):
+    for config, message in (
+        (tmp_path / "missing.yaml", "config file not found"),
+        (bad, "unknown key 'controller.nme'"),
+    ):
         result = anpr_cli("run", "x.mp4", "--config", str(config), "--db", str(tmp_path / "x.sqlite"))
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

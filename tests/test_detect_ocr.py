@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 
 from anpr import weights
-from anpr.errors import ModelError
 from anpr.detect import pairwise_iou
+from anpr.errors import ModelError
 from anpr.eval import MATCH_IOU, load_annotations
-from anpr.ocr import PLATE_CLASSES, ctc_beam_search, ctc_greedy_decode, cut_plates, fold_to_plate_alphabet, isolate_characters
+from anpr.ocr import (
+    PLATE_CLASSES,
+    ctc_beam_search,
+    ctc_greedy_decode,
+    cut_plates,
+    fold_to_plate_alphabet,
+    isolate_characters,
+)
 from anpr.plates import PLATE_ALPHABET, choose_plate, same_plate
 
 
@@ -64,12 +71,14 @@ def test_pairwise_iou():
 def test_ppocr_reads_most_plates_exactly(detector, ppocr, few):
     annotations, images = few
     detections = detector.detect(images)
-    best = [int(np.flatnonzero(detections.frame == i)[_iou(a.box, detections.xyxy[detections.frame == i]).argmax()])
-            for i, a in enumerate(annotations)]
+    best = [
+        int(np.flatnonzero(detections.frame == i)[_iou(a.box, detections.xyxy[detections.frame == i]).argmax()])
+        for i, a in enumerate(annotations)
+    ]
     reads = ppocr.recognise(cut_plates(images, detections[np.array(best)]))
     plates = [choose_plate(c).plate for c in reads.candidates]
-    right = sum(same_plate(text, a.plate) for text, a in zip(plates, annotations))
-    assert right >= len(annotations) - 1, list(zip(plates, [a.plate for a in annotations]))
+    right = sum(same_plate(text, a.plate) for text, a in zip(plates, annotations, strict=True))
+    assert right >= len(annotations) - 1, list(zip(plates, [a.plate for a in annotations], strict=True))
     assert all(0 < p <= 1 for candidates in reads.candidates for _, p in candidates)
     assert len(reads.raw) == len(reads.candidates) and all(reads.raw)  # the model's own reading, kept
 
@@ -82,13 +91,16 @@ def _similarity(a: str, b: str) -> float:
 
 def test_easyocr_backend_reads_plate_text(detector, easyocr_recogniser, few):
     annotations, images = few
-    crops = [image[int(a.box[1]):int(a.box[3]), int(a.box[0]):int(a.box[2])] for a, image in zip(annotations, images)]
+    crops = [
+        image[int(a.box[1]) : int(a.box[3]), int(a.box[0]) : int(a.box[2])]
+        for a, image in zip(annotations, images, strict=True)
+    ]
     reads = easyocr_recogniser.recognise(crops)
     plates = [choose_plate(c).plate for c in reads.candidates]
     assert len(plates) == len(crops)
     assert all(set(t) <= set(PLATE_ALPHABET) for t in plates)
-    similarity = np.mean([_similarity(t, a.plate.replace("O", "0")) for t, a in zip(plates, annotations)])
-    assert similarity >= 0.5, list(zip(plates, [a.plate for a in annotations]))
+    similarity = np.mean([_similarity(t, a.plate.replace("O", "0")) for t, a in zip(plates, annotations, strict=True)])
+    assert similarity >= 0.5, list(zip(plates, [a.plate for a in annotations], strict=True))
 
 
 def test_fold_maps_case_and_drops_foreign_classes():
@@ -167,7 +179,7 @@ def test_single_line_plates_are_not_split(few):
 
     _, images = few
     annotations, _ = few
-    for annotation, image in zip(annotations, images):
+    for annotation, image in zip(annotations, images, strict=True):
         x1, y1, x2, y2 = annotation.box.astype(int)
         assert len(_binarise(image[y1:y2, x1:x2])[2]) <= 1, annotation.image.name
 
@@ -190,6 +202,7 @@ def _copy_models(tmp_path, corrupt: bool):
     return target
 
 
+@pytest.mark.system  # copies the real weight files
 @pytest.mark.parametrize("corrupt", [True, False])
 def test_weights_are_checked_at_load(tmp_path, monkeypatch, corrupt):
     target = _copy_models(tmp_path, corrupt)

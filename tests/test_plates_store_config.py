@@ -13,10 +13,17 @@ from anpr.records import PlateRead, PolicedRead
 from anpr.store import ReadStore, database_url
 
 
-@pytest.mark.parametrize("raw, plate", [
-    ("ab-123-cd", "AB123CD"), ("PP·587 AO", "PP587AO"), ("  wa 5666 0 ", "WA56660"),
-    ("É12", "E12"), ("皖A12", "A12"), ("", ""),
-])
+@pytest.mark.parametrize(
+    "raw, plate",
+    [
+        ("ab-123-cd", "AB123CD"),
+        ("PP·587 AO", "PP587AO"),
+        ("  wa 5666 0 ", "WA56660"),
+        ("É12", "E12"),
+        ("皖A12", "A12"),
+        ("", ""),
+    ],
+)
 def test_normalise(raw, plate):
     assert normalise(raw) == plate
 
@@ -34,8 +41,19 @@ def test_same_plate_folds_o_and_zero_only():
 
 
 def _read(plate: str, frame: int) -> PolicedRead:
-    read = PlateRead("clip.mp4", frame, 1700000000.0 + frame, plate, plate.lower(), 0.8, 0.9, 0.88,
-                     (10.0, 20.0, 110.0, 50.0), "plate-yolov8n@abc", "ppocrv4-rec@def")
+    read = PlateRead(
+        "clip.mp4",
+        frame,
+        1700000000.0 + frame,
+        plate,
+        plate.lower(),
+        0.8,
+        0.9,
+        0.88,
+        (10.0, 20.0, 110.0, 50.0),
+        "plate-yolov8n@abc",
+        "ppocrv4-rec@def",
+    )
     return PolicedRead(read, "cam-1", "parking_fps", "FR-FPS", 1700086400.0 + frame, hit=False)
 
 
@@ -60,7 +78,9 @@ def test_sqlite_round_trip(tmp_path):
     assert not path.exists()  # nothing is created before the first write
     _round_trip(store)
     store.write([_read("AB123CD", 5)])
-    row = sqlite3.connect(path).execute("select plate, camera, purpose, rule_id, delete_after, x2 from reads").fetchone()
+    row = (
+        sqlite3.connect(path).execute("select plate, camera, purpose, rule_id, delete_after, x2 from reads").fetchone()
+    )
     assert row == ("AB123CD", "cam-1", "parking_fps", "FR-FPS", 1700086405.0, 110.0)
     store.close()
 
@@ -104,15 +124,18 @@ def test_settings_precedence(tmp_path):
     assert settings.detector.input_size == 416 and settings.detector.confidence == 0.25
 
 
-@pytest.mark.parametrize("text, message", [
-    ("pipeline:\n  batchsize: 4\n", "unknown key 'pipeline.batchsize'"),
-    ("pipeline:\n  batch: -3\n", "key 'pipeline.batch'"),
-    ("pipeline:\n  batch: lots\n", "key 'pipeline.batch'"),
-    ("detector:\n  input_size: 500\n", "multiple of 32"),
-    ("pipeline:\n  ocr: tesseract\n", "key 'pipeline.ocr'"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("pipeline: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("pipeline:\n  batchsize: 4\n", "unknown key 'pipeline.batchsize'"),
+        ("pipeline:\n  batch: -3\n", "key 'pipeline.batch'"),
+        ("pipeline:\n  batch: lots\n", "key 'pipeline.batch'"),
+        ("detector:\n  input_size: 500\n", "multiple of 32"),
+        ("pipeline:\n  ocr: tesseract\n", "key 'pipeline.ocr'"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("pipeline: [\n", "not valid YAML"),
+    ],
+)
 def test_invalid_config_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -122,5 +145,5 @@ def test_invalid_config_names_file_and_key(tmp_path, text, message):
 
 
 def test_invalid_flag_value():
-    with pytest.raises(ConfigError, match="command-line option: key 'pipeline.batch'"):
+    with pytest.raises(ConfigError, match=r"command-line option: key 'pipeline\.batch'"):
         load_settings(None, {"pipeline": {"batch": 0}})

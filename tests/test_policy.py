@@ -13,23 +13,32 @@ from anpr.config import Settings, load_settings
 from anpr.policy.deployment import Deployment
 from anpr.policy.engine import DAY, Policy, decide, decide_purpose
 from anpr.policy.gate import PolicyGate
-from anpr.records import Outcome, PlateRead
 from anpr.policy.queries import search
 from anpr.policy.rules import CONTROLLER_TYPES, PURPOSES, SAFEGUARDS, Verdict
+from anpr.records import Outcome, PlateRead
 from anpr.store import ReadStore
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 T0 = 1_800_000_000.0  # a fixed "now" for every deadline
 
 
-def deployment(controller: str, purpose: str, safeguards: dict | None = None, retention: float | None = None,
-               **purpose_keys) -> Deployment:
-    settings = Settings.model_validate({
-        "controller": {"type": controller, "name": "test controller", "jurisdiction": "FR"},
-        "cameras": [{"id": "cam", "purposes": [purpose]}],
-        "purposes": {purpose: {"safeguards": safeguards or {}, "retention_days": retention, "sinks": ["store"],
-                               **purpose_keys}},
-    })
+def deployment(
+    controller: str, purpose: str, safeguards: dict | None = None, retention: float | None = None, **purpose_keys
+) -> Deployment:
+    settings = Settings.model_validate(
+        {
+            "controller": {"type": controller, "name": "test controller", "jurisdiction": "FR"},
+            "cameras": [{"id": "cam", "purposes": [purpose]}],
+            "purposes": {
+                purpose: {
+                    "safeguards": safeguards or {},
+                    "retention_days": retention,
+                    "sinks": ["store"],
+                    **purpose_keys,
+                }
+            },
+        }
+    )
     assert settings.deployment is not None
     return settings.deployment
 
@@ -38,8 +47,15 @@ def read(plate: str, frame: int = 0) -> PlateRead:
     return PlateRead("clip.mp4", frame, frame / 25, plate, plate, 0.8, 0.9, 0.9, (1.0, 2.0, 30.0, 12.0), "d", "o")
 
 
-FULL = {"human_review": True, "signage": True, "dpia_reference": "DPIA-1", "prefect_authorisation": "AP-1",
-        "administrative_decision": "AD-1", "cnil_prior_consultation": "CNIL-1", "designated_agents": ["agent"]}
+FULL = {
+    "human_review": True,
+    "signage": True,
+    "dpia_reference": "DPIA-1",
+    "prefect_authorisation": "AP-1",
+    "administrative_decision": "AD-1",
+    "cnil_prior_consultation": "CNIL-1",
+    "designated_agents": ["agent"],
+}
 
 # LEGAL.md's rule table, row by row: (controller, purpose, safeguards given, retention) -> (verdict, rule).
 # Each allow row is also tried with one required safeguard missing, and with a controller it does not list.
@@ -48,8 +64,14 @@ CASES = [
     ("douanes", "criminal_investigation", {"designated_agents": ["a"]}, None, "allow", "FR-LAPI-1"),
     ("gendarmerie", "criminal_investigation", {}, None, "deny", "FR-LAPI-1"),
     ("municipality", "criminal_investigation", FULL, 15, "deny", "FR-DEFAULT"),
-    ("police_nationale", "public_order_event", {"designated_agents": ["a"], "administrative_decision": "AD"}, None,
-     "allow", "FR-LAPI-2"),
+    (
+        "police_nationale",
+        "public_order_event",
+        {"designated_agents": ["a"], "administrative_decision": "AD"},
+        None,
+        "allow",
+        "FR-LAPI-2",
+    ),
     ("police_nationale", "public_order_event", {"designated_agents": ["a"]}, None, "deny", "FR-LAPI-2"),
     ("douanes", "public_order_event", FULL, None, "deny", "FR-DEFAULT"),
     ("municipality", "law_enforcement_request", FULL, 21, "deny", "FR-MUN-REQ"),
@@ -70,8 +92,14 @@ CASES = [
     ("private_operator", "access_control", {"signage": True}, 1, "allow", "FR-ACCESS"),
     ("private_operator", "access_control", {}, 1, "deny", "FR-ACCESS"),
     ("municipality", "access_control", FULL, 1, "deny", "FR-DEFAULT"),
-    ("municipality", "city_wide_analytics", {"dpia_reference": "D", "cnil_prior_consultation": "C"}, 30,
-     "allow", "FR-ANALYTICS"),
+    (
+        "municipality",
+        "city_wide_analytics",
+        {"dpia_reference": "D", "cnil_prior_consultation": "C"},
+        30,
+        "allow",
+        "FR-ANALYTICS",
+    ),
     ("municipality", "city_wide_analytics", {"dpia_reference": "D"}, 30, "deny", "FR-ANALYTICS"),
     ("municipality", "face_matching", FULL, 1, "deny", "FR-DEFAULT"),  # unknown purpose
     ("security_company", "parking_fps", FULL, 1, "deny", "FR-DEFAULT"),  # unknown controller type
@@ -103,18 +131,24 @@ def test_decide_gives_deadline_and_minimisation():
     assert allowed.store and allowed.delete_after == T0 + 2 * DAY and allowed.rule_id == "FR-FPS"
     stats = decide(deployment("municipality", "traffic_statistics"), read("AB123CD"), "traffic_statistics", now=T0)
     assert stats.verdict is Verdict.ALLOW and not stats.store and stats.minimisation.value == "aggregate"
-    denied = decide(deployment("municipality", "law_enforcement_request", FULL, 21), read("AB123CD"),
-                    "law_enforcement_request", now=T0)
+    denied = decide(
+        deployment("municipality", "law_enforcement_request", FULL, 21),
+        read("AB123CD"),
+        "law_enforcement_request",
+        now=T0,
+    )
     assert denied.verdict is Verdict.DENY and not denied.store and denied.delete_after is None
 
 
 # --- the gate, against a real database --------------------------------------------------------
 
+
 def gate_for(deployment: Deployment, store: ReadStore, clock=lambda: T0) -> PolicyGate:
     from anpr.sinks import make_sinks
 
-    return PolicyGate(Policy(deployment), deployment.cameras[0], store, make_sinks(deployment.sinks, store),
-                      clock=clock)
+    return PolicyGate(
+        Policy(deployment), deployment.cameras[0], store, make_sinks(deployment.sinks, store), clock=clock
+    )
 
 
 # LEGAL.md's allow rows, restated here independently of anpr/policy/rules.py:
@@ -137,13 +171,14 @@ def _in_allow_rows(controller: str, purpose: str, given: set[str]) -> bool:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    controller=st.sampled_from(sorted(CONTROLLER_TYPES) + ["mayor", "", "Municipality"]),
-    purpose=st.sampled_from(sorted(PURPOSES) + ["face_matching", "marketing"]),
+    controller=st.sampled_from([*sorted(CONTROLLER_TYPES), "mayor", "", "Municipality"]),
+    purpose=st.sampled_from([*sorted(PURPOSES), "face_matching", "marketing"]),
     given_safeguards=st.sets(st.sampled_from(sorted(SAFEGUARDS))),
     retention=st.one_of(st.none(), st.floats(0.5, 60)),
 )
-def test_nothing_outside_the_allow_rows_is_ever_stored(tmp_path_factory, controller, purpose, given_safeguards,
-                                                       retention):
+def test_nothing_outside_the_allow_rows_is_ever_stored(
+    tmp_path_factory, controller, purpose, given_safeguards, retention
+):
     safeguards = {name: SAFEGUARD_VALUES.get(name, f"ref-{name}") for name in given_safeguards}
     try:
         settings_ = deployment(controller or "x", purpose, safeguards, retention)
@@ -168,15 +203,30 @@ def test_nothing_outside_the_allow_rows_is_ever_stored(tmp_path_factory, control
 def test_denied_purpose_leaves_only_a_count(tmp_path):
     store = ReadStore(str(tmp_path / "db.sqlite"))
     settings_ = load_settings(CONFIGS / "mixed-camera.yaml").deployment
-    settings_ = settings_.model_copy(update={"sinks": {**settings_.sinks, "police_export": settings_.sinks[
-        "police_export"].model_copy(update={"path": tmp_path / "export.jsonl"})}})
+    settings_ = settings_.model_copy(
+        update={
+            "sinks": {
+                **settings_.sinks,
+                "police_export": settings_.sinks["police_export"].model_copy(
+                    update={"path": tmp_path / "export.jsonl"}
+                ),
+            }
+        }
+    )
     gate = gate_for(settings_, store)
     gate.write([read("AB123CD", 0), read("XY456ZT", 1)])
-    assert [(r.purpose, r.read.plate) for r in store.reads()] == [("parking_fps", "AB123CD"), ("parking_fps", "XY456ZT")]
+    assert [(r.purpose, r.read.plate) for r in store.reads()] == [
+        ("parking_fps", "AB123CD"),
+        ("parking_fps", "XY456ZT"),
+    ]
     assert not (tmp_path / "export.jsonl").exists()
     [(key, number)] = store.policy_counts()
-    assert (key.purpose, key.rule_id, key.outcome, number) == ("law_enforcement_request", "FR-MUN-REQ",
-                                                               Outcome.BLOCKED, 2)
+    assert (key.purpose, key.rule_id, key.outcome, number) == (
+        "law_enforcement_request",
+        "FR-MUN-REQ",
+        Outcome.BLOCKED,
+        2,
+    )
     assert key.bucket % 3600 == 0
     store.close()
 
@@ -204,7 +254,9 @@ def test_zfe_never_stores_compliant_vehicles(tmp_path):
     store = ReadStore(str(tmp_path / "db.sqlite"))
     compliant = tmp_path / "ok.txt"
     compliant.write_text("GREEN1\n")
-    zfe = deployment("police_municipale", "zfe_enforcement", {"prefect_authorisation": "AP"}, compliant_plates=compliant)
+    zfe = deployment(
+        "police_municipale", "zfe_enforcement", {"prefect_authorisation": "AP"}, compliant_plates=compliant
+    )
     gate_for(zfe, store).write([read("GREEN1", 0), read("DIESEL9", 1)])
     assert [(r.read.plate, r.delete_after) for r in store.reads()] == [("DIESEL9", T0 + 8 * DAY)]
     assert [(k.outcome, n) for k, n in store.policy_counts()] == [(Outcome.NOT_STORED, 1)]
@@ -214,7 +266,9 @@ def test_zfe_never_stores_compliant_vehicles(tmp_path):
 def test_statistics_keep_counts_and_no_plate(tmp_path):
     path = tmp_path / "db.sqlite"
     store = ReadStore(str(path))
-    gate_for(load_settings(CONFIGS / "traffic-stats.yaml").deployment, store).write([read("AB123CD", 0), read("XY456ZT", 1)])
+    gate_for(load_settings(CONFIGS / "traffic-stats.yaml").deployment, store).write(
+        [read("AB123CD", 0), read("XY456ZT", 1)]
+    )
     assert store.count() == 0
     assert [(k.outcome, n) for k, n in store.policy_counts()] == [(Outcome.AGGREGATED, 2)]
     store.close()

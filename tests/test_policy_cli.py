@@ -60,14 +60,18 @@ def test_run_without_a_deployment_is_refused(anpr_cli, tmp_path):
 @pytest.fixture(scope="module")
 def ocr_plates(tmp_path_factory):
     """Every plate text (and raw OCR text) the pipeline produces on the sample, from an allowed run."""
-    import subprocess
     import shutil
+    import subprocess
     import sys
 
     exe = shutil.which("anpr") or str(Path(sys.executable).parent / "anpr")
     folder = tmp_path_factory.mktemp("paris")
-    result = subprocess.run([exe, "run", str(SAMPLE), "--config", str(PARIS), "--db", str(folder / "p.sqlite"),
-                             "--jsonl"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [exe, "run", str(SAMPLE), "--config", str(PARIS), "--db", str(folder / "p.sqlite"), "--jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     reads = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(reads) > 100
@@ -77,8 +81,9 @@ def ocr_plates(tmp_path_factory):
 def test_valenciennes_demo_run_stores_nothing_derived_from_any_read(anpr_cli, tmp_path, ocr_plates):
     _, plates = ocr_plates
     db = tmp_path / "valenciennes.sqlite"
-    result = anpr_cli("run", str(SAMPLE), "--config", str(VALENCIENNES), "--db", str(db), "--demo", "--jsonl",
-                      cwd=tmp_path)
+    result = anpr_cli(
+        "run", str(SAMPLE), "--config", str(VALENCIENNES), "--db", str(db), "--demo", "--jsonl", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""  # not even the operator's own output shows a blocked read
     assert not (tmp_path / "police-requisitions.jsonl").exists()
@@ -89,10 +94,10 @@ def test_valenciennes_demo_run_stores_nothing_derived_from_any_read(anpr_cli, tm
     connection = sqlite3.connect(db)
     assert connection.execute("select count(*) from reads").fetchone() == (0,)
     [(purpose, rule, outcome, count)] = connection.execute(
-        "select purpose, rule_id, outcome, sum(count) from policy_counts group by 1, 2, 3").fetchall()
+        "select purpose, rule_id, outcome, sum(count) from policy_counts group by 1, 2, 3"
+    ).fetchall()
     assert (purpose, rule, outcome) == ("law_enforcement_request", "FR-MUN-REQ", "blocked") and count >= 100
-    assert f"anpr: law_enforcement_request: {count} reads blocked (FR-MUN-REQ); only the count is kept" \
-        in result.stderr
+    assert f"anpr: law_enforcement_request: {count} reads blocked (FR-MUN-REQ); only the count is kept" in result.stderr
     assert anpr_cli("audit", "verify", "--db", str(db)).returncode == 0
 
 
@@ -158,12 +163,35 @@ def test_queries_are_gated_and_tampering_with_the_audit_log_is_found(anpr_cli, t
     db = tmp_path / "p.sqlite"
     db.write_bytes(source_db.read_bytes())
     [(plate,)] = sqlite3.connect(db).execute("select plate from reads limit 1").fetchall()
-    answered = anpr_cli("db", "search", plate, "--purpose", "parking_fps", "--user", "agent-7",
-                        "--config", str(PARIS), "--db", str(db), "--json")
+    answered = anpr_cli(
+        "db",
+        "search",
+        plate,
+        "--purpose",
+        "parking_fps",
+        "--user",
+        "agent-7",
+        "--config",
+        str(PARIS),
+        "--db",
+        str(db),
+        "--json",
+    )
     assert answered.returncode == 0
     assert {json.loads(line)["plate"] for line in answered.stdout.splitlines()} == {plate}
-    refused = anpr_cli("db", "search", plate, "--purpose", "law_enforcement_request", "--user", "officer",
-                       "--config", str(PARIS), "--db", str(db))
+    refused = anpr_cli(
+        "db",
+        "search",
+        plate,
+        "--purpose",
+        "law_enforcement_request",
+        "--user",
+        "officer",
+        "--config",
+        str(PARIS),
+        "--db",
+        str(db),
+    )
     assert refused.returncode == 3 and "query refused" in refused.stderr and refused.stdout == ""
     connection = sqlite3.connect(db)
     actions = [a for (a,) in connection.execute("select action from audit_log order by seq")]

@@ -33,13 +33,40 @@ EXAMPLES = 4 * CONFIG_EXAMPLES + 4 * PLATE_EXAMPLES  # 1800 per run
 
 # --- the config loader ---------------------------------------------------------------
 
-VOCABULARY = sorted({*PURPOSES, *CONTROLLER_TYPES, "database", "jsonl_export", "webhook", "store", "ppocr",
-                     "easyocr", "auto", "torch", "onnx", "cpu", "cuda", "cuda:0", "FR", "cam-1", "reads.sqlite"})
-scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=10)
-           | st.sampled_from(VOCABULARY) | st.sampled_from([0, 1, -1, 8, 32, 640, 500, 0.25, 2.0, 1e308, 10**9]))
+VOCABULARY = sorted(
+    {
+        *PURPOSES,
+        *CONTROLLER_TYPES,
+        "database",
+        "jsonl_export",
+        "webhook",
+        "store",
+        "ppocr",
+        "easyocr",
+        "auto",
+        "torch",
+        "onnx",
+        "cpu",
+        "cuda",
+        "cuda:0",
+        "FR",
+        "cam-1",
+        "reads.sqlite",
+    }
+)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=10)
+    | st.sampled_from(VOCABULARY)
+    | st.sampled_from([0, 1, -1, 8, 32, 640, 500, 0.25, 2.0, 1e308, 10**9])
+)
 keys = st.text(max_size=8) | st.sampled_from(VOCABULARY) | st.integers(-2, 2) | st.none() | st.booleans()
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-                      max_leaves=10)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=10
+)
 
 
 def section(*names: str) -> st.SearchStrategy:
@@ -48,23 +75,41 @@ def section(*names: str) -> st.SearchStrategy:
 
 
 camera = section("id", "source", "location", "purposes") | st.fixed_dictionaries(
-    {"id": st.sampled_from(["cam-1", "cam-2", ""]), "purposes": st.lists(st.sampled_from(sorted(PURPOSES)), max_size=2)})
-purpose = section("legal_basis", "safeguards", "retention_days", "sinks", "hotlist", "compliant_plates") | \
-    st.fixed_dictionaries({"sinks": st.just(["store"]), "retention_days": scalars,
-                           "safeguards": section("human_review", "signage", "designated_agents", "dpia_reference")})
-config_data = st.fixed_dictionaries({}, optional={
-    "pipeline": section("batch", "ocr", "queue", "min_confidence", "stride", "motion_threshold", "settle_reads"),
-    "detector": section("backend", "confidence", "input_size", "device"),
-    "stream": section("stall_seconds", "reconnect_first_delay", "reconnect_max_delay"),
-    "store": section("url", "spool_dir", "spool_max_mb"),
-    "name": values,
-    "description": values,
-    "controller": section("type", "name", "jurisdiction"),
-    "cameras": st.lists(camera, max_size=3) | values,
-    "purposes": st.dictionaries(st.sampled_from(sorted(PURPOSES)) | st.text(max_size=6), purpose, max_size=3) | values,
-    "sinks": st.dictionaries(st.sampled_from(["store", "export"]) | st.text(max_size=6),
-                             section("type", "path", "url"), max_size=2) | values,
-}) | values
+    {"id": st.sampled_from(["cam-1", "cam-2", ""]), "purposes": st.lists(st.sampled_from(sorted(PURPOSES)), max_size=2)}
+)
+purpose = section(
+    "legal_basis", "safeguards", "retention_days", "sinks", "hotlist", "compliant_plates"
+) | st.fixed_dictionaries(
+    {
+        "sinks": st.just(["store"]),
+        "retention_days": scalars,
+        "safeguards": section("human_review", "signage", "designated_agents", "dpia_reference"),
+    }
+)
+config_data = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "pipeline": section(
+                "batch", "ocr", "queue", "min_confidence", "stride", "motion_threshold", "settle_reads"
+            ),
+            "detector": section("backend", "confidence", "input_size", "device"),
+            "stream": section("stall_seconds", "reconnect_first_delay", "reconnect_max_delay"),
+            "store": section("url", "spool_dir", "spool_max_mb"),
+            "name": values,
+            "description": values,
+            "controller": section("type", "name", "jurisdiction"),
+            "cameras": st.lists(camera, max_size=3) | values,
+            "purposes": st.dictionaries(st.sampled_from(sorted(PURPOSES)) | st.text(max_size=6), purpose, max_size=3)
+            | values,
+            "sinks": st.dictionaries(
+                st.sampled_from(["store", "export"]) | st.text(max_size=6), section("type", "path", "url"), max_size=2
+            )
+            | values,
+        },
+    )
+    | values
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +156,45 @@ def test_config_loader_on_random_data(config_path, data):
 
 
 @settings(max_examples=CONFIG_EXAMPLES, deadline=None)
-@given(text=st.text(max_size=200) | st.lists(st.sampled_from(
-    ["pipeline:", "  batch:", " 8", " true", " -1", "\n", "- ", "{", "}", "[", "]", ": ", "&a ", "*a", "<<: ", "!!int ",
-     "!!timestamp ", "2021-02-30", "!!binary ", "? ", "'", '"', "\t", "#", "cameras:", "purposes:", "name: ", ",", "%"]),
-    max_size=30).map("".join))
+@given(
+    text=st.text(max_size=200)
+    | st.lists(
+        st.sampled_from(
+            [
+                "pipeline:",
+                "  batch:",
+                " 8",
+                " true",
+                " -1",
+                "\n",
+                "- ",
+                "{",
+                "}",
+                "[",
+                "]",
+                ": ",
+                "&a ",
+                "*a",
+                "<<: ",
+                "!!int ",
+                "!!timestamp ",
+                "2021-02-30",
+                "!!binary ",
+                "? ",
+                "'",
+                '"',
+                "\t",
+                "#",
+                "cameras:",
+                "purposes:",
+                "name: ",
+                ",",
+                "%",
+            ]
+        ),
+        max_size=30,
+    ).map("".join)
+)
 def test_config_loader_on_random_text(config_path, text):
     config_path.write_text(text, encoding="utf-8")
     loaded = _load(config_path)
@@ -139,8 +219,10 @@ def test_config_loader_on_random_bytes(config_path, blob):
 @given(batch=scalars, stride=scalars, device=scalars, url=scalars)
 def test_command_line_overrides(batch, stride, device, url):
     try:
-        loaded = load_settings(None, {"pipeline": {"batch": batch, "stride": stride}, "detector": {"device": device},
-                                      "store": {"url": url}})
+        loaded = load_settings(
+            None,
+            {"pipeline": {"batch": batch, "stride": stride}, "detector": {"device": device}, "store": {"url": url}},
+        )
     except ConfigError as error:
         assert len(str(error).splitlines()) == 1 and str(error).startswith("command-line option: ")
         return
@@ -211,7 +293,7 @@ def test_choose_plate(candidates, top):
     assert chosen.plate in fitted
     if chosen.format is not None:
         assert len(chosen.format) == len(chosen.plate) and chosen.country
-        assert all((kind == "L") == ch.isalpha() for ch, kind in zip(chosen.plate, chosen.format))
+        assert all((kind == "L") == ch.isalpha() for ch, kind in zip(chosen.plate, chosen.format, strict=True))
     assert top != TOP_CANDIDATES or choose_plate(candidates) == chosen
 
 
@@ -222,8 +304,8 @@ def test_best_format(text):
     if match is None:
         return
     assert len(match.text) == len(text) == len(match.pattern) and match.pattern in COUNTRIES_BY_PATTERN
-    assert all((kind == "L") == ch.isalpha() for ch, kind in zip(match.text, match.pattern))
-    changed = [(a, b) for a, b in zip(text, match.text) if a != b]
+    assert all((kind == "L") == ch.isalpha() for ch, kind in zip(match.text, match.pattern, strict=True))
+    changed = [(a, b) for a, b in zip(text, match.text, strict=True) if a != b]
     assert match.swaps == len(changed) and all(TO_LETTER.get(a) == b or TO_DIGIT.get(a) == b for a, b in changed)
     again = best_format(match.text)
     assert again is not None and again.swaps == 0 and again.text == match.text

@@ -9,7 +9,6 @@ import sqlite3
 import time
 
 import yaml
-
 from conftest import PARKING_CONFIG
 from support.live_run import LiveRun
 from support.rtsp import RtspServer
@@ -44,15 +43,18 @@ def _free_port() -> int:
 
 def test_a_live_run_survives_three_server_restarts(clip_h264, tmp_path):
     db, log = tmp_path / "live.sqlite", tmp_path / "status.jsonl"
-    with RtspServer(clip_h264, loop=True) as server:
-        with LiveRun(server.url, "--config", _config(tmp_path), "--db", str(db), "--jsonl",
-                     "--log-json", str(log)) as run:
-            run.wait_for(lambda o: True, 120, "a first read")
-            for number in range(1, 4):
-                server.restart()
-                restarted = time.time()
-                run.wait_for(lambda o: o["time"] > restarted, 120, f"a read of a frame sent after restart {number}")
-            took = run.stop(signal.SIGTERM)
+    with (
+        RtspServer(clip_h264, loop=True) as server,
+        LiveRun(server.url, "--config", _config(tmp_path), "--db", str(db), "--jsonl", "--log-json", str(log)) as run,
+    ):
+        run.wait_for(lambda o: True, 120, "a first read")
+        for number in range(1, 4):
+            server.restart()
+            restarted = time.time()
+            run.wait_for(
+                lambda o, after=restarted: o["time"] > after, 120, f"a read of a frame sent after restart {number}"
+            )
+        took = run.stop(signal.SIGTERM)
     assert run.process.returncode == 0, run.stderr
     assert took < 30
     events = _events(log)
@@ -63,8 +65,10 @@ def test_a_live_run_survives_three_server_restarts(clip_h264, tmp_path):
     assert states.count("reconnecting") == 3 and states[-1] in ("connected", "ended"), states
     assert "3 reconnections" in run.stderr
     assert [("scan-car-07", o["frame"], o["plate"]) for o in run.objects] == _stored(db)
-    print(f"\n{len(run.objects)} reads reported and stored, {camera['reconnects']} reconnections, "
-          f"exit {run.process.returncode} {took:.1f} s after SIGTERM")
+    print(
+        f"\n{len(run.objects)} reads reported and stored, {camera['reconnects']} reconnections, "
+        f"exit {run.process.returncode} {took:.1f} s after SIGTERM"
+    )
 
 
 def test_a_dead_camera_does_not_stop_the_others_and_joins_when_it_comes_up(clip_h264, tmp_path):
@@ -88,8 +92,9 @@ def test_a_dead_camera_does_not_stop_the_others_and_joins_when_it_comes_up(clip_
 
 
 def test_no_reachable_camera_is_a_one_line_error(tmp_path):
-    config = _config(tmp_path, [("gate-a", f"rtsp://127.0.0.1:{_free_port()}/s"),
-                                ("gate-b", f"rtsp://127.0.0.1:{_free_port()}/s")])
+    config = _config(
+        tmp_path, [("gate-a", f"rtsp://127.0.0.1:{_free_port()}/s"), ("gate-b", f"rtsp://127.0.0.1:{_free_port()}/s")]
+    )
     run = LiveRun("--config", config, "--db", str(tmp_path / "none.sqlite"))
     assert run.process.wait(timeout=120) == 2
     time.sleep(0.2)
@@ -114,7 +119,6 @@ def test_postgresql_stopped_for_30_s_mid_run_loses_and_duplicates_nothing(clip_h
     """A live run into PostgreSQL, with an allowed and a denied purpose on its camera: the
     server is stopped for 30 s and started again while reads keep arriving."""
     import sqlalchemy
-
     from support.postgres import PostgresServer
 
     with PostgresServer() as server:
@@ -126,8 +130,9 @@ def test_postgresql_stopped_for_30_s_mid_run_loses_and_duplicates_nothing(clip_h
         with RtspServer(clip_h264, loop=True) as stream:
             config["cameras"][0]["source"] = stream.url
             (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-            with LiveRun("--config", str(tmp_path / "config.yaml"), "--db", url, "--jsonl",
-                         "--log-json", str(log)) as run:
+            with LiveRun(
+                "--config", str(tmp_path / "config.yaml"), "--db", url, "--jsonl", "--log-json", str(log)
+            ) as run:
                 run.wait_for(lambda o: True, 120, "a first read")
                 server.stop()
                 stopped = time.time()
@@ -154,5 +159,7 @@ def test_postgresql_stopped_for_30_s_mid_run_loses_and_duplicates_nothing(clip_h
         statuses = [e for e in _events(log) if e["event"] == "status" and "database" in e]
         assert any(not e["database"]["database_up"] for e in statuses)
         assert "read(s) spooled" in run.stderr
-        print(f"\n{len(reported)} reads reported, {len(during)} during the 30 s outage, {len(keys)} stored, "
-              f"{len(set(keys))} distinct; purposes stored: {sorted({p for _, p in stored})}")
+        print(
+            f"\n{len(reported)} reads reported, {len(during)} during the 30 s outage, {len(keys)} stored, "
+            f"{len(set(keys))} distinct; purposes stored: {sorted({p for _, p in stored})}"
+        )

@@ -24,10 +24,28 @@ def h264_clip(tmp_path_factory) -> str:
     """A 3 s, 640x360, 25 fps H.264 MP4 with moving content (1 s GOP, no B-frames)."""
     out = tmp_path_factory.mktemp("rtsp") / "clip.mp4"
     cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS}:duration={SECONDS}",
-        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", str(FPS), "-bf", "0",
-        "-movflags", "+faststart", str(out),
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS}:duration={SECONDS}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        str(FPS),
+        "-bf",
+        "0",
+        "-movflags",
+        "+faststart",
+        str(out),
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
     return str(out)

@@ -5,10 +5,11 @@ import signal
 import sqlite3
 import time
 
-from anpr.plates import same_plate
 from conftest import PARKING_CONFIG
 from support.live_run import LiveRun
 from support.rtsp import RtspServer
+
+from anpr.plates import same_plate
 
 
 def test_run_reads_plates_from_a_real_rtsp_stream(clip_h264, tmp_path):
@@ -18,11 +19,13 @@ def test_run_reads_plates_from_a_real_rtsp_stream(clip_h264, tmp_path):
     the test lets the clip play through and then stops the run with SIGTERM."""
     db = tmp_path / "live.sqlite"
     seconds = json.loads(clip_h264.with_suffix(".json").read_text())["passages"][-1]["last_frame"] / 25
-    with RtspServer(clip_h264) as server:
-        with LiveRun(server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl") as run:
-            run.wait_for(lambda o: True, 120, "a first read")
-            time.sleep(seconds + 5)
-            run.stop(signal.SIGTERM)
+    with (
+        RtspServer(clip_h264) as server,
+        LiveRun(server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl") as run,
+    ):
+        run.wait_for(lambda o: True, 120, "a first read")
+        time.sleep(seconds + 5)
+        run.stop(signal.SIGTERM)
     assert run.process.returncode == 0, run.stderr
     objects = run.objects
     assert objects and {o["source"] for o in objects} == {server.url}
@@ -39,10 +42,12 @@ def test_run_reads_plates_from_a_real_rtsp_stream(clip_h264, tmp_path):
 
 def test_ctrl_c_ends_a_live_run_with_every_reported_read_stored(clip_h264, tmp_path):
     db = tmp_path / "live.sqlite"
-    with RtspServer(clip_h264, loop=True) as server:  # never ends by itself
-        with LiveRun(server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl") as run:
-            run.wait_for(lambda o: True, 120, "a first read")
-            took = run.stop(signal.SIGINT)
+    with (
+        RtspServer(clip_h264, loop=True) as server,  # never ends by itself
+        LiveRun(server.url, "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl") as run,
+    ):
+        run.wait_for(lambda o: True, 120, "a first read")
+        took = run.stop(signal.SIGINT)
     assert run.process.returncode == 0, run.stderr
     assert took < 30
     stored = sqlite3.connect(db).execute("select frame, plate from reads order by id").fetchall()

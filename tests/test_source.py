@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.clips import build_clip
 from anpr.errors import SourceError
 from anpr.pipeline import Lane, run_lanes
 from anpr.source import Frame, FrameReader, SourceStatus, VideoSource, open_source
+from benchmarks.clips import build_clip
 
 
 def test_video_file_frames_and_media_time(clip_h264):
@@ -83,14 +83,19 @@ def _write(path, content: bytes):
     return path
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing.mp4", "no such file"),
-    (lambda p: _write(p / "empty.mp4", b""), "empty"),
-    (lambda p: _write(p / "noise.mp4", np.random.default_rng(0).bytes(50_000)),
-     "cannot open video|no decodable frame"),
-    (lambda p: _write(p / "notes.mkv", b"not a video"), "cannot open video|no decodable"),
-    (lambda p: _write(p / "bad.jpg", b"\x00" * 100), "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.mp4", "no such file"),
+        (lambda p: _write(p / "empty.mp4", b""), "empty"),
+        (
+            lambda p: _write(p / "noise.mp4", np.random.default_rng(0).bytes(50_000)),
+            "cannot open video|no decodable frame",
+        ),
+        (lambda p: _write(p / "notes.mkv", b"not a video"), "cannot open video|no decodable"),
+        (lambda p: _write(p / "bad.jpg", b"\x00" * 100), "not a readable image"),
+    ],
+)
 def test_bad_inputs_are_clear_errors(tmp_path, make, message):
     with pytest.raises(SourceError, match=message):
         open_source(str(make(tmp_path)))

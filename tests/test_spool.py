@@ -56,8 +56,22 @@ class stopped:
 
 
 def plate_read(plate: str, frame: int) -> PlateRead:
-    return PlateRead("cam.mp4", frame, frame / 25, plate, plate.lower(), 0.8, 0.9, 0.88, (10.0, 20.0, 110.5, 50.25),
-                     "plate-yolov8n@abc", "ppocrv4-rec@def", ((plate, 0.9), (plate[:-1], 0.05)), "FR", "LLDDDLL")
+    return PlateRead(
+        "cam.mp4",
+        frame,
+        frame / 25,
+        plate,
+        plate.lower(),
+        0.8,
+        0.9,
+        0.88,
+        (10.0, 20.0, 110.5, 50.25),
+        "plate-yolov8n@abc",
+        "ppocrv4-rec@def",
+        ((plate, 0.9), (plate[:-1], 0.05)),
+        "FR",
+        "LLDDDLL",
+    )
 
 
 def kept(plate: str, frame: int, delete_after: float) -> PolicedRead:
@@ -95,8 +109,10 @@ def test_postgresql_stopped_mid_run(server, tmp_path, caplog):
         frame = 0
         try:
             while not stop.is_set():
-                reads = [kept(f"AB{frame:03d}CD", frame, time.time() + DAY),
-                         kept(f"XY{frame:03d}ZT", frame, time.time() + 2 * DAY)]
+                reads = [
+                    kept(f"AB{frame:03d}CD", frame, time.time() + DAY),
+                    kept(f"XY{frame:03d}ZT", frame, time.time() + 2 * DAY),
+                ]
                 start = time.monotonic()
                 spool.write(reads, {blocked(): 3})
                 if frame % 10 == 0:
@@ -106,7 +122,7 @@ def test_postgresql_stopped_mid_run(server, tmp_path, caplog):
                 counted += 3
                 frame += 1
                 time.sleep(0.1)
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     writer = threading.Thread(target=run)
@@ -215,8 +231,10 @@ def test_a_full_spool_loses_batches_with_one_warning_and_no_exception(tmp_path, 
     folder = tmp_path / "spool"
     spool = SpooledStore(ReadStore(UNREACHABLE), folder, 4096)
     for frame in range(10):
-        spool.write([kept(f"AB{frame:03d}CD", frame, time.time() + DAY), kept("XY987ZT", frame, time.time() + DAY)],
-                    {blocked(): 1})
+        spool.write(
+            [kept(f"AB{frame:03d}CD", frame, time.time() + DAY), kept("XY987ZT", frame, time.time() + DAY)],
+            {blocked(): 1},
+        )
     pending, status = spool.pending, spool.status
     assert 0 < pending.batches < 10 and pending.bytes <= 4096
     assert sum(p.stat().st_size for p in spool_files(folder)) == pending.bytes
@@ -323,7 +341,7 @@ def test_spool_folder_is_locked_and_tied_to_its_database(tmp_path):
     again = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
     assert again.pending.batches == 1 and again.pending.reads == 1  # picked up
     again.close()
-    with pytest.raises(StoreError, match="holds 1 batch.* for database .*none, not sqlite"):
+    with pytest.raises(StoreError, match=r"holds 1 batch.* for database .*none, not sqlite"):
         SpooledStore(ReadStore(str(tmp_path / "other.sqlite")), folder, 1 << 20)
     assert len(spool_files(folder)) == 1  # left as it was
 

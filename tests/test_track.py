@@ -8,20 +8,47 @@ from anpr.track import PassageTracker, vote
 
 
 def read(plate: str, frame: int, x: float = 100.0, confidence: float = 0.8, source: str = "cam") -> PlateRead:
-    return PlateRead(source, frame, frame / 25, plate, plate, confidence, 0.9, 0.9, (x, 50.0, x + 120, 80.0), "d", "o",
-                     candidates=((plate, 1.0),))
+    return PlateRead(
+        source,
+        frame,
+        frame / 25,
+        plate,
+        plate,
+        confidence,
+        0.9,
+        0.9,
+        (x, 50.0, x + 120, 80.0),
+        "d",
+        "o",
+        candidates=((plate, 1.0),),
+    )
 
 
 def read_of(candidates: tuple[tuple[str, float], ...], frame: int, detector_confidence: float = 0.9) -> PlateRead:
     plate = candidates[0][0]
-    return PlateRead("cam", frame, frame / 25, plate, plate, 0.8, candidates[0][1], detector_confidence,
-                     (100.0, 50.0, 220.0, 80.0), "d", "o", candidates=candidates)
+    return PlateRead(
+        "cam",
+        frame,
+        frame / 25,
+        plate,
+        plate,
+        0.8,
+        candidates[0][1],
+        detector_confidence,
+        (100.0, 50.0, 220.0, 80.0),
+        "d",
+        "o",
+        candidates=candidates,
+    )
 
 
 def test_vote_pools_every_reads_candidates():
     # No read has RK776AI first, but it is in all three reads' candidates.
-    reads = [read_of((("RK776A1", 0.55), ("RK776AI", 0.45)), 0), read_of((("PK776AI", 0.5), ("RK776AI", 0.5)), 1),
-             read_of((("RK776AT", 0.6), ("RK776AI", 0.4)), 2)]
+    reads = [
+        read_of((("RK776A1", 0.55), ("RK776AI", 0.45)), 0),
+        read_of((("PK776AI", 0.5), ("RK776AI", 0.5)), 1),
+        read_of((("RK776AT", 0.6), ("RK776AI", 0.4)), 2),
+    ]
     voted = vote(reads)
     assert voted.plate == "RK776AI" and voted.format == "LLDDDLL"
     assert voted.candidates[0][0] == "RK776AI" and 0 < voted.confidence <= 1
@@ -80,14 +107,18 @@ def test_tracker_keeps_sources_apart():
 
 
 def test_score_passages():
-    truth = [{"plate": "AB123CD", "first_frame": 0, "last_frame": 49},
-             {"plate": "RKO99AN", "first_frame": 50, "last_frame": 99},
-             {"plate": "ZX987YT", "first_frame": 100, "last_frame": 149}]
-    reported = [{"plate": "AB123CD", "first_frame": 2, "last_frame": 47},
-                {"plate": "RK099AN", "first_frame": 51, "last_frame": 70},  # O and 0 fold
-                {"plate": "RK099AN", "first_frame": 75, "last_frame": 98},  # a duplicate
-                {"plate": "ZX987YI", "first_frame": 100, "last_frame": 140},  # a wrong plate
-                {"plate": "QQ111QQ", "first_frame": 10, "last_frame": 30}]  # another car beside AB123CD
+    truth = [
+        {"plate": "AB123CD", "first_frame": 0, "last_frame": 49},
+        {"plate": "RKO99AN", "first_frame": 50, "last_frame": 99},
+        {"plate": "ZX987YT", "first_frame": 100, "last_frame": 149},
+    ]
+    reported = [
+        {"plate": "AB123CD", "first_frame": 2, "last_frame": 47},
+        {"plate": "RK099AN", "first_frame": 51, "last_frame": 70},  # O and 0 fold
+        {"plate": "RK099AN", "first_frame": 75, "last_frame": 98},  # a duplicate
+        {"plate": "ZX987YI", "first_frame": 100, "last_frame": 140},  # a wrong plate
+        {"plate": "QQ111QQ", "first_frame": 10, "last_frame": 30},
+    ]  # another car beside AB123CD
     scored = score_passages(truth, reported)
     assert scored["exactly_once_right"] == pytest.approx(1 / 3, abs=1e-4)
     assert scored["spurious"] == pytest.approx(4 / 5, abs=1e-4) and scored["missed"] == 0

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import cv2
+from conftest import PARKING_CONFIG
 
 from anpr.config import PipelineSettings
 from anpr.pipeline import Pipeline
 from anpr.source import Frame, FrameBatch
-from conftest import PARKING_CONFIG
 
 
 class _Collect:
@@ -46,8 +46,9 @@ def test_settled_plates_are_not_read_again_and_passages_stay_right(anpr_cli, cli
 
     config = tmp_path / "saving.yaml"
     config.write_text(PARKING_CONFIG.read_text() + "pipeline:\n  stride: 2\n  settle_reads: 3\n")
-    result = anpr_cli("run", str(clip_h264), "--config", str(config), "--db", str(tmp_path / "s.sqlite"),
-                      "--jsonl", "--passages")
+    result = anpr_cli(
+        "run", str(clip_h264), "--config", str(config), "--db", str(tmp_path / "s.sqlite"), "--jsonl", "--passages"
+    )
     assert result.returncode == 0, result.stderr
     reported = [json.loads(line) for line in result.stdout.splitlines()]
     truth = json.loads(clip_h264.with_suffix(".json").read_text())["passages"]

@@ -18,7 +18,7 @@ from anpr.registry import SINK_TYPES
 def _not_a_boolean(value: Any) -> Any:
     # YAML reads yes/no/on/off/true/false as booleans, and pydantic would take true for 1.
     if isinstance(value, bool):
-        raise ValueError("must be a number, not a boolean")  # noqa: TRY004 (pydantic reports ValueError only)
+        raise ValueError("must be a number, not a boolean")
     return value
 
 
@@ -101,10 +101,11 @@ class Deployment(_Strict):
         if not self.purposes:
             raise ValueError("a deployment needs at least one entry under 'purposes'")
         for index, camera in enumerate(self.cameras):
-            for purpose in camera.purposes:
-                if purpose not in self.purposes:
-                    raise ValueError(f"cameras[{index}] ({camera.id}) feeds purpose '{purpose}', "
-                                     f"which is not declared under 'purposes'")
+            for code in camera.purposes:
+                if code not in self.purposes:
+                    raise ValueError(
+                        f"cameras[{index}] ({camera.id}) feeds purpose '{code}', which is not declared under 'purposes'"
+                    )
         for code, purpose in self.purposes.items():
             for sink in purpose.sinks:
                 if sink not in self.sinks:

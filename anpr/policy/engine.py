@@ -15,11 +15,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from anpr.errors import ConfigError
 from anpr.plates import normalise
 from anpr.policy.deployment import Deployment
-from anpr.records import Outcome, PlateRead
 from anpr.policy.rules import (
     CONTROLLER_TYPES,
     PURPOSES,
@@ -30,6 +30,7 @@ from anpr.policy.rules import (
     Verdict,
     matching_rule,
 )
+from anpr.records import Outcome, PlateRead
 
 DAY = 86_400.0
 
@@ -114,8 +115,9 @@ def decide_purpose(deployment: Deployment, purpose: str) -> PurposeDecision:
     if rule.jurisdiction != controller.jurisdiction:
         return _deny(purpose, default, f"no rules for jurisdiction '{controller.jurisdiction}'")
     if rule.verdict is Verdict.DENY:
-        return _deny(purpose, rule, f"{CONTROLLER_TYPES[controller.type]} may not process reads for "
-                                    f"'{purpose}' ({rule.id})")
+        return _deny(
+            purpose, rule, f"{CONTROLLER_TYPES[controller.type]} may not process reads for '{purpose}' ({rule.id})"
+        )
     missing = tuple(sorted(rule.safeguards - declared.safeguards.present()))
     if missing:
         return _deny(purpose, rule, "missing required safeguard(s): " + ", ".join(missing), missing=missing)
@@ -126,16 +128,22 @@ def decide_purpose(deployment: Deployment, purpose: str) -> PurposeDecision:
     if rule.minimisation is not Minimisation.NONE:
         days = None  # no read is stored: only aggregates
     elif requested is None and retention.days is None:
-        return _deny(purpose, rule, f"{rule.id} sets no retention period: the deployment must set "
-                                    f"purposes.{purpose}.retention_days")
+        return _deny(
+            purpose,
+            rule,
+            f"{rule.id} sets no retention period: the deployment must set purposes.{purpose}.retention_days",
+        )
     else:
         days = requested if requested is not None else retention.days
         if retention.max_days is not None and days is not None and days > retention.max_days:
-            notes.append(f"requested retention {requested:g} days exceeds the {retention.max_days:g} days "
-                         f"{rule.id} allows: clamped to {retention.max_days:g}")
+            notes.append(
+                f"requested retention {requested:g} days exceeds the {retention.max_days:g} days "
+                f"{rule.id} allows: clamped to {retention.max_days:g}"
+            )
             days = retention.max_days
-    return PurposeDecision(purpose, Verdict.ALLOW, rule, (f"allowed by {rule.id}",), (), days,
-                           retention.hit_days, tuple(notes))
+    return PurposeDecision(
+        purpose, Verdict.ALLOW, rule, (f"allowed by {rule.id}",), (), days, retention.hit_days, tuple(notes)
+    )
 
 
 def _plate_set(path: Path | None, what: str) -> frozenset[str]:
@@ -159,8 +167,9 @@ class Policy:
         self.deployment = deployment
         self.decisions = {code: decide_purpose(deployment, code) for code in deployment.purposes}
         self._hotlists = {code: _plate_set(p.hotlist, "hotlist") for code, p in deployment.purposes.items()}
-        self._compliant = {code: _plate_set(p.compliant_plates, "compliant plate list")
-                           for code, p in deployment.purposes.items()}
+        self._compliant = {
+            code: _plate_set(p.compliant_plates, "compliant plate list") for code, p in deployment.purposes.items()
+        }
 
     def purpose(self, code: str) -> PurposeDecision:
         return self.decisions.get(code) or decide_purpose(self.deployment, code)
@@ -178,6 +187,31 @@ class Policy:
         days = decision.hit_days if hit and decision.hit_days is not None else decision.retention_days
         now = time.time() if now is None else now
         return ReadDecision(decision, Outcome.STORED, hit=hit, delete_after=now + float(days or 0) * DAY)
+
+    def explain(self) -> list[dict[str, Any]]:
+        """Per purpose: verdict, rule, reasons, retention, missing safeguards, what is kept and where."""
+        explained = []
+        for decision in self.decisions.values():
+            explained.append(
+                {
+                    "purpose": decision.purpose,
+                    "purpose_meaning": PURPOSES.get(decision.purpose, "unknown purpose"),
+                    "cameras": [c.id for c in self.deployment.cameras if decision.purpose in c.purposes],
+                    "verdict": decision.verdict.value,
+                    "rule": decision.rule.id,
+                    "legal_reference": decision.legal_reference,
+                    "verified": decision.rule.verified,
+                    "reasons": list(decision.reasons),
+                    "retention": decision.rule.retention.summary,
+                    "retention_days": decision.retention_days,
+                    "hit_retention_days": decision.hit_days if decision.allowed else None,
+                    "retention_notes": list(decision.retention_notes),
+                    "missing_safeguards": list(decision.missing_safeguards),
+                    "minimisation": decision.rule.minimisation.value,
+                    "sinks": self.deployment.purposes[decision.purpose].sinks if decision.allowed else [],
+                }
+            )
+        return explained
 
     def camera_decisions(self, camera_id: str) -> list[PurposeDecision]:
         return [self.purpose(code) for code in self.deployment.camera(camera_id).purposes]

@@ -27,7 +27,7 @@ class DatabaseSink(Protocol):
     """The run's database as the gate sees it: a batch of kept reads and counters in one
     transaction, and retention (store.ReadStore, or spool.SpooledStore around it)."""
 
-    def write(self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] = ...) -> None: ...
+    def write(self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] | None = None) -> object: ...
 
     def purge(self, now: float) -> int: ...
 
@@ -88,8 +88,9 @@ class PolicyGate:
             for purpose, rule_id in self._rules.items():
                 decision = self.policy.decide(read, purpose, now)
                 if decision.outcome is Outcome.STORED:
-                    policed = PolicedRead(read, self.camera.id, purpose, rule_id, decision.delete_after or now,
-                                          decision.hit, new_key())
+                    policed = PolicedRead(
+                        read, self.camera.id, purpose, rule_id, decision.delete_after or now, decision.hit, new_key()
+                    )
                     for name in self._sink_names[purpose]:
                         routed[name].append(policed)
                     kept.append(policed)

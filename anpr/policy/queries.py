@@ -1,7 +1,9 @@
-"""Gated queries: who may look up a plate, for which purpose, and what they see.
+"""Gated queries and deletions: who may look up a plate, for which purpose, and what
+they see; what an operator may delete, and when.
 
 Every query, answered or refused, is written to the audit log with the user, the
-purpose, the procedure and the number of rows returned.
+purpose, the procedure and the number of rows returned. Deletions are audited with
+their counts only: keeping the plate there would undo the deletion.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def _refusal(policy: Policy, purpose: str, user: str) -> str | None:
     return None
 
 
-def search(store, policy: Policy, audit, plate: str, purpose: str, user: str,
-           procedure: str | None = None) -> QueryResult:
+def search(
+    store, policy: Policy, audit, plate: str, purpose: str, user: str, procedure: str | None = None
+) -> QueryResult:
     plate = normalise(plate)
     refusal = _refusal(policy, purpose, user)
     details = {"plate": plate, "purpose": purpose, "procedure": procedure}
@@ -52,3 +55,24 @@ def search(store, policy: Policy, audit, plate: str, purpose: str, user: str,
             reason = f"{withheld} no-hit read(s) withheld: they may be queried only for a named procedure (--procedure)"
     audit.append("query", user, {**details, "rows": len(rows), "withheld": withheld})
     return QueryResult(True, reason, rows, withheld)
+
+
+def purge(store, audit, now: float) -> int:
+    """Delete every read whose deadline has passed; the number deleted."""
+    deleted: int = store.purge(now)
+    audit.append("purge", "operator", {"deleted": deleted})
+    return deleted
+
+
+def payment_rules(policy: Policy) -> list[str]:
+    """The rules of the deployment's allowed purposes whose reads go once paid or fined (FPS)."""
+    return [d.rule.id for d in policy.decisions.values() if d.allowed and d.rule.retention.delete_on_payment]
+
+
+def delete_on_payment(store, policy: Policy, audit, plate: str, user: str, action: str) -> int:
+    """Parking check (FPS): delete a plate's reads once matched to a payment (`mark-paid`) or
+    once an agent has recorded the finding (`record-finding`); the number deleted."""
+    rules = payment_rules(policy)
+    deleted = sum(store.delete_plate(normalise(plate), rule) for rule in rules)
+    audit.append(action, user, {"rules": rules, "deleted": deleted})
+    return int(deleted)

@@ -87,54 +87,134 @@ class Rule:
     jurisdiction: str = "FR"
 
     def matches(self, controller: str, purpose: str) -> bool:
-        return ((self.controllers == ANY or controller in self.controllers)
-                and (self.purpose == ANY or self.purpose == purpose))
+        return (self.controllers == ANY or controller in self.controllers) and (
+            self.purpose == ANY or self.purpose == purpose
+        )
 
 
 LAPI_RETENTION = Retention(
-    days=15, max_days=15, hit_days=30, no_hit_query_needs_procedure=True,
+    days=15,
+    max_days=15,
+    hit_days=30,
+    no_hit_query_needs_procedure=True,
     summary="no hit: 15 days, queryable only for a named procedure; hit: 1 month (30 days) after the hit",
 )
 LAPI_SOURCE = "CSI L233-1, L233-2; arrêté of 18 May 2009; CNIL deliberation 2023-026"
 
 RULES: tuple[Rule, ...] = (
-    Rule("FR-LAPI-1", frozenset({"police_nationale", "gendarmerie", "douanes"}), "criminal_investigation",
-         Verdict.ALLOW, LAPI_RETENTION, frozenset({"designated_agents"}), LAPI_SOURCE, verified=True),
-    Rule("FR-LAPI-2", frozenset({"police_nationale", "gendarmerie"}), "public_order_event",
-         Verdict.ALLOW, LAPI_RETENTION, frozenset({"designated_agents", "administrative_decision"}),
-         "CSI L233-1 al. 2", verified=True),
-    Rule("FR-MUN-REQ", ANY, "law_enforcement_request", Verdict.DENY, NOTHING_STORED, frozenset(),
-         "CNIL warning to Valenciennes, 12 May 2021; CE Commune de Gujan-Mestras, n° 385091, 27 June 2016; "
-         "CSI L233-1, L251-2", verified=True),
-    Rule("FR-MUN-CRIM", frozenset({"municipality", "police_municipale"}), "parking_criminal_offence",
-         Verdict.DENY, NOTHING_STORED, frozenset(),
-         "CNIL formal notices to four communes, August 2020 (press)", verified=False),
-    Rule("FR-FPS", frozenset({"municipality", "parking_operator"}), "parking_fps", Verdict.ALLOW,
-         Retention(days=None, max_days=None, delete_on_payment=True,
-                   summary="deleted when matched to a valid payment; if unpaid, once an agent has recorded "
-                           "the finding; never later than the deployment's retention_days"),
-         frozenset({"human_review", "signage"}),
-         "CGCT L2333-87; CNIL recommendation of 14 Nov 2017 (detail from secondary reporting)", verified=False),
-    Rule("FR-ZFE", frozenset({"police_nationale", "gendarmerie", "police_municipale"}), "zfe_enforcement",
-         Verdict.ALLOW,
-         Retention(days=8, max_days=8, store_compliant=False,
-                   summary="compliant vehicles: never stored; offending vehicles: 8 days unless a procedure starts"),
-         frozenset({"prefect_authorisation"}), "CGCT L2213-4-2 (8-day figure from secondary reporting)",
-         verified=False),
-    Rule("FR-STATS", frozenset({"municipality"}), "traffic_statistics", Verdict.ALLOW,
-         Retention(days=None, max_days=None, summary="aggregate counts only, never plate text"), frozenset(),
-         "GDPR art. 5(1)(c), 25; CE JCDecaux, n° 393714, 8 Feb 2017 (a keyed hash is still personal data)",
-         verified=True, minimisation=Minimisation.AGGREGATE),
-    Rule("FR-ACCESS", frozenset({"private_operator"}), "access_control", Verdict.ALLOW,
-         Retention(days=1, max_days=1, summary="short: only what the barrier decision needs (1 day at most here)"),
-         frozenset({"signage"}), "Swiss FDPIC guidance (analogy; not verified for France)", verified=False),
-    Rule("FR-ANALYTICS", ANY, "city_wide_analytics", Verdict.ALLOW,
-         Retention(days=None, max_days=None, summary="set by the deployment"),
-         frozenset({"dpia_reference", "cnil_prior_consultation"}),
-         "GDPR art. 35(3)(c); loi Informatique et Libertés art. 87, 90; CNIL warning to Valenciennes, 12 May 2021",
-         verified=True),
-    Rule("FR-DEFAULT", ANY, ANY, Verdict.DENY, NOTHING_STORED, frozenset(),
-         "GDPR art. 5(1)(b) purpose limitation (fail closed)", verified=True),
+    Rule(
+        "FR-LAPI-1",
+        frozenset({"police_nationale", "gendarmerie", "douanes"}),
+        "criminal_investigation",
+        Verdict.ALLOW,
+        LAPI_RETENTION,
+        frozenset({"designated_agents"}),
+        LAPI_SOURCE,
+        verified=True,
+    ),
+    Rule(
+        "FR-LAPI-2",
+        frozenset({"police_nationale", "gendarmerie"}),
+        "public_order_event",
+        Verdict.ALLOW,
+        LAPI_RETENTION,
+        frozenset({"designated_agents", "administrative_decision"}),
+        "CSI L233-1 al. 2",
+        verified=True,
+    ),
+    Rule(
+        "FR-MUN-REQ",
+        ANY,
+        "law_enforcement_request",
+        Verdict.DENY,
+        NOTHING_STORED,
+        frozenset(),
+        "CNIL warning to Valenciennes, 12 May 2021; CE Commune de Gujan-Mestras, n° 385091, 27 June 2016; "
+        "CSI L233-1, L251-2",
+        verified=True,
+    ),
+    Rule(
+        "FR-MUN-CRIM",
+        frozenset({"municipality", "police_municipale"}),
+        "parking_criminal_offence",
+        Verdict.DENY,
+        NOTHING_STORED,
+        frozenset(),
+        "CNIL formal notices to four communes, August 2020 (press)",
+        verified=False,
+    ),
+    Rule(
+        "FR-FPS",
+        frozenset({"municipality", "parking_operator"}),
+        "parking_fps",
+        Verdict.ALLOW,
+        Retention(
+            days=None,
+            max_days=None,
+            delete_on_payment=True,
+            summary="deleted when matched to a valid payment; if unpaid, once an agent has recorded "
+            "the finding; never later than the deployment's retention_days",
+        ),
+        frozenset({"human_review", "signage"}),
+        "CGCT L2333-87; CNIL recommendation of 14 Nov 2017 (detail from secondary reporting)",
+        verified=False,
+    ),
+    Rule(
+        "FR-ZFE",
+        frozenset({"police_nationale", "gendarmerie", "police_municipale"}),
+        "zfe_enforcement",
+        Verdict.ALLOW,
+        Retention(
+            days=8,
+            max_days=8,
+            store_compliant=False,
+            summary="compliant vehicles: never stored; offending vehicles: 8 days unless a procedure starts",
+        ),
+        frozenset({"prefect_authorisation"}),
+        "CGCT L2213-4-2 (8-day figure from secondary reporting)",
+        verified=False,
+    ),
+    Rule(
+        "FR-STATS",
+        frozenset({"municipality"}),
+        "traffic_statistics",
+        Verdict.ALLOW,
+        Retention(days=None, max_days=None, summary="aggregate counts only, never plate text"),
+        frozenset(),
+        "GDPR art. 5(1)(c), 25; CE JCDecaux, n° 393714, 8 Feb 2017 (a keyed hash is still personal data)",
+        verified=True,
+        minimisation=Minimisation.AGGREGATE,
+    ),
+    Rule(
+        "FR-ACCESS",
+        frozenset({"private_operator"}),
+        "access_control",
+        Verdict.ALLOW,
+        Retention(days=1, max_days=1, summary="short: only what the barrier decision needs (1 day at most here)"),
+        frozenset({"signage"}),
+        "Swiss FDPIC guidance (analogy; not verified for France)",
+        verified=False,
+    ),
+    Rule(
+        "FR-ANALYTICS",
+        ANY,
+        "city_wide_analytics",
+        Verdict.ALLOW,
+        Retention(days=None, max_days=None, summary="set by the deployment"),
+        frozenset({"dpia_reference", "cnil_prior_consultation"}),
+        "GDPR art. 35(3)(c); loi Informatique et Libertés art. 87, 90; CNIL warning to Valenciennes, 12 May 2021",
+        verified=True,
+    ),
+    Rule(
+        "FR-DEFAULT",
+        ANY,
+        ANY,
+        Verdict.DENY,
+        NOTHING_STORED,
+        frozenset(),
+        "GDPR art. 5(1)(b) purpose limitation (fail closed)",
+        verified=True,
+    ),
 )
 
 RULES_BY_ID = {rule.id: rule for rule in RULES}

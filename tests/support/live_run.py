@@ -16,8 +16,7 @@ from pathlib import Path
 class LiveRun:
     def __init__(self, *args: str) -> None:
         exe = shutil.which("anpr") or str(Path(sys.executable).parent / "anpr")
-        self.process = subprocess.Popen([exe, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
+        self.process = subprocess.Popen([exe, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.objects: list[dict] = []  # every JSON line printed so far
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stderr: list[str] = []

@@ -7,6 +7,7 @@ system user that the Debian package creates.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -65,8 +66,19 @@ class PostgresServer:
         self.root.chmod(0o755)
         if not self.data.exists():
             self._run("initdb", "-D", str(self.data), "-U", "anpr", "-A", "trust", "--no-sync")
-        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "30", "-l", str(self.root / "log"),
-                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-w",
+            "-t",
+            "30",
+            "-l",
+            str(self.root / "log"),
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
         return self
 
     def stop(self) -> None:
@@ -79,8 +91,6 @@ class PostgresServer:
         self.remove()
 
     def remove(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             self.stop()
-        except RuntimeError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)

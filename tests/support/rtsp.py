@@ -59,7 +59,7 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rtsp_available() -> tuple[bool, str]:
     """Can the system python run the GStreamer RTSP server?
 
@@ -143,7 +143,7 @@ class RtspServer:
         return self._stderr.read().decode("utf-8", "replace")
 
     # -- lifecycle ------------------------------------------------------------------
-    def start(self) -> "RtspServer":
+    def start(self) -> RtspServer:
         if self.running:
             raise RuntimeError(f"RtspServer already running at {self.url}")
         if not self.video_path.is_file():
@@ -170,7 +170,8 @@ class RtspServer:
 
     def _start_once(self, deadline: float) -> tuple[int | None, str]:
         self._close_stderr()
-        self._stderr = tempfile.TemporaryFile(prefix="rtsp_server_stderr_")
+        # Kept open while the server runs (its stderr); closed by _close_stderr.
+        self._stderr = tempfile.TemporaryFile(prefix="rtsp_server_stderr_")  # noqa: SIM115
         cmd = [
             SYSTEM_PYTHON,
             "-u",
@@ -236,7 +237,7 @@ class RtspServer:
         if proc is not None:
             _terminate(proc)
 
-    def restart(self) -> "RtspServer":
+    def restart(self) -> RtspServer:
         """Stop, then start again on the same port (clients see a dropped server)."""
         self.stop()
         return self.start()
@@ -251,7 +252,7 @@ class RtspServer:
         self._close_stderr()
 
     # -- context manager --------------------------------------------------------------
-    def __enter__(self) -> "RtspServer":
+    def __enter__(self) -> RtspServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

@@ -33,10 +33,7 @@ try:
     gi.require_version("GstRtspServer", "1.0")
     from gi.repository import GLib, Gst, GstRtspServer
 except (ImportError, ValueError) as exc:  # pragma: no cover - environment problem
-    sys.stderr.write(
-        f"rtsp_server: cannot import GStreamer RTSP server bindings ({exc}); "
-        "run scripts/system-deps.sh\n"
-    )
+    sys.stderr.write(f"rtsp_server: cannot import GStreamer RTSP server bindings ({exc}); run scripts/system-deps.sh\n")
     sys.exit(3)
 
 HOST = "127.0.0.1"
@@ -177,9 +174,7 @@ def check_video(path: str) -> str | None:
     pipeline.get_by_name("src").set_property("location", path)
     try:
         pipeline.set_state(Gst.State.PAUSED)
-        msg = pipeline.get_bus().timed_pop_filtered(
-            10 * Gst.SECOND, Gst.MessageType.ASYNC_DONE | Gst.MessageType.ERROR
-        )
+        msg = pipeline.get_bus().timed_pop_filtered(10 * Gst.SECOND, Gst.MessageType.ASYNC_DONE | Gst.MessageType.ERROR)
         if msg is None:
             return "timed out prerolling the file"
         if msg.type == Gst.MessageType.ERROR:
