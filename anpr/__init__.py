@@ -2,8 +2,13 @@
 
 Stages, one module each, in the order data flows:
 source (frames) -> detect (plate boxes) -> ocr (plate text) -> plates (normalised reads)
--> policy (the gate: per purpose allow or deny, retention) -> store (database) and sinks;
-pipeline.py holds the loop that joins them, cli.py the commands.
+-> track (settled plates, passages) -> policy (the gate: per purpose allow or deny,
+retention) -> store (database), spool and sinks.
+
+records.py defines what travels between them; registry.py names the swappable parts;
+config.py holds the validated settings; pipeline.py is the loop that joins the stages;
+assemble.py builds a run from the settings; outputs.py is what the operator sees; cli.py
+parses and prints.
 """
 
 __version__ = "0.1.0"

@@ -8,14 +8,14 @@ Run settings (all optional):
 
     pipeline:
       batch: 8               # frames per detector call (1-256)
-      ocr: ppocr             # OCR backend: ppocr | easyocr
+      ocr: ppocr             # one of registry.RECOGNISERS (anpr run --help lists them)
       queue: 64              # frames decoded ahead of the detector (2-4096)
       min_confidence: 0.0    # reads below this combined confidence are not emitted
       stride: 1              # detect on every n-th frame (1-100)
       motion_threshold: 0.0  # skip detection when the frame changed less than this (mean grey level, 0: off)
       settle_reads: 0        # stop reading a tracked plate after this many identical reads (0: never)
     detector:
-      backend: auto          # auto (onnx on cpu, torch on cuda) | torch | onnx
+      backend: auto          # auto (the first registered backend that runs on the device), or one of registry.DETECTORS
       confidence: 0.25       # detector score threshold (0-1)
       input_size: 640        # detector input size in pixels (multiple of 32)
       device: cpu            # cpu | cuda | cuda:N
@@ -35,7 +35,10 @@ A deployment (required by `anpr run`, see configs/ and README "Deployment config
     cameras: [{id, source, location, purposes: [...]}]
     purposes: {CODE: {legal_basis, safeguards: {...}, retention_days, sinks: [...],
                       hotlist, compliant_plates}}
-    sinks: {NAME: {type: database | jsonl_export | webhook, path, url}}
+    sinks: {NAME: {type: one of registry.SINK_TYPES, and the keys of that type}}
+
+The models below set every default; the listing above and the README's table restate
+them (tests/test_structure.py checks the README's against the models).
 """
 
 from __future__ import annotations
