@@ -16,12 +16,12 @@ Messages for the operator go through `logging` (logger `anpr`); the CLI shows th
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
-from typing import Any
 
+from anpr.audit import AuditLog
 from anpr.config import RunSettings, Settings, StreamSettings
 from anpr.detect import PlateDetector, make_detector
 from anpr.errors import ConfigError, PolicyRefusal, SourceError
@@ -32,8 +32,11 @@ from anpr.policy.engine import Policy, PurposeDecision
 from anpr.policy.gate import DatabaseSink, GateTally, PolicyGate
 from anpr.sinks import PolicedSink, make_sinks
 from anpr.source import FrameReader, FrameSource, Reconnect, SourceState, open_source
+from anpr.spool import SpooledStore
+from anpr.store import DatabaseUnavailable, ReadStore
 
 log = logging.getLogger("anpr")
+Progress = Callable[[Sequence[Lane]], None]  # called with every camera's lane after each batch
 
 
 # --- models ------------------------------------------------------------------------------
@@ -153,7 +156,7 @@ class Lanes:
     def tally(self) -> GateTally:
         return GateTally.combined([gate.tally for gate in self.gates])
 
-    def run(self, stop: Event | None = None, progress: Any = None) -> None:
+    def run(self, stop: Event | None = None, progress: Progress | None = None) -> None:
         run_lanes(self.lanes, stop=stop, progress=progress)
 
 
@@ -188,9 +191,8 @@ class RunReport:
     lanes: list[Lane]
     tally: GateTally
     store_url: str
-    spool: Any  # the SpooledStore: its status and what it still holds
+    spool: SpooledStore  # its status, and what it still holds
     frames_received: int = 0
-    audited_end: bool = True
 
 
 class DeploymentRun:
@@ -212,14 +214,10 @@ class DeploymentRun:
         config: Path | None = None,
         demo: bool = False,
     ) -> None:
-        from anpr.audit import AuditLog
-        from anpr.spool import SpooledStore
-        from anpr.store import ReadStore
-
         self.settings, self.policy, self.cameras = settings, policy, list(cameras)
         self.config, self.demo = config, demo
         self.sources = open_sources(self.cameras, settings.stream)
-        self.spool: Any = None
+        self.spool: SpooledStore | None = None
         try:
             self.store = ReadStore(settings.store.url)
         except BaseException:
@@ -248,9 +246,8 @@ class DeploymentRun:
     def frame_count(self) -> int | None:
         return sum(getattr(s, "frame_count", 0) for s in self.sources) or None
 
-    def run(self, stop: Event | None = None, progress: Any = None) -> RunReport:
-        from anpr.store import DatabaseUnavailable
-
+    def run(self, stop: Event | None = None, progress: Progress | None = None) -> RunReport:
+        assert self.spool is not None, "run() after close()"
         decisions = {c.camera.id: self.policy.camera_decisions(c.camera.id) for c in self.cameras}
         self.audit.append(
             "run.start",
@@ -307,7 +304,6 @@ class DeploymentRun:
             )
         except DatabaseUnavailable as exc:
             log.warning("the run's end is not in the audit log: %s", exc)
-            report.audited_end = False
         return report
 
     def close(self) -> None:
