@@ -275,7 +275,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
             raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         try:
             loaded = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-        except Exception as exc:
+        except Exception as exc:  # whatever the parser raises on this text, the text is at fault
             raise ConfigError(_one_line(f"{path}: not valid YAML: {_yaml_problem(exc)}")) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")

@@ -171,7 +171,7 @@ def test_concurrent_appenders_take_turns(engine):
         for i in range(10):
             try:
                 log.append("query", f"worker{worker}", {"i": i})
-            except BaseException as exc:
+            except BaseException as exc:  # reported by the assertion below
                 errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]

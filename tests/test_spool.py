@@ -122,7 +122,7 @@ def test_postgresql_stopped_mid_run(server, tmp_path, caplog):
                 counted += 3
                 frame += 1
                 time.sleep(0.1)
-        except Exception as exc:
+        except Exception as exc:  # reported below
             errors.append(exc)
 
     writer = threading.Thread(target=run)

@@ -18,7 +18,7 @@ from anpr.registry import SINK_TYPES
 def _not_a_boolean(value: Any) -> Any:
     # YAML reads yes/no/on/off/true/false as booleans, and pydantic would take true for 1.
     if isinstance(value, bool):
-        raise ValueError("must be a number, not a boolean")
+        raise ValueError("must be a number, not a boolean")  # a ValueError: pydantic reports no TypeError
     return value
 
 
