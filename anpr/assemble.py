@@ -50,8 +50,12 @@ class Models:
     recogniser: PlateRecogniser
 
 
+def load_recogniser(settings: RunSettings) -> PlateRecogniser:
+    return make_recogniser(settings.pipeline.ocr, settings.detector.device)
+
+
 def load_models(settings: RunSettings) -> Models:
-    return Models(make_detector(settings.detector), make_recogniser(settings.pipeline.ocr, settings.detector.device))
+    return Models(make_detector(settings.detector), load_recogniser(settings))
 
 
 # --- cameras and sources -----------------------------------------------------------------

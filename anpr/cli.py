@@ -251,42 +251,82 @@ def _report_spool(spool: Any, store_url: str) -> None:
 
 @app.command("eval")
 def evaluate_command(
-    dataset: Annotated[Path, typer.Argument(help="Folder of images with NAME.txt annotations (openalpr layout).")],
+    dataset: Annotated[
+        Path,
+        typer.Argument(help="Annotated folder: scenes (NAME.jpg + NAME.txt, openalpr layout) or crops (labels.csv)."),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
+    split: Annotated[
+        str, typer.Option("--split", help="Crop sets: the split to measure, test (default), train or all.")
+    ] = "test",
+    errors: Annotated[
+        Path | None,
+        typer.Option("--errors", help="Write one JSON line per image: expected, read, candidates, confidence."),
+    ] = None,
     ocr: OcrOption = None,
     batch: BatchOption = None,
     device: DeviceOption = None,
     detector_backend: DetectorOption = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML settings file.")] = None,
 ) -> None:
-    """Measure plate detection recall and exact-plate accuracy on an annotated folder."""
-    from anpr.assemble import load_models
+    """Measure exact-plate accuracy (and, on scenes, plate detection recall) on an annotated folder."""
+    from anpr.assemble import load_models, load_recogniser
     from anpr.config import load_settings
-    from anpr.eval import evaluate, load_annotations
+    from anpr.errors import DatasetError
+    from anpr.eval import SPLITS, evaluate, evaluate_crops, is_crop_set, load_annotations, load_crop_labels
 
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend))
-    load_annotations(dataset)  # a malformed dataset fails before the models load
-    models = load_models(settings)
+    crops = is_crop_set(dataset)
+    if split not in (*SPLITS, "all"):
+        raise DatasetError(f"--split must be {', '.join(SPLITS)} or all, not {split!r}")
+    chosen_split = None if split == "all" else split
+    # A malformed dataset fails before the models load.
+    if crops:
+        load_crop_labels(dataset, chosen_split)
+    else:
+        load_annotations(dataset)
+    output = _open_for_writing(errors) if errors else None
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
             sys.stderr.write(f"\r  images {done}/{total}")
             sys.stderr.flush()
 
-    report = evaluate(dataset, models.detector, models.recogniser, settings.pipeline.batch, progress)
+    if crops:
+        report = evaluate_crops(dataset, load_recogniser(settings), chosen_split, settings.pipeline.batch, progress)
+    else:
+        models = load_models(settings)
+        report = evaluate(dataset, models.detector, models.recogniser, settings.pipeline.batch, progress)
     if sys.stderr.isatty():
         sys.stderr.write("\n")
+    if output:
+        with output:
+            output.writelines(json.dumps(result.to_dict()) + "\n" for result in report.results)
     summary = report.summary()
     if as_json:
         print(json.dumps(summary))
         return
-    print(f"dataset           {dataset}")
+    recall = summary["detection_recall"]
+    confused = ", ".join(f"{a or '-'}>{b or '-'} {n}" for a, b, n in summary["confusions"]) or "-"
+    print(f"dataset           {dataset}" + (f" (crops, split {split})" if crops else ""))
     print(f"ocr backend       {settings.pipeline.ocr}")
     print(f"images            {summary['images']}")
-    print(f"detection recall  {summary['detection_recall']:.3f}  (IoU >= 0.3)")
+    print(
+        "detection recall  " + ("n/a (crops: nothing to detect)" if recall is None else f"{recall:.3f}  (IoU >= 0.3)")
+    )
     print(f"exact plates      {summary['exact']:.3f}")
     print(f"right in top 3    {summary['top3']:.3f}")
     print(f"ms per image      {summary['ms_per_image']:.1f}")
+    print(f"confusions        {confused}  (expected>read, '-' nothing)")
+
+
+def _open_for_writing(path: Path) -> Any:
+    from anpr.errors import ConfigError
+
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @app.command()

@@ -1,17 +1,27 @@
-"""Accuracy on an annotated photo folder (the openalpr benchmark layout).
+"""Accuracy on annotated sets, of two kinds:
 
-Each `NAME.txt` holds one tab-separated line per plate: `IMAGE X Y WIDTH HEIGHT PLATE`.
-A plate counts as found when a detection overlaps its box at IoU >= 0.3, and as read
-exactly when the text read from that detection equals the label (normalised, O and 0
-folded together).
+- scenes (the openalpr benchmark layout): each `NAME.txt` holds one tab-separated line
+  per plate, `IMAGE X Y WIDTH HEIGHT PLATE`. The detector and the recogniser run; a plate
+  counts as found when a detection overlaps its box at IoU >= 0.3, and as read exactly
+  when the text read from that detection equals the label.
+- plate crops: `labels.csv` with `image,region,plate,split`. Only the recogniser runs,
+  on the crops of one split.
+
+Texts are compared normalised, O and 0 folded together. Every result keeps the
+candidates with their probabilities, so the errors can be written out one per image, and
+the most frequent character confusions are counted.
 """
 
 from __future__ import annotations
 
+import csv
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from pathlib import Path
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -19,10 +29,15 @@ import numpy as np
 from anpr.detect import PlateDetector, pairwise_iou
 from anpr.errors import DatasetError
 from anpr.ocr import PlateRecogniser, cut_plates
-from anpr.plates import choose_plate, same_plate
+from anpr.plates import PlateText, choose_plate, normalise, same_plate
 
 MATCH_IOU = 0.3
 ANNOTATION_FIELDS = ("image", "x", "y", "width", "height", "plate")
+LABELS_FILE = "labels.csv"  # a crop set's labels
+LABEL_FIELDS = ("image", "region", "plate", "split")
+SPLITS = ("train", "test")
+TOP_CONFUSIONS = 10
+_FOLD_O = str.maketrans({"O": "0"})  # as same_plate compares
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,47 +48,107 @@ class Annotation:
 
 
 @dataclass(frozen=True, slots=True)
+class CropLabel:
+    image: Path
+    region: str
+    plate: str
+    split: str
+
+
+@dataclass(frozen=True, slots=True)
 class ImageResult:
     image: str
     expected: str
     read: str | None  # None when the plate was not found
-    iou: float
-    candidates: tuple[str, ...] = ()  # best first
+    iou: float | None  # of the matched detection; None for a crop (nothing was detected)
+    candidates: tuple[tuple[str, float], ...] = ()  # best first, with their probabilities
+    confidence: float = 0.0  # the read's share of its candidates
+
+    @property
+    def right(self) -> bool:
+        return self.read is not None and same_plate(self.read, self.expected)
+
+    def to_dict(self) -> dict[str, Any]:
+        """One line of `anpr eval --errors`."""
+        return {
+            "image": self.image,
+            "expected": self.expected,
+            "read": self.read,
+            "right": self.right,
+            "confidence": round(self.confidence, 4),
+            "candidates": [[text, round(p, 4)] for text, p in self.candidates],
+            "iou": None if self.iou is None else round(self.iou, 4),
+        }
+
+
+def _result(image: str, expected: str, plate: PlateText | None, iou: float | None) -> ImageResult:
+    if plate is None:
+        return ImageResult(image, expected, None, iou)
+    return ImageResult(image, expected, plate.plate, iou, plate.candidates, plate.confidence)
+
+
+def confusions(results: Sequence[ImageResult], top: int = TOP_CONFUSIONS) -> list[tuple[str, str, int]]:
+    """The most frequent (expected, read, count) character confusions of the wrong reads.
+
+    Texts are aligned with difflib: a substituted character is counted as (expected, read)
+    where the substituted runs have one length, a dropped one as (expected, ""), an added
+    one as ("", read). O and 0 are folded together, as the exact score does.
+    """
+    counted: Counter[tuple[str, str]] = Counter()
+    for result in results:
+        if result.read is None or result.right:
+            continue
+        expected, read = (normalise(t).translate(_FOLD_O) for t in (result.expected, result.read))
+        for op, i1, i2, j1, j2 in SequenceMatcher(None, expected, read, autojunk=False).get_opcodes():
+            if op == "replace" and i2 - i1 == j2 - j1:
+                counted.update(zip(expected[i1:i2], read[j1:j2], strict=True))
+            elif op in ("replace", "delete"):
+                counted.update((ch, "") for ch in expected[i1:i2])
+            if op in ("replace", "insert") and not (op == "replace" and i2 - i1 == j2 - j1):
+                counted.update(("", ch) for ch in read[j1:j2])
+    return [(a, b, n) for (a, b), n in counted.most_common(top)]
 
 
 @dataclass(frozen=True, slots=True)
 class EvalReport:
     results: list[ImageResult]
     seconds: float
+    detected: bool = True  # False for a crop set: the detector did not run
 
     @property
     def images(self) -> int:
         return len(self.results)
 
     @property
-    def detection_recall(self) -> float:
+    def detection_recall(self) -> float | None:
+        if not self.detected:
+            return None
         return sum(r.read is not None for r in self.results) / max(self.images, 1)
 
     @property
     def exact(self) -> float:
-        return sum(r.read is not None and same_plate(r.read, r.expected) for r in self.results) / max(self.images, 1)
+        return sum(r.right for r in self.results) / max(self.images, 1)
 
     @property
     def top3(self) -> float:
         """Share of plates whose right text is among the first three candidates."""
-        return sum(any(same_plate(c, r.expected) for c in r.candidates[:3]) for r in self.results) / max(self.images, 1)
+        return sum(any(same_plate(c, r.expected) for c, _ in r.candidates[:3]) for r in self.results) / max(
+            self.images, 1
+        )
 
     @property
     def ms_per_image(self) -> float:
         return 1000.0 * self.seconds / max(self.images, 1)
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self) -> dict[str, Any]:
+        recall = self.detection_recall
         return {
             "images": self.images,
-            "detection_recall": round(self.detection_recall, 4),
+            "detection_recall": None if recall is None else round(recall, 4),
             "exact": round(self.exact, 4),
             "top3": round(self.top3, 4),
             "ms_per_image": round(self.ms_per_image, 1),
+            "confusions": [list(c) for c in confusions(self.results)],
         }
 
 
@@ -105,7 +180,10 @@ def load_annotations(folder: Path) -> list[Annotation]:
     return annotations
 
 
-def _batches(items: list[Annotation], size: int) -> Iterator[list[Annotation]]:
+Item = TypeVar("Item")
+
+
+def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -121,12 +199,7 @@ def evaluate(
     results: list[ImageResult] = []
     started = time.perf_counter()
     for batch in _batches(annotations, batch_size):
-        images = []
-        for annotation in batch:
-            image = cv2.imread(str(annotation.image))
-            if image is None:
-                raise DatasetError(f"cannot decode image {annotation.image}")
-            images.append(image)
+        images = [_read_image(annotation.image) for annotation in batch]
         detections = detector.detect(images)
         matched: list[int] = []  # index into detections, per annotation (-1: not found)
         ious: list[float] = []
@@ -141,19 +214,72 @@ def evaluate(
         reads = recogniser.recognise(cut_plates(images, detections[chosen])).candidates if len(chosen) else []
         plate_of = dict(zip(chosen.tolist(), (choose_plate(c) for c in reads), strict=True))
         for annotation, match, iou in zip(batch, matched, ious, strict=True):
-            plate = plate_of.get(match)
-            results.append(
-                ImageResult(
-                    annotation.image.name,
-                    annotation.plate,
-                    plate.plate if plate else None,
-                    iou,
-                    tuple(t for t, _ in plate.candidates) if plate else (),
-                )
-            )
+            results.append(_result(annotation.image.name, annotation.plate, plate_of.get(match), iou))
         if progress:
             progress(len(results), len(annotations))
     return EvalReport(results, time.perf_counter() - started)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path))
+    if image is None:
+        raise DatasetError(f"cannot decode image {path}")
+    return image
+
+
+def is_crop_set(folder: Path) -> bool:
+    return (folder / LABELS_FILE).is_file()
+
+
+def load_crop_labels(folder: Path, split: str | None = None) -> list[CropLabel]:
+    """The crops of a crop set, of one split (None: all), in file order."""
+    path = folder / LABELS_FILE
+    try:
+        with path.open(encoding="utf-8", newline="") as file:
+            rows = list(csv.reader(file))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from None
+    if not rows or tuple(rows[0]) != LABEL_FIELDS:
+        raise DatasetError(f"{path}: the first line must be {','.join(LABEL_FIELDS)}")
+    labels = []
+    for number, row in enumerate(rows[1:], 2):
+        if not row:
+            continue
+        if len(row) != len(LABEL_FIELDS):
+            raise DatasetError(
+                f"{path}:{number}: expected {len(LABEL_FIELDS)} comma-separated fields, found {len(row)}"
+            )
+        name, region, plate, row_split = row
+        if row_split not in SPLITS:
+            raise DatasetError(f"{path}:{number}: split must be {' or '.join(SPLITS)}, not {row_split!r}")
+        image = folder / name
+        if not image.is_file():
+            raise DatasetError(f"{path}:{number}: image not found: {image}")
+        if split is None or row_split == split:
+            labels.append(CropLabel(image, region, plate, row_split))
+    if not labels:
+        raise DatasetError(f"{path}: no crops" + (f" in split '{split}'" if split else ""))
+    return labels
+
+
+def evaluate_crops(
+    folder: Path,
+    recogniser: PlateRecogniser,
+    split: str | None = "test",
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Exact-plate accuracy of the recogniser on the plate crops of one split (None: all)."""
+    labels = load_crop_labels(folder, split)
+    results: list[ImageResult] = []
+    started = time.perf_counter()
+    for batch in _batches(labels, batch_size):
+        texts = recogniser.recognise([_read_image(label.image) for label in batch])
+        for label, candidates in zip(batch, texts.candidates, strict=True):
+            results.append(_result(label.image.name, label.plate, choose_plate(candidates), None))
+        if progress:
+            progress(len(results), len(labels))
+    return EvalReport(results, time.perf_counter() - started, detected=False)
 
 
 def score_passages(truth: list[dict], reported: list[dict]) -> dict[str, object]:

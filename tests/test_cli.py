@@ -125,7 +125,8 @@ def test_eval_json_on_the_annotated_set(anpr_cli, dataset):
     result = anpr_cli("eval", str(dataset), "--json", timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"images", "detection_recall", "exact", "top3", "ms_per_image"}
+    assert set(report) == {"images", "detection_recall", "exact", "top3", "ms_per_image", "confusions"}
+    assert all(len(c) == 3 and c[2] >= 1 for c in report["confusions"])  # [expected, read, count], most first
     assert report["images"] == 108
     assert report["detection_recall"] >= 0.95
     # Measured 0.963 / 0.9815 (benchmarks/RESULTS.md). One image is 0.009: the top-3 floor
