@@ -29,7 +29,8 @@ import numpy as np
 from anpr.detect import PlateDetector, pairwise_iou
 from anpr.errors import DatasetError
 from anpr.ocr import PlateRecogniser, cut_plates
-from anpr.plates import PlateText, choose_plate, normalise, same_plate
+from anpr.plates import PlateText, choose_plate, comparable, same_plate
+from anpr.records import candidates_to_list
 
 MATCH_IOU = 0.3
 ANNOTATION_FIELDS = ("image", "x", "y", "width", "height", "plate")
@@ -37,7 +38,6 @@ LABELS_FILE = "labels.csv"  # a crop set's labels
 LABEL_FIELDS = ("image", "region", "plate", "split")
 SPLITS = ("train", "test")
 TOP_CONFUSIONS = 10
-_FOLD_O = str.maketrans({"O": "0"})  # as same_plate compares
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ class ImageResult:
             "read": self.read,
             "right": self.right,
             "confidence": round(self.confidence, 4),
-            "candidates": [[text, round(p, 4)] for text, p in self.candidates],
+            "candidates": candidates_to_list(self.candidates),
             "iou": None if self.iou is None else round(self.iou, 4),
         }
 
@@ -98,13 +98,14 @@ def confusions(results: Sequence[ImageResult], top: int = TOP_CONFUSIONS) -> lis
     for result in results:
         if result.read is None or result.right:
             continue
-        expected, read = (normalise(t).translate(_FOLD_O) for t in (result.expected, result.read))
+        expected, read = comparable(result.expected), comparable(result.read)
         for op, i1, i2, j1, j2 in SequenceMatcher(None, expected, read, autojunk=False).get_opcodes():
-            if op == "replace" and i2 - i1 == j2 - j1:
+            if op == "equal":
+                continue
+            if i2 - i1 == j2 - j1:  # substituted one for one
                 counted.update(zip(expected[i1:i2], read[j1:j2], strict=True))
-            elif op in ("replace", "delete"):
+            else:  # dropped (expected, "") and added ("", read); a delete or insert has one side empty
                 counted.update((ch, "") for ch in expected[i1:i2])
-            if op in ("replace", "insert") and not (op == "replace" and i2 - i1 == j2 - j1):
                 counted.update(("", ch) for ch in read[j1:j2])
     return [(a, b, n) for (a, b), n in counted.most_common(top)]
 

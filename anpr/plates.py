@@ -28,9 +28,14 @@ def normalise(raw: str) -> str:
     return "".join(ch for ch in decomposed if ch in _KEEP)
 
 
+def comparable(text: str) -> str:
+    """A plate text as registrations are compared: normalised, O folded into 0."""
+    return normalise(text).translate(_SAME_GLYPH)
+
+
 def same_plate(a: str, b: str) -> bool:
     """Whether two plate texts name the same registration, O and 0 folded together."""
-    return normalise(a).translate(_SAME_GLYPH) == normalise(b).translate(_SAME_GLYPH)
+    return comparable(a) == comparable(b)
 
 
 # Most registrations on the road follow their country's serial layout: a candidate that

@@ -38,7 +38,8 @@ def _round(value: float, digits: int, exact: bool) -> float:
     return value if exact else round(value, digits)
 
 
-def _candidates_to_list(candidates: Candidates, exact: bool) -> list[list[Any]]:
+def candidates_to_list(candidates: Candidates, exact: bool = False) -> list[list[Any]]:
+    """`[[text, probability], ...]`, rounded to 4 digits unless `exact`."""
     return [[text, _round(p, 4, exact)] for text, p in candidates]
 
 
@@ -78,7 +79,7 @@ class PlateRead:
             "detector_confidence": _round(self.detector_confidence, 4, exact),
             "detector_model": self.detector_model,
             "ocr_model": self.ocr_model,
-            "candidates": _candidates_to_list(self.candidates, exact),
+            "candidates": candidates_to_list(self.candidates, exact),
             "country": self.country,
             "format": self.format,
         }
@@ -197,7 +198,7 @@ class Passage:
             "purpose": self.purpose,
             "plate": self.plate,
             "confidence": round(self.confidence, 4),
-            "candidates": _candidates_to_list(self.candidates, exact=False),
+            "candidates": candidates_to_list(self.candidates, exact=False),
             "country": self.country,
             "format": self.format,
             "first_frame": self.first_frame,
