@@ -100,24 +100,23 @@ def cameras_to_run(
 def _pick_camera(deployment: Deployment, camera_id: str | None) -> Camera:
     ids = ", ".join(c.id for c in deployment.cameras)
     if camera_id is not None:
-        for camera in deployment.cameras:
-            if camera.id == camera_id:
-                return camera
-        raise ConfigError(f"no camera '{camera_id}' in the config; cameras: {ids}")
+        camera = deployment.camera(camera_id)
+        if camera is None:
+            raise ConfigError(f"no camera '{camera_id}' in the config; cameras: {ids}")
+        return camera
     if len(deployment.cameras) > 1:
         raise ConfigError(f"the config has {len(deployment.cameras)} cameras: choose one with --camera ({ids})")
     return deployment.cameras[0]
 
 
-def refuse_denied_cameras(decisions: Mapping[str, Sequence[PurposeDecision]], demo: bool) -> None:
+def refuse_denied_camera(camera: str, decisions: Sequence[PurposeDecision], demo: bool) -> None:
     """A camera whose every purpose is denied does not start (unless `demo`, to show the blocks)."""
-    for camera, camera_decisions in decisions.items():
-        if not any(d.allowed for d in camera_decisions) and not demo:
-            refused = "; ".join(f"{d.purpose}: {d.rule.id} [{d.legal_reference}]" for d in camera_decisions)
-            raise PolicyRefusal(
-                f"every purpose of camera '{camera}' is denied ({refused}): refusing to start "
-                f"(--demo runs it and shows every read blocked)"
-            )
+    if not any(d.allowed for d in decisions) and not demo:
+        refused = "; ".join(f"{d.purpose}: {d.rule.id} [{d.legal_reference}]" for d in decisions)
+        raise PolicyRefusal(
+            f"every purpose of camera '{camera}' is denied ({refused}): refusing to start "
+            f"(--demo runs it and shows every read blocked)"
+        )
 
 
 def open_sources(cameras: Sequence[CameraSource], stream: StreamSettings) -> list[FrameSource]:
@@ -165,7 +164,7 @@ class Lanes:
 
 
 def build_lanes(
-    settings: Settings,
+    settings: RunSettings,
     policy: Policy,
     cameras: Sequence[CameraSource],
     sources: Sequence[FrameSource],
@@ -175,8 +174,7 @@ def build_lanes(
 ) -> Lanes:
     """Per camera: its reader, a pipeline with the shared models, and a policy gate that
     writes to the deployment's sinks (the database sinks through `database`)."""
-    deployment = require_deployment(settings)
-    sinks = make_sinks(deployment.sinks, database)
+    sinks = make_sinks(policy.deployment.sinks, database)
     lanes, gates = [], []
     for camera, source in zip(cameras, sources, strict=True):
         gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs)
@@ -210,15 +208,17 @@ class DeploymentRun:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: RunSettings,
         policy: Policy,
+        decisions: Mapping[str, Sequence[PurposeDecision]],
         cameras: Sequence[CameraSource],
         outputs: Sequence[PolicedSink] = (),
         *,
         config: Path | None = None,
         demo: bool = False,
     ) -> None:
-        self.settings, self.policy, self.cameras = settings, policy, list(cameras)
+        """`decisions`: each camera's purpose decisions, as announced before the run (audited as such)."""
+        self.settings, self.policy, self.decisions, self.cameras = settings, policy, decisions, list(cameras)
         self.config, self.demo = config, demo
         self.sources = open_sources(self.cameras, settings.stream)
         self.spool: SpooledStore | None = None
@@ -252,7 +252,6 @@ class DeploymentRun:
 
     def run(self, stop: Event | None = None, progress: Progress | None = None) -> RunReport:
         assert self.spool is not None, "run() after close()"
-        decisions = {c.camera.id: self.policy.camera_decisions(c.camera.id) for c in self.cameras}
         self.audit.append(
             "run.start",
             "pipeline",
@@ -263,7 +262,7 @@ class DeploymentRun:
                 "demo": self.demo,
                 "decisions": {
                     camera: {d.purpose: {"verdict": d.verdict.value, "rule": d.rule.id} for d in ds}
-                    for camera, ds in decisions.items()
+                    for camera, ds in self.decisions.items()
                 },
             },
         )

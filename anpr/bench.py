@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from anpr.config import RunSettings
+from anpr.config import load_settings
 from anpr.errors import AnprError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,15 +119,15 @@ def run_phase(*args: str) -> dict[str, Any]:
 
 def benchmark(
     video: Path,
-    settings: RunSettings,
     config: Path = BENCH_DEPLOYMENT,
     overrides: dict[str, dict[str, Any]] | None = None,
     *,
     naive_frames: int = 100,
     progress: Callable[[str], None] = print,
 ) -> dict[str, object]:
-    """The three phases on `video`, each by `run_phase`; anpr's with `config` and `overrides` (as `load_settings`
-    takes them), whose result is `settings`: the figures report what was measured."""
+    """The three phases on `video`, each by `run_phase`; anpr's with `config` and `overrides`
+    (as `load_settings` takes them). The figures report the settings that were measured."""
+    settings = load_settings(config, overrides)  # bad values fail here, before any phase runs
     if not video.is_file():
         raise AnprError(f"no such video: {video}")
     device = settings.detector.device

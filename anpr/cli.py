@@ -179,7 +179,7 @@ def run(
     """Read plates under a deployment's policy: SOURCE as one camera, or, without SOURCE,
     every camera of the config at once. Files are read to their end; streams until Ctrl-C
     or SIGTERM, reconnecting when they drop."""
-    from anpr.assemble import DeploymentRun, cameras_to_run, refuse_denied_cameras, require_deployment
+    from anpr.assemble import DeploymentRun, cameras_to_run, refuse_denied_camera, require_deployment
     from anpr.config import load_settings
     from anpr.errors import SourceError
     from anpr.outputs import (
@@ -197,15 +197,16 @@ def run(
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend, store={"url": db}))
     policy = Policy(require_deployment(settings))
     cameras = cameras_to_run(policy.deployment, source, camera_id, config)
+    decisions = {}  # announced, checked and audited once
     for camera in cameras:
-        decisions = policy.camera_decisions(camera.camera.id)
-        _say(decision_lines(decisions, camera.camera.id if len(cameras) > 1 else None))
-        refuse_denied_cameras({camera.camera.id: decisions}, demo)
+        decisions[camera.camera.id] = policy.camera_decisions(camera.camera.id)
+        _say(decision_lines(decisions[camera.camera.id], camera.camera.id if len(cameras) > 1 else None))
+        refuse_denied_camera(camera.camera.id, decisions[camera.camera.id], demo)
     status_log = StatusLog(log_json) if log_json else None
     tally = PlateTally()
     passage_output = PassageOutput(sys.stdout if jsonl else None) if passages else None
     outputs = [tally, *([passage_output] if passage_output else [JsonLines()] if jsonl else [])]
-    with DeploymentRun(settings, policy, cameras, outputs, config=config, demo=demo) as deployment_run:
+    with DeploymentRun(settings, policy, decisions, cameras, outputs, config=config, demo=demo) as deployment_run:
         progress = ProgressLine(deployment_run.frame_count, status_log)
         stop = _install_stop_handler()
         if status_log:
@@ -367,9 +368,7 @@ def bench(
 ) -> None:
     """Frames/s of decoding alone, of the naive pipeline and of anpr, measured in one run."""
     from anpr.bench import BENCH_DEPLOYMENT, benchmark
-    from anpr.config import load_settings
 
-    config = config or BENCH_DEPLOYMENT
     overrides = _flags(
         ocr,
         batch,
@@ -378,13 +377,10 @@ def bench(
         pipeline={"stride": stride, "settle_reads": settle, "motion_threshold": motion},
         detector={"input_size": input_size},
     )
-    settings = load_settings(config, overrides)  # bad values fail here, before any phase runs
-    given = {section: {k: v for k, v in keys.items() if v is not None} for section, keys in overrides.items()}
     result = benchmark(
         video,
-        settings,
-        config,
-        given,
+        config or BENCH_DEPLOYMENT,
+        overrides,
         naive_frames=naive_frames,
         progress=lambda m: print(f"anpr bench: {m}", file=sys.stderr, flush=True),
     )

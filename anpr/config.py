@@ -158,10 +158,6 @@ class Settings(RunSettings):
             raise ValueError("'cameras' and 'purposes' need a 'controller'")
         return data
 
-    @property
-    def declares_deployment(self) -> bool:
-        return self.deployment is not None
-
     def flat(self) -> dict[str, Any]:
         """The settings as a config file holds them (deployment keys at the top level)."""
         data = self.model_dump()

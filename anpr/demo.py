@@ -48,19 +48,18 @@ def gate_sample(configs: Path, sample: Path, workdir: Path) -> list[dict[str, An
     paths = sorted(configs.glob("*.yaml"))
     if not paths:
         raise AnprError(f"no *.yaml configs in {configs}")
-    deployments = [(path, load_settings(path)) for path in paths]  # an invalid config fails before reading
-    for _, settings in deployments:
-        require_deployment(settings)
+    # An invalid config, or one that declares no deployment, fails before reading.
+    loaded = [(path, load_settings(path)) for path in paths]
+    deployments = [(path, settings, require_deployment(settings)) for path, settings in loaded]
     log.info("reading %s once for %d configs", sample, len(paths))
     reads_by_settings: dict[str, list[PlateRead]] = {}
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path, settings in deployments:
+    for path, settings, deployment in deployments:
         reading = json.dumps(settings.model_dump(include={"pipeline", "detector"}), sort_keys=True)
         if reading not in reads_by_settings:
             reads_by_settings[reading] = _reads_of(sample, settings)
         reads = reads_by_settings[reading]
-        deployment = require_deployment(settings)
         policy = Policy(deployment)
         store = ReadStore(str(workdir / f"{path.stem}.sqlite"))
         # Exports go to the work folder, never into the current directory.

@@ -114,8 +114,8 @@ class Deployment(_Strict):
             raise ValueError("camera ids must be unique")
         return self
 
-    def camera(self, camera_id: str) -> Camera:
-        return next(c for c in self.cameras if c.id == camera_id)
+    def camera(self, camera_id: str) -> Camera | None:
+        return next((c for c in self.cameras if c.id == camera_id), None)
 
 
 DEPLOYMENT_KEYS = tuple(Deployment.model_fields)  # at the top level of a config file

@@ -214,7 +214,10 @@ class Policy:
         return explained
 
     def camera_decisions(self, camera_id: str) -> list[PurposeDecision]:
-        return [self.purpose(code) for code in self.deployment.camera(camera_id).purposes]
+        camera = self.deployment.camera(camera_id)
+        if camera is None:
+            raise KeyError(f"no camera '{camera_id}' in the deployment")
+        return [self.purpose(code) for code in camera.purposes]
 
 
 def decide(deployment: Deployment, read: PlateRead, purpose: str, now: float | None = None) -> ReadDecision:
