@@ -22,8 +22,8 @@ from pathlib import Path
 from threading import Event
 
 from anpr.audit import AuditLog
-from anpr.config import RunSettings, Settings, StreamSettings
-from anpr.detect import PlateDetector, make_detector
+from anpr.config import DetectorSettings, RunSettings, Settings, StreamSettings
+from anpr.detect import PlateDetector, TiledSecondPass, make_detector
 from anpr.errors import ConfigError, PolicyRefusal, SourceError
 from anpr.ocr import PlateRecogniser, make_recogniser
 from anpr.pipeline import Lane, Pipeline, ReadSink, run_lanes
@@ -31,7 +31,7 @@ from anpr.policy.deployment import Camera, Deployment
 from anpr.policy.engine import Policy, PurposeDecision
 from anpr.policy.gate import DatabaseSink, GateTally, PolicyGate
 from anpr.sinks import PolicedSink, make_sinks
-from anpr.source import FrameReader, FrameSource, Reconnect, SourceState, open_source
+from anpr.source import FrameReader, FrameSource, ImageSource, Reconnect, SourceState, open_source
 from anpr.spool import SpooledStore
 from anpr.store import DatabaseUnavailable, ReadStore
 
@@ -142,10 +142,25 @@ def open_sources(cameras: Sequence[CameraSource], stream: StreamSettings) -> lis
 # --- lanes ---------------------------------------------------------------------------------
 
 
-def read_lane(name: str, source: FrameSource, settings: RunSettings, models: Models, sinks: Sequence[ReadSink]) -> Lane:
+def with_second_pass(detector: PlateDetector, settings: DetectorSettings, stills: bool) -> PlateDetector:
+    """The detector, searching plate-less frames again tile by tile where the settings ask for it."""
+    if settings.second_pass == "tiles" or (settings.second_pass == "auto" and stills):
+        return TiledSecondPass(detector, settings.input_size)
+    return detector
+
+
+def read_lane(
+    name: str,
+    source: FrameSource,
+    settings: RunSettings,
+    models: Models,
+    sinks: Sequence[ReadSink],
+    regions: Sequence[str] = (),
+) -> Lane:
     """A camera's frames through the pipeline into `sinks`, with no policy gate (for reads
-    that are gated later, as `anpr demo` does)."""
-    pipeline = Pipeline(models.detector, models.recogniser, sinks, settings.pipeline)
+    that are gated later, as `anpr demo` does); `regions` are the deployment's plate regions."""
+    detector = with_second_pass(models.detector, settings.detector, stills=isinstance(source, ImageSource))
+    pipeline = Pipeline(detector, models.recogniser, sinks, settings.pipeline, tuple(regions))
     return Lane(name, FrameReader(source, settings.pipeline.queue), pipeline)
 
 
@@ -179,7 +194,7 @@ def build_lanes(
     for camera, source in zip(cameras, sources, strict=True):
         gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs)
         gates.append(gate)
-        lanes.append(read_lane(camera.camera.id, source, settings, models, [gate]))
+        lanes.append(read_lane(camera.camera.id, source, settings, models, [gate], policy.deployment.region))
     return Lanes(lanes, gates)
 
 

@@ -204,7 +204,7 @@ def run(
         refuse_denied_camera(camera.camera.id, decisions[camera.camera.id], demo)
     status_log = StatusLog(log_json) if log_json else None
     tally = PlateTally()
-    passage_output = PassageOutput(sys.stdout if jsonl else None) if passages else None
+    passage_output = PassageOutput(sys.stdout if jsonl else None, policy.deployment.region) if passages else None
     outputs = [tally, *([passage_output] if passage_output else [JsonLines()] if jsonl else [])]
     with DeploymentRun(settings, policy, decisions, cameras, outputs, config=config, demo=demo) as deployment_run:
         progress = ProgressLine(deployment_run.frame_count, status_log)
@@ -264,6 +264,14 @@ def evaluate_command(
         Path | None,
         typer.Option("--errors", help="Write one JSON line per image: expected, read, candidates, confidence."),
     ] = None,
+    region: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--region",
+            help="Plate region(s) whose layouts are preferred, as a deployment's `region` (FR, US, BR, US-CA...); "
+            "repeat for several. Default: the config's deployment region, else every layout.",
+        ),
+    ] = None,
     ocr: OcrOption = None,
     batch: BatchOption = None,
     device: DeviceOption = None,
@@ -271,12 +279,17 @@ def evaluate_command(
     config: Annotated[Path | None, typer.Option("--config", help="YAML settings file.")] = None,
 ) -> None:
     """Measure exact-plate accuracy (and, on scenes, plate detection recall) on an annotated folder."""
-    from anpr.assemble import load_models, load_recogniser
+    from anpr.assemble import load_models, load_recogniser, with_second_pass
     from anpr.config import load_settings
-    from anpr.errors import DatasetError
+    from anpr.errors import ConfigError, DatasetError
     from anpr.eval import SPLITS, evaluate, evaluate_crops, is_crop_set, load_annotations, load_crop_labels
+    from anpr.policy.deployment import region_codes
 
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend))
+    try:
+        regions = tuple(region_codes(region) if region else settings.deployment.region if settings.deployment else ())
+    except ValueError as exc:
+        raise ConfigError(f"--region: {exc}") from None
     crops = is_crop_set(dataset)
     if split not in (*SPLITS, "all"):
         raise DatasetError(f"--split must be {', '.join(SPLITS)} or all, not {split!r}")
@@ -294,10 +307,13 @@ def evaluate_command(
             sys.stderr.flush()
 
     if crops:
-        report = evaluate_crops(dataset, load_recogniser(settings), chosen_split, settings.pipeline.batch, progress)
+        report = evaluate_crops(
+            dataset, load_recogniser(settings), chosen_split, settings.pipeline.batch, progress, regions
+        )
     else:
         models = load_models(settings)
-        report = evaluate(dataset, models.detector, models.recogniser, settings.pipeline.batch, progress)
+        detector = with_second_pass(models.detector, settings.detector, stills=True)
+        report = evaluate(dataset, detector, models.recogniser, settings.pipeline.batch, progress, regions)
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     if output:
@@ -311,6 +327,7 @@ def evaluate_command(
     confused = ", ".join(f"{a or '-'}>{b or '-'} {n}" for a, b, n in summary["confusions"]) or "-"
     print(f"dataset           {dataset}" + (f" (crops, split {split})" if crops else ""))
     print(f"ocr backend       {settings.pipeline.ocr}")
+    print(f"region            {', '.join(regions) or 'any (every layout)'}")
     print(f"images            {summary['images']}")
     print(
         "detection recall  " + ("n/a (crops: nothing to detect)" if recall is None else f"{recall:.3f}  (IoU >= 0.3)")

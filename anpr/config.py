@@ -46,7 +46,7 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -82,6 +82,10 @@ class DetectorSettings(_Section):
     confidence: Number = Field(0.25, gt=0.0, le=1.0)
     input_size: Count = Field(640, ge=64, le=4096)
     device: str = "cpu"
+    # Frames with no plate found are searched again tile by tile at full resolution
+    # (small, distant plates): `auto` does it for still images only, `tiles` for every
+    # source, `off` never. Costs one detector call per tile on the frames it searches.
+    second_pass: Literal["auto", "tiles", "off"] = "auto"
 
     @field_validator("backend")
     @classmethod
@@ -192,13 +196,14 @@ def _describe(error: Mapping[str, Any]) -> str:
     loc = _location(tuple(error["loc"]))
     error = {**error, "loc": loc}
     key = ".".join(str(part) for part in loc) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's prefix for our own checks
     if error["type"] == "value_error" and not error["loc"]:
-        return str(error["msg"]).removeprefix("Value error, ")
+        return message
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     if error["type"] == "missing":
         return f"missing key '{key}'"
-    return f"key '{key}': {error['msg']} (got {_SHORT.repr(error.get('input'))})"
+    return f"key '{key}': {message} (got {_SHORT.repr(error.get('input'))})"
 
 
 def _validate(data: dict[str, Any], origin: str) -> Settings:

@@ -195,6 +195,7 @@ def evaluate(
     recogniser: PlateRecogniser,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    regions: tuple[str, ...] = (),
 ) -> EvalReport:
     annotations = load_annotations(folder)
     results: list[ImageResult] = []
@@ -213,7 +214,7 @@ def evaluate(
             ious.append(float(overlaps[best]) if best >= 0 else 0.0)
         chosen = np.array([m for m in matched if m >= 0], np.int64)
         reads = recogniser.recognise(cut_plates(images, detections[chosen])).candidates if len(chosen) else []
-        plate_of = dict(zip(chosen.tolist(), (choose_plate(c) for c in reads), strict=True))
+        plate_of = dict(zip(chosen.tolist(), (choose_plate(c, regions=regions) for c in reads), strict=True))
         for annotation, match, iou in zip(batch, matched, ious, strict=True):
             results.append(_result(annotation.image.name, annotation.plate, plate_of.get(match), iou))
         if progress:
@@ -269,6 +270,7 @@ def evaluate_crops(
     split: str | None = "test",
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    regions: tuple[str, ...] = (),
 ) -> EvalReport:
     """Exact-plate accuracy of the recogniser on the plate crops of one split (None: all)."""
     labels = load_crop_labels(folder, split)
@@ -277,7 +279,7 @@ def evaluate_crops(
     for batch in _batches(labels, batch_size):
         texts = recogniser.recognise([_read_image(label.image) for label in batch])
         for label, candidates in zip(batch, texts.candidates, strict=True):
-            results.append(_result(label.image.name, label.plate, choose_plate(candidates), None))
+            results.append(_result(label.image.name, label.plate, choose_plate(candidates, regions=regions), None))
         if progress:
             progress(len(results), len(labels))
     return EvalReport(results, time.perf_counter() - started, detected=False)

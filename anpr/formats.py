@@ -8,7 +8,66 @@ character with no look-alike of the needed class fails the pattern.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+
+# US passenger serials by state: the current series and the older ones still common on
+# the road, from the states' published formats (not fitted to any data set). Spacing and
+# separators are not part of a registration. Vanity, specialty and county-coded plates
+# outside these are read as they are.
+US_SERIALS: dict[str, tuple[str, ...]] = {
+    "AL": ("DLLDDDD", "DDLLDDD", "DDLDDDD"),
+    "AK": ("LLLDDD",),
+    "AZ": ("LLLDDDD", "LLLDDLL"),
+    "AR": ("DDDLLL", "LLLDDL"),
+    "CA": ("DLLLDDD",),
+    "CO": ("LLLLDD", "DDDLLL", "LLLDDD"),
+    "CT": ("LLDDDDD", "DDDLLL", "DLLLLD"),
+    "DE": ("DDDDDD", "DDDDD"),
+    "DC": ("LLDDDD",),
+    "FL": ("LLLLDD", "DDDLLL", "LDDLLL", "LLLDDD"),
+    "GA": ("LLLDDDD", "DDDDLLL"),
+    "HI": ("LLLDDD",),
+    "ID": ("DLDDDDD", "LDDDDDD", "DLDDDDL"),
+    "IL": ("LLDDDDD", "LDDDDDD", "LLLDDD"),
+    "IN": ("DDDLLL", "DDDL", "LLLDDD"),
+    "IA": ("LLLDDD", "DDDLLL"),
+    "KS": ("DDDLLL", "LLLDDD"),
+    "KY": ("DDDLLL", "LLLDDD"),
+    "LA": ("DDDLLL", "LLLDDD"),
+    "ME": ("DDDDLL", "DDDLL"),
+    "MD": ("DLLDDDD", "DLLLDD"),
+    "MA": ("DLLLDD", "DLLDDD", "DDDLLL"),
+    "MI": ("LLLDDDD", "DLLDDD", "LLLDDD"),
+    "MN": ("DDDLLL", "LLLDDD"),
+    "MS": ("LLLDDDD", "LLLDDD"),
+    "MO": ("LLDLDL", "LLDDDD"),
+    "MT": ("DDDDDDL", "DLDDDDL"),
+    "NE": ("LLLDDD", "DLDDDD"),
+    "NV": ("DDLDDD", "DDLLDD"),
+    "NH": ("DDDDDDD", "DDDDDD", "LLLDDD"),
+    "NJ": ("LDDLLL", "LLLDDL"),
+    "NM": ("LLLDDD", "DDDLLL"),
+    "NY": ("LLLDDDD",),
+    "NC": ("LLLDDDD",),
+    "ND": ("LLLDDD", "DDDLLL"),
+    "OH": ("LLLDDDD",),
+    "OK": ("LLLDDD", "DDDLLL"),
+    "OR": ("DDDLLL", "LLLDDD"),
+    "PA": ("LLLDDDD",),
+    "RI": ("DDDDDD", "LLDDD", "DDDDD"),
+    "SC": ("LLLDDD", "DDDLLL"),
+    "SD": ("DLDDDD", "DDLDDD"),
+    "TN": ("LDDDDL", "DDDLLL", "LLLDDD"),
+    "TX": ("LLLDDDD", "LLDLDDD", "DDDLLL"),
+    "UT": ("LDDDLL", "DDDLLL"),
+    "VT": ("LLLDDD",),
+    "VA": ("LLLDDDD",),
+    "WA": ("LLLDDDD", "DDDLLL"),
+    "WV": ("DLLDDD", "LDDDDD"),
+    "WI": ("LLLDDDD", "DDDLLL"),
+    "WY": ("DDDDDD", "DDDDDDD"),
+}
 
 # The layouts of current and older series, by country. Registrations that are not in
 # a serial layout (vanity plates, diplomatic, trade) match none and are left as read.
@@ -35,6 +94,7 @@ FORMATS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("HR", "city + serial", ("LLDDDLL", "LLDDDDLL", "LLDDDL")),
     ("BR", "old", ("LLLDDDD",)),
     ("BR", "Mercosur", ("LLLDLDD",)),
+    *(("US-" + state, "passenger serial", patterns) for state, patterns in US_SERIALS.items()),
 )
 
 TO_LETTER = {"0": "O", "1": "I", "8": "B", "5": "S", "2": "Z", "6": "G"}
@@ -65,16 +125,36 @@ def _fit(text: str, pattern: str) -> tuple[str, int] | None:
     return "".join(out), swaps
 
 
-COUNTRIES_BY_PATTERN: dict[str, list[tuple[str, str, int]]] = {}
-for _country, _name, _patterns in FORMATS:
-    for _pattern in _patterns:
-        COUNTRIES_BY_PATTERN.setdefault(_pattern, []).append((_country, _name, len(_patterns)))
+def _in_regions(country: str, regions: tuple[str, ...]) -> bool:
+    """Whether a table row's country ("FR", "US-CA") is in one of `regions` ("US" covers "US-CA")."""
+    return not regions or any(country == r or country.startswith(r + "-") for r in regions)
 
 
-def best_format(text: str) -> FormatMatch | None:
-    """The pattern the read fits with the fewest look-alike swaps, or None."""
+@functools.cache
+def patterns_of(regions: tuple[str, ...] = ()) -> dict[str, list[tuple[str, str, int]]]:
+    """Pattern -> (country, format name, variants in its row) over the rows of `regions` (all if empty)."""
+    table: dict[str, list[tuple[str, str, int]]] = {}
+    for country, name, patterns in FORMATS:
+        if _in_regions(country, regions):
+            for pattern in patterns:
+                table.setdefault(pattern, []).append((country, name, len(patterns)))
+    return table
+
+
+COUNTRIES_BY_PATTERN = patterns_of()
+REGIONS = tuple(sorted({country for country, _, _ in FORMATS} | {c.split("-")[0] for c, _, _ in FORMATS}))
+
+
+def shortest_layout(regions: tuple[str, ...] = ()) -> int:
+    """The length of the shortest serial layout of `regions`: a shorter read is no registration there."""
+    return min(len(pattern) for pattern in patterns_of(regions))
+
+
+def best_format(text: str, regions: tuple[str, ...] = ()) -> FormatMatch | None:
+    """The pattern of `regions` (every region if empty) the read fits with the fewest look-alike swaps."""
+    table = patterns_of(regions)
     best: tuple[str, str, int] | None = None  # pattern, fitted text, swaps
-    for pattern in COUNTRIES_BY_PATTERN:
+    for pattern in table:
         if len(pattern) != len(text):
             continue
         fitted = _fit(text, pattern)
@@ -83,10 +163,13 @@ def best_format(text: str) -> FormatMatch | None:
     if best is None:
         return None
     pattern, fitted_text, swaps = best
-    owners = COUNTRIES_BY_PATTERN[pattern]
+    owners = table[pattern]
+    # Many US states share a layout: the text alone names the country, not the state.
+    states = [c for c, _, _ in owners if "-" in c]
+    countries = dict.fromkeys(c.split("-")[0] if len(states) > 1 and "-" in c else c for c, _, _ in owners)
     return FormatMatch(
         fitted_text,
-        "/".join(dict.fromkeys(c for c, _, _ in owners)),
+        "/".join(countries),
         "; ".join(f"{c} {n}" for c, n, _ in owners),
         pattern,
         swaps,

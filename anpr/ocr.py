@@ -38,6 +38,7 @@ class TextReads:
 
 class PlateRecogniser(Protocol):
     identifier: str  # model name and hash, stored with every read
+    reject_below: float  # a read less sure than this is more often wrong than right (0: not calibrated)
 
     def recognise(self, crops: Sequence[np.ndarray]) -> TextReads: ...
 
@@ -382,6 +383,7 @@ class CtcRecogniser:
 
     identifier: str
     line_input: LineInput
+    reject_below = 0.0  # general text recognisers: not calibrated on plates
 
     def __init__(self, classes: Sequence[str], forward: Callable[[np.ndarray], np.ndarray]) -> None:
         self._classes = ["", *classes[1:]]
@@ -471,6 +473,46 @@ class EasyOcrRecogniser(CtcRecogniser):
                 return torch.softmax(logits, dim=2).cpu().numpy()
 
         super().__init__(classes, forward)
+
+
+# --- the project's own plate network ----------------------------------------------
+
+PLATE_NET_SIZE = (160, 48)  # width, height: every crop is stretched to it (training/model.py)
+
+
+def prepare_plate(crop: np.ndarray, size: tuple[int, int] = PLATE_NET_SIZE) -> np.ndarray:
+    """One BGR crop as PlateNet's (1, H, W) float32 input in [-1, 1]; training uses it too."""
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+    interpolation = cv2.INTER_AREA if grey.shape[0] > size[1] else cv2.INTER_LINEAR
+    line = cv2.resize(grey, size, interpolation=interpolation)
+    return (line.astype(np.float32) / 127.5 - 1.0)[None]
+
+
+@RECOGNISERS.register(
+    "platenet", help="the project's plate-trained CRNN (models/platenet.onnx) through ONNX Runtime, on the CPU"
+)
+class PlateNetRecogniser:
+    """A CRNN trained by the project on plate crops (`training/`, provenance in models/README.md).
+
+    It reads the whole crop, as it was trained to: no band removal, no row cutting, one
+    model call for the batch, one view per plate.
+    """
+
+    def __init__(self, device: str = "cpu", weights: ModelFile | None = None, threads: int = 0) -> None:
+        self.weights = weights or model_file("platenet")
+        self.identifier = self.weights.identifier
+        self._session = onnx_session(self.weights, threads)
+        self._input = self._session.get_inputs()[0].name
+        # Written by training/calibrate.py: measured on plates the network never saw.
+        self.reject_below = float(self._session.get_modelmeta().custom_metadata_map.get("reject_below", 0.0))
+
+    def recognise(self, crops: Sequence[np.ndarray]) -> TextReads:
+        if not crops:
+            return TextReads([], [])
+        batch = np.stack([prepare_plate(crop) for crop in crops])
+        probabilities = self._session.run(None, {self._input: batch})[0]
+        raw, _ = ctc_greedy_decode(probabilities, PLATE_CLASSES)
+        return TextReads(raw, [ctc_beam_search(output, PLATE_CLASSES) for output in probabilities])
 
 
 def make_recogniser(name: str, device: str = "cpu") -> PlateRecogniser:

@@ -71,9 +71,9 @@ class PassageOutput:
     """Groups kept reads into passages (one tracker per purpose); with `out`, writes each
     as a JSON line when it closes (`--jsonl --passages`)."""
 
-    def __init__(self, out: IO[str] | None = None) -> None:
+    def __init__(self, out: IO[str] | None = None, regions: Sequence[str] = ()) -> None:
         self.out = out
-        self.trackers: dict[str, PassageTracker] = defaultdict(PassageTracker)
+        self.trackers: dict[str, PassageTracker] = defaultdict(lambda: PassageTracker(regions=tuple(regions)))
         self.camera: dict[str, str] = {}
         self.passages: list[Passage] = []
 
@@ -116,6 +116,7 @@ def lane_status(lanes: Sequence[Lane]) -> dict[str, dict[str, Any]]:
             "processed": lane.stats.frames,
             "reads": lane.stats.reads,
             "dropped": lane.reader.dropped,
+            "rejected": sum(lane.pipeline.rejected.values()),
         }
         for lane in lanes
     }
@@ -222,6 +223,9 @@ def summary_lines(gate_tally: GateTally, lanes: Sequence[Lane], store_url: str) 
             + (f", {lane.reader.dropped} frames dropped" if lane.reader.dropped else "")
             + (f", {status.reconnects} reconnections" if status.reconnects else "")
         )
+        if lane.pipeline.rejected:
+            reasons = ", ".join(f"{n} {reason.value}" for reason, n in sorted(lane.pipeline.rejected.items()))
+            lines.append(f"{name}{sum(lane.pipeline.rejected.values())} texts rejected as no plate ({reasons})")
         if status.damaged_stretches:
             lines.append(
                 f"warning: {name}{lane.reader.source.name} is damaged: {status.damaged_stretches} "

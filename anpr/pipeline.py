@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 import cv2
@@ -20,8 +21,9 @@ import numpy as np
 
 from anpr.config import PipelineSettings
 from anpr.detect import Detections, PlateDetector
+from anpr.formats import shortest_layout
 from anpr.ocr import PlateRecogniser, TextReads, cut_plates
-from anpr.plates import MIN_PLATE_LENGTH, choose_plate
+from anpr.plates import choose_plate
 from anpr.records import PlateRead
 from anpr.source import FrameBatch, FrameReader
 from anpr.track import SettleTracker
@@ -49,6 +51,13 @@ class RunStats:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+class Rejection(StrEnum):
+    """Why a detection's text was not emitted as a read (counted in the run summary)."""
+
+    SHORT = "too short for any layout of the region"
+    UNSURE = "below the minimum confidence"
+
+
 def assemble_reads(
     batch: FrameBatch,
     detections: Detections,
@@ -56,13 +65,24 @@ def assemble_reads(
     detector_model: str,
     ocr_model: str,
     min_confidence: float = 0.0,
+    regions: tuple[str, ...] = (),
+    rejected: Counter[Rejection] | None = None,
+    min_ocr_confidence: float = 0.0,
 ) -> list[PlateRead | None]:
-    """One entry per detection: its PlateRead, or None where the text is not a registration."""
+    """One entry per detection: its PlateRead, or None where the text is not a registration:
+    too short for every layout of `regions`, or less sure than `min_confidence` (detector
+    times OCR) or `min_ocr_confidence` (the recogniser's own calibrated floor). Each None is
+    counted in `rejected` by its reason."""
     reads: list[PlateRead | None] = []
+    shortest = shortest_layout(regions)
     for i, candidates in enumerate(texts.candidates):
-        chosen = choose_plate(candidates)
+        chosen = choose_plate(candidates, regions=regions)
         combined = float(detections.confidence[i]) * chosen.confidence
-        if len(chosen.plate) < MIN_PLATE_LENGTH or combined < min_confidence:
+        unsure = combined < min_confidence or chosen.confidence < min_ocr_confidence
+        reason = Rejection.SHORT if len(chosen.plate) < shortest else Rejection.UNSURE if unsure else None
+        if reason is not None:
+            if rejected is not None:
+                rejected[reason] += 1
             reads.append(None)
             continue
         frame = batch.frames[detections.frame[i]]
@@ -100,6 +120,7 @@ class Pipeline:
         recogniser: PlateRecogniser,
         sinks: Sequence[ReadSink],
         settings: PipelineSettings | None = None,
+        regions: tuple[str, ...] = (),
     ) -> None:
         self.detector = detector
         self.recogniser = recogniser
@@ -108,7 +129,9 @@ class Pipeline:
         self.batch_size = self.settings.batch
         self._last_motion: np.ndarray | None = None
         self._tracks = SettleTracker(self.settings.settle_reads)
+        self.regions = regions  # the deployment's plate regions: their layouts are preferred
         self.skipped: Counter[str] = Counter()  # frames not detected, crops not read, and why
+        self.rejected: Counter[Rejection] = Counter()  # texts read but not emitted as plates, and why
 
     def _frames_to_detect(self, batch: FrameBatch) -> list[int]:
         chosen = []
@@ -147,7 +170,15 @@ class Pipeline:
             to_read = detections
         texts = self.recogniser.recognise(cut_plates(images, to_read))
         per_detection = assemble_reads(
-            detected, to_read, texts, self.detector.identifier, self.recogniser.identifier, self.settings.min_confidence
+            detected,
+            to_read,
+            texts,
+            self.detector.identifier,
+            self.recogniser.identifier,
+            self.settings.min_confidence,
+            self.regions,
+            self.rejected,
+            self.recogniser.reject_below,
         )
         reads = [read for read in per_detection if read is not None]
         if self.settings.settle_reads:

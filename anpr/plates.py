@@ -59,15 +59,22 @@ class PlateText:
     format: str | None  # the matched pattern over L (letter) and D (digit)
 
 
-def choose_plate(candidates: Sequence[tuple[str, float]], top: int = TOP_CANDIDATES) -> PlateText:
-    """Rescore text candidates with the plate formats and keep the best `top`."""
+def choose_plate(
+    candidates: Sequence[tuple[str, float]], top: int = TOP_CANDIDATES, regions: tuple[str, ...] = ()
+) -> PlateText:
+    """Rescore text candidates with the plate formats of `regions` (all if empty) and keep the best `top`.
+
+    A candidate that fits none of the region's layouts keeps its own probability (a
+    vanity plate, a foreign car): it loses only to a fitting candidate the model finds
+    about as likely.
+    """
     scored: dict[str, float] = {}
     formats: dict[str, tuple[str, str]] = {}
     for text, probability in candidates:
         text = normalise(text)
         if len(text) < MIN_PLATE_LENGTH:
             continue
-        match = best_format(text)
+        match = best_format(text, regions)
         weight = max(1.0, FORMAT_PRIOR / match.variants) / SWAP_COST**match.swaps if match else 1.0
         if match:
             text = match.text

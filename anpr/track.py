@@ -136,13 +136,14 @@ class PassageTrack:
 
     source: str
     reads: list[PlateRead] = field(default_factory=list)
+    regions: tuple[str, ...] = ()  # the deployment's plate regions, for the vote
 
     @property
     def last(self) -> PlateRead:
         return self.reads[-1]
 
     def vote(self) -> VotedPlate:
-        return vote(self.reads)
+        return vote(self.reads, self.regions)
 
     def record(self, purpose: str, camera: str | None) -> Passage:
         voted = self.vote()
@@ -173,7 +174,7 @@ class VotedPlate:
     format: str | None
 
 
-def vote(reads: Sequence[PlateRead]) -> VotedPlate:
+def vote(reads: Sequence[PlateRead], regions: tuple[str, ...] = ()) -> VotedPlate:
     """The passage's plate: every read's candidates pooled, then rescored by the plate formats.
 
     Each read's candidates (already format-rescored, so they sum to one per read) count
@@ -186,16 +187,19 @@ def vote(reads: Sequence[PlateRead]) -> VotedPlate:
     for read in reads:
         for text, probability in read.candidates or ((read.plate, 1.0),):
             pooled[text] += probability * read.detector_confidence
-    chosen = choose_plate(list(pooled.items()), TOP_CANDIDATES)
+    chosen = choose_plate(list(pooled.items()), TOP_CANDIDATES, regions)
     return VotedPlate(chosen.plate, chosen.confidence, chosen.candidates, chosen.country, chosen.format)
 
 
 class PassageTracker:
     """Groups reads into passages, per source; reads must arrive in frame order."""
 
-    def __init__(self, max_gap: int = MAX_GAP_FRAMES, min_reads: int = MIN_READS) -> None:
+    def __init__(
+        self, max_gap: int = MAX_GAP_FRAMES, min_reads: int = MIN_READS, regions: tuple[str, ...] = ()
+    ) -> None:
         self.max_gap = max_gap
         self.min_reads = min_reads
+        self.regions = regions
         self._open: dict[str, LiveTracks[PassageTrack]] = defaultdict(lambda: LiveTracks(self.max_gap))
 
     def update(self, reads: Sequence[PlateRead]) -> list[PassageTrack]:
@@ -220,7 +224,7 @@ class PassageTracker:
                     if score > best_score:
                         best, best_score = index, score
             if best < 0:
-                tracks.start(read.frame, read.box, PassageTrack(read.source, [read]))
+                tracks.start(read.frame, read.box, PassageTrack(read.source, [read], self.regions))
             else:
                 tracks.items[best].reads.append(read)
                 tracks.continue_(best, read.frame, read.box)

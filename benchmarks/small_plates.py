@@ -1,14 +1,17 @@
 """Detection recall on small plates: the EU photos scaled so each plate is about N px wide,
 each placed in a 720p or 1080p frame, measured with `anpr eval`.
 
-    python benchmarks/small_plates.py [--width 60] [--frame 1280x720] [--input-size 640] [--dataset DIR]
+    python benchmarks/small_plates.py [--width 60] [--frame 1280x720] [--input-size 640]
+                                      [--second-pass auto|tiles|off] [--ocr NAME] [--dataset DIR]
 
 Each photo is scaled so that its annotated plate is `--width` px wide (INTER_AREA, as a
 camera's optics and sensor would blur it), then cut to a frame of `--frame` around the
 plate (the plate at a position drawn from a fixed seed), grey where the scaled photo does
 not reach. The frames and their annotations are written in the openalpr layout under
 benchmarks/data/, then `anpr eval FOLDER --json` runs on them with the detector input size
-`--input-size`. Prints one JSON object. The photos are only measured, never trained on.
+`--input-size` and the second pass `--second-pass` (`auto`, the default, searches the
+frames with no plate found again, tile by tile: eval reads still images). Prints one JSON
+object. The photos are only measured, never trained on.
 """
 
 from __future__ import annotations
@@ -73,15 +76,18 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=60, help="plate width in px after scaling")
     parser.add_argument("--frame", default="1280x720")
     parser.add_argument("--input-size", type=int, default=640, help="detector input size")
+    parser.add_argument("--second-pass", choices=("auto", "tiles", "off"), default="auto")
+    parser.add_argument("--ocr", default=None, help="recogniser (default: the configured default)")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.frame.split("x"))
     folder = REPO / "benchmarks" / "data" / f"small-plates-{args.width}px-{args.frame}"
     images = build(args.dataset, folder, args.width, (size[0], size[1]))
     with tempfile.TemporaryDirectory() as work:
         config = Path(work) / "settings.yaml"
-        config.write_text(f"detector: {{input_size: {args.input_size}}}\n")
+        config.write_text(f"detector: {{input_size: {args.input_size}, second_pass: {args.second_pass}}}\n")
+        ocr = ["--ocr", args.ocr] if args.ocr else []
         result = subprocess.run(
-            [sys.executable, "-m", "anpr", "eval", str(folder), "--json", "--config", str(config)],
+            [sys.executable, "-m", "anpr", "eval", str(folder), "--json", "--config", str(config), *ocr],
             capture_output=True,
             text=True,
         )
@@ -95,6 +101,7 @@ def main() -> None:
                 "plate_width": args.width,
                 "frame": args.frame,
                 "input_size": args.input_size,
+                "second_pass": args.second_pass,
                 "images": images,
                 **report,
             }

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from anpr.formats import REGIONS
 from anpr.registry import SINK_TYPES
 
 
@@ -20,6 +21,18 @@ def _not_a_boolean(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("must be a number, not a boolean")  # a ValueError: pydantic reports no TypeError
     return value
+
+
+def region_codes(value: Any) -> list[str]:
+    """`FR`, `[FR, DE]` or `["us-ca"]` as upper-case region codes of anpr.formats; ValueError if unknown."""
+    codes = [value] if isinstance(value, str) else value
+    if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+        raise ValueError("must be a region code or a list of them, e.g. FR or [FR, DE]")
+    unknown = [c for c in codes if c.upper() not in REGIONS]
+    if unknown:
+        countries = ", ".join(r for r in REGIONS if "-" not in r)
+        raise ValueError(f"unknown region {', '.join(unknown)}; known: {countries}, and US states as US-CA")
+    return [c.upper() for c in codes]
 
 
 Count = Annotated[int, BeforeValidator(_not_a_boolean)]
@@ -91,6 +104,9 @@ class Deployment(_Strict):
     cameras: list[Camera] = []
     purposes: dict[str, Purpose] = {}
     sinks: dict[str, SinkSpec] = {"store": {"type": "database"}}  # type: ignore[dict-item]  # validated
+    # Where the plates come from: their serial layouts are preferred when reading, and a
+    # read shorter than every one of them is rejected. Empty: every layout counts.
+    region: Annotated[list[str], BeforeValidator(region_codes)] = []
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 

@@ -1,0 +1,180 @@
+"""Issue 11: region-aware formats, no junk reads, the tiled second pass, the trained recogniser."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DATASET, REPO
+
+from anpr.detect import Detections, pairwise_iou, tile_windows
+from anpr.formats import best_format, shortest_layout
+from anpr.ocr import TextReads
+from anpr.pipeline import Rejection, assemble_reads
+from anpr.plates import choose_plate, same_plate
+from anpr.policy.deployment import Deployment
+from anpr.source import Frame, FrameBatch
+
+CROP_SETS = DATASET.parent
+
+
+# --- formats that know where they are -------------------------------------------------
+
+
+def test_a_region_limits_the_layouts_a_read_is_fitted_to():
+    assert best_format("7ABC123", ("US",)).country == "US-CA"
+    assert best_format("7ABC123", ("FR",)) is None
+    assert best_format("AB123CD", ("FR",)).country == "FR"
+    assert best_format("ABC1234").country.split("/") == ["PL", "DE", "BR", "US"]  # many states: "US"
+    assert best_format("ABC1234", ("US-CA",)) is None and best_format("ABC1234", ("BR",)).country == "BR"
+    assert shortest_layout(("BR",)) == 7 and shortest_layout(("FR",)) == 7 and shortest_layout() == 4
+
+
+def test_candidates_of_the_deployment_region_are_preferred():
+    candidates = [("AB123CD", 0.4), ("1ABC234", 0.6)]
+    assert choose_plate(candidates, regions=("FR",)).plate == "AB123CD"
+    assert choose_plate(candidates, regions=("US",)).plate == "1ABC234"
+    vanity = choose_plate([("M5XSX", 0.7), ("M5XX", 0.1)], regions=("FR",))
+    assert vanity.plate == "M5XSX" and vanity.format is None  # fits no layout, still read
+
+
+def _deployment(**extra) -> dict:
+    return {
+        "controller": {"type": "private_company", "name": "Parking SA"},
+        "cameras": [{"id": "gate", "purposes": ["parking_access"]}],
+        "purposes": {"parking_access": {"sinks": ["store"]}},
+        **extra,
+    }
+
+
+def test_a_deployment_declares_its_region_as_a_code_or_a_list():
+    assert Deployment(**_deployment()).region == []
+    assert Deployment(**_deployment(region="fr")).region == ["FR"]
+    assert Deployment(**_deployment(region=["FR", "us-ca"])).region == ["FR", "US-CA"]
+    with pytest.raises(ValueError, match="unknown region XX"):
+        Deployment(**_deployment(region="XX"))
+
+
+# --- no junk reads --------------------------------------------------------------------
+
+
+def test_reads_too_short_for_the_region_or_too_unsure_are_rejected_and_counted():
+    frame = Frame("cam", 0, 0.0, np.zeros((720, 1280, 3), np.uint8))
+    boxes = np.array([[10, 10, 90, 40]] * 4, np.float32)
+    detections = Detections(boxes, np.array([0.9, 0.9, 0.9, 0.9], np.float32), np.zeros(4, np.int32))
+    texts = TextReads(
+        ["AL", "03EG", "AB123CD", "AB124CD"],
+        [[("AL", 0.9)], [("03EG", 0.9)], [("AB123CD", 0.95)], [("AB124CD", 0.3), ("AB124CO", 0.3), ("XY", 0.4)]],
+    )
+    rejected: Counter[Rejection] = Counter()
+    reads = assemble_reads(FrameBatch([frame]), detections, texts, "d", "o", 0.5, ("FR",), rejected)
+    assert [r.plate if r else None for r in reads] == [None, None, "AB123CD", None]
+    assert rejected == {Rejection.SHORT: 2, Rejection.UNSURE: 1}
+    rejected.clear()
+    everywhere = assemble_reads(FrameBatch([frame]), detections, texts, "d", "o", 0.0, (), rejected)
+    assert [r.plate if r else None for r in everywhere] == [None, "03EG", "AB123CD", "AB124CD"]  # 4: IN "DDDL"
+    assert rejected == {Rejection.SHORT: 1}
+
+
+# --- small plates: the tiled second pass -----------------------------------------------
+
+
+@pytest.mark.parametrize(("width", "height", "tiles"), [(1920, 1080, 8), (1280, 720, 6), (640, 480, 1)])
+def test_tiles_cover_the_frame_with_overlap(width, height, tiles):
+    windows = tile_windows(width, height, 640)
+    assert len(windows) == tiles
+    covered = np.zeros((height, width), bool)
+    for x1, y1, x2, y2 in windows:
+        covered[y1:y2, x1:x2] = True
+        assert x2 - x1 <= 640 and y2 - y1 <= 640
+    assert covered.all()
+    xs = sorted({int(x) for x in windows[:, 0]})
+    assert all(b - a <= 640 - 128 for a, b in itertools.pairwise(xs))
+
+
+@pytest.mark.system
+def test_the_second_pass_finds_a_60px_plate_in_a_1080p_frame(dataset):
+    from anpr.config import DetectorSettings
+    from anpr.detect import OnnxPlateDetector, TiledSecondPass
+    from anpr.eval import load_annotations
+
+    onnx = OnnxPlateDetector(DetectorSettings(input_size=640))
+    tiled = TiledSecondPass(onnx, 640)
+    annotations = load_annotations(dataset)[::18]  # 6 photos spread over the set
+    found_first = found_second = 0
+    for annotation in annotations:
+        image = cv2.imread(str(annotation.image))
+        box = np.array(annotation.box, np.float32)
+        scale = 60 / (box[2] - box[0])
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        frame = np.full((1080, 1920, 3), 90, np.uint8)
+        x, y = 1100, 600
+        h, w = min(small.shape[0], 1080 - y), min(small.shape[1], 1920 - x)
+        frame[y : y + h, x : x + w] = small[:h, :w]
+        truth = box * scale + np.array([x, y, x, y], np.float32)
+        first, second = onnx.detect([frame]), tiled.detect([frame])
+        found_first += bool(len(first)) and pairwise_iou(truth, first.xyxy).max() >= 0.3
+        found_second += bool(len(second)) and pairwise_iou(truth, second.xyxy).max() >= 0.3
+    assert found_second >= len(annotations) - 1 and found_second > found_first
+    assert tiled.found >= found_second - found_first and tiled.searched <= len(annotations)
+
+
+# --- the trained recogniser -------------------------------------------------------------
+
+
+def _crops(name: str, split: str, count: int) -> list[tuple[np.ndarray, str]]:
+    folder = CROP_SETS / name
+    with (folder / "labels.csv").open() as file:
+        rows = [r for r in csv.DictReader(file) if r["split"] == split]
+    step = max(1, len(rows) // count)  # spread over the set, no choice by content
+    return [(cv2.imread(str(folder / r["image"])), r["plate"]) for r in rows[::step][:count]]
+
+
+@pytest.mark.system
+def test_platenet_reads_held_out_crops_of_both_countries():
+    from anpr.ocr import PlateNetRecogniser
+
+    recogniser = PlateNetRecogniser()
+    for name, region, floor in (("openalpr-br-crops", "BR", 0.9), ("openalpr-us-crops", "US", 0.8)):
+        crops = _crops(name, "test", 1000)  # the whole test split
+        reads = recogniser.recognise([image for image, _ in crops])
+        plates = [choose_plate(c, regions=(region,)).plate for c in reads.candidates]
+        right = sum(same_plate(p, expected) for p, (_, expected) in zip(plates, crops, strict=True))
+        assert right / len(crops) >= floor, (name, right, plates)
+        assert all(0 < sum(p for _, p in c) <= 1.0001 for c in reads.candidates if c)
+
+
+@pytest.mark.system
+def test_the_training_command_runs_end_to_end_and_its_model_loads(tmp_path):
+    import subprocess
+    import sys
+
+    from anpr.ocr import PlateNetRecogniser
+    from anpr.weights import ModelFile, _sha256
+
+    out = tmp_path / "platenet.onnx"
+    command = [sys.executable, "-m", "training.train", "--steps", "3", "--batch", "8", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    provenance = json.loads(out.with_suffix(".json").read_text())
+    assert provenance["sha256"] == _sha256(out) and provenance["steps"] == 3 and provenance["split"] == "train"
+    assert provenance["real_train_crops"] > 1000
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())
+    assert manifest["platenet"]["sha256"] != provenance["sha256"]  # a run elsewhere leaves the committed model
+    recogniser = PlateNetRecogniser(weights=ModelFile("platenet", out, provenance["sha256"]))
+    reads = recogniser.recognise([image for image, _ in _crops("openalpr-br-crops", "test", 3)])
+    assert len(reads.candidates) == 3 and all(isinstance(r, str) for r in reads.raw)
+
+
+def test_committed_platenet_provenance_matches_the_manifest():
+    provenance = json.loads((REPO / "models" / "platenet.json").read_text())
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())
+    assert manifest["platenet"]["sha256"] == provenance["sha256"]
+    assert provenance["split"] == "train" and not any("openalpr-eu" in s for s in provenance["sets"])
+    assert Path(REPO / "models" / provenance["file"]).is_file()

@@ -1,0 +1,1 @@
+"""Training the project's plate recogniser (`python -m training.train`); not imported by `anpr`."""

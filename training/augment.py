@@ -1,0 +1,99 @@
+"""What cameras do to plates, applied to real and synthetic crops alike.
+
+A plate is cut out along a slightly wrong quadrilateral (the detector's box is loose
+or tight, the plate is seen at an angle), brought to a camera's resolution (down to
+about 60x20 px), then blurred, lit, noised and JPEG-compressed. The result is a BGR
+crop at that low resolution, which `anpr.ocr.prepare_plate` turns into the network's
+input exactly as at inference.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def _surround(plate: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The plate on a car-coloured, noisy surround, and the plate's corners in it."""
+    height, width = plate.shape[:2]
+    pad_x, pad_y = int(width * 0.25), int(height * 0.5)
+    colour = rng.integers(0, 256, 3).astype(np.float32)
+    canvas = np.empty((height + 2 * pad_y, width + 2 * pad_x, 3), np.float32)
+    canvas[:] = colour
+    canvas += rng.normal(0, 25, canvas.shape[:2])[..., None]
+    canvas[pad_y : pad_y + height, pad_x : pad_x + width] = plate
+    corners = np.float32(
+        [[pad_x, pad_y], [pad_x + width, pad_y], [pad_x + width, pad_y + height], [pad_x, pad_y + height]]
+    )
+    return np.clip(canvas, 0, 255).astype(np.uint8), corners
+
+
+def cut(plate: np.ndarray, rng: np.random.Generator, surround: bool) -> np.ndarray:
+    """The plate cut along a jittered quadrilateral, at a random camera resolution."""
+    if surround:
+        image, corners = _surround(plate, rng)
+    else:
+        image = plate
+        h, w = plate.shape[:2]
+        corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    width = corners[1, 0] - corners[0, 0]
+    height = corners[3, 1] - corners[0, 1]
+    # Box margins: from a box that clips the plate's edge to one with a lot of surround.
+    grow_x = rng.uniform(-0.03, 0.1 if surround else 0.03, 2) * width
+    grow_y = rng.uniform(-0.06, 0.25 if surround else 0.05, 2) * height
+    box = corners + np.float32(
+        [[-grow_x[0], -grow_y[0]], [grow_x[1], -grow_y[0]], [grow_x[1], grow_y[1]], [-grow_x[0], grow_y[1]]]
+    )
+    # Perspective and rotation: each corner moves on its own, then the whole box turns.
+    box += rng.normal(0, 1, (4, 2)).astype(np.float32) * np.float32([0.03 * width, 0.05 * height])
+    angle = np.radians(rng.normal(0, 4))
+    centre = box.mean(axis=0)
+    rotation = np.float32([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    box = (box - centre) @ rotation.T + centre
+    out_h = int(np.clip(rng.lognormal(np.log(40), 0.5), 16, 160))
+    aspect = float(np.linalg.norm(box[1] - box[0]) / max(1.0, np.linalg.norm(box[3] - box[0])))
+    out_w = int(np.clip(out_h * aspect * rng.uniform(0.9, 1.1), 24, 600))
+    target = np.float32([[0, 0], [out_w, 0], [out_w, out_h], [0, out_h]])
+    warp = cv2.getPerspectiveTransform(box.astype(np.float32), target)
+    return cv2.warpPerspective(image, warp, (out_w, out_h), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+
+
+def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Light, blur, glare, noise and compression at the crop's own resolution."""
+    image = crop.astype(np.float32)
+    if rng.random() < 0.3:  # night or infrared: grey, hard contrast
+        grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        image = np.repeat(grey[..., None], 3, axis=2)
+    image = image * rng.uniform(0.6, 1.3) + rng.uniform(-35, 35)  # exposure
+    image += rng.normal(0, 12, 3).astype(np.float32)  # colour cast
+    if rng.random() < 0.15:  # glare: a bright blob
+        h, w = image.shape[:2]
+        mask = np.zeros((h, w), np.float32)
+        cv2.circle(
+            mask, (int(rng.integers(w)), int(rng.integers(h))), int(rng.integers(max(2, h // 3), max(3, h))), 1.0, -1
+        )
+        mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, h / 6))
+        image += mask[..., None] * rng.uniform(50, 150)
+    if rng.random() < 0.2:  # a shadow over part of the plate
+        h, w = image.shape[:2]
+        x = int(rng.integers(w))
+        image[:, x:] *= rng.uniform(0.4, 0.8)
+    image = np.clip(image, 0, 255)
+    gamma = rng.uniform(0.6, 1.6)
+    image = 255.0 * (image / 255.0) ** gamma
+    blur = rng.random()
+    if blur < 0.25:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 1.3))
+    elif blur < 0.4:  # motion across the frame
+        length = int(rng.integers(2, 6))
+        kernel = np.zeros((length, length), np.float32)
+        kernel[length // 2, :] = 1.0 / length
+        turn = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), rng.uniform(-30, 30), 1.0)
+        kernel = cv2.warpAffine(kernel, turn, (length, length))
+        image = cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
+    image += rng.normal(0, rng.uniform(0, 12), image.shape).astype(np.float32)
+    out = np.clip(image, 0, 255).astype(np.uint8)
+    if rng.random() < 0.6:
+        _, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 90))])
+        out = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    return out

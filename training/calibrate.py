@@ -1,0 +1,88 @@
+"""The confidence below which PlateNet's reads are more often wrong than right.
+
+Measured on synthetic plates the network never saw (a seed of their own, the training
+augmentation), read and rescored as the pipeline does. The threshold is where, going up
+the confidences, reads start to be right at least half the time: the pipeline rejects
+reads below it as no plate (`Rejection.UNSURE`). It is written into the ONNX
+file's metadata (`reject_below`), so that the model carries its own calibration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from anpr.ocr import PlateNetRecogniser
+from anpr.plates import choose_plate
+from anpr.weights import ModelFile, _sha256
+from training.augment import cut, degrade
+from training.synth import render_plate
+
+CALIBRATION_SEED = 1_000_003  # apart from every training seed
+CALIBRATION_PLATES = 2000
+CALIBRATION_BIN = 100  # reads per bin: accuracy within one known to about +-5 points
+METADATA_KEY = "reject_below"
+
+
+def measure(
+    path: Path, plates: int = CALIBRATION_PLATES, seed: int = CALIBRATION_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, right) of PlateNet's chosen read of each held-out synthetic plate."""
+    rng = np.random.default_rng(seed)
+    crops, texts = [], []
+    for _ in range(plates):
+        plate, text = render_plate(rng)
+        crops.append(degrade(cut(plate, rng, surround=True), rng))
+        texts.append(text)
+    recogniser = PlateNetRecogniser(weights=ModelFile("platenet", path, _sha256(path)))
+    confidence, right = [], []
+    for start in range(0, plates, 64):
+        reads = recogniser.recognise(crops[start : start + 64])
+        for candidates, text in zip(reads.candidates, texts[start : start + 64], strict=True):
+            chosen = choose_plate(candidates)
+            confidence.append(chosen.confidence)
+            right.append(chosen.plate == text)
+    return np.array(confidence), np.array(right)
+
+
+def threshold(confidence: np.ndarray, right: np.ndarray, bin_size: int = CALIBRATION_BIN) -> float:
+    """The confidence from which reads are right at least half the time.
+
+    Reads are sorted by confidence and cut into bins of `bin_size`; the threshold is the
+    lowest confidence of the first bin, from the bottom, that is right at least half the
+    time (rounded down to 0.01). Below it, a read is more likely wrong than right.
+    """
+    order = np.argsort(confidence, kind="stable")
+    ranked, hits = confidence[order], right[order]
+    for start in range(0, len(ranked), bin_size):
+        if hits[start : start + bin_size].mean() >= 0.5:
+            return float(np.floor(ranked[start] * 100) / 100)
+    return 1.0
+
+
+def write_threshold(path: Path, value: float) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=f"{value:.2f}")
+    onnx.save(model, str(path))
+
+
+def calibrate(path: Path) -> dict[str, float]:
+    """Measure, write the threshold into the model, and return what was measured."""
+    confidence, right = measure(path)
+    value = threshold(confidence, right)
+    write_threshold(path, value)
+    below = confidence < value
+    return {
+        "reject_below": value,
+        "calibration_plates": len(right),
+        "calibration_exact": round(float(right.mean()), 4),
+        "rejected_share": round(float(below.mean()), 4),
+        "right_among_rejected": round(float(right[below].mean()), 4) if below.any() else 0.0,
+        "right_among_kept": round(float(right[~below].mean()), 4) if (~below).any() else 0.0,
+    }

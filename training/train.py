@@ -1,0 +1,215 @@
+"""Train PlateNet and export it to ONNX: `python -m training.train` (or `make train-ocr`).
+
+Data: the `train` split of every crop set given (never `test`, never openalpr-eu) and
+synthetic plates from `training.synth`, half and half in every batch, each crop cut and
+degraded afresh by `training.augment` every time it is drawn. The run is fixed by its
+seed and its step count (no early stopping, no choice of checkpoint on any score), so
+the same command gives the same network. It writes the ONNX file, a provenance JSON
+beside it, and the model's entry in `models/manifest.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from anpr.eval import load_crop_labels
+from anpr.ocr import PLATE_NET_SIZE, prepare_plate
+from anpr.plates import PLATE_ALPHABET, normalise
+from training.augment import cut, degrade
+from training.calibrate import calibrate
+from training.model import PlateNet
+from training.synth import render_plate
+
+DEFAULT_SETS = ("../shared/datasets/openalpr-us-crops", "../shared/datasets/openalpr-br-crops")
+CLASS_OF = {ch: i + 1 for i, ch in enumerate(PLATE_ALPHABET)}  # 0 is the CTC blank
+REAL_SHARE = 0.5
+
+
+class PlateStream(IterableDataset):
+    """An endless, seeded stream of (input, label) pairs, real and synthetic mixed.
+
+    Each crop set is drawn as often as the others, whatever its size: the US set's 50
+    states in 603 crops matter as much as the Brazilian set's one layout in 935.
+    """
+
+    def __init__(self, real: list[list[tuple[np.ndarray, str]]], seed: int) -> None:
+        self.real = real
+        self.seed = seed
+
+    def __iter__(self):
+        worker = get_worker_info()
+        rng = np.random.default_rng([self.seed, worker.id if worker else 0])
+        cv2.setNumThreads(1)
+        while True:
+            if rng.random() < REAL_SHARE:
+                crops = self.real[int(rng.integers(len(self.real)))]
+                image, text = crops[int(rng.integers(len(crops)))]
+                crop = degrade(cut(image, rng, surround=False), rng)
+            else:
+                plate, text = render_plate(rng)
+                crop = degrade(cut(plate, rng, surround=True), rng)
+            yield prepare_plate(crop), text
+
+
+def collate(batch: list[tuple[np.ndarray, str]]):
+    images = torch.from_numpy(np.stack([image for image, _ in batch]))
+    targets = torch.tensor([CLASS_OF[ch] for _, text in batch for ch in text], dtype=torch.long)
+    lengths = torch.tensor([len(text) for _, text in batch], dtype=torch.long)
+    return images, targets, lengths
+
+
+def load_real(sets: list[Path]) -> list[list[tuple[np.ndarray, str]]]:
+    """Per crop set, its `train` crops and their registrations."""
+    real = []
+    for folder in sets:
+        crops = []
+        for label in load_crop_labels(folder, "train"):
+            text = normalise(label.plate)
+            image = cv2.imread(str(label.image), cv2.IMREAD_COLOR)
+            if text and image is not None:
+                crops.append((image, text))
+        real.append(crops)
+    return real
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Probabilities(torch.nn.Module):
+    """What the ONNX file returns: per-column class probabilities (decoding wants them)."""
+
+    def __init__(self, network: PlateNet) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images).exp()
+
+
+def export(network: PlateNet, path: Path) -> None:
+    network.eval()
+    dummy = torch.zeros(1, 1, PLATE_NET_SIZE[1], PLATE_NET_SIZE[0])
+    torch.onnx.export(
+        Probabilities(network),
+        (dummy,),
+        str(path),
+        input_names=["image"],
+        output_names=["probabilities"],
+        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def update_manifest(models: Path, name: str, file: str, digest: str, source: str) -> None:
+    manifest_path = models / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest[name] = {
+        "location": "models",
+        "file": file,
+        "sha256": digest,
+        "licence": "AGPL-3.0-or-later (trained by this project on AGPL-3.0 data; models/README.md)",
+        "source": source,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", type=Path, default=[Path(s) for s in DEFAULT_SETS])
+    parser.add_argument("--out", type=Path, default=Path("models/platenet.onnx"))
+    parser.add_argument("--steps", type=int, default=3500)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    real = load_real(args.sets)
+    counts = ", ".join(f"{len(crops)} from {folder}" for crops, folder in zip(real, args.sets, strict=True))
+    print(f"real train crops: {counts}", flush=True)
+    stream = DataLoader(
+        PlateStream(real, args.seed),
+        batch_size=args.batch,
+        collate_fn=collate,
+        num_workers=1,
+        prefetch_factor=4,
+    )
+    network = PlateNet()
+    optimiser = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=args.steps, pct_start=0.15)
+    ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
+    started = time.monotonic()
+    losses: list[float] = []
+    network.train()
+    for step, (images, targets, lengths) in enumerate(stream, 1):
+        log_probs = network(images)
+        columns = torch.full((len(images),), log_probs.shape[1], dtype=torch.long)
+        loss = ctc(log_probs.transpose(0, 1), targets, columns, lengths)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == args.steps:
+            elapsed = time.monotonic() - started
+            print(
+                f"step {step}/{args.steps}  loss {np.mean(losses[-100:]):.4f}  "
+                f"{elapsed / 60:.1f} min, {(args.steps - step) * elapsed / step / 60:.1f} min left",
+                flush=True,
+            )
+        if step == args.steps:
+            break
+    minutes = (time.monotonic() - started) / 60
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    export(network, args.out)
+    calibration = calibrate(args.out)
+    print(f"calibrated: {calibration}", flush=True)
+    digest = sha256(args.out)
+    command = "python -m training.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    provenance = {
+        "model": "platenet",
+        "file": args.out.name,
+        "sha256": digest,
+        "command": command.strip(),
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "real_train_crops": sum(len(crops) for crops in real),
+        "sets": [str(s) for s in args.sets],
+        "split": "train",
+        "real_share": REAL_SHARE,
+        "minutes": round(minutes, 1),
+        "final_loss": round(float(np.mean(losses[-100:])), 4),
+        **calibration,
+        "loss_every_100_steps": [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)],
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
+    if args.out.parent.resolve() == (Path(__file__).resolve().parent.parent / "models"):
+        update_manifest(args.out.parent, "platenet", args.out.name, digest, f"{command.strip()} (training/)")
+    print(f"wrote {args.out} sha256 {digest} after {minutes:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
