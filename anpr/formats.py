@@ -125,9 +125,17 @@ def _fit(text: str, pattern: str) -> tuple[str, int] | None:
     return "".join(out), swaps
 
 
+# Names for several countries at once, usable wherever a region is.
+REGION_GROUPS: dict[str, tuple[str, ...]] = {
+    "EU": ("FR", "SK", "CZ", "PL", "DE", "UK", "IT", "ES", "HU", "HR"),  # the European rows (UK included)
+}
+
+
 def _in_regions(country: str, regions: tuple[str, ...]) -> bool:
-    """Whether a table row's country ("FR", "US-CA") is in one of `regions` ("US" covers "US-CA")."""
-    return not regions or any(country == r or country.startswith(r + "-") for r in regions)
+    """Whether a table row's country ("FR", "US-CA") is in one of `regions` ("US" covers "US-CA",
+    "EU" every European row)."""
+    codes = [code for region in regions for code in REGION_GROUPS.get(region, (region,))]
+    return not regions or any(country == code or country.startswith(code + "-") for code in codes)
 
 
 @functools.cache
@@ -142,7 +150,9 @@ def patterns_of(regions: tuple[str, ...] = ()) -> dict[str, list[tuple[str, str,
 
 
 COUNTRIES_BY_PATTERN = patterns_of()
-REGIONS = tuple(sorted({country for country, _, _ in FORMATS} | {c.split("-")[0] for c, _, _ in FORMATS}))
+REGIONS = tuple(
+    sorted({country for country, _, _ in FORMATS} | {c.split("-")[0] for c, _, _ in FORMATS} | set(REGION_GROUPS))
+)
 
 
 def shortest_layout(regions: tuple[str, ...] = ()) -> int:

@@ -140,7 +140,7 @@ def test_formats_fix_look_alikes_only_where_the_pattern_says():
     assert best_format("LM298A1").text == "LM298AI"  # letter position: 1 -> I
     assert best_format("PP587A0").text == "PP587AO"  # letter position: 0 -> O
     assert best_format("RK7S5AJ").text == "RK755AJ"  # digit position: S -> 5
-    assert best_format("1B80338").country == "CZ"
+    assert best_format("1B80338").country == "CZ/US-ID" and best_format("1B80338", ("EU",)).country == "CZ"
     assert best_format("WA56660").pattern == "LLDDDDD"
     assert "SK" in best_format("RK776AI").country.split("/")
     assert best_format("M5XSX") is None and best_format("PRK262AH") is None
@@ -148,7 +148,9 @@ def test_formats_fix_look_alikes_only_where_the_pattern_says():
 
 
 def test_choose_plate_prefers_a_format_fit_and_keeps_candidates():
-    chosen = choose_plate([("RK7554", 0.5), ("RK755AJ", 0.3), ("RK755A1", 0.05), ("R", 0.1)])
+    candidates = [("RK7554", 0.5), ("RK755AJ", 0.3), ("RK755A1", 0.05), ("R", 0.1)]
+    assert choose_plate(candidates).plate == "RK7554"  # without a region, Missouri's LLDDDD counts too
+    chosen = choose_plate(candidates, regions=("EU",))
     assert chosen.plate == "RK755AJ" and chosen.format == "LLDDDLL"
     assert [t for t, _ in chosen.candidates][:2] == ["RK755AJ", "RK7554"]
     assert sum(p for _, p in chosen.candidates) == pytest.approx(1.0)
