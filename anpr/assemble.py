@@ -23,7 +23,7 @@ from threading import Event
 
 from anpr.audit import AuditLog
 from anpr.config import DetectorSettings, RunSettings, Settings, StreamSettings
-from anpr.detect import PlateDetector, TiledSecondPass, make_detector
+from anpr.detect import PlateDetector, SecondPass, make_detector
 from anpr.errors import ConfigError, PolicyRefusal, SourceError
 from anpr.ocr import PlateRecogniser, make_recogniser
 from anpr.pipeline import Lane, Pipeline, ReadSink, run_lanes
@@ -143,9 +143,9 @@ def open_sources(cameras: Sequence[CameraSource], stream: StreamSettings) -> lis
 
 
 def with_second_pass(detector: PlateDetector, settings: DetectorSettings, stills: bool) -> PlateDetector:
-    """The detector, searching plate-less frames again tile by tile where the settings ask for it."""
+    """The detector with a second look for small plates (tiles, closer looks) where the settings ask for it."""
     if settings.second_pass == "tiles" or (settings.second_pass == "auto" and stills):
-        return TiledSecondPass(detector, settings.input_size)
+        return SecondPass(detector, settings)
     return detector
 
 

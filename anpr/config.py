@@ -82,9 +82,10 @@ class DetectorSettings(_Section):
     confidence: Number = Field(0.25, gt=0.0, le=1.0)
     input_size: Count = Field(640, ge=64, le=4096)
     device: str = "cpu"
-    # Frames with no plate found are searched again tile by tile at full resolution
-    # (small, distant plates): `auto` does it for still images only, `tiles` for every
-    # source, `off` never. Costs one detector call per tile on the frames it searches.
+    # Small, distant plates: frames with no plate found are searched again tile by tile at
+    # full resolution, and small or unsure boxes are looked at again close up (detect.SecondPass):
+    # `auto` does it for still images only, `tiles` for every source, `off` never. Costs one
+    # detector call per tile and per closer look on the frames it searches.
     second_pass: Literal["auto", "tiles", "off"] = "auto"
 
     @field_validator("backend")

@@ -63,7 +63,9 @@ class PlateDetector(Protocol):
 
     identifier: str  # model name and hash, stored with every read
 
-    def detect(self, images: Sequence[np.ndarray]) -> Detections: ...
+    def detect(self, images: Sequence[np.ndarray], confidence: float | None = None) -> Detections:
+        """Plate boxes scoring at least `confidence` (None: the configured threshold)."""
+        ...
 
 
 LETTERBOX_FILL = 114  # the grey Ultralytics pads with; the weights were trained on it
@@ -106,18 +108,19 @@ class OnnxPlateDetector:
         tensor = batch[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # BGR -> RGB, NCHW
         return np.ascontiguousarray(tensor), scales, pads.astype(np.float32)
 
-    def detect(self, images: Sequence[np.ndarray]) -> Detections:
+    def detect(self, images: Sequence[np.ndarray], confidence: float | None = None) -> Detections:
         if not images:
             return Detections.empty()
+        threshold = self.confidence if confidence is None else confidence
         tensor, scales, pads = self._letterbox(images)
         output = self._session.run(None, {self._input: tensor})[0].transpose(0, 2, 1)  # (B, anchors, 5)
-        frame, anchor = np.nonzero(output[:, :, 4] >= self.confidence)
+        frame, anchor = np.nonzero(output[:, :, 4] >= threshold)
         if not len(frame):
             return Detections.empty()
         cx, cy, w, h, score = (output[frame, anchor, i] for i in range(5))
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         xyxy = (xyxy - np.tile(pads[frame], 2)) / scales[frame, None]
-        kept = per_frame_nms(xyxy, score, frame, self.confidence)
+        kept = per_frame_nms(xyxy, score, frame, threshold)
         sizes = np.array([images[i].shape[1::-1] for i in frame[kept]], np.float32)
         clipped = np.clip(xyxy[kept], 0, np.tile(sizes, 2))
         return Detections(clipped.astype(np.float32), score[kept].astype(np.float32), frame[kept].astype(np.int32))
@@ -140,12 +143,12 @@ class YoloPlateDetector:
         self.device = settings.device
         self._model = YOLO(str(self.weights.path), task="detect")
 
-    def detect(self, images: Sequence[np.ndarray]) -> Detections:
+    def detect(self, images: Sequence[np.ndarray], confidence: float | None = None) -> Detections:
         if not images:
             return Detections.empty()
         results: Any = self._model.predict(  # Ultralytics types a list, an iterator or tensors
             list(images),
-            conf=self.confidence,
+            conf=self.confidence if confidence is None else confidence,
             imgsz=self.input_size,
             device=self.device,
             verbose=False,
@@ -185,53 +188,120 @@ def tile_windows(width: int, height: int, tile: int, overlap: int = TILE_OVERLAP
     return np.stack([x1, y1, np.minimum(x1 + tile, width), np.minimum(y1 + tile, height)], axis=1)
 
 
-class TiledSecondPass:
-    """A detector that searches again, tile by tile at the frame's own resolution, the
-    frames in which the first pass found no plate.
+# A box is only a proposal, worth a closer look, when the detector gives it less than
+# the configured score or sees the plate smaller than this (its box is then coarse).
+PROPOSAL_CONFIDENCE = 0.05
+SMALL_AT_INPUT = 48  # px wide at the detector's input
+# A closer look is a window this many plate widths wide brought to the input size, so the
+# plate fills about a quarter of the input (160 px at 640): the size of a plate in an
+# ordinary photo, which the detector finds surely.
+LOOK_WIDTHS = 4.0
+MAX_LOOKS = 8  # closer looks per frame, most likely proposals first
 
-    At input 640 a 1920x1080 frame is shrunk three times, and a plate 60 px wide becomes
-    20 px, below what the detector finds. Tiles of the input size are not shrunk at all.
-    It costs one detector call per tile (8 for 1080p, 6 for 720p) on the frames it
-    searches, so it is meant for still images, where a missed plate is never seen again;
-    a video sees the vehicle again as it comes closer.
+
+class SecondPass:
+    """A detector that looks again where small plates hide: the first pass shrinks a frame
+    to the input size, and a plate 60 px wide in a 1920x1080 frame becomes 20 px, which it
+    misses or boxes too coarsely to read.
+
+    1. Proposals: the first pass's boxes that are small at the detector's input; on frames
+       where it found nothing, the frame is searched tile by tile at its own resolution
+       (tiles of the input size are not shrunk), and tile boxes below the configured score
+       or still small are proposals too (a sure, large one is kept as it is).
+    2. A closer look at each proposal: a window around it, LOOK_WIDTHS plate widths wide,
+       brought to the input size and detected again at the configured score. What it finds
+       replaces the proposal. A tile proposal it does not confirm is dropped; a first-pass
+       box it does not confirm is kept, as it passed the score once already.
+
+    It costs one detector call per tile (8 for 1080p, 6 for 720p) on frames with no plate,
+    and one per closer look, so `auto` uses it on still images only, where a missed plate
+    is never seen again; a video sees the vehicle again as it comes closer.
     """
 
-    def __init__(self, detector: PlateDetector, tile: int, batch: int = 8) -> None:
+    def __init__(self, detector: PlateDetector, settings: DetectorSettings, batch: int = 8) -> None:
         self.detector = detector
         self.identifier = detector.identifier
-        self.tile = tile
+        self.input_size = settings.input_size
+        self.confidence = settings.confidence
         self.batch = batch
-        self.searched = 0  # frames searched again
-        self.found = 0  # of them, frames where the tiles found a plate
+        self.searched = 0  # frames searched again (tiles, closer looks or both)
+        self.found = 0  # of them, frames where the second pass found or re-boxed a plate
 
-    def detect(self, images: Sequence[np.ndarray]) -> Detections:
-        first = self.detector.detect(images)
-        empty = [i for i in range(len(images)) if not (first.frame == i).any() and max(images[i].shape[:2]) > self.tile]
-        if not empty:
-            return first
-        crops, origins = [], []
-        for i in empty:
-            height, width = images[i].shape[:2]
-            for x1, y1, x2, y2 in tile_windows(width, height, self.tile):
-                crops.append(images[i][y1:y2, x1:x2])
-                origins.append((i, x1, y1))
-        parts = [self.detector.detect(crops[start : start + self.batch]) for start in range(0, len(crops), self.batch)]
-        offsets = np.array(origins, np.int32)
-        found = [
-            Detections(
-                part.xyxy + np.tile(offsets[start + part.frame, 1:], 2).astype(np.float32),
-                part.confidence,
-                offsets[start + part.frame, 0],
-            )
-            for start, part in zip(range(0, len(crops), self.batch), parts, strict=True)
+    def detect(self, images: Sequence[np.ndarray], confidence: float | None = None) -> Detections:
+        threshold = self.confidence if confidence is None else confidence
+        first = self.detector.detect(images, threshold)
+        small = self._small_at_input(images, first)
+        empty = [
+            i for i in range(len(images)) if not (first.frame == i).any() and max(images[i].shape[:2]) > self.input_size
         ]
-        tiled = Detections.concatenate(found)
-        merged = tiled[per_frame_nms(tiled.xyxy, tiled.confidence, tiled.frame)]  # a plate in two tiles
-        self.searched += len(empty)
-        self.found += len(np.unique(merged.frame))
-        combined = Detections.concatenate([first, merged])
-        order = np.argsort(combined.frame, kind="stable")
-        return combined[order]
+        tiled = self._tiles(images, empty)
+        sure_tiles = (tiled.confidence >= threshold) & ((tiled.xyxy[:, 2] - tiled.xyxy[:, 0]) >= SMALL_AT_INPUT)
+        proposals = Detections.concatenate([first[small], tiled[~sure_tiles]])
+        origin = np.concatenate([np.flatnonzero(small), np.full(int((~sure_tiles).sum()), -1)])  # first-pass index
+        chosen = _most_likely_per_frame(proposals, MAX_LOOKS)
+        looks, confirmed = self._look_closer(images, proposals[chosen], threshold)
+        replaced = origin[chosen][confirmed]
+        kept = np.setdiff1d(np.arange(len(first)), replaced[replaced >= 0])
+        combined = Detections.concatenate([first[kept], tiled[sure_tiles], looks])
+        merged = combined[per_frame_nms(combined.xyxy, combined.confidence, combined.frame)]  # one plate, two finds
+        searched = set(empty) | set(first.frame[small].tolist())
+        self.searched += len(searched)
+        self.found += len(searched & (set(looks.frame.tolist()) | set(tiled.frame[sure_tiles].tolist())))
+        return merged[np.argsort(merged.frame, kind="stable")]
+
+    def _small_at_input(self, images: Sequence[np.ndarray], found: Detections) -> np.ndarray:
+        """Which boxes are narrower than SMALL_AT_INPUT where the detector saw them (letterboxed)."""
+        longest = np.array([max(images[i].shape[:2]) for i in found.frame], np.float32)
+        scale = np.minimum(1.0, self.input_size / np.maximum(longest, 1.0))
+        return (found.xyxy[:, 2] - found.xyxy[:, 0]) * scale < SMALL_AT_INPUT
+
+    def _detect_windows(
+        self, images: Sequence[np.ndarray], windows: np.ndarray, frames: np.ndarray, confidence: float
+    ) -> Detections:
+        """Detections in (K, 4) windows of the frames `frames`, in frame coordinates; `frame`
+        of each box is the index of its window."""
+        crops = [images[int(f)][y1:y2, x1:x2] for f, (x1, y1, x2, y2) in zip(frames, windows, strict=True)]
+        parts = []
+        for start in range(0, len(crops), self.batch):
+            part = self.detector.detect(crops[start : start + self.batch], confidence)
+            window = part.frame + start
+            offset = np.tile(windows[window, :2], 2).astype(np.float32)
+            parts.append(Detections(part.xyxy + offset, part.confidence, window))
+        return Detections.concatenate(parts)
+
+    def _tiles(self, images: Sequence[np.ndarray], frames: list[int]) -> Detections:
+        """Proposals from tiles of the input size over each of `frames`, at PROPOSAL_CONFIDENCE."""
+        if not frames:
+            return Detections.empty()
+        tiles = [(f, tile_windows(images[f].shape[1], images[f].shape[0], self.input_size)) for f in frames]
+        windows = np.concatenate([w for _, w in tiles])
+        owners = np.concatenate([np.full(len(w), f, np.int32) for f, w in tiles])
+        found = self._detect_windows(images, windows, owners, PROPOSAL_CONFIDENCE)
+        found = Detections(found.xyxy, found.confidence, owners[found.frame])
+        return found[per_frame_nms(found.xyxy, found.confidence, found.frame)]  # a plate in two tiles
+
+    def _look_closer(
+        self, images: Sequence[np.ndarray], proposals: Detections, confidence: float
+    ) -> tuple[Detections, np.ndarray]:
+        """What a closer look at each proposal finds (in frame coordinates), and which proposals it confirmed."""
+        if not len(proposals):
+            return Detections.empty(), np.zeros(0, bool)
+        sizes = np.array([images[i].shape[1::-1] for i in proposals.frame], np.float32)  # w, h
+        centres = (proposals.xyxy[:, :2] + proposals.xyxy[:, 2:]) / 2
+        side = np.minimum(LOOK_WIDTHS * (proposals.xyxy[:, 2] - proposals.xyxy[:, 0]), sizes.min(axis=1))
+        top_left = np.clip(centres - side[:, None] / 2, 0, sizes - side[:, None])  # slid inside the frame
+        windows = np.rint(np.hstack([top_left, top_left + side[:, None]])).astype(np.int32)
+        found = self._detect_windows(images, windows, proposals.frame, confidence)
+        confirmed = np.zeros(len(proposals), bool)
+        confirmed[found.frame] = True
+        return Detections(found.xyxy, found.confidence, proposals.frame[found.frame]), confirmed
+
+
+def _most_likely_per_frame(found: Detections, limit: int) -> np.ndarray:
+    """Indices (ascending) of the `limit` most confident boxes of each frame."""
+    order = np.lexsort((-found.confidence, found.frame))
+    rank = np.arange(len(order)) - np.searchsorted(found.frame[order], found.frame[order])
+    return np.sort(order[rank < limit])
 
 
 def per_frame_nms(xyxy: np.ndarray, score: np.ndarray, frame: np.ndarray, min_score: float = 0.0) -> np.ndarray:

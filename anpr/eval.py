@@ -214,7 +214,8 @@ def evaluate(
             ious.append(float(overlaps[best]) if best >= 0 else 0.0)
         chosen = np.array([m for m in matched if m >= 0], np.int64)
         reads = recogniser.recognise(cut_plates(images, detections[chosen])).candidates if len(chosen) else []
-        plate_of = dict(zip(chosen.tolist(), (choose_plate(c, regions=regions) for c in reads), strict=True))
+        plates = (choose_plate(c, regions=regions, swaps=recogniser.lookalike_swaps) for c in reads)
+        plate_of = dict(zip(chosen.tolist(), plates, strict=True))
         for annotation, match, iou in zip(batch, matched, ious, strict=True):
             results.append(_result(annotation.image.name, annotation.plate, plate_of.get(match), iou))
         if progress:
@@ -279,7 +280,8 @@ def evaluate_crops(
     for batch in _batches(labels, batch_size):
         texts = recogniser.recognise([_read_image(label.image) for label in batch])
         for label, candidates in zip(batch, texts.candidates, strict=True):
-            results.append(_result(label.image.name, label.plate, choose_plate(candidates, regions=regions), None))
+            plate = choose_plate(candidates, regions=regions, swaps=recogniser.lookalike_swaps)
+            results.append(_result(label.image.name, label.plate, plate, None))
         if progress:
             progress(len(results), len(labels))
     return EvalReport(results, time.perf_counter() - started, detected=False)
@@ -288,16 +290,25 @@ def evaluate_crops(
 def score_passages(truth: list[dict], reported: list[dict]) -> dict[str, object]:
     """Reported passages against the true ones of a clip (both with first_frame, last_frame, plate).
 
-    A reported passage belongs to the true passage containing its middle frame. A true
-    passage is right when exactly one reported passage of it has its plate. Every other
-    reported passage is spurious: a duplicate, a wrong plate, or, where a photo shows
-    more than one vehicle, a plate the annotation does not list (counted apart too).
+    A reported passage belongs to the true passage containing its middle frame; where two
+    vehicles are on screen at once (their passages overlap), to the one with its plate, else
+    to the one whose middle is nearest. A true passage is right when exactly one reported
+    passage of it has its plate. Every other reported passage is spurious: a duplicate, a
+    wrong plate, or, where a photo shows more than one vehicle, a plate the annotation does
+    not list (counted apart too).
     """
     owners: dict[int, list[dict]] = {i: [] for i in range(len(truth))}
     for passage in reported:
         middle = (passage["first_frame"] + passage["last_frame"]) / 2
-        owner = next((i for i, t in enumerate(truth) if t["first_frame"] <= middle <= t["last_frame"]), None)
-        if owner is not None:
+        spanning = [i for i, t in enumerate(truth) if t["first_frame"] <= middle <= t["last_frame"]]
+        if spanning:
+            owner = min(
+                spanning,
+                key=lambda i: (
+                    not same_plate(passage["plate"], truth[i]["plate"]),
+                    abs((truth[i]["first_frame"] + truth[i]["last_frame"]) / 2 - middle),
+                ),
+            )
             owners[owner].append(passage)
     matching = {i: [f for f in found if same_plate(f["plate"], truth[i]["plate"])] for i, found in owners.items()}
     right = [len(matching[i]) == 1 for i in range(len(truth))]

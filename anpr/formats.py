@@ -111,13 +111,13 @@ class FormatMatch:
     variants: int  # patterns in the most specific row listing this one: a row with many admits more noise
 
 
-def _fit(text: str, pattern: str) -> tuple[str, int] | None:
+def _fit(text: str, pattern: str, swaps_allowed: bool = True) -> tuple[str, int] | None:
     out, swaps = [], 0
     for ch, kind in zip(text, pattern, strict=True):
         if (kind == "L") == ch.isalpha():
             out.append(ch)
             continue
-        swapped = (TO_LETTER if kind == "L" else TO_DIGIT).get(ch)
+        swapped = (TO_LETTER if kind == "L" else TO_DIGIT).get(ch) if swaps_allowed else None
         if swapped is None:
             return None
         out.append(swapped)
@@ -160,19 +160,20 @@ def shortest_layout(regions: tuple[str, ...] = ()) -> int:
     return min(len(pattern) for pattern in patterns_of(regions))
 
 
-def best_format(text: str, regions: tuple[str, ...] = ()) -> FormatMatch | None:
-    """The pattern of `regions` (every region if empty) the read fits with the fewest look-alike swaps."""
+def best_format(text: str, regions: tuple[str, ...] = (), swaps: bool = True) -> FormatMatch | None:
+    """The pattern of `regions` (every region if empty) the read fits with the fewest look-alike
+    swaps; with `swaps` False, only a pattern it fits as it is."""
     table = patterns_of(regions)
     best: tuple[str, str, int] | None = None  # pattern, fitted text, swaps
     for pattern in table:
         if len(pattern) != len(text):
             continue
-        fitted = _fit(text, pattern)
+        fitted = _fit(text, pattern, swaps)
         if fitted is not None and (best is None or fitted[1] < best[2]):
             best = (pattern, fitted[0], fitted[1])
     if best is None:
         return None
-    pattern, fitted_text, swaps = best
+    pattern, fitted_text, swapped = best
     owners = table[pattern]
     # Many US states share a layout: the text alone names the country, not the state.
     states = [c for c, _, _ in owners if "-" in c]
@@ -182,6 +183,6 @@ def best_format(text: str, regions: tuple[str, ...] = ()) -> FormatMatch | None:
         "/".join(countries),
         "; ".join(f"{c} {n}" for c, n, _ in owners),
         pattern,
-        swaps,
+        swapped,
         min(v for _, _, v in owners),
     )

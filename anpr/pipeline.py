@@ -68,15 +68,16 @@ def assemble_reads(
     regions: tuple[str, ...] = (),
     rejected: Counter[Rejection] | None = None,
     min_ocr_confidence: float = 0.0,
+    swaps: bool = True,
 ) -> list[PlateRead | None]:
     """One entry per detection: its PlateRead, or None where the text is not a registration:
     too short for every layout of `regions`, or less sure than `min_confidence` (detector
     times OCR) or `min_ocr_confidence` (the recogniser's own calibrated floor). Each None is
-    counted in `rejected` by its reason."""
+    counted in `rejected` by its reason. `swaps`: the recogniser's `lookalike_swaps`."""
     reads: list[PlateRead | None] = []
     shortest = shortest_layout(regions)
     for i, candidates in enumerate(texts.candidates):
-        chosen = choose_plate(candidates, regions=regions)
+        chosen = choose_plate(candidates, regions=regions, swaps=swaps)
         combined = float(detections.confidence[i]) * chosen.confidence
         unsure = combined < min_confidence or chosen.confidence < min_ocr_confidence
         reason = Rejection.SHORT if len(chosen.plate) < shortest else Rejection.UNSURE if unsure else None
@@ -179,6 +180,7 @@ class Pipeline:
             self.regions,
             self.rejected,
             self.recogniser.reject_below,
+            self.recogniser.lookalike_swaps,
         )
         reads = [read for read in per_detection if read is not None]
         if self.settings.settle_reads:

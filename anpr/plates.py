@@ -60,13 +60,18 @@ class PlateText:
 
 
 def choose_plate(
-    candidates: Sequence[tuple[str, float]], top: int = TOP_CANDIDATES, regions: tuple[str, ...] = ()
+    candidates: Sequence[tuple[str, float]],
+    top: int = TOP_CANDIDATES,
+    regions: tuple[str, ...] = (),
+    swaps: bool = True,
 ) -> PlateText:
     """Rescore text candidates with the plate formats of `regions` (all if empty) and keep the best `top`.
 
     A candidate that fits none of the region's layouts keeps its own probability (a
     vanity plate, a foreign car): it loses only to a fitting candidate the model finds
-    about as likely.
+    about as likely. With `swaps` (for recognisers that cannot tell look-alikes apart,
+    `PlateRecogniser.lookalike_swaps`), a candidate may be fitted to a layout by swapping
+    look-alikes; without, only candidates that fit as read get the prior.
     """
     scored: dict[str, float] = {}
     formats: dict[str, tuple[str, str]] = {}
@@ -74,7 +79,7 @@ def choose_plate(
         text = normalise(text)
         if len(text) < MIN_PLATE_LENGTH:
             continue
-        match = best_format(text, regions)
+        match = best_format(text, regions, swaps)
         weight = max(1.0, FORMAT_PRIOR / match.variants) / SWAP_COST**match.swaps if match else 1.0
         if match:
             text = match.text

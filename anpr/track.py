@@ -182,12 +182,14 @@ def vote(reads: Sequence[PlateRead], regions: tuple[str, ...] = ()) -> VotedPlat
     probabilities, and counting it again would let one crisp misread outvote many. Pooling
     lets a plate that is every read's second choice beat one read's first; the format
     rescoring of the pool lets a complete registration beat a frequent short read of it.
+    The reads' candidates were fitted to the layouts (with look-alike swaps where their
+    recogniser needs them) when they were read, so the pool is rescored without swapping.
     """
     pooled: dict[str, float] = defaultdict(float)
     for read in reads:
         for text, probability in read.candidates or ((read.plate, 1.0),):
             pooled[text] += probability * read.detector_confidence
-    chosen = choose_plate(list(pooled.items()), TOP_CANDIDATES, regions)
+    chosen = choose_plate(list(pooled.items()), TOP_CANDIDATES, regions, swaps=False)
     return VotedPlate(chosen.plate, chosen.confidence, chosen.candidates, chosen.country, chosen.format)
 
 

@@ -1,6 +1,8 @@
 """Test clips built from real photos: one vehicle passage per photo (development tooling,
 not part of the `anpr` package: the benchmarks import it as `clips`, the tests as
-`benchmarks.clips`).
+`benchmarks.clips`). Two kinds: `build_clip`, each photo nearly still and full-frame in
+turn, and `build_traffic_clip`, each photo's vehicle crossing a road scene as a traffic
+camera sees it.
 
 Each photo drifts and grows across the frame for `seconds_per_photo` (as a vehicle
 approaching a camera would), so consecutive frames differ the way video does. The
@@ -139,3 +141,218 @@ def dataset_photos(folder: Path, count: int | None = None) -> list[tuple[Path, s
         return pairs
     step = len(pairs) / count
     return [pairs[int(i * step)] for i in range(count)]
+
+
+# --- traffic: vehicles crossing a road scene -------------------------------------------
+#
+# Each photo gives one vehicle: the part of the photo around its annotated plate (the
+# car's front) is cut out and moved across a road scene. It enters on one side, grows as
+# it comes closer (its plate from about 50 to about 150 px wide), drifts down the frame
+# and leaves on the other side within one to two seconds. What a real camera adds is
+# added too: a static scene with lane markings and a roadside sign with text (text that
+# is not a plate); a burned-in timestamp and camera name; motion blur on some vehicles,
+# sensor noise on every frame, H.264 at a fixed bitrate; gaps between vehicles from none
+# (bumper to bumper) to a few seconds, and some overlap (the next vehicle enters before
+# the last has left, so two are on screen). Everything is drawn from one seed; the truth
+# is each vehicle's plate and the frames in which its plate is wholly in the frame.
+
+SEED = 20261129
+PLATE_WIDTHS = (50.0, 150.0)  # px: the plate's width as the vehicle enters, and as it leaves
+CROSSING_SECONDS = (1.0, 2.0)
+# Gap between one vehicle leaving and the next entering, in seconds: negative is overlap.
+GAP_CHOICES = ((-0.5, 0.0), (0.0, 0.0), (0.0, 1.0), (1.0, 3.0))  # overlap, bumper to bumper, short, long
+GAP_WEIGHTS = (0.15, 0.15, 0.4, 0.3)
+MOTION_BLUR_SHARE = 0.3  # of vehicles
+NOISE_SIGMA = 4.0  # grey levels of sensor noise
+BITRATE = "4M"  # H.264 at a bitrate a 1080p traffic camera streams at
+SPRITE_SIZE = (5.0, 3.2)  # the vehicle cut out around its plate, in plate widths (width, height)
+CAMERA_NAME = "CAM-07 RN2 SORTIE 12"
+SIGN_TEXT = ("SORTIE 12", "PARIS 24 km", "ZONE 30")
+
+
+@dataclass(frozen=True, slots=True)
+class Vehicle:
+    """One photo's vehicle and its way across the frame."""
+
+    photo: str
+    plate: str
+    start: int  # first frame on screen
+    frames: int  # frames from entering to leaving
+    leftwards: bool  # crosses from right to left
+    lane_y: float  # the plate's vertical position at the start, as a share of the frame height
+    blurred: bool
+
+
+def _vehicle_sprite(photo: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The photo cut around the plate (SPRITE_SIZE plate widths) and the plate's box in the cut."""
+    plate_w = float(box[2] - box[0])
+    centre_x, centre_y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half_w, above, below = SPRITE_SIZE[0] * plate_w / 2, SPRITE_SIZE[1] * plate_w * 0.7, SPRITE_SIZE[1] * plate_w * 0.3
+    x1, y1 = int(max(0, centre_x - half_w)), int(max(0, centre_y - above))
+    x2, y2 = int(min(photo.shape[1], centre_x + half_w)), int(min(photo.shape[0], centre_y + below))
+    return photo[y1:y2, x1:x2], box - np.array([x1, y1, x1, y1], np.float32)
+
+
+def _road(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """The static scene: asphalt, lane markings, a verge, and a roadside sign with text."""
+    width, height = size
+    scene = np.empty((height, width, 3), np.uint8)
+    ramp = np.linspace(70, 110, height, dtype=np.float32)[:, None, None]
+    scene[:] = np.clip(ramp + rng.normal(0, 6, (height, width, 1)), 0, 255).astype(np.uint8)
+    scene[: height // 5] = (110, 140, 90)  # verge and trees at the top
+    for x in range(0, width, width // 8):  # dashed lane markings
+        cv2.line(scene, (x, int(height * 0.55)), (x + width // 16, int(height * 0.55)), (220, 220, 220), 6)
+    sx, sy = int(width * 0.78), int(height * 0.03)
+    sw, sh = int(width * 0.18), int(height * 0.14)
+    cv2.rectangle(scene, (sx, sy), (sx + sw, sy + sh), (120, 60, 10), -1)  # a blue road sign (BGR)
+    cv2.rectangle(scene, (sx, sy), (sx + sw, sy + sh), (240, 240, 240), 3)
+    for row, text in enumerate(SIGN_TEXT):
+        cv2.putText(
+            scene, text, (sx + 12, sy + 34 + row * 38), cv2.FONT_HERSHEY_DUPLEX, 1.0, (240, 240, 240), 2, cv2.LINE_AA
+        )
+    return scene
+
+
+def _overlay(frame: np.ndarray, index: int, fps: int) -> None:
+    """The burned-in timestamp and camera name, as traffic cameras draw them."""
+    seconds = 8 * 3600 + 15 * 60 + index / fps
+    stamp = f"2026-11-29 {int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}:{seconds % 60:06.3f}"
+    height = frame.shape[0]
+    for text, origin in ((stamp, (20, 44)), (CAMERA_NAME, (20, height - 24))):
+        cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 5, cv2.LINE_AA)
+        cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 1.2, (255, 255, 255), 2, cv2.LINE_AA)
+
+
+def plan(photos: Sequence[tuple[Path, str]], fps: int, rng: np.random.Generator) -> tuple[list[Vehicle], int]:
+    """When each vehicle enters and how it moves; the clip's length in frames."""
+    vehicles, leaves = [], 0
+    for photo, plate in photos:
+        frames = round(rng.uniform(*CROSSING_SECONDS) * fps)
+        low, high = GAP_CHOICES[int(rng.choice(len(GAP_CHOICES), p=GAP_WEIGHTS))]
+        gap = round(rng.uniform(low, high) * fps)
+        start = max(0, leaves + gap) if vehicles else 0
+        vehicles.append(
+            Vehicle(
+                photo.name,
+                plate,
+                start,
+                frames,
+                bool(rng.random() < 0.5),
+                float(rng.uniform(0.3, 0.5)),
+                bool(rng.random() < MOTION_BLUR_SHARE),
+            )
+        )
+        leaves = start + frames
+    return vehicles, leaves + fps // 2
+
+
+def _paste(frame: np.ndarray, sprite: np.ndarray, x: int, y: int) -> None:
+    """`sprite` onto `frame` with its top-left corner at (x, y), clipped to the frame."""
+    height, width = frame.shape[:2]
+    fx1, fy1 = max(0, x), max(0, y)
+    fx2, fy2 = min(width, x + sprite.shape[1]), min(height, y + sprite.shape[0])
+    if fx1 < fx2 and fy1 < fy2:
+        frame[fy1:fy2, fx1:fx2] = sprite[fy1 - y : fy2 - y, fx1 - x : fx2 - x]
+
+
+def _pose(vehicle: Vehicle, step: int, size: tuple[int, int], plate_box: np.ndarray) -> tuple[float, float, float]:
+    """Scale of the sprite and where its plate's centre is, `step` frames after entering."""
+    width, height = size
+    progress = step / max(1, vehicle.frames - 1)
+    plate_width = PLATE_WIDTHS[0] + (PLATE_WIDTHS[1] - PLATE_WIDTHS[0]) * progress**1.5  # grows faster when near
+    scale = plate_width / float(plate_box[2] - plate_box[0])
+    margin = plate_width * SPRITE_SIZE[0] / 2  # the sprite starts and ends just outside the frame
+    x = -margin + (width + 2 * margin) * progress
+    if vehicle.leftwards:
+        x = width - x
+    y = height * (vehicle.lane_y + 0.25 * progress)
+    return scale, x, y
+
+
+def _motion_blur(image: np.ndarray, length: int) -> np.ndarray:
+    kernel = np.zeros((1, length), np.float32)
+    kernel[:] = 1.0 / length
+    return cv2.filter2D(image, -1, kernel)
+
+
+def build_traffic_clip(
+    photos: Sequence[tuple[Path, str]],
+    output: Path,
+    size: tuple[int, int] = (1920, 1080),
+    fps: int = 25,
+    seed: int = SEED,
+) -> list[TruePassage]:
+    """Encode one vehicle per (photo, plate) crossing a road scene into `output`; writes
+    `output`.json with each vehicle's plate and the frames its plate is wholly on screen."""
+    from anpr.eval import load_annotations
+
+    rng = np.random.default_rng(seed)
+    boxes = {a.image.name: a.box for folder in {p.parent for p, _ in photos} for a in load_annotations(folder)}
+    vehicles, total = plan(photos, fps, rng)
+    sprites = {}
+    for photo_path, _ in photos:
+        photo = cv2.imread(str(photo_path))
+        if photo is None:
+            raise ValueError(f"cannot read photo {photo_path}")
+        sprites[photo_path.name] = _vehicle_sprite(photo, np.asarray(boxes[photo_path.name], np.float32))
+    scene = _road(size, rng)
+    noise = [rng.normal(0, NOISE_SIGMA, (size[1], size[0], 1)).astype(np.int16) for _ in range(8)]
+    command = [
+        ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
+        "-s", f"{size[0]}x{size[1]}", "-r", str(fps), "-i", "-",
+        "-c:v", "libx264", "-preset", "veryfast", "-b:v", BITRATE, "-maxrate", BITRATE, "-bufsize", "8M",
+        "-pix_fmt", "yuv420p", "-g", str(2 * fps), str(output),
+    ]  # fmt: skip
+    output.parent.mkdir(parents=True, exist_ok=True)
+    visible: dict[int, list[int]] = {i: [] for i in range(len(vehicles))}
+    encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert encoder.stdin is not None
+    try:
+        for index in range(total):
+            frame = scene.copy()
+            # Nearer vehicles (further along) are drawn last, over the others.
+            on_screen = [i for i, v in enumerate(vehicles) if v.start <= index < v.start + v.frames]
+            for i in sorted(on_screen, key=lambda i: index - vehicles[i].start):
+                vehicle = vehicles[i]
+                sprite, plate_box = sprites[vehicle.photo]
+                scale, plate_x, plate_y = _pose(vehicle, index - vehicle.start, size, plate_box)
+                resized = cv2.resize(
+                    sprite,
+                    (max(1, int(sprite.shape[1] * scale)), max(1, int(sprite.shape[0] * scale))),
+                    interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+                )
+                if vehicle.blurred:
+                    resized = _motion_blur(resized, max(2, int(scale * 8)))
+                box = plate_box * scale
+                x = int(plate_x - (box[0] + box[2]) / 2)
+                y = int(plate_y - (box[1] + box[3]) / 2)
+                _paste(frame, resized, x, y)
+                whole = x + box[0] >= 0 and y + box[1] >= 0 and x + box[2] <= size[0] and y + box[3] <= size[1]
+                if whole:
+                    visible[i].append(index)
+            frame = np.clip(frame.astype(np.int16) + noise[index % len(noise)], 0, 255).astype(np.uint8)
+            _overlay(frame, index, fps)
+            encoder.stdin.write(frame.tobytes())
+        encoder.stdin.close()
+    finally:
+        error = encoder.stderr.read().decode(errors="replace") if encoder.stderr else ""
+        code = encoder.wait()
+    if code != 0:
+        raise RuntimeError(f"ffmpeg failed ({code}): {error.strip()}")
+    passages = [
+        TruePassage(v.plate, v.photo, min(visible[i]), max(visible[i])) for i, v in enumerate(vehicles) if visible[i]
+    ]
+    output.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "fps": fps,
+                "size": list(size),
+                "codec": f"h264 {BITRATE}",
+                "seed": seed,
+                "passages": [asdict(p) for p in passages],
+                "vehicles": [asdict(v) for v in vehicles],
+            },
+            indent=1,
+        )
+    )
+    return passages

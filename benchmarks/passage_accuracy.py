@@ -1,9 +1,10 @@
 """Passage accuracy on a video built from real photos: one vehicle passage every N seconds.
 
-    python benchmarks/passage_accuracy.py [--dataset DIR] [--seconds 2] [--count N] [--clip PATH]
+    python benchmarks/passage_accuracy.py [--dataset DIR] [--seconds 2] [--count N] [--clip PATH] [--traffic]
 
 Builds the clip (1920x1080, 25 fps, H.264; each period ends with --gap seconds of empty
-road, as traffic has between vehicles) unless it exists, runs
+road, as traffic has between vehicles; with --traffic, vehicles crossing a road scene,
+`clips.build_traffic_clip`) unless it exists, runs
 `anpr run CLIP --config configs/paris-fps.yaml --jsonl --passages`, and scores:
 - exactly_once_right: share of true passages reported by exactly one passage with the right plate
   (O and 0 folded together, as `anpr eval` scores);
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from clips import build_clip, dataset_photos
+from clips import build_clip, build_traffic_clip, dataset_photos
 
 from anpr.eval import score_passages
 
@@ -37,16 +38,20 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.5, help="seconds of empty road ending each period")
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--clip", type=Path, default=None)
+    parser.add_argument("--traffic", action="store_true", help="vehicles crossing a road scene (issue 12)")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "paris-fps.yaml")
     parser.add_argument("--pipeline", default="", help="extra pipeline keys, e.g. 'stride: 2, settle_reads: 3'")
     parser.add_argument("--input-size", type=int, default=None, help="detector input size")
     args = parser.parse_args()
-    clip = (
-        args.clip
-        or REPO / "benchmarks" / "data" / f"passages-{args.count or 'all'}-{args.seconds:g}s-gap{args.gap:g}.mp4"
-    )
-    if not clip.exists():
-        build_clip(dataset_photos(args.dataset, args.count), clip, (1920, 1080), 25, args.seconds, "h264", args.gap)
+    data = REPO / "benchmarks" / "data"
+    if args.traffic:
+        clip = args.clip or data / f"traffic-{args.count or 'all'}.mp4"
+        if not clip.exists():
+            build_traffic_clip(dataset_photos(args.dataset, args.count), clip)
+    else:
+        clip = args.clip or data / f"passages-{args.count or 'all'}-{args.seconds:g}s-gap{args.gap:g}.mp4"
+        if not clip.exists():
+            build_clip(dataset_photos(args.dataset, args.count), clip, (1920, 1080), 25, args.seconds, "h264", args.gap)
     truth = json.loads(clip.with_suffix(".json").read_text())["passages"]
     with tempfile.TemporaryDirectory() as work:
         config = args.config

@@ -44,6 +44,19 @@ def test_candidates_of_the_deployment_region_are_preferred():
     assert vanity.plate == "M5XSX" and vanity.format is None  # fits no layout, still read
 
 
+def test_look_alikes_are_swapped_only_for_a_recogniser_that_needs_it():
+    from anpr.ocr import PlateNetRecogniser, PpOcrRecogniser
+
+    # A general text reader's 8 may be a B: the layouts decide (Indiana's DDDL)...
+    assert choose_plate([("2368", 0.98)], regions=("US",)).plate == "236B"
+    # ...a plate-trained reader's confident 2368 is kept; a candidate fitting as read still gets the prior.
+    assert choose_plate([("2368", 0.98)], regions=("US",), swaps=False).plate == "2368"
+    chosen = choose_plate([("ABC1234", 0.4), ("A8C1234X", 0.6)], regions=("US",), swaps=False)
+    assert chosen.plate == "ABC1234" and chosen.format == "LLLDDDD"
+    assert best_format("A8C1234", ("US",), swaps=False) is None and best_format("A8C1234", ("US",)).swaps == 1
+    assert PpOcrRecogniser.lookalike_swaps and not PlateNetRecogniser.lookalike_swaps
+
+
 def _deployment(**extra) -> dict:
     return {
         "controller": {"type": "private_company", "name": "Parking SA"},
@@ -82,7 +95,7 @@ def test_reads_too_short_for_the_region_or_too_unsure_are_rejected_and_counted()
     assert rejected == {Rejection.SHORT: 1}
 
 
-# --- small plates: the tiled second pass -----------------------------------------------
+# --- small plates: the second pass (tiles and closer looks) -----------------------------------------------
 
 
 @pytest.mark.parametrize(("width", "height", "tiles"), [(1920, 1080, 8), (1280, 720, 6), (640, 480, 1)])
@@ -99,15 +112,15 @@ def test_tiles_cover_the_frame_with_overlap(width, height, tiles):
 
 
 @pytest.mark.system
-def test_the_second_pass_finds_a_60px_plate_in_a_1080p_frame(dataset):
+def test_the_second_pass_finds_and_boxes_a_60px_plate_in_a_1080p_frame(dataset):
     from anpr.config import DetectorSettings
-    from anpr.detect import OnnxPlateDetector, TiledSecondPass
+    from anpr.detect import OnnxPlateDetector, SecondPass
     from anpr.eval import load_annotations
 
     onnx = OnnxPlateDetector(DetectorSettings(input_size=640))
-    tiled = TiledSecondPass(onnx, 640)
+    second_pass = SecondPass(onnx, DetectorSettings(input_size=640))
     annotations = load_annotations(dataset)[::18]  # 6 photos spread over the set
-    found_first = found_second = 0
+    first_iou, second_iou = [], []
     for annotation in annotations:
         image = cv2.imread(str(annotation.image))
         box = np.array(annotation.box, np.float32)
@@ -118,11 +131,27 @@ def test_the_second_pass_finds_a_60px_plate_in_a_1080p_frame(dataset):
         h, w = min(small.shape[0], 1080 - y), min(small.shape[1], 1920 - x)
         frame[y : y + h, x : x + w] = small[:h, :w]
         truth = box * scale + np.array([x, y, x, y], np.float32)
-        first, second = onnx.detect([frame]), tiled.detect([frame])
-        found_first += bool(len(first)) and pairwise_iou(truth, first.xyxy).max() >= 0.3
-        found_second += bool(len(second)) and pairwise_iou(truth, second.xyxy).max() >= 0.3
-    assert found_second >= len(annotations) - 1 and found_second > found_first
-    assert tiled.found >= found_second - found_first and tiled.searched <= len(annotations)
+        for found, ious in ((onnx.detect([frame]), first_iou), (second_pass.detect([frame]), second_iou)):
+            ious.append(float(pairwise_iou(truth, found.xyxy).max()) if len(found) else 0.0)
+    found_first = sum(iou >= 0.3 for iou in first_iou)
+    found_second = sum(iou >= 0.3 for iou in second_iou)
+    assert found_second >= len(annotations) - 1 and found_second > found_first, (first_iou, second_iou)
+    # The closer look boxes the plate about as tightly as the first pass boxes a large one
+    # (on the full-size photos the median IoU with the annotation is 0.56, the 10th percentile 0.44).
+    assert np.median(second_iou) >= 0.44, second_iou
+    assert second_pass.found >= found_second - found_first and second_pass.searched <= len(annotations)
+
+
+def test_the_closer_look_keeps_the_most_likely_proposals_of_each_frame():
+    from anpr.detect import _most_likely_per_frame
+
+    found = Detections(
+        np.zeros((6, 4), np.float32),
+        np.array([0.1, 0.9, 0.5, 0.3, 0.2, 0.8], np.float32),
+        np.array([0, 0, 0, 1, 1, 2], np.int32),
+    )
+    assert _most_likely_per_frame(found, 2).tolist() == [1, 2, 3, 4, 5]
+    assert _most_likely_per_frame(found, 1).tolist() == [1, 3, 5]
 
 
 # --- the trained recogniser -------------------------------------------------------------
@@ -144,7 +173,7 @@ def test_platenet_reads_held_out_crops_of_both_countries():
     for name, region, floor in (("openalpr-br-crops", "BR", 0.9), ("openalpr-us-crops", "US", 0.8)):
         crops = _crops(name, "test", 1000)  # the whole test split
         reads = recogniser.recognise([image for image, _ in crops])
-        plates = [choose_plate(c, regions=(region,)).plate for c in reads.candidates]
+        plates = [choose_plate(c, regions=(region,), swaps=False).plate for c in reads.candidates]
         right = sum(same_plate(p, expected) for p, (_, expected) in zip(plates, crops, strict=True))
         assert right / len(crops) >= floor, (name, right, plates)
         assert all(0 < sum(p for _, p in c) <= 1.0001 for c in reads.candidates if c)
@@ -164,7 +193,7 @@ def test_the_training_command_runs_end_to_end_and_its_model_loads(tmp_path):
     assert result.returncode == 0, result.stderr
     provenance = json.loads(out.with_suffix(".json").read_text())
     assert provenance["sha256"] == _sha256(out) and provenance["steps"] == 3 and provenance["split"] == "train"
-    assert provenance["real_train_crops"] > 1000
+    assert provenance["real_train_crops"] > 1000 and provenance["device"] == "cpu" and provenance["workers"] == 1
     manifest = json.loads((REPO / "models" / "manifest.json").read_text())
     assert manifest["platenet"]["sha256"] != provenance["sha256"]  # a run elsewhere leaves the committed model
     recogniser = PlateNetRecogniser(weights=ModelFile("platenet", out, provenance["sha256"]))

@@ -66,8 +66,13 @@ def test_vote_weights_reads_by_detector_confidence():
     assert vote([sure, *doubtful]).plate == "AB123CD"
 
 
-def test_vote_fits_the_winner_to_a_format():
-    assert vote([read("RK7S5AJ", 0), read("RK7S5AJ", 1)]).plate == "RK755AJ"
+def test_vote_weighs_fitted_candidates_and_does_not_swap_again():
+    # Each read's candidates were fitted to the layouts when it was read (with look-alike
+    # swaps only for a recogniser that needs them): the vote weighs them by format...
+    reads = [read_of((("RK7S5AJ", 0.7), ("RK755AJ", 0.3)), f) for f in range(2)]
+    assert vote(reads).plate == "RK755AJ"
+    # ...and never rewrites a read: an all-digit 2368 stays 2368, not Indiana's DDDL 236B.
+    assert vote([read("2368", 0), read("2368", 1)], regions=("US",)).plate == "2368"
 
 
 def test_tracker_groups_one_vehicle_and_splits_at_a_cut():
@@ -123,3 +128,19 @@ def test_score_passages():
     assert scored["exactly_once_right"] == pytest.approx(1 / 3, abs=1e-4)
     assert scored["spurious"] == pytest.approx(4 / 5, abs=1e-4) and scored["missed"] == 0
     assert scored["spurious_beside_a_right_passage"] == 1
+
+
+def test_score_passages_of_two_vehicles_on_screen_at_once():
+    # The second vehicle enters before the first has left: each report goes to its own vehicle.
+    truth = [
+        {"plate": "AB123CD", "first_frame": 0, "last_frame": 40},
+        {"plate": "EF456GH", "first_frame": 30, "last_frame": 70},
+    ]
+    reported = [
+        {"plate": "EF456GH", "first_frame": 32, "last_frame": 40},  # middle 36: inside both
+        {"plate": "AB123CD", "first_frame": 5, "last_frame": 38},
+        {"plate": "XX000XX", "first_frame": 36, "last_frame": 42},  # nearer the second's middle
+    ]
+    scored = score_passages(truth, reported)
+    assert scored["exactly_once_right"] == 1.0 and scored["missed"] == 0
+    assert scored["wrong"] == [] and scored["spurious_beside_a_right_passage"] == 1

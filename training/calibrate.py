@@ -5,10 +5,17 @@ augmentation), read and rescored as the pipeline does. The threshold is where, g
 the confidences, reads start to be right at least half the time: the pipeline rejects
 reads below it as no plate (`Rejection.UNSURE`). It is written into the ONNX
 file's metadata (`reject_below`), so that the model carries its own calibration.
+
+The training command calibrates the model it writes. `python -m training.calibrate MODEL`
+calibrates a trained model again (after a change in how reads are chosen) and updates its
+provenance JSON beside it, and the manifest for a model in `models/`.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +47,7 @@ def measure(
     for start in range(0, plates, 64):
         reads = recogniser.recognise(crops[start : start + 64])
         for candidates, text in zip(reads.candidates, texts[start : start + 64], strict=True):
-            chosen = choose_plate(candidates)
+            chosen = choose_plate(candidates, swaps=recogniser.lookalike_swaps)
             confidence.append(chosen.confidence)
             right.append(chosen.plate == text)
     return np.array(confidence), np.array(right)
@@ -86,3 +93,27 @@ def calibrate(path: Path) -> dict[str, float]:
         "right_among_rejected": round(float(right[below].mean()), 4) if below.any() else 0.0,
         "right_among_kept": round(float(right[~below].mean()), 4) if (~below).any() else 0.0,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Calibrate a trained PlateNet again.")
+    parser.add_argument("model", type=Path, help="the ONNX file; its provenance JSON beside it is updated")
+    args = parser.parse_args(argv)
+    from training.train import MODELS, update_manifest
+
+    calibration = calibrate(args.model)
+    digest = _sha256(args.model)
+    provenance_path = args.model.with_suffix(".json")
+    provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+    command = "python -m training.calibrate " + " ".join(sys.argv[1:] if argv is None else argv)
+    provenance.update(calibration, sha256=digest, recalibrated_by=command.strip())
+    provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
+    if args.model.parent.resolve() == MODELS:
+        entry = json.loads((MODELS / "manifest.json").read_text())["platenet"]
+        update_manifest(MODELS, "platenet", args.model.name, digest, entry["source"])
+    print(f"calibrated {args.model}: {calibration}, sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

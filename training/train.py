@@ -31,6 +31,7 @@ from training.calibrate import calibrate
 from training.model import PlateNet
 from training.synth import render_plate
 
+MODELS = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_SETS = ("../shared/datasets/openalpr-us-crops", "../shared/datasets/openalpr-br-crops")
 CLASS_OF = {ch: i + 1 for i, ch in enumerate(PLATE_ALPHABET)}  # 0 is the CTC blank
 REAL_SHARE = 0.5
@@ -135,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the network trains")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes making plates (each draws its own seeded stream: another count is another run)",
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -146,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         PlateStream(real, args.seed),
         batch_size=args.batch,
         collate_fn=collate,
-        num_workers=1,
+        num_workers=args.workers,
         prefetch_factor=4,
     )
-    network = PlateNet()
+    device = torch.device(args.device)
+    network = PlateNet().to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=args.steps, pct_start=0.15)
     ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
@@ -157,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     losses: list[float] = []
     network.train()
     for step, (images, targets, lengths) in enumerate(stream, 1):
-        log_probs = network(images)
-        columns = torch.full((len(images),), log_probs.shape[1], dtype=torch.long)
-        loss = ctc(log_probs.transpose(0, 1), targets, columns, lengths)
+        log_probs = network(images.to(device))
+        columns = torch.full((len(images),), log_probs.shape[1], dtype=torch.long, device=device)
+        loss = ctc(log_probs.transpose(0, 1), targets.to(device), columns, lengths.to(device))
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
@@ -178,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.monotonic() - started) / 60
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    export(network, args.out)
+    export(network.cpu(), args.out)
     calibration = calibrate(args.out)
     print(f"calibrated: {calibration}", flush=True)
     digest = sha256(args.out)
@@ -203,9 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "device": args.device,
+        "workers": args.workers,
     }
     args.out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
-    if args.out.parent.resolve() == (Path(__file__).resolve().parent.parent / "models"):
+    if args.out.parent.resolve() == MODELS:
         update_manifest(args.out.parent, "platenet", args.out.name, digest, f"{command.strip()} (training/)")
     print(f"wrote {args.out} sha256 {digest} after {minutes:.1f} min", flush=True)
     return 0
