@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,6 +62,27 @@ def _placed(photo: np.ndarray, size: tuple[int, int], progress: float) -> np.nda
     return frame
 
 
+def _encode(frames: Iterator[np.ndarray], output: Path, size: tuple[int, int], fps: int, codec: list[str]) -> None:
+    """Encode BGR frames of `size` into `output` with the FFmpeg options `codec`."""
+    command = [
+        ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
+        "-s", f"{size[0]}x{size[1]}", "-r", str(fps), "-i", "-",
+        *codec, "-pix_fmt", "yuv420p", "-g", str(2 * fps), str(output),
+    ]  # fmt: skip
+    output.parent.mkdir(parents=True, exist_ok=True)
+    encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert encoder.stdin is not None
+    try:
+        for frame in frames:
+            encoder.stdin.write(frame.tobytes())
+        encoder.stdin.close()
+    finally:
+        error = encoder.stderr.read().decode(errors="replace") if encoder.stderr else ""
+        code = encoder.wait()
+    if code != 0:
+        raise RuntimeError(f"ffmpeg failed ({code}): {error.strip()}")
+
+
 def build_clip(
     photos: Sequence[tuple[Path, str]],
     output: Path,
@@ -79,51 +100,23 @@ def build_clip(
     period = max(1, round(seconds_per_photo * fps))
     gap_frames = min(period - 1, round(gap_seconds * fps))
     frames_per_photo = period - gap_frames
-    command = [
-        ffmpeg_exe(),
-        "-y",
-        "-loglevel",
-        "error",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "bgr24",
-        "-s",
-        f"{size[0]}x{size[1]}",
-        "-r",
-        str(fps),
-        "-i",
-        "-",
-        *CODECS[codec],
-        *CONTAINER_OPTIONS.get((codec, output.suffix.lower()), []),
-        "-pix_fmt",
-        "yuv420p",
-        "-g",
-        str(2 * fps),
-        str(output),
-    ]
-    output.parent.mkdir(parents=True, exist_ok=True)
     passages = []
-    encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert encoder.stdin is not None
-    try:
+
+    def frames() -> Iterator[np.ndarray]:
+        empty_road = np.full((size[1], size[0], 3), 24, np.uint8)
         for number, (photo_path, plate) in enumerate(photos):
             photo = cv2.imread(str(photo_path))
             if photo is None:
                 raise ValueError(f"cannot read photo {photo_path}")
             for step in range(frames_per_photo):
-                encoder.stdin.write(_placed(photo, size, step / max(1, frames_per_photo - 1)).tobytes())
-            empty_road = np.full((size[1], size[0], 3), 24, np.uint8).tobytes()
+                yield _placed(photo, size, step / max(1, frames_per_photo - 1))
             for _ in range(gap_frames):
-                encoder.stdin.write(empty_road)
+                yield empty_road
             first = number * period
             passages.append(TruePassage(plate, photo_path.name, first, first + frames_per_photo - 1))
-        encoder.stdin.close()
-    finally:
-        error = encoder.stderr.read().decode(errors="replace") if encoder.stderr else ""
-        code = encoder.wait()
-    if code != 0:
-        raise RuntimeError(f"ffmpeg failed ({code}): {error.strip()}")
+
+    codec_options = [*CODECS[codec], *CONTAINER_OPTIONS.get((codec, output.suffix.lower()), [])]
+    _encode(frames(), output, size, fps, codec_options)
     output.with_suffix(".json").write_text(
         json.dumps(
             {"fps": fps, "size": list(size), "codec": codec, "passages": [asdict(p) for p in passages]}, indent=1
@@ -297,17 +290,9 @@ def build_traffic_clip(
         sprites[photo_path.name] = _vehicle_sprite(photo, np.asarray(boxes[photo_path.name], np.float32))
     scene = _road(size, rng)
     noise = [rng.normal(0, NOISE_SIGMA, (size[1], size[0], 1)).astype(np.int16) for _ in range(8)]
-    command = [
-        ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-        "-s", f"{size[0]}x{size[1]}", "-r", str(fps), "-i", "-",
-        "-c:v", "libx264", "-preset", "veryfast", "-b:v", BITRATE, "-maxrate", BITRATE, "-bufsize", "8M",
-        "-pix_fmt", "yuv420p", "-g", str(2 * fps), str(output),
-    ]  # fmt: skip
-    output.parent.mkdir(parents=True, exist_ok=True)
     visible: dict[int, list[int]] = {i: [] for i in range(len(vehicles))}
-    encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert encoder.stdin is not None
-    try:
+
+    def frames() -> Iterator[np.ndarray]:
         for index in range(total):
             frame = scene.copy()
             # Nearer vehicles (further along) are drawn last, over the others.
@@ -332,13 +317,10 @@ def build_traffic_clip(
                     visible[i].append(index)
             frame = np.clip(frame.astype(np.int16) + noise[index % len(noise)], 0, 255).astype(np.uint8)
             _overlay(frame, index, fps)
-            encoder.stdin.write(frame.tobytes())
-        encoder.stdin.close()
-    finally:
-        error = encoder.stderr.read().decode(errors="replace") if encoder.stderr else ""
-        code = encoder.wait()
-    if code != 0:
-        raise RuntimeError(f"ffmpeg failed ({code}): {error.strip()}")
+            yield frame
+
+    bitrate = ["-c:v", "libx264", "-preset", "veryfast", "-b:v", BITRATE, "-maxrate", BITRATE, "-bufsize", "8M"]
+    _encode(frames(), output, size, fps, bitrate)
     passages = [
         TruePassage(v.plate, v.photo, min(visible[i]), max(visible[i])) for i, v in enumerate(vehicles) if visible[i]
     ]
