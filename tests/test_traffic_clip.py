@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from benchmarks.clips import CROSSING_SECONDS, build_traffic_clip, plan
 def test_the_plan_draws_every_kind_of_gap_between_vehicles():
     photos = [(Path(f"car{i}.jpg"), f"AB{i:03d}CD") for i in range(200)]
     vehicles, total = plan(photos, 25, np.random.default_rng(7))
-    gaps = np.array([b.start - (a.start + a.frames) for a, b in zip(vehicles, vehicles[1:], strict=False)])
+    gaps = np.array([b.start - (a.start + a.frames) for a, b in itertools.pairwise(vehicles)])
     assert (gaps < 0).mean() > 0.05  # two vehicles on screen at once
     assert (gaps == 0).mean() > 0.05  # bumper to bumper
     assert (gaps >= 25).mean() > 0.1  # a second or more of empty road
