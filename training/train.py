@@ -11,7 +11,6 @@ beside it, and the model's entry in `models/manifest.json`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from anpr.eval import load_crop_labels
 from anpr.ocr import PLATE_NET_SIZE, prepare_plate
 from anpr.plates import PLATE_ALPHABET, normalise
+from anpr.weights import _sha256
 from training.augment import cut, degrade
 from training.calibrate import calibrate
 from training.model import PlateNet
@@ -82,10 +82,6 @@ def load_real(sets: list[Path]) -> list[list[tuple[np.ndarray, str]]]:
                 crops.append((image, text))
         real.append(crops)
     return real
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class Probabilities(torch.nn.Module):
@@ -190,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     export(network.cpu(), args.out)
     calibration = calibrate(args.out)
     print(f"calibrated: {calibration}", flush=True)
-    digest = sha256(args.out)
+    digest = _sha256(args.out)
     command = "python -m training.train " + " ".join(sys.argv[1:] if argv is None else argv)
     provenance = {
         "model": "platenet",
