@@ -23,17 +23,18 @@ from threading import Event
 
 from anpr.audit import AuditLog
 from anpr.config import DetectorSettings, RunSettings, Settings, StreamSettings
-from anpr.detect import PlateDetector, SecondPass, make_detector
+from anpr.detect import MotionWindows, PlateDetector, SecondPass, make_detector
 from anpr.errors import ConfigError, PolicyRefusal, SourceError
 from anpr.ocr import PlateRecogniser, make_recogniser
 from anpr.pipeline import Lane, Pipeline, ReadSink, run_lanes
 from anpr.policy.deployment import Camera, Deployment
 from anpr.policy.engine import Policy, PurposeDecision
-from anpr.policy.gate import DatabaseSink, GateTally, PolicyGate
+from anpr.policy.gate import DatabaseSink, GateTally, PassageSink, PolicyGate
 from anpr.sinks import PolicedSink, make_sinks
 from anpr.source import FrameReader, FrameSource, ImageSource, Reconnect, SourceState, open_source
 from anpr.spool import SpooledStore
 from anpr.store import DatabaseUnavailable, ReadStore
+from anpr.track import PlateTracker
 
 log = logging.getLogger("anpr")
 Progress = Callable[[Sequence[Lane]], None]  # called with every camera's lane after each batch
@@ -143,7 +144,10 @@ def open_sources(cameras: Sequence[CameraSource], stream: StreamSettings) -> lis
 
 
 def with_second_pass(detector: PlateDetector, settings: DetectorSettings, stills: bool) -> PlateDetector:
-    """The detector with a second look for small plates (tiles, closer looks) where the settings ask for it."""
+    """The detector with a second look for small plates (tiles, closer looks) where the
+    settings ask for it, and, for video, looking where things move (`video_search`)."""
+    if not stills and settings.video_search == "motion":
+        detector = MotionWindows(detector, settings)
     if settings.second_pass == "tiles" or (settings.second_pass == "auto" and stills):
         return SecondPass(detector, settings)
     return detector
@@ -158,9 +162,12 @@ def read_lane(
     regions: Sequence[str] = (),
 ) -> Lane:
     """A camera's frames through the pipeline into `sinks`, with no policy gate (for reads
-    that are gated later, as `anpr demo` does); `regions` are the deployment's plate regions."""
-    detector = with_second_pass(models.detector, settings.detector, stills=isinstance(source, ImageSource))
-    pipeline = Pipeline(detector, models.recogniser, sinks, settings.pipeline, tuple(regions))
+    that are gated later, as `anpr demo` does); `regions` are the deployment's plate regions.
+    Video and streams are tracked (passages); still images are not."""
+    stills = isinstance(source, ImageSource)
+    detector = with_second_pass(models.detector, settings.detector, stills=stills)
+    tracker = None if stills else PlateTracker(settings.detector.confidence, settings.pipeline.stride)
+    pipeline = Pipeline(detector, models.recogniser, sinks, settings.pipeline, tuple(regions), tracker)
     return Lane(name, FrameReader(source, settings.pipeline.queue), pipeline)
 
 
@@ -186,13 +193,14 @@ def build_lanes(
     models: Models,
     database: DatabaseSink,
     outputs: Sequence[PolicedSink] = (),
+    passage_outputs: Sequence[PassageSink] = (),
 ) -> Lanes:
     """Per camera: its reader, a pipeline with the shared models, and a policy gate that
     writes to the deployment's sinks (the database sinks through `database`)."""
     sinks = make_sinks(policy.deployment.sinks, database)
     lanes, gates = [], []
     for camera, source in zip(cameras, sources, strict=True):
-        gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs)
+        gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs, passage_outputs=passage_outputs)
         gates.append(gate)
         lanes.append(read_lane(camera.camera.id, source, settings, models, [gate], policy.deployment.region))
     return Lanes(lanes, gates)
@@ -228,6 +236,7 @@ class DeploymentRun:
         decisions: Mapping[str, Sequence[PurposeDecision]],
         cameras: Sequence[CameraSource],
         outputs: Sequence[PolicedSink] = (),
+        passage_outputs: Sequence[PassageSink] = (),
         *,
         config: Path | None = None,
         demo: bool = False,
@@ -256,7 +265,9 @@ class DeploymentRun:
                     self.spool.directory,
                 )
             self.models = load_models(settings)
-            self.lanes = build_lanes(settings, policy, self.cameras, self.sources, self.models, self.spool, outputs)
+            self.lanes = build_lanes(
+                settings, policy, self.cameras, self.sources, self.models, self.spool, outputs, passage_outputs
+            )
         except BaseException:
             self.close()
             raise

@@ -193,6 +193,7 @@ def run(
         summary_lines,
     )
     from anpr.policy.engine import Policy
+    from anpr.sinks import PolicedSink
 
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend, store={"url": db}))
     policy = Policy(require_deployment(settings))
@@ -204,9 +205,12 @@ def run(
         refuse_denied_camera(camera.camera.id, decisions[camera.camera.id], demo)
     status_log = StatusLog(log_json) if log_json else None
     tally = PlateTally()
-    passage_output = PassageOutput(sys.stdout if jsonl else None, policy.deployment.region) if passages else None
-    outputs = [tally, *([passage_output] if passage_output else [JsonLines()] if jsonl else [])]
-    with DeploymentRun(settings, policy, decisions, cameras, outputs, config=config, demo=demo) as deployment_run:
+    passage_output = PassageOutput(sys.stdout if jsonl else None) if passages else None
+    outputs: list[PolicedSink] = [tally, *([JsonLines()] if jsonl and not passages else [])]
+    passage_outputs = [passage_output] if passage_output else []
+    with DeploymentRun(
+        settings, policy, decisions, cameras, outputs, passage_outputs, config=config, demo=demo
+    ) as deployment_run:
         progress = ProgressLine(deployment_run.frame_count, status_log)
         stop = _install_stop_handler()
         if status_log:
@@ -214,8 +218,6 @@ def run(
             status_log.database = deployment_run.spool
         report = deployment_run.run(stop, progress)
         progress.done()
-        if passage_output:
-            passage_output.finish()
         if status_log:
             status_log.event("run.end", cameras=lane_status(report.lanes), database=report.spool.as_json())
         if passage_output and not jsonl:

@@ -107,7 +107,7 @@ def db_purge(
     db: DbOption = None,
     now: Annotated[float | None, typer.Option("--now", help="Unix time to purge as of (default: now).")] = None,
 ) -> None:
-    """Delete every read whose retention deadline has passed."""
+    """Delete every read and passage whose retention deadline has passed."""
     from anpr.audit import AuditLog
     from anpr.policy.queries import purge
 
@@ -115,7 +115,7 @@ def db_purge(
     store = _store(settings)
     try:
         deleted = purge(store, AuditLog(store.engine), time.time() if now is None else now)
-        print(f"purged {deleted} read(s) past their deadline")
+        print(f"purged {deleted} read(s) and passage(s) past their deadline")
     finally:
         store.close()
 
@@ -131,7 +131,7 @@ def _delete_fps(config: Path, db: str | None, plate: str, user: str, action: str
     store = _store(settings)
     try:
         deleted = delete_on_payment(store, policy, AuditLog(store.engine), plate, user, action)
-        print(f"deleted {deleted} read(s)")
+        print(f"deleted {deleted} read(s) and passage(s)")
     finally:
         store.close()
 
@@ -143,7 +143,7 @@ def db_mark_paid(
     db: DbOption = None,
     user: Annotated[str, typer.Option("--user", help="Who records the payment.")] = "payment-system",
 ) -> None:
-    """Parking check (FPS): delete the reads of a plate matched to a valid payment."""
+    """Parking check (FPS): delete the reads and passages of a plate matched to a valid payment."""
     _delete_fps(config, db, plate, user, "mark-paid")
 
 
@@ -154,7 +154,7 @@ def db_record_finding(
     user: Annotated[str, typer.Option("--user", help="The agent who recorded the finding.")],
     db: DbOption = None,
 ) -> None:
-    """Parking check (FPS): delete the reads of an unpaid plate once an agent has recorded the finding."""
+    """Parking check (FPS): delete the reads and passages of an unpaid plate once an agent has recorded the finding."""
     _delete_fps(config, db, plate, user, "record-finding")
 
 
@@ -167,19 +167,23 @@ def db_search(
     procedure: Annotated[str | None, typer.Option("--procedure", help="Criminal or customs procedure id.")] = None,
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per row.")] = False,
+    passages: Annotated[
+        bool, typer.Option("--passages", help="Passages (a tracked plate's reads voted into one) instead of reads.")
+    ] = False,
 ) -> None:
-    """Reads of PLATE that PURPOSE may see; refused (exit 3) when the purpose or user may not query."""
+    """Reads (or passages) of PLATE that PURPOSE may see; refused (exit 3) when the purpose or user may not query."""
     from anpr.audit import AuditLog
     from anpr.errors import ConfigError, PolicyRefusal
     from anpr.plates import normalise
     from anpr.policy.queries import search
+    from anpr.records import Passage
 
     if not normalise(plate):
         raise ConfigError(f"not a plate: {plate!r} (no letter or digit)")
     settings, policy = _deployment(config, db)
     store = _store(settings)
     try:
-        result = search(store, policy, AuditLog(store.engine), plate, purpose, user, procedure)
+        result = search(store, policy, AuditLog(store.engine), plate, purpose, user, procedure, passages)
     finally:
         store.close()
     if not result.allowed:
@@ -187,13 +191,22 @@ def db_search(
     for row in result.rows:
         if as_json:
             print(json.dumps(row.to_dict()))
+        elif isinstance(row, Passage):
+            print(
+                f"{row.plate:<12} confidence {row.confidence:.2f} reads {row.reads:>4} "
+                f"time {row.first_time:>12.2f} to {row.last_time:>12.2f} camera {row.camera:<16} "
+                f"purpose {row.purpose} {'HIT ' if row.hit else ''}delete after {_utc(row.delete_after)}"
+            )
         else:
             print(
                 f"{row.read.plate:<12} camera {row.camera:<16} frame {row.read.frame:>6} time {row.read.time:>12.2f} "
-                f"purpose {row.purpose} {'HIT ' if row.hit else ''}delete after "
-                f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(row.delete_after))} UTC"
+                f"purpose {row.purpose} {'HIT ' if row.hit else ''}delete after {_utc(row.delete_after)}"
             )
     print(f"{len(result.rows)} row(s); {result.reason}", file=sys.stderr)
+
+
+def _utc(moment: float) -> str:
+    return f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(moment))} UTC"
 
 
 @audit_app.command("verify")

@@ -87,6 +87,13 @@ class DetectorSettings(_Section):
     # `auto` does it for still images only, `tiles` for every source, `off` never. Costs one
     # detector call per tile and per closer look on the frames it searches.
     second_pass: Literal["auto", "tiles", "off"] = "auto"
+    # Where the detector looks in video and streams (detect.MotionWindows): `motion`, in a
+    # window around each moving vehicle, brought to `window_input_size` (the plate then
+    # fills about a fifth of it, however far the vehicle is), with a whole-frame look at
+    # `input_size` now and then; `whole`, the whole frame at `input_size` every time.
+    # Still images are always looked at whole.
+    video_search: Literal["motion", "whole"] = "motion"
+    window_input_size: Count = Field(320, ge=64, le=4096)
 
     @field_validator("backend")
     @classmethod
@@ -95,7 +102,7 @@ class DetectorSettings(_Section):
             raise ValueError(f"must be {DETECTORS.choices('auto')}")
         return value
 
-    @field_validator("input_size")
+    @field_validator("input_size", "window_input_size")
     @classmethod
     def _multiple_of_stride(cls, value: int) -> int:
         if value % 32:

@@ -35,6 +35,9 @@ class _Collect:
     def write(self, reads: Sequence[PlateRead]) -> None:
         self.reads.extend(reads)
 
+    def end_tracks(self, source: str, tracks: Sequence[int]) -> None:
+        pass  # the demo compares reads per config; passages are the run's (anpr run --passages)
+
 
 def _reads_of(sample: Path, settings: Settings) -> list[PlateRead]:
     collected = _Collect()

@@ -63,8 +63,11 @@ class PlateDetector(Protocol):
 
     identifier: str  # model name and hash, stored with every read
 
-    def detect(self, images: Sequence[np.ndarray], confidence: float | None = None) -> Detections:
-        """Plate boxes scoring at least `confidence` (None: the configured threshold)."""
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
+    ) -> Detections:
+        """Plate boxes scoring at least `confidence` (None: the configured threshold), each
+        image brought to `input_size` (None: the configured size)."""
         ...
 
 
@@ -93,10 +96,10 @@ class OnnxPlateDetector:
         self._session = onnx_session(self.weights, threads)
         self._input = self._session.get_inputs()[0].name
 
-    def _letterbox(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _letterbox(self, images: Sequence[np.ndarray], input_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, 3, H, W) float32 input, per-frame scale (B,), per-frame (pad_x, pad_y) (B, 2)."""
         sizes = np.array([image.shape[:2] for image in images], np.float32)  # (B, 2) h, w
-        scales = np.minimum(self.input_size / sizes[:, 0], self.input_size / sizes[:, 1])
+        scales = np.minimum(input_size / sizes[:, 0], input_size / sizes[:, 1])
         scaled = np.rint(sizes * scales[:, None]).astype(np.int32)
         height, width = (int(np.ceil(v / STRIDE) * STRIDE) for v in scaled.max(axis=0))
         batch = np.full((len(images), height, width, 3), LETTERBOX_FILL, np.uint8)
@@ -108,11 +111,13 @@ class OnnxPlateDetector:
         tensor = batch[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # BGR -> RGB, NCHW
         return np.ascontiguousarray(tensor), scales, pads.astype(np.float32)
 
-    def detect(self, images: Sequence[np.ndarray], confidence: float | None = None) -> Detections:
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
+    ) -> Detections:
         if not images:
             return Detections.empty()
         threshold = self.confidence if confidence is None else confidence
-        tensor, scales, pads = self._letterbox(images)
+        tensor, scales, pads = self._letterbox(images, input_size or self.input_size)
         output = self._session.run(None, {self._input: tensor})[0].transpose(0, 2, 1)  # (B, anchors, 5)
         frame, anchor = np.nonzero(output[:, :, 4] >= threshold)
         if not len(frame):
@@ -143,13 +148,15 @@ class YoloPlateDetector:
         self.device = settings.device
         self._model = YOLO(str(self.weights.path), task="detect")
 
-    def detect(self, images: Sequence[np.ndarray], confidence: float | None = None) -> Detections:
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
+    ) -> Detections:
         if not images:
             return Detections.empty()
         results: Any = self._model.predict(  # Ultralytics types a list, an iterator or tensors
             list(images),
             conf=self.confidence if confidence is None else confidence,
-            imgsz=self.input_size,
+            imgsz=input_size or self.input_size,
             device=self.device,
             verbose=False,
             batch=len(images),
@@ -227,7 +234,9 @@ class SecondPass:
         self.searched = 0  # frames searched again (tiles, closer looks or both)
         self.found = 0  # of them, frames where the second pass found or re-boxed a plate
 
-    def detect(self, images: Sequence[np.ndarray], confidence: float | None = None) -> Detections:
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
+    ) -> Detections:
         threshold = self.confidence if confidence is None else confidence
         first = self.detector.detect(images, threshold)
         small = self._small_at_input(images, first)
@@ -258,16 +267,7 @@ class SecondPass:
     def _detect_windows(
         self, images: Sequence[np.ndarray], windows: np.ndarray, frames: np.ndarray, confidence: float
     ) -> Detections:
-        """Detections in (K, 4) windows of the frames `frames`, in frame coordinates; `frame`
-        of each box is the index of its window."""
-        crops = [images[int(f)][y1:y2, x1:x2] for f, (x1, y1, x2, y2) in zip(frames, windows, strict=True)]
-        parts = []
-        for start in range(0, len(crops), self.batch):
-            part = self.detector.detect(crops[start : start + self.batch], confidence)
-            window = part.frame + start
-            offset = np.tile(windows[window, :2], 2).astype(np.float32)
-            parts.append(Detections(part.xyxy + offset, part.confidence, window))
-        return Detections.concatenate(parts)
+        return detect_in_windows(self.detector, images, windows, frames, confidence, self.batch)
 
     def _tiles(self, images: Sequence[np.ndarray], frames: list[int]) -> Detections:
         """Proposals from tiles of the input size over each of `frames`, at PROPOSAL_CONFIDENCE."""
@@ -295,6 +295,151 @@ class SecondPass:
         confirmed = np.zeros(len(proposals), bool)
         confirmed[found.frame] = True
         return Detections(found.xyxy, found.confidence, proposals.frame[found.frame]), confirmed
+
+
+def detect_in_windows(
+    detector: PlateDetector,
+    images: Sequence[np.ndarray],
+    windows: np.ndarray,
+    frames: np.ndarray,
+    confidence: float | None,
+    batch: int,
+    input_size: int | None = None,
+) -> Detections:
+    """Detections in (K, 4) windows x1 y1 x2 y2 of the frames `frames`, in frame
+    coordinates; `frame` of each box is the index of its window."""
+    crops = [images[int(f)][y1:y2, x1:x2] for f, (x1, y1, x2, y2) in zip(frames, windows, strict=True)]
+    parts = []
+    for start in range(0, len(crops), batch):
+        part = detector.detect(crops[start : start + batch], confidence, input_size)
+        window = part.frame + start
+        offset = np.tile(windows[window, :2], 2).astype(np.float32)
+        parts.append(Detections(part.xyxy + offset, part.confidence, window))
+    return Detections.concatenate(parts)
+
+
+# --- where things move ------------------------------------------------------------------
+
+MOTION_WIDTH = 240  # px: frames are compared this wide (1/8 of 1080p: a plate is 6 px or more)
+# The background model forgets at this rate per call: what stops moving (a stopped car, a
+# clock digit that just changed) joins the background within about 1 / rate calls, while
+# a moving vehicle's pixels keep changing.
+BACKGROUND_RATE = 0.05
+MOTION_MIN_SHARE = 0.002  # of the frame: a smaller moving blob is noise or a clock digit
+MOTION_GROW = 7  # px at MOTION_WIDTH: parts of one vehicle closer than this are one blob
+WINDOW_MARGIN = 0.15  # of a blob's size, added on every side: the plate's edge may not move
+WHOLE_FRAME_SHARE = 0.4  # more of the frame moving than this (a start, a camera shake): look at all of it
+WHOLE_FRAME_EVERY = 25  # calls: a whole-frame look this often finds plates that do not move
+# A plate is a fraction of its vehicle (about a fifth of its width): a box wider than this
+# share of the window around a moving vehicle is the vehicle's grille or window, not a plate.
+MAX_WINDOW_SHARE = 0.5
+ALWAYS_MOVING = 0.5  # a pixel moving in more than this share of recent frames is an overlay (a clock)
+ACTIVITY_MEMORY = 0.05  # weight of the newest frame in that share (about the last 20 frames)
+
+
+class MotionWindows:
+    """A detector for one camera's video that looks where things move.
+
+    A vehicle is much larger than its plate (about five plate widths), so a window around
+    it, brought to a small input, shows the plate at a size the detector finds surely,
+    however far the vehicle is: a plate 50 px wide in a 1080p frame is 9 px at a whole-frame
+    input of 320, and about 60 px in its vehicle's window at the same input. Moving blobs
+    come from a background model (OpenCV's MOG2, forgetting fast) on small grey frames,
+    which gives a vehicle's whole shape where a frame difference gives only its edges;
+    pixels that change all the time (a burned-in clock's fast digits) are left out. The
+    whole frame is looked at on the first call, when all of it is new, and every
+    WHOLE_FRAME_EVERY calls.
+    """
+
+    def __init__(self, detector: PlateDetector, settings: DetectorSettings, batch: int = 8) -> None:
+        self.detector = detector
+        self.identifier = detector.identifier
+        self.confidence = settings.confidence
+        self.input_size = settings.input_size  # of whole-frame looks
+        self.window_input = settings.window_input_size
+        self.batch = batch
+        self._background = cv2.createBackgroundSubtractorMOG2(detectShadows=False)
+        self._activity: np.ndarray | None = None
+        self._calls = 0
+        self.whole_frames = 0  # frames looked at whole
+        self.windows = 0  # windows looked at
+
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
+    ) -> Detections:
+        threshold = self.confidence if confidence is None else confidence
+        whole: list[int] = []
+        windows: list[np.ndarray] = []
+        owners: list[int] = []
+        for position, image in enumerate(images):
+            moving = self._moving(image)
+            self._calls += 1
+            if moving is None or self._calls % WHOLE_FRAME_EVERY == 1:
+                whole.append(position)
+            else:
+                windows += list(moving)
+                owners += [position] * len(moving)
+        self.whole_frames += len(whole)
+        self.windows += len(windows)
+        parts = []
+        if whole:
+            full = self.detector.detect([images[i] for i in whole], threshold, input_size or self.input_size)
+            parts.append(Detections(full.xyxy, full.confidence, np.asarray(whole, np.int32)[full.frame]))
+        if windows:
+            owner = np.asarray(owners, np.int32)
+            boxes = np.asarray(windows)
+            found = detect_in_windows(self.detector, images, boxes, owner, threshold, self.batch, self.window_input)
+            window_width = boxes[found.frame, 2] - boxes[found.frame, 0]
+            found = found[(found.xyxy[:, 2] - found.xyxy[:, 0]) <= MAX_WINDOW_SHARE * window_width]
+            parts.append(Detections(found.xyxy, found.confidence, owner[found.frame]))
+        combined = Detections.concatenate(parts)
+        merged = combined[per_frame_nms(combined.xyxy, combined.confidence, combined.frame)]  # a plate in two windows
+        return merged[np.argsort(merged.frame, kind="stable")]
+
+    def _moving(self, image: np.ndarray) -> np.ndarray | None:
+        """(K, 4) windows x1 y1 x2 y2 around what moves in `image`; None to look at all of it."""
+        height, width = image.shape[:2]
+        scale = MOTION_WIDTH / width
+        # Every other pixel of every other row first: averaging the whole frame down costs
+        # more than the rest of this search, and a quarter of the pixels average noise enough.
+        step = max(1, width // (4 * MOTION_WIDTH))
+        sampled = np.ascontiguousarray(image[::step, ::step])
+        small = cv2.resize(sampled, (MOTION_WIDTH, max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        moving = (self._background.apply(grey, learningRate=BACKGROUND_RATE) > 0).astype(np.float32)
+        if self._activity is None or self._activity.shape != moving.shape:
+            self._activity = np.zeros(moving.shape, np.float32)
+            return None
+        self._activity += ACTIVITY_MEMORY * (moving - self._activity)
+        moving[self._activity > ALWAYS_MOVING] = 0
+        if moving.mean() > WHOLE_FRAME_SHARE:
+            return None
+        grown = cv2.dilate(moving.astype(np.uint8), np.ones((MOTION_GROW, MOTION_GROW), np.uint8))
+        _, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+        blobs = stats[1:][stats[1:, cv2.CC_STAT_AREA] >= MOTION_MIN_SHARE * grown.size]
+        if not len(blobs):
+            return np.zeros((0, 4), np.int32)
+        x, y, w, h = (blobs[:, i].astype(np.float32) for i in range(4))
+        margin_x, margin_y = WINDOW_MARGIN * w + MOTION_GROW, WINDOW_MARGIN * h + MOTION_GROW
+        boxes = np.stack([x - margin_x, y - margin_y, x + w + margin_x, y + h + margin_y], axis=1) / scale
+        boxes = np.clip(boxes, 0, [width, height, width, height])
+        return np.rint(_merge_overlapping(boxes)).astype(np.int32)
+
+
+def _merge_overlapping(boxes: np.ndarray) -> np.ndarray:
+    """Boxes that overlap replaced by the box around both, until none overlap."""
+    boxes = boxes.copy()
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        overlap = pairwise_iou(boxes, boxes) > 0
+        np.fill_diagonal(overlap, False)
+        if overlap.any():
+            i, j = np.argwhere(overlap)[0]
+            union = np.concatenate([np.minimum(boxes[i, :2], boxes[j, :2]), np.maximum(boxes[i, 2:], boxes[j, 2:])])
+            boxes = np.vstack([np.delete(boxes, [i, j], axis=0), union])
+            merged = True
+    return boxes
 
 
 def _most_likely_per_frame(found: Detections, limit: int) -> np.ndarray:

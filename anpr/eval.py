@@ -314,10 +314,17 @@ def score_passages(truth: list[dict], reported: list[dict]) -> dict[str, object]
     right = [len(matching[i]) == 1 for i in range(len(truth))]
     # A passage of another plate beside one right passage: another vehicle, or a misread.
     beside_right = sum(len(owners[i]) - 1 for i in range(len(truth)) if right[i])
+    # The spurious: a second report of a vehicle, or a report where none was.
+    extra = sum(max(0, len(found) - 1) for found in owners.values())
+    nowhere = len(reported) - sum(len(found) for found in owners.values())
     return {
         "passages": len(truth),
         "reported": len(reported),
         "exactly_once_right": round(sum(right) / max(len(truth), 1), 4),
+        "reported_once": round(sum(len(found) == 1 for found in owners.values()) / max(len(truth), 1), 4),
+        "extra_per_true": round((extra + nowhere) / max(len(truth), 1), 4),
+        "second_reports": extra,
+        "no_vehicle": nowhere,
         "spurious": round((len(reported) - sum(right)) / max(len(reported), 1), 4),
         "spurious_beside_a_right_passage": beside_right,
         "missed": sum(not found for found in owners.values()),

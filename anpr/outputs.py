@@ -22,7 +22,6 @@ from anpr.pipeline import Lane
 from anpr.policy.engine import PurposeDecision
 from anpr.policy.gate import GateTally
 from anpr.records import Passage, PolicedRead
-from anpr.track import PassageTracker
 
 
 class ReadOutput(Protocol):
@@ -68,38 +67,23 @@ class PlateTally:
 
 
 class PassageOutput:
-    """Groups kept reads into passages (one tracker per purpose); with `out`, writes each
-    as a JSON line when it closes (`--jsonl --passages`)."""
+    """The passages of a run as their tracks end; with `out`, each written as a JSON line
+    at once (`--jsonl --passages`), else kept for the table at the end."""
 
-    def __init__(self, out: IO[str] | None = None, regions: Sequence[str] = ()) -> None:
+    def __init__(self, out: IO[str] | None = None) -> None:
         self.out = out
-        self.trackers: dict[str, PassageTracker] = defaultdict(lambda: PassageTracker(regions=tuple(regions)))
-        self.camera: dict[str, str] = {}
         self.passages: list[Passage] = []
 
-    def write(self, reads: Sequence[PolicedRead]) -> None:
-        by_purpose: dict[str, list] = defaultdict(list)
-        for policed in reads:
-            by_purpose[policed.purpose].append(policed.read)
-            self.camera[policed.read.source] = policed.camera
-        for purpose, purpose_reads in by_purpose.items():
-            self._emit(purpose, self.trackers[purpose].update(purpose_reads))
-
-    def finish(self) -> None:
-        for purpose, tracker in self.trackers.items():
-            self._emit(purpose, tracker.flush())
-
-    def _emit(self, purpose: str, closed) -> None:
-        for track in closed:
-            passage = track.record(purpose, self.camera.get(track.source))
-            self.passages.append(passage)
-            if self.out is not None:
+    def write_passages(self, passages: Sequence[Passage]) -> None:
+        self.passages += passages
+        if self.out is not None:
+            for passage in passages:
                 self.out.write(json.dumps(passage.to_dict()) + "\n")
-                self.out.flush()
+            self.out.flush()
 
     def lines(self) -> list[str]:
         lines = [f"{'plate':<12} {'conf':>5} {'reads':>5}  {'first s':>8} {'last s':>8}  country"]
-        for passage in self.passages:
+        for passage in sorted(self.passages, key=lambda p: (p.source, p.first_frame)):
             p = passage.to_dict()  # the rounded figures, as the JSON lines give them
             lines.append(
                 f"{p['plate']:<12} {p['confidence']:>5.2f} {p['reads']:>5}  {p['first_time']:>8.2f} "
@@ -210,7 +194,13 @@ def decision_lines(decisions: Sequence[PurposeDecision], camera: str | None = No
 
 def summary_lines(gate_tally: GateTally, lanes: Sequence[Lane], store_url: str) -> list[str]:
     """The end of a run, per purpose and per camera (warnings prefixed `warning: `)."""
-    lines = [f"{purpose}: {number} reads kept" for purpose, number in sorted(gate_tally.stored.items())]
+    lines = [
+        f"{purpose}: {number} reads kept, {gate_tally.passages[purpose]} passages"
+        for purpose, number in sorted(gate_tally.stored.items())
+    ]
+    if gate_tally.dropped_tracks:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(gate_tally.dropped_tracks.items()))
+        lines.append(f"{sum(gate_tally.dropped_tracks.values())} tracks made no passage ({reasons})")
     lines += [
         f"{purpose}: {number} reads {outcome.value.replace('_', ' ')} ({rule}); only the count is kept"
         for (purpose, rule, outcome), number in sorted(gate_tally.counted.items())

@@ -26,13 +26,16 @@ from anpr.ocr import PlateRecogniser, TextReads, cut_plates
 from anpr.plates import choose_plate
 from anpr.records import PlateRead
 from anpr.source import FrameBatch, FrameReader
-from anpr.track import SettleTracker
+from anpr.track import UNTRACKED, PlateTracker, SettledPlates
 
 
 class ReadSink(Protocol):
-    """Receives every batch of reads (a database, a JSON-lines stream, ...)."""
+    """Receives every batch of reads (a database, a JSON-lines stream, ...), then the
+    tracks of a source that ended with that batch (their passages are complete)."""
 
     def write(self, reads: Sequence[PlateRead]) -> None: ...
+
+    def end_tracks(self, source: str, tracks: Sequence[int]) -> None: ...
 
 
 @dataclass
@@ -69,11 +72,13 @@ def assemble_reads(
     rejected: Counter[Rejection] | None = None,
     min_ocr_confidence: float = 0.0,
     swaps: bool = True,
+    tracks: np.ndarray | None = None,
 ) -> list[PlateRead | None]:
     """One entry per detection: its PlateRead, or None where the text is not a registration:
     too short for every layout of `regions`, or less sure than `min_confidence` (detector
     times OCR) or `min_ocr_confidence` (the recogniser's own calibrated floor). Each None is
-    counted in `rejected` by its reason. `swaps`: the recogniser's `lookalike_swaps`."""
+    counted in `rejected` by its reason. `swaps`: the recogniser's `lookalike_swaps`;
+    `tracks`: each detection's track id (None: untracked, as still images are)."""
     reads: list[PlateRead | None] = []
     shortest = shortest_layout(regions)
     for i, candidates in enumerate(texts.candidates):
@@ -103,6 +108,7 @@ def assemble_reads(
                 candidates=chosen.candidates,
                 country=chosen.country,
                 format=chosen.format,
+                track=None if tracks is None or tracks[i] == UNTRACKED else int(tracks[i]),
             )
         )
     return reads
@@ -113,7 +119,10 @@ MOTION_SIZE = (96, 54)  # frames are compared at this size: enough to see a vehi
 
 class Pipeline:
     """One camera's way through the stages. The work it may skip (stride, motion gate,
-    settled plates) is in its settings; all off, every frame is detected and read."""
+    settled plates) is in its settings; all off, every frame is detected and read.
+
+    With a `tracker` (video and streams), each box gets the id of the plate's track, and
+    the sinks hear when a track ends; still images are not tracked."""
 
     def __init__(
         self,
@@ -122,6 +131,7 @@ class Pipeline:
         sinks: Sequence[ReadSink],
         settings: PipelineSettings | None = None,
         regions: tuple[str, ...] = (),
+        tracker: PlateTracker | None = None,
     ) -> None:
         self.detector = detector
         self.recogniser = recogniser
@@ -129,7 +139,9 @@ class Pipeline:
         self.settings = settings or PipelineSettings()
         self.batch_size = self.settings.batch
         self._last_motion: np.ndarray | None = None
-        self._tracks = SettleTracker(self.settings.settle_reads)
+        self.tracker = tracker
+        self._source: str | None = None  # the frames' source, as the reads name it
+        self._settled = SettledPlates(self.settings.settle_reads if tracker else 0)
         self.regions = regions  # the deployment's plate regions: their layouts are preferred
         self.skipped: Counter[str] = Counter()  # frames not detected, crops not read, and why
         self.rejected: Counter[Rejection] = Counter()  # texts read but not emitted as plates, and why
@@ -161,14 +173,10 @@ class Pipeline:
         detected = FrameBatch([batch.frames[i] for i in chosen])
         images = detected.images
         detections = self.detector.detect(images)
-        frame_numbers = np.array([detected.frames[i].index for i in detections.frame], np.int64)
-        if self.settings.settle_reads:
-            tracks = self._tracks.match(frame_numbers, detections.xyxy)
-            unread = ~self._tracks.settled(tracks)
-            self.skipped["settled"] += int((~unread).sum())
-            to_read = detections[unread]
-        else:
-            to_read = detections
+        tracks = self._track(detected, detections)
+        unread = ~self._settled.settled(tracks) if tracks is not None else np.ones(len(detections), bool)
+        self.skipped["settled"] += int((~unread).sum())
+        to_read = detections[unread]
         texts = self.recogniser.recognise(cut_plates(images, to_read))
         per_detection = assemble_reads(
             detected,
@@ -181,16 +189,39 @@ class Pipeline:
             self.rejected,
             self.recogniser.reject_below,
             self.recogniser.lookalike_swaps,
+            tracks[unread] if tracks is not None else None,
         )
         reads = [read for read in per_detection if read is not None]
-        if self.settings.settle_reads:
-            plates: list[str | None] = [None] * len(detections)
-            for i, read in zip(np.flatnonzero(unread), per_detection, strict=True):
-                plates[i] = read.plate if read else None
-            self._tracks.update(frame_numbers, detections.xyxy, tracks, plates)
+        if tracks is not None:
+            self._settled.add(tracks[unread], [read.plate if read else None for read in per_detection])
         for sink in self.sinks:
             sink.write(reads)
+        if self.tracker is not None and batch.frames:
+            self._source = batch.frames[0].source
+            self._end(self.tracker.ended())
         return reads
+
+    def _track(self, batch: FrameBatch, detections: Detections) -> np.ndarray | None:
+        """Each detection's track id, frame by frame in order (None without a tracker)."""
+        if self.tracker is None:
+            return None
+        tracks = np.full(len(detections), UNTRACKED, np.int64)
+        for position, frame in enumerate(batch.frames):
+            mine = np.flatnonzero(detections.frame == position)
+            tracks[mine] = self.tracker.update(frame.time, detections.xyxy[mine], detections.confidence[mine])
+        return tracks
+
+    def finish(self) -> None:
+        """End every live track (the input ended or the run stops): their passages close."""
+        if self.tracker is not None:
+            self._end(self.tracker.end_all())
+
+    def _end(self, tracks: list[int]) -> None:
+        if not tracks or self._source is None:
+            return
+        self._settled.forget(tracks)
+        for sink in self.sinks:
+            sink.end_tracks(self._source, tracks)
 
 
 @dataclass
@@ -251,3 +282,7 @@ def run_lanes(
         for lane in lanes:
             lane.stats.finished = time.perf_counter()
             lane.reader.close()
+    # Only on a clean end (input over, or stopped and drained): after an error the
+    # tracks' passages would be voted over reads that may not all have been stored.
+    for lane in lanes:
+        lane.pipeline.finish()

@@ -4,9 +4,9 @@
     PolicedRead  a read a purpose may keep, with the policy's decision for it
     Outcome      what the policy did with a read for a purpose
     CountKey     one hourly counter of reads a purpose did not keep
-    Passage      the reads of one vehicle voted into one plate
+    Passage      the reads a purpose kept of one tracked plate, voted into one plate
 
-`to_dict` and `from_dict` are the only serialisation of a read: the JSON lines, the
+`to_dict` and `from_dict` are the only serialisation of a read (and of a passage): the JSON lines, the
 exports, the webhook, the outage spool and the database mapping all use them.
 `to_dict()` rounds for people and logs; `to_dict(exact=True)` keeps every digit, for
 what must come back identical (the spool, the database).
@@ -65,6 +65,7 @@ class PlateRead:
     candidates: Candidates = ()  # best first, the plate among them
     country: str | None = None  # of the plate's format, e.g. "CZ" or "FR/SK/IT/HR"
     format: str | None = None  # the plate's pattern over L (letter) and D (digit)
+    track: int | None = None  # the tracker's id for the plate (track.PlateTracker); None when untracked
 
     def to_dict(self, exact: bool = False) -> dict[str, Any]:
         return {
@@ -82,6 +83,7 @@ class PlateRead:
             "candidates": candidates_to_list(self.candidates, exact),
             "country": self.country,
             "format": self.format,
+            "track": self.track,
         }
 
     @classmethod
@@ -102,6 +104,7 @@ class PlateRead:
             candidates=_candidates_from_list(data.get("candidates") or ()),
             country=data.get("country"),
             format=data.get("format"),
+            track=None if data.get("track") is None else int(data["track"]),
         )
 
 
@@ -175,11 +178,18 @@ class PolicedRead:
 
 @dataclass(frozen=True, slots=True)
 class Passage:
-    """The reads of one vehicle, voted into one plate."""
+    """The reads one purpose kept of one tracked plate, voted into one plate.
+
+    A passage is kept under the same rule as its reads and goes no later than the first
+    of them (`delete_after` is their earliest deadline): nothing derived from a read
+    outlives it. `hit` when any of its reads was a hit.
+    """
 
     source: str
-    camera: str | None
+    camera: str
     purpose: str
+    rule_id: str
+    track: int  # the tracker's id for the plate, unique within a source in one run
     plate: str
     confidence: float  # the plate's share of the pooled, format-rescored candidates
     candidates: Candidates
@@ -190,20 +200,51 @@ class Passage:
     first_time: float
     last_time: float
     reads: int
+    delete_after: float  # Unix time
+    hit: bool = False
+    key: str = field(default_factory=new_key)  # unique: a passage sent twice is stored once
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, exact: bool = False) -> dict[str, Any]:
         return {
             "source": self.source,
             "camera": self.camera,
             "purpose": self.purpose,
+            "rule": self.rule_id,
+            "track": self.track,
             "plate": self.plate,
-            "confidence": round(self.confidence, 4),
-            "candidates": candidates_to_list(self.candidates, exact=False),
+            "confidence": _round(self.confidence, 4, exact),
+            "candidates": candidates_to_list(self.candidates, exact),
             "country": self.country,
             "format": self.format,
             "first_frame": self.first_frame,
             "last_frame": self.last_frame,
-            "first_time": round(self.first_time, 3),
-            "last_time": round(self.last_time, 3),
+            "first_time": _round(self.first_time, 3, exact),
+            "last_time": _round(self.last_time, 3, exact),
             "reads": self.reads,
+            "delete_after": _round(self.delete_after, 3, exact),
+            "hit": self.hit,
+            "key": self.key,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Passage:
+        return cls(
+            source=data["source"],
+            camera=data["camera"],
+            purpose=data["purpose"],
+            rule_id=data["rule"],
+            track=int(data["track"]),
+            plate=data["plate"],
+            confidence=float(data["confidence"]),
+            candidates=_candidates_from_list(data.get("candidates") or ()),
+            country=data.get("country"),
+            format=data.get("format"),
+            first_frame=int(data["first_frame"]),
+            last_frame=int(data["last_frame"]),
+            first_time=float(data["first_time"]),
+            last_time=float(data["last_time"]),
+            reads=int(data["reads"]),
+            delete_after=float(data["delete_after"]),
+            hit=bool(data.get("hit", False)),
+            key=data["key"],
+        )

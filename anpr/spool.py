@@ -1,7 +1,7 @@
 """An on-disk spool that keeps allowed reads while the database is unreachable.
 
 `SpooledStore` wraps a `ReadStore` and is what the policy gate writes to (the gate's
-DatabaseSink: `write(reads, counts)` and `purge(now)`). While the database answers, a
+DatabaseSink: `write(reads, counts, passages)` and `purge(now)`). While the database answers, a
 batch goes straight to it. When it cannot be reached (server down, connection lost:
 SQLAlchemy's OperationalError, InterfaceError, DisconnectionError), the batch is written
 to the spool folder instead, one JSON file per batch, and sent when the database returns,
@@ -9,14 +9,14 @@ oldest first. A refused statement (integrity, schema, permission) is no outage: 
 an error.
 
 What the spool holds is what the gate let through for the database: reads allowed for a
-purpose, each with its deletion deadline and key, and plate-free policy counters. Nothing
-of a denied purpose ever reaches it but those counters.
+purpose and the passages made of them, each with its deletion deadline and key, and
+plate-free policy counters. Nothing of a denied purpose ever reaches it but those counters.
 
 - No duplicates: every batch has a key, recorded in the batch's own transaction (see
   anpr/store.py). A batch whose commit went through but whose acknowledgement was lost is
   spooled too, and skipped as a whole when it is sent again.
-- Retention holds in the spool: a read whose deadline has passed is removed from its
-  spooled batch (at every purge and flush) and never written.
+- Retention holds in the spool: a read or passage whose deadline has passed is removed
+  from its spooled batch (at every purge and flush) and never written.
 - Bounded: when the spool would exceed `max_bytes`, a new batch is refused and counted as
   lost, with one warning per outage; nothing is raised into the run loop for that.
 - No stall: while the database is down, it is tried again at most once per backoff
@@ -50,11 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anpr.errors import StoreError
-from anpr.records import CountKey, PolicedRead, new_key
+from anpr.records import CountKey, Passage, PolicedRead, new_key
 from anpr.store import DatabaseUnavailable, ReadStore
 
-# 2: each read is PolicedRead.to_dict(exact=True). 1 (anpr before the records module):
-# the policy's fields beside a nested "read"; still read, so an upgrade loses no batch.
+# 2: each read is PolicedRead.to_dict(exact=True), each passage Passage.to_dict(exact=True)
+# ("passages" is absent from files of anpr before passages: none). 1 (anpr before the
+# records module): the policy's fields beside a nested "read"; still read, so an upgrade
+# loses no batch. Passages added no format number: an older anpr reads such a file and
+# sends its reads without the passages, where a new number would have it delete the file.
 SPOOL_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 INITIAL_BACKOFF_SECONDS = 1.0
@@ -103,16 +106,19 @@ class _Batch:
     key: str
     reads: list[PolicedRead]
     counts: dict[CountKey, int]
+    passages: list[Passage]
 
     def drop_expired(self, now: float) -> int:
+        """Drop the reads and passages whose deadline has passed; the number of reads dropped."""
         kept = [r for r in self.reads if r.delete_after > now]  # a deadline is inclusive, as in ReadStore.purge
         dropped = len(self.reads) - len(kept)
         self.reads = kept
+        self.passages = [p for p in self.passages if p.delete_after > now]
         return dropped
 
     @property
     def empty(self) -> bool:
-        return not self.reads and not self.counts
+        return not self.reads and not self.counts and not self.passages
 
 
 @dataclass
@@ -122,7 +128,7 @@ class _Entry:
     path: Path
     reads: int
     size: int
-    first_deadline: float  # the earliest delete_after of its reads (inf if none)
+    first_deadline: float  # the earliest delete_after of its reads and passages (inf if none)
 
 
 class SpooledStore:
@@ -164,16 +170,21 @@ class SpooledStore:
 
     # --- the DatabaseSink interface -----------------------------------------------------
 
-    def write(self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] | None = None) -> None:
+    def write(
+        self,
+        reads: Sequence[PolicedRead],
+        counts: Mapping[CountKey, int] | None = None,
+        passages: Sequence[Passage] = (),
+    ) -> None:
         """Write a batch to the database, after what the spool holds; to the spool while the database is down."""
-        if not reads and not counts:
+        if not reads and not counts and not passages:
             return
-        batch = _Batch(new_key(), list(reads), dict(counts or {}))
+        batch = _Batch(new_key(), list(reads), dict(counts or {}), list(passages))
         if self._may_try():
             self._flush(self.clock(), self.monotonic() + self.flush_budget)
             if not self._entries:  # all sent (or none): this write is also the probe of a down database
                 try:
-                    self.store.write(batch.reads, batch.counts, batch.key)
+                    self.store.write(batch.reads, batch.counts, batch.key, batch.passages)
                     self._reached()
                     return
                 except DatabaseUnavailable as exc:
@@ -182,7 +193,8 @@ class SpooledStore:
 
     def purge(self, now: float) -> int:
         """Apply retention to the spool, then to the database if it can be reached: the
-        number of reads deleted from the database (0 while it is down; never raises for that)."""
+        number of rows (reads and passages) deleted from the database (0 while it is down;
+        never raises for that)."""
         self._expire(now)
         if not self._may_try():
             return 0
@@ -268,7 +280,7 @@ class SpooledStore:
             self.status.expired_reads += batch.drop_expired(now)
             if not batch.empty:
                 try:
-                    done = self.store.write(batch.reads, batch.counts, batch.key)
+                    done = self.store.write(batch.reads, batch.counts, batch.key, batch.passages)
                 except DatabaseUnavailable as exc:
                     self._unreachable(exc)
                     break
@@ -299,10 +311,11 @@ class SpooledStore:
             except OSError as exc:
                 # The expired reads must not stay on disk: the batch goes rather than them.
                 log.warning(
-                    "cannot rewrite spool file %s (%s); dropping its %d read(s)",
+                    "cannot rewrite spool file %s (%s); dropping its %d read(s) and %d passage(s)",
                     entry.path,
                     exc.strerror or exc,
                     len(batch.reads),
+                    len(batch.passages),
                 )
                 self._lose(len(batch.reads))
                 self._remove(entry)
@@ -454,6 +467,7 @@ def _encode(batch: _Batch, database: str, spooled_at: float) -> bytes:
         "spooled_at": spooled_at,
         "reads": [read.to_dict(exact=True) for read in batch.reads],
         "counts": [{**key.to_dict(), "count": number} for key, number in batch.counts.items()],
+        "passages": [passage.to_dict(exact=True) for passage in batch.passages],
     }
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -468,7 +482,8 @@ def _decode(data: bytes) -> tuple[_Batch, str]:
         entries = [{**r["read"], **{k: v for k, v in r.items() if k != "read"}, "rule": r["rule_id"]} for r in entries]
     reads = [PolicedRead.from_dict(entry) for entry in entries]
     counts = {CountKey.from_dict(c): c["count"] for c in document["counts"]}
-    return _Batch(document["key"], reads, counts), document["database"]
+    passages = [Passage.from_dict(entry) for entry in document.get("passages", [])]
+    return _Batch(document["key"], reads, counts, passages), document["database"]
 
 
 def _size(number: int) -> str:
@@ -476,7 +491,8 @@ def _size(number: int) -> str:
 
 
 def _first_deadline(batch: _Batch) -> float:
-    return min((r.delete_after for r in batch.reads), default=float("inf"))
+    deadlines = [r.delete_after for r in batch.reads] + [p.delete_after for p in batch.passages]
+    return min(deadlines, default=float("inf"))
 
 
 def _zero(path: Path) -> None:

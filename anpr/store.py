@@ -1,26 +1,31 @@
-"""Storage of reads with SQLAlchemy 2: SQLite by default, any SQLAlchemy URL otherwise.
+"""Storage of reads and passages with SQLAlchemy 2: SQLite by default, any SQLAlchemy URL otherwise.
 
-Reads are written in batches, one transaction per batch. Nothing is created on disk
-until the first batch is written, so a run that fails on bad input leaves no file.
+Reads and passages (records.Passage: a tracked plate's reads voted into one plate) are
+written in batches, one transaction per batch. Nothing is created on disk until the
+first batch is written, so a run that fails on bad input leaves no file.
 
-Writes are idempotent: every kept read has a unique key, and every batch a key that is
-recorded (table written_batches) in the batch's own transaction. A batch sent again,
-for instance from the outage spool (anpr/spool.py) after its commit went through but
-its acknowledgement was lost, is recognised and skipped as a whole, so neither its reads
-nor its counter increments are applied twice.
+Writes are idempotent: every kept read and every passage has a unique key, and every
+batch a key that is recorded (table written_batches) in the batch's own transaction. A
+batch sent again, for instance from the outage spool (anpr/spool.py) after its commit
+went through but its acknowledgement was lost, is recognised and skipped as a whole, so
+neither its reads, its passages nor its counter increments are applied twice.
+
+Retention treats a passage as it treats a read: it goes at its deadline (`purge`), and
+with its plate's reads when those are deleted on payment (`delete_plate`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
+    ColumnElement,
     Float,
     Integer,
     String,
@@ -46,7 +51,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from anpr.config import StoreSettings
 from anpr.errors import StoreError, first_line
-from anpr.records import CountKey, PolicedRead, hour_bucket, new_key
+from anpr.records import CountKey, Passage, PolicedRead, hour_bucket, new_key
 
 # A PostgreSQL server that does not answer fails a connection after this long, so an
 # outage costs a run seconds per attempt, not the operating system's TCP timeout.
@@ -57,7 +62,8 @@ CONNECT_TIMEOUT_SECONDS = 3
 # by the next run if this one stops first. Keeping keys longer costs one small row per
 # batch; keeping them shorter lets a spool older than this double a batch's counters
 # (never its reads: a batch with reads is also recognised by its read keys, and a read
-# gone by retention is also gone from the spool). Counted on the wall clock.
+# gone by retention is also gone from the spool; the same holds for passages). Counted on
+# the wall clock.
 BATCH_KEY_SECONDS = 7 * 24 * 3600
 
 
@@ -107,6 +113,7 @@ class ReadRow(Base):
         columns["x1"], columns["y1"], columns["x2"], columns["y2"] = columns.pop("box")
         columns["candidates"] = json.dumps(columns["candidates"])
         columns["rule_id"] = columns.pop("rule")
+        columns.pop("track")  # the passages table links a plate's reads; the reads table keeps its columns
         return cls(**columns)
 
     def to_record(self) -> PolicedRead:
@@ -114,6 +121,49 @@ class ReadRow(Base):
             {
                 **{column.key: getattr(self, column.key) for column in self.__table__.columns},
                 "box": (self.x1, self.y1, self.x2, self.y2),
+                "rule": self.rule_id,
+                "candidates": json.loads(self.candidates or "[]"),
+            }
+        )
+
+
+class PassageRow(Base):
+    """One passage kept for one purpose: a tracked plate's reads voted into one plate."""
+
+    __tablename__ = "passages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(32), unique=True)  # Passage.key: a batch sent twice is stored once
+    source: Mapped[str] = mapped_column(String(1024), index=True)
+    camera: Mapped[str] = mapped_column(String(128), index=True)
+    purpose: Mapped[str] = mapped_column(String(64), index=True)
+    rule_id: Mapped[str] = mapped_column(String(32))
+    delete_after: Mapped[float] = mapped_column(Float, index=True)  # Unix time
+    hit: Mapped[bool] = mapped_column(Boolean, default=False)
+    track: Mapped[int] = mapped_column(Integer)
+    plate: Mapped[str] = mapped_column(String(32), index=True)
+    confidence: Mapped[float] = mapped_column(Float)
+    candidates: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[text, probability], ...]
+    country: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    first_frame: Mapped[int] = mapped_column(Integer)
+    last_frame: Mapped[int] = mapped_column(Integer)
+    first_time: Mapped[float] = mapped_column(Float, index=True)
+    last_time: Mapped[float] = mapped_column(Float)
+    reads: Mapped[int] = mapped_column(Integer)
+    stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
+
+    @classmethod
+    def from_record(cls, passage: Passage) -> PassageRow:
+        columns = passage.to_dict(exact=True)
+        columns["candidates"] = json.dumps(columns["candidates"])
+        columns["rule_id"] = columns.pop("rule")
+        return cls(**columns)
+
+    def to_record(self) -> Passage:
+        return Passage.from_dict(
+            {
+                **{column.key: getattr(self, column.key) for column in self.__table__.columns},
                 "rule": self.rule_id,
                 "candidates": json.loads(self.candidates or "[]"),
             }
@@ -155,7 +205,7 @@ def database_url(target: str | None) -> str:
 
 
 class ReadStore:
-    """The read table of one database."""
+    """The reads, passages and policy counters of one database."""
 
     def __init__(self, target: str | None = None) -> None:
         self.url = database_url(target)
@@ -214,26 +264,31 @@ class ReadStore:
         return self._engine
 
     def write(
-        self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] | None = None, key: str | None = None
+        self,
+        reads: Sequence[PolicedRead],
+        counts: Mapping[CountKey, int] | None = None,
+        key: str | None = None,
+        passages: Sequence[Passage] = (),
     ) -> bool:
-        """Store a batch of reads and add to the policy counters, in one transaction.
+        """Store a batch of reads and passages and add to the policy counters, in one transaction.
 
         `key` identifies the batch (a new one if not given): a batch whose key is already
-        recorded, or one of whose reads is already stored, is skipped whole. Whether it
-        was written (False: it already was). Raises DatabaseUnavailable when the database
-        cannot be reached (the batch may or may not have been committed), StoreError when
-        it refuses the batch.
+        recorded, or one of whose reads or passages is already stored, is skipped whole.
+        Whether it was written (False: it already was, or it holds nothing). Raises
+        DatabaseUnavailable when the database cannot be reached (the batch may or may not
+        have been committed), StoreError when it refuses the batch.
         """
-        if not reads and not counts:
+        if not reads and not counts and not passages:
             return False
         self._ensure_schema()
         batch_key = key or new_key()
         try:
             with Session(self._engine) as session, session.begin():
-                if self._already_written(session, batch_key, reads):
+                if self._already_written(session, batch_key, reads, passages):
                     return False
                 session.add(WrittenBatchRow(key=batch_key, written_at=hour_bucket(time.time())))
                 session.add_all([ReadRow.from_record(r) for r in reads])
+                session.add_all([PassageRow.from_record(p) for p in passages])
                 for counter, number in (counts or {}).items():
                     row = session.scalars(
                         select(PolicyCountRow).where(
@@ -251,7 +306,7 @@ class ReadStore:
         except IntegrityError as exc:
             # Another writer (a second run flushing the same spool) may have stored this
             # very batch between our check and our commit.
-            if self._written_elsewhere(batch_key, reads):
+            if self._written_elsewhere(batch_key, reads, passages):
                 return False
             raise StoreError(f"cannot write to database {self.safe_url}: {first_line(exc)}") from None
         except SQLAlchemyError as exc:
@@ -259,49 +314,73 @@ class ReadStore:
         return True
 
     @staticmethod
-    def _already_written(session: Session, key: str, reads: Sequence[PolicedRead]) -> bool:
+    def _already_written(
+        session: Session, key: str, reads: Sequence[PolicedRead], passages: Sequence[Passage] = ()
+    ) -> bool:
         if session.get(WrittenBatchRow, key) is not None:
             return True
-        # Its key may have been pruned (BATCH_KEY_SECONDS) while its reads are still kept.
-        return (
-            bool(reads)
-            and session.scalar(select(ReadRow.id).where(ReadRow.key.in_([r.key for r in reads])).limit(1)) is not None
+        # Its key may have been pruned (BATCH_KEY_SECONDS) while its reads or passages are still kept.
+        return _any_stored(session, ReadRow, [r.key for r in reads]) or _any_stored(
+            session, PassageRow, [p.key for p in passages]
         )
 
-    def _written_elsewhere(self, key: str, reads: Sequence[PolicedRead]) -> bool:
+    def _written_elsewhere(self, key: str, reads: Sequence[PolicedRead], passages: Sequence[Passage]) -> bool:
         try:
             with Session(self._engine) as session:
-                return self._already_written(session, key, reads)
+                return self._already_written(session, key, reads, passages)
         except SQLAlchemyError:
             return False
 
     def purge(self, now: float) -> int:
-        """Delete every read whose deadline has passed; the number deleted.
+        """Delete every read and every passage whose deadline has passed; the number of rows
+        deleted, reads and passages together.
 
         Batch keys older than BATCH_KEY_SECONDS (wall clock, not `now`) go at the same time.
         """
         cutoff = time.time() - BATCH_KEY_SECONDS
-        return self._delete(ReadRow.delete_after <= now, WrittenBatchRow.written_at < cutoff)
+        return self._delete(
+            [(ReadRow, ReadRow.delete_after <= now), (PassageRow, PassageRow.delete_after <= now)],
+            WrittenBatchRow.written_at < cutoff,
+        )
 
     def delete_plate(self, plate: str, rule_id: str) -> int:
-        """Delete the reads of `plate` kept under `rule_id` (e.g. FPS reads matched to a payment)."""
-        return self._delete((ReadRow.plate == plate) & (ReadRow.rule_id == rule_id))
+        """Delete the reads and passages of `plate` kept under `rule_id` (e.g. FPS reads
+        matched to a payment); the number of rows deleted, reads and passages together."""
+        return self._delete(
+            [
+                (ReadRow, (ReadRow.plate == plate) & (ReadRow.rule_id == rule_id)),
+                (PassageRow, (PassageRow.plate == plate) & (PassageRow.rule_id == rule_id)),
+            ]
+        )
 
-    def _delete(self, condition, batch_condition=None) -> int:
+    def _delete(
+        self,
+        conditions: Iterable[tuple[type[Base], ColumnElement[bool]]],
+        batch_condition: ColumnElement[bool] | None = None,
+    ) -> int:
+        """Delete, in one transaction, the rows of each table that its condition selects; the number deleted."""
         self._ensure_schema()
+        deleted = 0
         try:
             with Session(self._engine) as session, session.begin():
                 if batch_condition is not None:
                     session.execute(delete(WrittenBatchRow).where(batch_condition))
-                deleted = cast("CursorResult[Any]", session.execute(delete(ReadRow).where(condition)))
-                return deleted.rowcount or 0
+                for table, condition in conditions:
+                    result = cast("CursorResult[Any]", session.execute(delete(table).where(condition)))
+                    deleted += result.rowcount or 0
         except SQLAlchemyError as exc:
             raise _error(exc)(f"cannot delete from database {self.safe_url}: {first_line(exc)}") from None
+        return deleted
 
     def count(self) -> int:
         self._ensure_schema()
         with Session(self._engine) as session:
             return session.scalar(select(func.count()).select_from(ReadRow)) or 0
+
+    def count_passages(self) -> int:
+        self._ensure_schema()
+        with Session(self._engine) as session:
+            return session.scalar(select(func.count()).select_from(PassageRow)) or 0
 
     def reads(
         self, source: str | None = None, plate: str | None = None, purpose: str | None = None
@@ -309,6 +388,17 @@ class ReadStore:
         self._ensure_schema()
         query = select(ReadRow).order_by(ReadRow.id)
         for column, value in ((ReadRow.source, source), (ReadRow.plate, plate), (ReadRow.purpose, purpose)):
+            if value is not None:
+                query = query.where(column == value)
+        with Session(self._engine) as session:
+            return [row.to_record() for row in session.scalars(query)]
+
+    def passages(
+        self, source: str | None = None, plate: str | None = None, purpose: str | None = None
+    ) -> list[Passage]:
+        self._ensure_schema()
+        query = select(PassageRow).order_by(PassageRow.id)
+        for column, value in ((PassageRow.source, source), (PassageRow.plate, plate), (PassageRow.purpose, purpose)):
             if value is not None:
                 query = query.where(column == value)
         with Session(self._engine) as session:
@@ -324,6 +414,10 @@ class ReadStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _any_stored(session: Session, row: type[ReadRow] | type[PassageRow], keys: list[str]) -> bool:
+    return bool(keys) and session.scalar(select(row.id).where(row.key.in_(keys)).limit(1)) is not None
 
 
 def _sqlite_secure_delete(connection, _record) -> None:

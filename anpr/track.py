@@ -1,168 +1,134 @@
-"""Tracking across frames: boxes that continue one another belong to one plate.
+"""Tracking across frames: the boxes of one plate, frame after frame, are one track.
 
-Two trackers share one structure (`LiveTracks`: each track's last box and frame, ended
-after a gap):
-
-- `SettleTracker` follows plate boxes so the loop can stop reading a plate whose text is
-  already decided (config `pipeline.settle_reads`).
-- `PassageTracker` groups reads into passages: a read joins the open passage of its
-  source whose last box it overlaps, or whose plate it resembles, within `max_gap`
-  frames; otherwise it opens a passage of its own. A passage closes when no read has
-  joined it for `max_gap` frames. Its plate is chosen from all its reads' candidates
-  pooled, rescored by the plate formats (`vote`).
+- `PlateTracker` follows plate boxes with ByteTrack (from Roboflow's `trackers`, a
+  Kalman motion model and two-stage matching) and says which tracks have ended. Traffic
+  moves a plate by more than its own width between two detections, so boxes are
+  matched by buffered IoU (each box widened on every side, more at a longer stride).
+- `SettledPlates` counts each track's texts so the loop can stop reading a plate whose
+  text is decided (config `pipeline.settle_reads`).
+- `PassageBuilder` turns the reads a purpose kept of one track into one `Passage` when the
+  track ends: its plate is voted over the track's reads (`vote`); a track with too few
+  reads, or whose vote is no plausible registration, is dropped and counted.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from difflib import SequenceMatcher
-from typing import Generic, TypeVar
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from anpr.detect import pairwise_iou
+from anpr.formats import shortest_layout
 from anpr.plates import TOP_CANDIDATES, choose_plate
-from anpr.records import Candidates, Passage, PlateRead
+from anpr.records import Candidates, Passage, PlateRead, PolicedRead
 
-Item = TypeVar("Item")
+UNTRACKED = -1
+
+# Seconds a track lives on without a box: longer than a few missed detections at the
+# default stride, shorter than the gap between two vehicles one behind the other.
+LOST_SECONDS = 0.4
+# Each box is widened by this share of its size on every side, per frame of stride, before
+# matching. A plate entering the frame (50 px wide, crossing 1920 px in a second) moves
+# about 1.5 widths a frame until the motion model has its speed; two boxes d apart, each
+# widened to (1 + 2 b) widths, overlap with IoU >= 0.1 when 1 + 2 b >= 1.22 d.
+MATCH_BUFFER_PER_FRAME = 0.8
+MATCH_MIN_IOU = 0.1  # of the widened boxes
 
 
-class LiveTracks(Generic[Item]):
-    """Tracks in the order they started: each its last box, the frame of that box, and an
-    item of the caller's; a track not continued for more than `max_gap` frames ends."""
+class PlateTracker:
+    """ByteTrack over plate boxes, one frame at a time, timed by the frames' own times (so a
+    stride or a skipped frame is a longer step for the motion model, not a lost track)."""
 
-    def __init__(self, max_gap: int) -> None:
-        self.max_gap = max_gap
-        self.boxes = np.zeros((0, 4), np.float32)
-        self.last_frame = np.zeros(0, np.int64)
-        self.items: list[Item] = []
+    def __init__(
+        self, confidence: float, stride: int = 1, lost_seconds: float = LOST_SECONDS, min_iou: float = MATCH_MIN_IOU
+    ) -> None:
+        import supervision as sv
+        from trackers import ByteTrackTracker
+        from trackers.utils.iou import BIoU
 
-    def overlaps(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """(M, N) IoU of M boxes (seen in `frames`) with the N tracks' last boxes; 0 for a
-        track that had ended by the box's frame."""
-        iou = pairwise_iou(boxes, self.boxes)
-        iou[(frames[:, None] - self.last_frame[None, :]) > self.max_gap] = 0
-        return iou
+        self._sv = sv
+        # Every box the detector keeps may start a track; boxes below it (none today)
+        # would only continue one.
+        self._tracker = ByteTrackTracker(
+            lost_track_buffer=max(1, round(lost_seconds * 30)),  # in 30 fps frames, as the library counts
+            frame_rate=30.0,
+            track_activation_threshold=confidence,
+            high_conf_det_threshold=confidence,
+            minimum_consecutive_frames=1,
+            minimum_iou_threshold=min_iou,
+            iou=BIoU(MATCH_BUFFER_PER_FRAME * stride),
+        )
+        # Our own id per tracklet, given when the tracklet starts: the library names a
+        # track only at its second box, and the first read of a plate must count too.
+        self._ids: dict[int, tuple[object, int]] = {}  # id(tracklet) -> (tracklet, our id)
+        self._next_id = 0
 
-    def start(self, frame: int, box: np.ndarray | Sequence[float], item: Item) -> int:
-        self.boxes = np.vstack([self.boxes, np.asarray(box, np.float32).reshape(1, 4)])
-        self.last_frame = np.append(self.last_frame, frame)
-        self.items.append(item)
-        return len(self.items) - 1
+    def _id_of(self, tracklet: object) -> int:
+        key = id(tracklet)
+        if key not in self._ids:
+            self._ids[key] = (tracklet, self._next_id)  # the tracklet is kept so its id() is not reused
+            self._next_id += 1
+        return self._ids[key][1]
 
-    def continue_(self, track: int, frame: int, box: np.ndarray | Sequence[float]) -> None:
-        self.boxes[track], self.last_frame[track] = box, frame
+    def update(self, time: float, boxes: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        """The track id of each of one frame's boxes (UNTRACKED for a box that is no track's)."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        detections = self._sv.Detections(xyxy=boxes, confidence=np.asarray(confidence, np.float32))
+        detections.data["index"] = np.arange(len(detections))
+        before = {id(t) for t in self._tracker.tracks}
+        tracked = self._tracker.update(detections, timestamp=time)
+        named = {t.tracker_id: t for t in self._tracker.tracks if t.tracker_id != UNTRACKED}
+        ids = np.full(len(detections), UNTRACKED, np.int64)
+        library_ids = tracked.tracker_id if tracked.tracker_id is not None else np.zeros(0, np.int64)
+        for index, library_id in zip(tracked.data.get("index", np.zeros(0, np.int64)), library_ids, strict=True):
+            if library_id != UNTRACKED and library_id in named:
+                ids[int(index)] = self._id_of(named[library_id])
+        for tracklet in self._tracker.tracks:
+            if id(tracklet) in before:
+                continue
+            # A tracklet started by one of this frame's boxes: its state is that box.
+            start = np.flatnonzero((ids == UNTRACKED) & np.all(np.isclose(boxes, tracklet.get_state_bbox()), axis=1))
+            if len(start):
+                ids[start[0]] = self._id_of(tracklet)
+        return ids
 
-    def end_before(self, frame: int) -> list[Item]:
-        """End the tracks not continued for more than `max_gap` frames before `frame`; their items."""
-        ended = (frame - self.last_frame) > self.max_gap
-        if not ended.any():
-            return []
-        gone = [item for item, end in zip(self.items, ended, strict=True) if end]
-        self.boxes, self.last_frame = self.boxes[~ended], self.last_frame[~ended]
-        self.items = [item for item, end in zip(self.items, ended, strict=True) if not end]
+    def ended(self) -> list[int]:
+        """The tracks that ended since the last call (the tracker dropped them)."""
+        alive = {id(t) for t in self._tracker.tracks}
+        gone = [key for key in self._ids if key not in alive]
+        return sorted(self._ids.pop(key)[1] for key in gone)
+
+    def end_all(self) -> list[int]:
+        """Every live track, ended (end of input)."""
+        gone = sorted(our_id for _, our_id in self._ids.values())
+        self._ids.clear()
+        self._tracker.reset()
         return gone
 
 
-SETTLE_IOU = 0.3  # a box continues a track when it overlaps the track's last box this much
-SETTLE_MAX_GAP = 12  # frames after which a track is forgotten
-
-
-class SettleTracker:
-    """Tracks of boxes across frames, to skip OCR on plates whose text is already decided."""
+class SettledPlates:
+    """Each live track's texts so far, to stop reading a plate once it was read the same
+    `settle_reads` times (0: never)."""
 
     def __init__(self, settle_reads: int) -> None:
         self.settle_reads = settle_reads
-        self._tracks: LiveTracks[Counter[str]] = LiveTracks(SETTLE_MAX_GAP)
-
-    def match(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """For each box, the index of the live track it continues, or -1."""
-        if not len(self._tracks.items) or not len(boxes):
-            return np.full(len(boxes), -1)
-        iou = self._tracks.overlaps(frames, boxes)
-        best = iou.argmax(axis=1)
-        return np.where(iou[np.arange(len(boxes)), best] >= SETTLE_IOU, best, -1)
+        self._texts: dict[int, Counter[str]] = defaultdict(Counter)
 
     def settled(self, tracks: np.ndarray) -> np.ndarray:
-        """For each track index (-1: none), whether its plate was read the same `settle_reads` times."""
-        counts = self._tracks.items
-        return np.array(
-            [t >= 0 and bool(counts[t]) and counts[t].most_common(1)[0][1] >= self.settle_reads for t in tracks], bool
-        )
+        if not self.settle_reads:
+            return np.zeros(len(tracks), bool)
+        most = {t: c.most_common(1)[0][1] for t, c in self._texts.items() if c}
+        return np.array([most.get(int(t), 0) >= self.settle_reads for t in tracks], bool)
 
-    def update(self, frames: np.ndarray, boxes: np.ndarray, tracks: np.ndarray, plates: list[str | None]) -> None:
-        for frame, box, track, plate in zip(frames, boxes, tracks, plates, strict=True):
-            if track < 0:
-                track = self._tracks.start(int(frame), box, Counter())
-            self._tracks.continue_(int(track), int(frame), box)
-            if plate:
-                self._tracks.items[track][plate] += 1
-        if len(frames):
-            self._tracks.end_before(int(frames.max()))
+    def add(self, tracks: Iterable[int], plates: Iterable[str | None]) -> None:
+        for track, plate in zip(tracks, plates, strict=True):
+            if plate and track != UNTRACKED:
+                self._texts[int(track)][plate] += 1
 
-
-# A read joins a passage when its text resembles the passage's (a misread of one plate
-# shares most characters; two plates of one district share two or three) and either its
-# box overlaps the passage's last box or its text is nearly the same. Overlap alone is not
-# enough: at a cut, the next vehicle's plate can sit where the last one was.
-JOIN_MIN_SIMILARITY = 0.6
-JOIN_IOU = 0.1
-JOIN_SAME_TEXT = 0.8
-JOIN_MAX_AREA_RATIO = 2.0  # a plate's box does not double or halve between two reads of it
-
-
-def text_similarity(a: str, b: str) -> float:
-    """Position by position for texts of one length (misreads swap characters in place);
-    difflib's ratio otherwise (a clipped read drops characters). Two plates of one series,
-    RK857AI and RK576AH, share 3 of 7 positions though difflib finds 5 common characters."""
-    if len(a) == len(b) and a:
-        return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
-    return SequenceMatcher(None, a, b).ratio()
-
-
-def _area(box: tuple[float, ...]) -> float:
-    return max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
-
-
-MAX_GAP_FRAMES = 8  # about a third of a second at 25 fps: longer than a missed detection or two
-MIN_READS = 2  # a passage seen in a single frame is more likely a misread than a vehicle
-
-
-@dataclass
-class PassageTrack:
-    """The reads of one vehicle so far."""
-
-    source: str
-    reads: list[PlateRead] = field(default_factory=list)
-    regions: tuple[str, ...] = ()  # the deployment's plate regions, for the vote
-
-    @property
-    def last(self) -> PlateRead:
-        return self.reads[-1]
-
-    def vote(self) -> VotedPlate:
-        return vote(self.reads, self.regions)
-
-    def record(self, purpose: str, camera: str | None) -> Passage:
-        voted = self.vote()
-        first, last = self.reads[0], self.reads[-1]
-        return Passage(
-            first.source,
-            camera,
-            purpose,
-            voted.plate,
-            voted.confidence,
-            voted.candidates,
-            voted.country,
-            voted.format,
-            first.frame,
-            last.frame,
-            first.time,
-            last.time,
-            len(self.reads),
-        )
+    def forget(self, tracks: Iterable[int]) -> None:
+        for track in tracks:
+            self._texts.pop(track, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,50 +159,85 @@ def vote(reads: Sequence[PlateRead], regions: tuple[str, ...] = ()) -> VotedPlat
     return VotedPlate(chosen.plate, chosen.confidence, chosen.candidates, chosen.country, chosen.format)
 
 
-class PassageTracker:
-    """Groups reads into passages, per source; reads must arrive in frame order."""
+MIN_READS = 2  # a track read once is more likely a false box or a misread than a vehicle
+# A vehicle passing the camera moves its plate across the frame or towards it; a box that
+# stays where it was and keeps its size is text burned into the picture (a clock, a
+# camera name) or a sign. Moved: the centre by this share of the plate's width, or the
+# width by this ratio, between any read and the first.
+MIN_TRAVEL = 0.5
+MIN_GROWTH = 1.2
 
-    def __init__(
-        self, max_gap: int = MAX_GAP_FRAMES, min_reads: int = MIN_READS, regions: tuple[str, ...] = ()
-    ) -> None:
-        self.max_gap = max_gap
+
+class PassageBuilder:
+    """The reads of each (source, track) that one purpose kept, until the track ends."""
+
+    def __init__(self, regions: Sequence[str] = (), min_reads: int = MIN_READS) -> None:
+        self.regions = tuple(regions)
         self.min_reads = min_reads
-        self.regions = regions
-        self._open: dict[str, LiveTracks[PassageTrack]] = defaultdict(lambda: LiveTracks(self.max_gap))
+        self.shortest = shortest_layout(self.regions)
+        self.dropped: Counter[str] = Counter()  # tracks not made passages, by reason
+        self._open: dict[tuple[str, int], list[PolicedRead]] = defaultdict(list)
 
-    def update(self, reads: Sequence[PlateRead]) -> list[PassageTrack]:
-        """Add reads; returns the passages that closed (long enough, voted later by the caller)."""
-        closed: list[PassageTrack] = []
-        for read in sorted(reads, key=lambda r: r.frame):
-            closed += self._close(read.source, read.frame)
-            tracks = self._open[read.source]
-            overlaps = tracks.overlaps(np.array([read.frame]), np.array([read.box], np.float32))[0]
-            best, best_score = -1, 0.0
-            for index, passage in enumerate(tracks.items):
-                if passage.last.frame == read.frame:
-                    continue  # one plate per passage per frame
-                overlap = float(overlaps[index])
-                similarity = text_similarity(passage.last.plate, read.plate)
-                ratio = _area(read.box) / _area(passage.last.box)
-                same_size = 1 / JOIN_MAX_AREA_RATIO <= ratio <= JOIN_MAX_AREA_RATIO
-                if similarity >= JOIN_MIN_SIMILARITY and (
-                    (overlap >= JOIN_IOU and same_size) or similarity >= JOIN_SAME_TEXT
-                ):
-                    score = overlap + similarity
-                    if score > best_score:
-                        best, best_score = index, score
-            if best < 0:
-                tracks.start(read.frame, read.box, PassageTrack(read.source, [read], self.regions))
-            else:
-                tracks.items[best].reads.append(read)
-                tracks.continue_(best, read.frame, read.box)
-        return closed
+    def add(self, reads: Iterable[PolicedRead]) -> None:
+        for policed in reads:
+            if policed.read.track is not None and policed.read.track != UNTRACKED:
+                self._open[(policed.read.source, policed.read.track)].append(policed)
 
-    def _close(self, source: str, frame: int) -> list[PassageTrack]:
-        return [p for p in self._open[source].end_before(frame) if len(p.reads) >= self.min_reads]
+    def close(self, source: str, tracks: Iterable[int]) -> list[Passage]:
+        """The passages of the ended `tracks` of `source` (those long and plausible enough)."""
+        passages = []
+        for track in tracks:
+            reads = self._open.pop((source, track), None)
+            if reads is None:
+                continue  # a track none of whose reads this purpose kept
+            passage = self._passage(track, reads)
+            if passage is not None:
+                passages.append(passage)
+        return passages
 
-    def flush(self) -> list[PassageTrack]:
-        """Close every open passage (end of input)."""
-        closed = [p for tracks in self._open.values() for p in tracks.items if len(p.reads) >= self.min_reads]
-        self._open.clear()
-        return sorted(closed, key=lambda p: p.reads[0].frame)
+    def close_all(self) -> list[Passage]:
+        ended = sorted(self._open, key=lambda key: self._open[key][0].read.frame)
+        return [p for source, track in ended for p in self.close(source, [track])]
+
+    def _passage(self, track: int, kept: list[PolicedRead]) -> Passage | None:
+        if len(kept) < self.min_reads:
+            self.dropped["too few reads"] += 1
+            return None
+        reads = [policed.read for policed in kept]
+        if not moved(reads):
+            self.dropped["did not move (an overlay or a sign)"] += 1
+            return None
+        voted = vote(reads, self.regions)
+        if len(voted.plate) < self.shortest:
+            self.dropped["no plausible plate"] += 1
+            return None
+        first, last = kept[0], kept[-1]
+        return Passage(
+            source=first.read.source,
+            camera=first.camera,
+            purpose=first.purpose,
+            rule_id=first.rule_id,
+            track=track,
+            plate=voted.plate,
+            confidence=voted.confidence,
+            candidates=voted.candidates,
+            country=voted.country,
+            format=voted.format,
+            first_frame=first.read.frame,
+            last_frame=last.read.frame,
+            first_time=first.read.time,
+            last_time=last.read.time,
+            reads=len(kept),
+            delete_after=min(p.delete_after for p in kept),
+            hit=any(p.hit for p in kept),
+        )
+
+
+def moved(reads: Sequence[PlateRead]) -> bool:
+    """Whether a track's plate moved (MIN_TRAVEL) or grew or shrank (MIN_GROWTH) since its first read."""
+    boxes = np.array([read.box for read in reads], np.float32)
+    widths = np.maximum(boxes[:, 2] - boxes[:, 0], 1.0)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    travel = np.linalg.norm(centres - centres[0], axis=1).max() / np.median(widths)
+    growth = max(widths.max() / widths[0], widths[0] / widths.min())
+    return bool(travel >= MIN_TRAVEL or growth >= MIN_GROWTH)

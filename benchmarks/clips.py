@@ -226,7 +226,7 @@ def plan(photos: Sequence[tuple[Path, str]], fps: int, rng: np.random.Generator)
         start = max(0, leaves + gap) if vehicles else 0
         vehicles.append(
             Vehicle(
-                photo.name,
+                str(photo),
                 plate,
                 start,
                 frames,
@@ -268,26 +268,81 @@ def _motion_blur(image: np.ndarray, length: int) -> np.ndarray:
     return cv2.filter2D(image, -1, kernel)
 
 
+@dataclass(frozen=True)
+class VehiclePhoto:
+    """A photo of a vehicle and where its plate is in it."""
+
+    name: str
+    plate: str
+    image: np.ndarray
+    box: np.ndarray  # x1, y1, x2, y2 of the plate
+
+
+def annotated_vehicles(photos: Sequence[tuple[Path, str]]) -> list[VehiclePhoto]:
+    """The photos of openalpr-layout folders (`dataset_photos`), with their annotated plate boxes."""
+    from anpr.eval import load_annotations
+
+    boxes = {a.image.name: a.box for folder in {p.parent for p, _ in photos} for a in load_annotations(folder)}
+    vehicles = []
+    for path, plate in photos:
+        image = cv2.imread(str(path))
+        if image is None:
+            raise ValueError(f"cannot read photo {path}")
+        vehicles.append(VehiclePhoto(path.name, plate, image, np.asarray(boxes[path.name], np.float32)))
+    return vehicles
+
+
+def crop_vehicles(folder: Path, split: str = "train", count: int | None = None, seed: int = SEED) -> list[VehiclePhoto]:
+    """Vehicles made from a crop set's plate crops (`labels.csv`, one `split`): each crop on
+    a drawn car front (body, grille, lamps, bumper) of a random colour. For choosing
+    constants on plates other than the openalpr-eu photos, which only measure."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    with (folder / "labels.csv").open(newline="") as labels:
+        rows = [row for row in csv.DictReader(labels) if row["split"] == split]
+    if count is not None and count < len(rows):
+        rows = [rows[i] for i in sorted(rng.choice(len(rows), count, replace=False))]
+    vehicles = []
+    for row in rows:
+        crop = cv2.imread(str(folder / row["image"]))
+        if crop is None:
+            raise ValueError(f"cannot read crop {folder / row['image']}")
+        plate_w = 200
+        plate_h = max(1, round(crop.shape[0] * plate_w / crop.shape[1]))
+        width, height = int(plate_w * 5.6), int(plate_w * 3.6)
+        body = rng.integers(20, 235, 3)
+        front = np.empty((height, width, 3), np.uint8)
+        shade = np.linspace(1.15, 0.75, height)[:, None, None]
+        front[:] = np.clip(body[None, None, :] * shade, 0, 255).astype(np.uint8)
+        cx, cy = width // 2, int(height * 0.66)
+        grille = (int(cx - plate_w * 0.9), int(cy - plate_w * 0.75), int(cx + plate_w * 0.9), int(cy - plate_w * 0.25))
+        cv2.rectangle(front, grille[:2], grille[2:], (25, 25, 25), -1)
+        for side in (-1, 1):
+            lamp = (cx + side * int(plate_w * 1.7), int(cy - plate_w * 0.5))
+            cv2.ellipse(front, lamp, (int(plate_w * 0.45), int(plate_w * 0.16)), 0, 0, 360, (225, 225, 215), -1)
+        cv2.rectangle(front, (0, cy + plate_h), (width, cy + plate_h + 14), (35, 35, 35), -1)  # bumper edge
+        x1, y1 = cx - plate_w // 2, cy - plate_h // 2
+        front[y1 : y1 + plate_h, x1 : x1 + plate_w] = cv2.resize(
+            crop, (plate_w, plate_h), interpolation=cv2.INTER_CUBIC
+        )
+        box = np.array([x1, y1, x1 + plate_w, y1 + plate_h], np.float32)
+        vehicles.append(VehiclePhoto(f"{folder.name}/{row['image']}", row["plate"], front, box))
+    return vehicles
+
+
 def build_traffic_clip(
-    photos: Sequence[tuple[Path, str]],
+    photos: Sequence[VehiclePhoto],
     output: Path,
     size: tuple[int, int] = (1920, 1080),
     fps: int = 25,
     seed: int = SEED,
 ) -> list[TruePassage]:
-    """Encode one vehicle per (photo, plate) crossing a road scene into `output`; writes
-    `output`.json with each vehicle's plate and the frames its plate is wholly on screen."""
-    from anpr.eval import load_annotations
-
+    """Encode each vehicle crossing a road scene into `output`; writes `output`.json with
+    each vehicle's plate and the frames its plate is wholly on screen."""
     rng = np.random.default_rng(seed)
-    boxes = {a.image.name: a.box for folder in {p.parent for p, _ in photos} for a in load_annotations(folder)}
-    vehicles, total = plan(photos, fps, rng)
-    sprites = {}
-    for photo_path, _ in photos:
-        photo = cv2.imread(str(photo_path))
-        if photo is None:
-            raise ValueError(f"cannot read photo {photo_path}")
-        sprites[photo_path.name] = _vehicle_sprite(photo, np.asarray(boxes[photo_path.name], np.float32))
+    vehicles, total = plan([(Path(p.name), p.plate) for p in photos], fps, rng)
+    sprites = {p.name: _vehicle_sprite(p.image, p.box) for p in photos}
     scene = _road(size, rng)
     noise = [rng.normal(0, NOISE_SIGMA, (size[1], size[0], 1)).astype(np.int16) for _ in range(8)]
     visible: dict[int, list[int]] = {i: [] for i in range(len(vehicles))}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clips import SEED, build_clip, build_traffic_clip, dataset_photos
+from clips import SEED, annotated_vehicles, build_clip, build_traffic_clip, dataset_photos
 
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "openalpr-eu"
 
@@ -41,7 +41,7 @@ def main() -> None:
     if not photos:
         parser.error(f"no annotated photos in {args.dataset}")
     if args.traffic:
-        passages = build_traffic_clip(photos, args.output, (width, height), args.fps, args.seed)
+        passages = build_traffic_clip(annotated_vehicles(photos), args.output, (width, height), args.fps, args.seed)
     else:
         passages = build_clip(photos, args.output, (width, height), args.fps, args.seconds, args.codec)
     print(

@@ -46,6 +46,9 @@ class _BatchCollector:
         self.batches.append(batch)
         return []
 
+    def finish(self) -> None:
+        self.finished = True
+
 
 def _batches(reader: FrameReader, size: int) -> list:
     """Every batch the run loop takes from `reader`, to the end of its source."""

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from anpr.eval import score_passages
-from anpr.records import PlateRead
-from anpr.track import PassageTracker, vote
+from anpr.records import PlateRead, PolicedRead
+from anpr.track import UNTRACKED, PassageBuilder, PlateTracker, SettledPlates, moved, vote
 
 
 def read(plate: str, frame: int, x: float = 100.0, confidence: float = 0.8, source: str = "cam") -> PlateRead:
@@ -75,40 +76,105 @@ def test_vote_weighs_fitted_candidates_and_does_not_swap_again():
     assert vote([read("2368", 0), read("2368", 1)], regions=("US",)).plate == "2368"
 
 
-def test_tracker_groups_one_vehicle_and_splits_at_a_cut():
-    tracker = PassageTracker(max_gap=5, min_reads=2)
-    first = [read("AB123CD", f, x=100 + 3 * f) for f in range(10)] + [read("A8123CD", 10, x=130)]
-    # Next vehicle at the same place right after a cut: the boxes overlap, the texts don't.
-    second = [read("ZX987YT", f, x=130) for f in range(11, 20)]
-    closed = tracker.update(first + second)  # the first closes at frame 16, more than 5 after its last read
-    passages = closed + tracker.flush()
-    assert [len(p.reads) for p in closed] == [11]
-    assert [len(p.reads) for p in passages] == [11, 9]
-    assert [p.vote().plate for p in passages] == ["AB123CD", "ZX987YT"]
+def _run_tracker(tracker, frames, stride=1):
+    """Every `stride`-th frame's boxes through the tracker, as the loop feeds it (frames at
+    25 fps): the ids, and the tracks ended after each frame."""
+    ids, ended = [], []
+    for number in range(0, len(frames), stride):
+        boxes = np.asarray(frames[number], np.float32).reshape(-1, 4)
+        ids.append(tracker.update(number / 25, boxes, np.full(len(boxes), 0.8, np.float32)).tolist())
+        ended.append(tracker.ended())
+    return ids, ended
 
 
-def test_plates_of_one_series_are_not_one_passage():
-    from anpr.track import text_similarity
-
-    assert text_similarity("RK857AI", "RK576AH") < 0.5
-    assert text_similarity("RK776A1", "RK776AI") > 0.8
-    tracker = PassageTracker(max_gap=5, min_reads=2)
-    reads = [read("RK857AI", f) for f in range(5)] + [read("RK576AH", f) for f in range(5, 10)]
-    assert [p.vote().plate for p in tracker.update(reads) + tracker.flush()] == ["RK857AI", "RK576AH"]
+def plate_box(x: float, y: float = 500.0, width: float = 50.0) -> list[float]:
+    return [x, y, x + width, y + width / 4]
 
 
-def test_tracker_closes_after_a_gap_and_drops_single_reads():
-    tracker = PassageTracker(max_gap=5, min_reads=2)
-    assert tracker.update([read("AB123CD", 0), read("AB123CD", 1), read("QQ1", 3, x=900)]) == []
-    closed = tracker.update([read("XY555ZZ", 20, x=500)])
-    assert [p.vote().plate for p in closed] == ["AB123CD"]  # QQ1, seen once, is not a passage
-    assert tracker.flush() == []  # XY555ZZ was seen once too
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_a_plate_crossing_faster_than_its_width_is_one_track(stride):
+    # A 50 px plate crossing 1920 px in a second: 77 px a frame, detected every `stride` frames.
+    tracker = PlateTracker(0.25, stride)
+    frames = [[plate_box(77 * f, width=50 + 2 * f)] for f in range(24)]
+    ids, _ = _run_tracker(tracker, frames, stride)
+    seen = [i for frame in ids for i in frame]
+    assert len(seen) == 24 // stride and len(set(seen)) == 1 and seen[0] != UNTRACKED  # the first box counts too
 
 
-def test_tracker_keeps_sources_apart():
-    tracker = PassageTracker(max_gap=5, min_reads=1)
-    tracker.update([read("AB123CD", 0, source="a"), read("AB123CD", 0, source="b")])
-    assert len(tracker.flush()) == 2
+def test_two_vehicles_on_screen_are_two_tracks_and_tracks_end_when_lost():
+    tracker = PlateTracker(0.25)
+    # One plate moving right along one lane, another moving left along a lower lane.
+    frames = [[plate_box(100 + 40 * f), plate_box(1700 - 40 * f, y=800)] for f in range(10)]
+    frames += [[] for _ in range(20)]  # both leave: 0.8 s with no box
+    ids, ended = _run_tracker(tracker, frames)
+    assert all(len(set(frame)) == 2 for frame in ids[:10])
+    assert {frame[0] for frame in ids[:10]} == {ids[0][0]} and {frame[1] for frame in ids[:10]} == {ids[0][1]}
+    ended_at = [f for f, gone in enumerate(ended) if gone]
+    assert sorted(i for gone in ended for i in gone) == sorted(ids[0]) and ended_at and ended_at[0] > 10
+    assert tracker.end_all() == []
+
+
+def test_a_vehicle_after_a_gap_is_a_new_track():
+    tracker = PlateTracker(0.25)
+    frames = [[plate_box(100 + 40 * f)] for f in range(8)] + [[] for _ in range(15)]
+    frames += [[plate_box(100 + 40 * f)] for f in range(8)]  # the next one, same lane, same speed
+    ids, _ = _run_tracker(tracker, frames)
+    first, second = {i for frame in ids[:8] for i in frame}, {i for frame in ids[23:] for i in frame}
+    assert len(first) == len(second) == 1 and first != second
+    assert tracker.end_all() == sorted(second)
+
+
+def policed(plate, frame, track, x=100.0, delete_after=1000.0, hit=False, source="cam"):
+    read = PlateRead(
+        source, frame, frame / 25, plate, plate, 0.8, 0.9, 0.9, (x, 50.0, x + 120, 80.0), "d", "o",
+        candidates=((plate, 1.0),), track=track,
+    )  # fmt: skip
+    return PolicedRead(read, "cam-1", "parking_fps", "FR-FPS", delete_after, hit)
+
+
+def test_a_track_becomes_one_passage_when_it_ends():
+    builder = PassageBuilder(regions=("FR",))
+    builder.add([policed("AB123CD", f, 7, x=100 + 60 * f, delete_after=1000 + f) for f in range(5)])
+    builder.add([policed("AB128CD", 5, 7, x=400, hit=True), policed("ZZ999ZZ", 5, 8, x=900)])
+    assert builder.close("cam", [99]) == []  # a track none of whose reads were kept
+    (passage,) = builder.close("cam", [7])
+    assert (passage.plate, passage.reads, passage.track, passage.first_frame, passage.last_frame) == (
+        "AB123CD", 6, 7, 0, 5
+    )  # fmt: skip
+    assert passage.delete_after == 1000 and passage.hit  # goes with its first read; a hit if any read was
+    assert (passage.camera, passage.purpose, passage.rule_id) == ("cam-1", "parking_fps", "FR-FPS")
+    assert builder.close("cam", [7]) == []  # closed once
+    assert builder.close_all() == [] and builder.dropped == {"too few reads": 1}  # ZZ999ZZ, read once
+
+
+def test_tracks_that_are_no_passage_are_dropped_and_counted():
+    builder = PassageBuilder(regions=("FR",))
+    builder.add([policed("1507400", f, 1, x=20) for f in range(30)])  # a clock: never moves
+    builder.add([policed("AB1", f, 2, x=100 + 60 * f) for f in range(4)])  # too short for a French plate
+    builder.add([policed("AB123CD", f, 3, x=100 + 60 * f, source="other") for f in range(3)])
+    assert builder.close("cam", [1, 2, 3]) == []  # track 3 is another camera's
+    assert builder.dropped == {"did not move (an overlay or a sign)": 1, "no plausible plate": 1}
+    assert [p.plate for p in builder.close("other", [3])] == ["AB123CD"]
+
+
+def test_a_plate_that_only_grows_has_moved():
+    approaching = [
+        PlateRead("c", f, f / 25, "AB123CD", "", 0.8, 0.9, 0.9, (500 - 5 * f, 500, 560 + 5 * f, 515), "d", "o")
+        for f in range(3)
+    ]
+    assert moved(approaching)
+    assert not moved(
+        [PlateRead("c", f, f / 25, "AB123CD", "", 0.8, 0.9, 0.9, (500, 500, 560, 515), "d", "o") for f in range(9)]
+    )
+
+
+def test_settled_plates_are_counted_per_track():
+    settled = SettledPlates(settle_reads=2)
+    settled.add([1, 1, 2, UNTRACKED], ["AB123CD", "AB123CD", "ZZ999ZZ", "AB123CD"])
+    assert settled.settled(np.array([1, 2, UNTRACKED, 5])).tolist() == [True, False, False, False]
+    settled.forget([1])
+    assert settled.settled(np.array([1])).tolist() == [False]
+    assert SettledPlates(settle_reads=0).settled(np.array([1, 2])).tolist() == [False, False]
 
 
 def test_score_passages():

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.clips import CROSSING_SECONDS, build_traffic_clip, plan
+from benchmarks.clips import CROSSING_SECONDS, annotated_vehicles, build_traffic_clip, plan
 
 
 def test_the_plan_draws_every_kind_of_gap_between_vehicles():
@@ -27,7 +27,7 @@ def test_the_plan_draws_every_kind_of_gap_between_vehicles():
 def test_a_traffic_clip_shows_each_vehicle_crossing_within_its_truth(tmp_path, few_photos):
     path = tmp_path / "traffic.mp4"
     photos = few_photos[:4]
-    passages = build_traffic_clip(photos, path, (1280, 720), 25, seed=3)
+    passages = build_traffic_clip(annotated_vehicles(photos), path, (1280, 720), 25, seed=3)
     meta = json.loads(path.with_suffix(".json").read_text())
     vehicles = meta["vehicles"]
     assert [p.plate for p in passages] == [plate for _, plate in photos] == [v["plate"] for v in vehicles]

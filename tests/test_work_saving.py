@@ -19,6 +19,9 @@ class _Collect:
     def write(self, reads) -> None:
         self.reads.extend(reads)
 
+    def end_tracks(self, source, tracks) -> None:
+        pass
+
 
 def _frames(few_photos, still: int) -> list[Frame]:
     first, second = (cv2.imread(str(p)) for p, _ in few_photos[:2])

@@ -17,8 +17,9 @@ from typing import Protocol
 
 from anpr.policy.deployment import Camera
 from anpr.policy.engine import Policy
-from anpr.records import CountKey, Outcome, PlateRead, PolicedRead, hour_bucket, new_key
+from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead, hour_bucket, new_key
 from anpr.sinks import PolicedSink
+from anpr.track import PassageBuilder
 
 PURGE_INTERVAL_SECONDS = 60.0
 
@@ -27,9 +28,21 @@ class DatabaseSink(Protocol):
     """The run's database as the gate sees it: a batch of kept reads and counters in one
     transaction, and retention (store.ReadStore, or spool.SpooledStore around it)."""
 
-    def write(self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] | None = None) -> object: ...
+    def write(
+        self,
+        reads: Sequence[PolicedRead],
+        counts: Mapping[CountKey, int] | None = None,
+        *,
+        passages: Sequence[Passage] = (),
+    ) -> object: ...
 
     def purge(self, now: float) -> int: ...
+
+
+class PassageSink(Protocol):
+    """Receives the passages of a camera's purposes as their tracks end (--jsonl --passages)."""
+
+    def write_passages(self, passages: Sequence[Passage]) -> None: ...
 
 
 @dataclass
@@ -37,7 +50,9 @@ class GateTally:
     seen: int = 0
     stored: Counter[str] = field(default_factory=Counter)  # purpose -> reads passed to its sinks
     counted: Counter[tuple[str, str, Outcome]] = field(default_factory=Counter)  # (purpose, rule, outcome)
-    purged: int = 0
+    purged: int = 0  # reads and passages deleted by retention during the run
+    passages: Counter[str] = field(default_factory=Counter)  # purpose -> passages made of its reads
+    dropped_tracks: Counter[str] = field(default_factory=Counter)  # why a track made no passage -> count
 
     def counted_for(self, purpose: str, outcome: Outcome) -> int:
         return sum(n for (p, _, o), n in self.counted.items() if p == purpose and o is outcome)
@@ -51,11 +66,17 @@ class GateTally:
             total.stored.update(tally.stored)
             total.counted.update(tally.counted)
             total.purged += tally.purged
+            total.passages.update(tally.passages)
+            total.dropped_tracks.update(tally.dropped_tracks)
         return total
 
 
 class PolicyGate:
-    """Routes the reads of one camera by the engine's outcome; implements the pipeline's ReadSink."""
+    """Routes the reads of one camera by the engine's outcome; implements the pipeline's ReadSink.
+
+    Each purpose's kept reads of one track become a passage when the track ends: stored
+    beside the reads when the purpose stores to the database, under the same rule and no
+    longer than its reads. A denied purpose keeps no read, so it has no passage either."""
 
     def __init__(
         self,
@@ -65,6 +86,7 @@ class PolicyGate:
         sinks: Mapping[str, PolicedSink],
         outputs: Sequence[PolicedSink] = (),
         clock: Callable[[], float] = time.time,
+        passage_outputs: Sequence[PassageSink] = (),
     ) -> None:
         self.policy = policy
         self.camera = camera
@@ -76,6 +98,12 @@ class PolicyGate:
         self._rules = {code: policy.purpose(code).rule.id for code in camera.purposes}
         self._sink_names = {code: policy.deployment.purposes[code].sinks for code in camera.purposes}
         self._next_purge = 0.0
+        self.passage_outputs = list(passage_outputs)
+        regions = policy.deployment.region
+        self._passages = {code: PassageBuilder(regions) for code in camera.purposes}
+        self._stores_passages = {
+            code: any(self.sinks[name] is self.database for name in names) for code, names in self._sink_names.items()
+        }
 
     def write(self, reads: Sequence[PlateRead]) -> None:
         now = self.clock()
@@ -99,6 +127,8 @@ class PolicyGate:
                     counts[CountKey(bucket, self.camera.id, purpose, rule_id, decision.outcome)] += 1
                     self.tally.counted[(purpose, rule_id, decision.outcome)] += 1
         self._flush(routed, counts)
+        for purpose, builder in self._passages.items():
+            builder.add(r for r in kept if r.purpose == purpose)
         for output in self.outputs:
             output.write(kept)
         if now >= self._next_purge:
@@ -112,3 +142,20 @@ class PolicyGate:
         for name, reads in routed.items():
             if reads and self.sinks[name] is not self.database:
                 self.sinks[name].write(reads)
+
+    def end_tracks(self, source: str, tracks: Sequence[int]) -> None:
+        """The camera's `tracks` ended: each purpose's reads of each become its passage."""
+        stored: list[Passage] = []
+        made: list[Passage] = []
+        for purpose, builder in self._passages.items():
+            passages = builder.close(source, tracks)
+            self.tally.passages[purpose] += len(passages)
+            made += passages
+            if self._stores_passages[purpose]:
+                stored += passages
+        self.tally.dropped_tracks = sum((b.dropped for b in self._passages.values()), Counter())
+        if stored:
+            self.database.write([], passages=stored)
+        if made:
+            for output in self.passage_outputs:
+                output.write_passages(made)

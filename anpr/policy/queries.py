@@ -1,26 +1,31 @@
 """Gated queries and deletions: who may look up a plate, for which purpose, and what
 they see; what an operator may delete, and when.
 
-Every query, answered or refused, is written to the audit log with the user, the
-purpose, the procedure and the number of rows returned. Deletions are audited with
-their counts only: keeping the plate there would undo the deletion.
+A query looks up either reads or passages (a tracked plate's reads voted into one
+plate, records.Passage); both are gated alike. Every query, answered or refused, is
+written to the audit log with the user, the purpose, the procedure and the number of
+rows returned. Deletions are audited with their counts only: keeping the plate there
+would undo the deletion.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from anpr.plates import normalise
 from anpr.policy.engine import Policy
-from anpr.records import PolicedRead
+from anpr.records import Passage, PolicedRead
+
+Row = TypeVar("Row", PolicedRead, Passage)
 
 
 @dataclass(frozen=True, slots=True)
 class QueryResult:
     allowed: bool
     reason: str
-    rows: list[PolicedRead]
-    withheld: int = 0  # rows that exist but this query may not see (no-hit reads without a procedure)
+    rows: list[PolicedRead] | list[Passage]  # passages when the query asked for them
+    withheld: int = 0  # rows that exist but this query may not see (no-hit rows without a procedure)
 
 
 def _refusal(policy: Policy, purpose: str, user: str) -> str | None:
@@ -36,29 +41,50 @@ def _refusal(policy: Policy, purpose: str, user: str) -> str | None:
 
 
 def search(
-    store, policy: Policy, audit, plate: str, purpose: str, user: str, procedure: str | None = None
+    store,
+    policy: Policy,
+    audit,
+    plate: str,
+    purpose: str,
+    user: str,
+    procedure: str | None = None,
+    passages: bool = False,
 ) -> QueryResult:
+    """The reads of `plate` kept for `purpose` that `user` may see (its passages with
+    `passages`), or a refusal; audited either way."""
     plate = normalise(plate)
     refusal = _refusal(policy, purpose, user)
-    details = {"plate": plate, "purpose": purpose, "procedure": procedure}
+    details: dict[str, object] = {"plate": plate, "purpose": purpose, "procedure": procedure}
+    if passages:
+        details["passages"] = True
     if refusal:
         audit.append("query.refused", user, {**details, "reason": refusal})
         return QueryResult(False, refusal, [])
-    rows = store.reads(plate=plate, purpose=purpose)
-    withheld = 0
+    hits_only = policy.purpose(purpose).rule.retention.no_hit_query_needs_procedure and not procedure
+    rows: list[PolicedRead] | list[Passage]
+    if passages:
+        rows, withheld = _visible(store.passages(plate=plate, purpose=purpose), hits_only)
+    else:
+        rows, withheld = _visible(store.reads(plate=plate, purpose=purpose), hits_only)
     reason = "answered"
-    if policy.purpose(purpose).rule.retention.no_hit_query_needs_procedure and not procedure:
-        visible = [r for r in rows if r.hit]
-        withheld = len(rows) - len(visible)
-        rows = visible
-        if withheld:
-            reason = f"{withheld} no-hit read(s) withheld: they may be queried only for a named procedure (--procedure)"
+    if withheld:
+        kind = "passage(s)" if passages else "read(s)"
+        reason = f"{withheld} no-hit {kind} withheld: they may be queried only for a named procedure (--procedure)"
     audit.append("query", user, {**details, "rows": len(rows), "withheld": withheld})
     return QueryResult(True, reason, rows, withheld)
 
 
+def _visible(rows: list[Row], hits_only: bool) -> tuple[list[Row], int]:
+    """The rows a query may see, and how many it may not. A passage is a hit when any of
+    its reads is: one made of no-hit reads only is withheld, as those reads are."""
+    if not hits_only:
+        return rows, 0
+    visible = [r for r in rows if r.hit]
+    return visible, len(rows) - len(visible)
+
+
 def purge(store, audit, now: float) -> int:
-    """Delete every read whose deadline has passed; the number deleted."""
+    """Delete every read and passage whose deadline has passed; the number of rows deleted."""
     deleted: int = store.purge(now)
     audit.append("purge", "operator", {"deleted": deleted})
     return deleted
@@ -70,8 +96,9 @@ def payment_rules(policy: Policy) -> list[str]:
 
 
 def delete_on_payment(store, policy: Policy, audit, plate: str, user: str, action: str) -> int:
-    """Parking check (FPS): delete a plate's reads once matched to a payment (`mark-paid`) or
-    once an agent has recorded the finding (`record-finding`); the number deleted."""
+    """Parking check (FPS): delete a plate's reads and passages once matched to a payment
+    (`mark-paid`) or once an agent has recorded the finding (`record-finding`); the number
+    of rows deleted."""
     rules = payment_rules(policy)
     deleted = sum(store.delete_plate(normalise(plate), rule) for rule in rules)
     audit.append(action, user, {"rules": rules, "deleted": deleted})
