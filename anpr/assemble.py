@@ -166,8 +166,9 @@ def read_lane(
     Video and streams are tracked (passages); still images are not."""
     stills = isinstance(source, ImageSource)
     detector = with_second_pass(models.detector, settings.detector, stills=stills)
-    tracker = None if stills else PlateTracker(settings.detector.confidence, settings.pipeline.stride)
-    pipeline = Pipeline(detector, models.recogniser, sinks, settings.pipeline, tuple(regions), tracker)
+    work = settings.pipeline.for_source(stills)
+    tracker = None if stills else PlateTracker(settings.detector.confidence, work.frame_stride)
+    pipeline = Pipeline(detector, models.recogniser, sinks, work, tuple(regions), tracker)
     return Lane(name, FrameReader(source, settings.pipeline.queue), pipeline)
 
 

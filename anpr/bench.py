@@ -138,7 +138,7 @@ def benchmark(
     progress(f"naive: {naive['fps']:.2f} frames/s; anpr ...")
     ours = run_phase("anpr", str(video), str(config), json.dumps(overrides or {}))
     progress(f"anpr: {ours['fps']:.1f} frames/s")
-    pipeline, detector = settings.pipeline, settings.detector
+    pipeline, detector = settings.pipeline.for_source(stills=False), settings.detector
     return {
         "video": str(video),
         "config": str(config),
@@ -147,6 +147,8 @@ def benchmark(
         "ocr": pipeline.ocr,
         "batch": pipeline.batch,
         "input_size": detector.input_size,
+        "video_search": detector.video_search,
+        "window_input_size": detector.window_input_size,
         "stride": pipeline.stride,
         "settle": pipeline.settle_reads,
         "motion": pipeline.motion_threshold,

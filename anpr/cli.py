@@ -370,12 +370,14 @@ def bench(
     ] = None,
     detector_backend: DetectorOption = None,
     stride: Annotated[
-        int | None, typer.Option("--stride", help=f"Detect on every n-th frame (default {_PIPELINE.stride}).")
+        int | None,
+        typer.Option("--stride", help=f"Detect on every n-th frame (default {_PIPELINE.stride}: 3 for video)."),
     ] = None,
     settle: Annotated[
         int | None,
         typer.Option(
-            "--settle", help=f"Stop reading a plate after n identical reads (default {_PIPELINE.settle_reads}: never)."
+            "--settle",
+            help=f"Stop reading a tracked plate after n identical reads (0: never; default {_PIPELINE.settle_reads}).",
         ),
     ] = None,
     motion: Annotated[

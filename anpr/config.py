@@ -11,14 +11,17 @@ Run settings (all optional):
       ocr: ppocr             # one of registry.RECOGNISERS (anpr run --help lists them)
       queue: 64              # frames decoded ahead of the detector (2-4096)
       min_confidence: 0.0    # reads below this combined confidence are not emitted
-      stride: 1              # detect on every n-th frame (1-100)
+      stride: auto           # detect on every n-th frame (1-100); auto: 3 for video and streams, 1 for images
       motion_threshold: 0.0  # skip detection when the frame changed less than this (mean grey level, 0: off)
-      settle_reads: 0        # stop reading a tracked plate after this many identical reads (0: never)
+      settle_reads: auto     # stop reading a tracked plate after n identical reads (0: never); auto: 3, images 0
     detector:
       backend: auto          # auto (the first registered backend that runs on the device), or one of registry.DETECTORS
       confidence: 0.25       # detector score threshold (0-1)
-      input_size: 640        # detector input size in pixels (multiple of 32)
+      input_size: 640        # detector input size in pixels (multiple of 32), for still images and whole-frame looks
       device: cpu            # cpu | cuda | cuda:N
+      second_pass: auto      # auto (still images only) | tiles | off: a closer look for small plates
+      video_search: motion   # motion: look around moving vehicles | whole: the whole frame each time
+      window_input_size: 320 # input size of the windows around moving vehicles (multiple of 32)
     stream:                  # live sources (RTSP, HTTP)
       stall_seconds: 10      # no frame for this long counts as a dropped stream
       reconnect_first_delay: 0.5   # seconds before the first reconnection attempt
@@ -46,7 +49,7 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -60,14 +63,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What `auto` means for video and streams: detect every third frame, and stop reading a
+# tracked plate once it was read the same three times. A vehicle is on screen for a second
+# or more, so it is still detected eight times or more; measured in benchmarks/RESULTS.md
+# (issue 12) against processing every frame. Still images are one frame each: 1 and 0.
+VIDEO_STRIDE = 3
+VIDEO_SETTLE_READS = 3
+
+
 class PipelineSettings(_Section):
     batch: Count = Field(8, ge=1, le=256)
     ocr: str = "ppocr"  # a name in registry.RECOGNISERS
     queue: Count = Field(64, ge=2, le=4096)
     min_confidence: Number = Field(0.0, ge=0.0, le=1.0)
-    stride: Count = Field(1, ge=1, le=100)
+    stride: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] = "auto"
     motion_threshold: Number = Field(0.0, ge=0.0, le=255.0)
-    settle_reads: Count = Field(0, ge=0, le=1000)
+    settle_reads: Annotated[int, Field(ge=0, le=1000)] | Literal["auto"] = "auto"
+
+    def for_source(self, stills: bool) -> PipelineSettings:
+        """These settings with `auto` resolved for a source of still images or of video."""
+        return self.model_copy(
+            update={
+                "stride": (1 if stills else VIDEO_STRIDE) if self.stride == "auto" else self.stride,
+                "settle_reads": (0 if stills else VIDEO_SETTLE_READS)
+                if self.settle_reads == "auto"
+                else self.settle_reads,
+            }
+        )
+
+    @property
+    def frame_stride(self) -> int:
+        """The stride, once resolved (`for_source`); 1 while still `auto`."""
+        return 1 if self.stride == "auto" else self.stride
+
+    @property
+    def reads_to_settle(self) -> int:
+        """The settle count, once resolved (`for_source`); 0 while still `auto`."""
+        return 0 if self.settle_reads == "auto" else self.settle_reads
 
     @field_validator("ocr")
     @classmethod

@@ -141,7 +141,7 @@ class Pipeline:
         self._last_motion: np.ndarray | None = None
         self.tracker = tracker
         self._source: str | None = None  # the frames' source, as the reads name it
-        self._settled = SettledPlates(self.settings.settle_reads if tracker else 0)
+        self._settled = SettledPlates(self.settings.reads_to_settle if tracker else 0)
         self.regions = regions  # the deployment's plate regions: their layouts are preferred
         self.skipped: Counter[str] = Counter()  # frames not detected, crops not read, and why
         self.rejected: Counter[Rejection] = Counter()  # texts read but not emitted as plates, and why
@@ -149,7 +149,7 @@ class Pipeline:
     def _frames_to_detect(self, batch: FrameBatch) -> list[int]:
         chosen = []
         for position, frame in enumerate(batch.frames):
-            if frame.index % self.settings.stride:
+            if frame.index % self.settings.frame_stride:
                 self.skipped["stride"] += 1
                 continue
             if self.settings.motion_threshold > 0:
