@@ -193,7 +193,9 @@ class Pipeline:
         )
         reads = [read for read in per_detection if read is not None]
         if tracks is not None:
-            self._settled.add(tracks[unread], [read.plate if read else None for read in per_detection])
+            # Only a complete registration settles a plate: a clipped or partly read text,
+            # typical of a plate still small, repeated, must not stop the reads that follow.
+            self._settled.add(tracks[unread], [read.plate if read and read.format else None for read in per_detection])
         for sink in self.sinks:
             sink.write(reads)
         if self.tracker is not None and batch.frames:

@@ -109,7 +109,7 @@ class PlateTracker:
 
 class SettledPlates:
     """Each live track's texts so far, to stop reading a plate once it was read the same
-    `settle_reads` times (0: never)."""
+    `settle_reads` times (0: never). The caller adds only the texts that may settle a plate."""
 
     def __init__(self, settle_reads: int) -> None:
         self.settle_reads = settle_reads

@@ -301,3 +301,59 @@ def test_gated_queries_are_filtered_and_audited(tmp_path):
     assert [e.actor for e in entries] == ["mayor", "agent-1", "agent-1", "agent-1", "agent-1"]
     assert '"procedure":"PV-2026-118"' in entries[3].details and audit.verify() == []
     store.close()
+
+
+def tracked(plate: str, frame: int, track: int, x: float) -> PlateRead:
+    return PlateRead(
+        "clip.mp4", frame, frame / 25, plate, plate, 0.8, 0.9, 0.9, (x, 500.0, x + 60, 515.0), "d", "o",
+        candidates=((plate, 1.0),), track=track,
+    )  # fmt: skip
+
+
+class _Passages:
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def write_passages(self, passages) -> None:
+        self.seen.extend(passages)
+
+
+def test_a_track_becomes_a_stored_passage_when_it_ends_and_goes_with_its_reads(tmp_path):
+    store = ReadStore(str(tmp_path / "db.sqlite"))
+    parking = deployment("municipality", "parking_fps", {"human_review": True, "signage": True}, retention=1)
+    output = _Passages()
+    gate = PolicyGate(
+        Policy(parking), parking.cameras[0], store, {"store": store}, clock=lambda: T0, passage_outputs=[output]
+    )
+    gate.write([tracked("AB123CD", f, 4, 100 + 80 * f) for f in range(3)])
+    assert store.passages() == [] and output.seen == []  # the track goes on
+    gate.write([tracked("AB123CD", 3, 4, 340), tracked("ZZ999ZZ", 3, 5, 900)])
+    gate.end_tracks("clip.mp4", [4])
+    (passage,) = store.passages()
+    assert output.seen == [passage]  # emitted as the track ended, not at the end of the run
+    assert (passage.plate, passage.reads, passage.first_frame, passage.last_frame) == ("AB123CD", 4, 0, 3)
+    assert (passage.purpose, passage.rule_id, passage.delete_after) == ("parking_fps", "FR-FPS", T0 + DAY)
+    gate.end_tracks("clip.mp4", [5])  # read once: dropped, and counted
+    assert len(store.passages()) == 1 and gate.tally.dropped_tracks == {"too few reads": 1}
+    assert gate.tally.passages == {"parking_fps": 1}
+    assert store.purge(T0 + DAY) == 5 + 1 and store.passages() == []  # reads and passage go together
+    store.close()
+
+
+def test_a_denied_purpose_makes_no_passage(tmp_path):
+    store = ReadStore(str(tmp_path / "db.sqlite"))
+    municipal_requests = deployment("municipality", "law_enforcement_request", FULL)
+    output = _Passages()
+    gate = PolicyGate(
+        Policy(municipal_requests),
+        municipal_requests.cameras[0],
+        store,
+        {"store": store},
+        clock=lambda: T0,
+        passage_outputs=[output],
+    )
+    gate.write([tracked("AB123CD", f, 1, 100 + 80 * f) for f in range(5)])
+    gate.end_tracks("clip.mp4", [1])
+    assert store.passages() == [] and store.count() == 0 and output.seen == []
+    assert gate.tally.passages == {} and gate.tally.dropped_tracks == {}
+    store.close()

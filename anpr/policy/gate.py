@@ -149,7 +149,8 @@ class PolicyGate:
         made: list[Passage] = []
         for purpose, builder in self._passages.items():
             passages = builder.close(source, tracks)
-            self.tally.passages[purpose] += len(passages)
+            if passages:
+                self.tally.passages[purpose] += len(passages)
             made += passages
             if self._stores_passages[purpose]:
                 stored += passages
