@@ -347,8 +347,9 @@ class MotionWindows:
     come from a background model (OpenCV's MOG2, forgetting fast) on small grey frames,
     which gives a vehicle's whole shape where a frame difference gives only its edges;
     pixels that change all the time (a burned-in clock's fast digits) are left out. The
-    whole frame is looked at on the first call, when all of it is new, and every
-    WHOLE_FRAME_EVERY calls.
+    whole frame is looked at (at `input_size`) on the first call, when all of it is new,
+    when a window would be as large as the whole frame at that size (a vehicle filling the
+    frame), and every WHOLE_FRAME_EVERY calls.
     """
 
     def __init__(self, detector: PlateDetector, settings: DetectorSettings, batch: int = 8) -> None:
@@ -374,7 +375,13 @@ class MotionWindows:
         for position, image in enumerate(images):
             moving = self._moving(image)
             self._calls += 1
-            if moving is None or self._calls % WHOLE_FRAME_EVERY == 1:
+            # A window is only worth it when it brings the plate closer than the whole
+            # frame at `input_size` does: a vehicle filling the frame is looked at whole.
+            reach = max(image.shape[:2]) * self.window_input / self.input_size
+            too_large = moving is not None and bool(
+                (np.max(moving[:, 2:] - moving[:, :2], axis=1, initial=0) >= reach).any()
+            )
+            if moving is None or too_large or self._calls % WHOLE_FRAME_EVERY == 1:
                 whole.append(position)
             else:
                 windows += list(moving)

@@ -115,6 +115,11 @@ def assemble_reads(
 
 
 MOTION_SIZE = (96, 54)  # frames are compared at this size: enough to see a vehicle, cheap to compute
+# A cut: the picture changed by this many grey levels on average at CUT_SIZE between two
+# detected frames. Vehicles crossing the development clip changed it by 12 at most (large
+# colour-filled fronts); the cuts between the sample's photos by 27 to 43.
+CUT_SIZE = (32, 18)
+CUT_CHANGE = 20.0
 
 
 class Pipeline:
@@ -141,7 +146,9 @@ class Pipeline:
         self._last_motion: np.ndarray | None = None
         self.tracker = tracker
         self._source: str | None = None  # the frames' source, as the reads name it
-        self._settled = SettledPlates(self.settings.reads_to_settle if tracker else 0)
+        self._last_thumbnail: np.ndarray | None = None
+        self._cut_tracks: list[int] = []  # ended by a cut in the batch being processed
+        self._settled = SettledPlates(self.settings.settle_reads if tracker else 0)
         self.regions = regions  # the deployment's plate regions: their layouts are preferred
         self.skipped: Counter[str] = Counter()  # frames not detected, crops not read, and why
         self.rejected: Counter[Rejection] = Counter()  # texts read but not emitted as plates, and why
@@ -200,18 +207,30 @@ class Pipeline:
             sink.write(reads)
         if self.tracker is not None and batch.frames:
             self._source = batch.frames[0].source
-            self._end(self.tracker.ended())
+            ended, self._cut_tracks = self._cut_tracks + self.tracker.ended(), []
+            self._end(ended)
         return reads
 
     def _track(self, batch: FrameBatch, detections: Detections) -> np.ndarray | None:
-        """Each detection's track id, frame by frame in order (None without a tracker)."""
+        """Each detection's track id, frame by frame in order (None without a tracker).
+        At a cut (most of the picture changed at once) every track ends first."""
         if self.tracker is None:
             return None
         tracks = np.full(len(detections), UNTRACKED, np.int64)
         for position, frame in enumerate(batch.frames):
+            if self._is_cut(frame.image):
+                self._cut_tracks += self.tracker.end_all()
             mine = np.flatnonzero(detections.frame == position)
             tracks[mine] = self.tracker.update(frame.time, detections.xyxy[mine], detections.confidence[mine])
         return tracks
+
+    def _is_cut(self, image: np.ndarray) -> bool:
+        """Whether `image` differs from the last detected frame as another scene would (the
+        tracker's widened matching would otherwise join a plate to the one before the cut)."""
+        sampled = cv2.resize(image, (2 * CUT_SIZE[0], 2 * CUT_SIZE[1]), interpolation=cv2.INTER_NEAREST)
+        thumbnail = cv2.cvtColor(cv2.resize(sampled, CUT_SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+        last, self._last_thumbnail = self._last_thumbnail, thumbnail.astype(np.int16)
+        return last is not None and float(np.abs(self._last_thumbnail - last).mean()) > CUT_CHANGE
 
     def finish(self) -> None:
         """End every live track (the input ended or the run stops): their passages close."""

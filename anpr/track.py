@@ -8,7 +8,8 @@
   text is decided (config `pipeline.settle_reads`).
 - `PassageBuilder` turns the reads a purpose kept of one track into one `Passage` when the
   track ends: its plate is voted over the track's reads (`vote`); a track with too few
-  reads, or whose vote is no plausible registration, is dropped and counted.
+  reads, whose plate never moved, or whose vote is no plausible registration, is dropped
+  and counted.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class PlateTracker:
         return sorted(self._ids.pop(key)[1] for key in gone)
 
     def end_all(self) -> list[int]:
-        """Every live track, ended (end of input)."""
+        """Every live track, ended (end of input, a cut to another scene)."""
         gone = sorted(our_id for _, our_id in self._ids.values())
         self._ids.clear()
         self._tracker.reset()
@@ -162,10 +163,11 @@ def vote(reads: Sequence[PlateRead], regions: tuple[str, ...] = ()) -> VotedPlat
 MIN_READS = 2  # a track read once is more likely a false box or a misread than a vehicle
 # A vehicle passing the camera moves its plate across the frame or towards it; a box that
 # stays where it was and keeps its size is text burned into the picture (a clock, a
-# camera name) or a sign. Moved: the centre by this share of the plate's width, or the
-# width by this ratio, between any read and the first.
-MIN_TRAVEL = 0.5
-MIN_GROWTH = 1.2
+# camera name) or a sign, whose box moves only by the detector's jitter (a few px).
+# Moved: the centre by this share of the plate's width, or the width by this ratio,
+# between any read and the first. A slow car moves its plate more than this in a second.
+MIN_TRAVEL = 0.1
+MIN_GROWTH = 1.05
 
 
 class PassageBuilder:
