@@ -328,7 +328,7 @@ BACKGROUND_RATE = 0.05
 MOTION_MIN_SHARE = 0.002  # of the frame: a smaller moving blob is noise or a clock digit
 MOTION_GROW = 7  # px at MOTION_WIDTH: parts of one vehicle closer than this are one blob
 WINDOW_MARGIN = 0.15  # of a blob's size, added on every side: the plate's edge may not move
-WHOLE_FRAME_SHARE = 0.4  # more of the frame moving than this (a start, a camera shake): look at all of it
+WHOLE_FRAME_SHARE = 0.4  # more of the frame moving, or in one window, than this: look at all of it
 WHOLE_FRAME_EVERY = 25  # calls: a whole-frame look this often finds plates that do not move
 # A plate is a fraction of its vehicle (about a fifth of its width): a box wider than this
 # share of the window around a moving vehicle is the vehicle's grille or window, not a plate.
@@ -348,8 +348,8 @@ class MotionWindows:
     which gives a vehicle's whole shape where a frame difference gives only its edges;
     pixels that change all the time (a burned-in clock's fast digits) are left out. The
     whole frame is looked at (at `input_size`) on the first call, when all of it is new,
-    when a window would be as large as the whole frame at that size (a vehicle filling the
-    frame), and every WHOLE_FRAME_EVERY calls.
+    when most of it moves or a window would cover most of it (a vehicle filling the frame),
+    and every WHOLE_FRAME_EVERY calls.
     """
 
     def __init__(self, detector: PlateDetector, settings: DetectorSettings, batch: int = 8) -> None:
@@ -375,12 +375,10 @@ class MotionWindows:
         for position, image in enumerate(images):
             moving = self._moving(image)
             self._calls += 1
-            # A window is only worth it when it brings the plate closer than the whole
-            # frame at `input_size` does: a vehicle filling the frame is looked at whole.
-            reach = max(image.shape[:2]) * self.window_input / self.input_size
-            too_large = moving is not None and bool(
-                (np.max(moving[:, 2:] - moving[:, :2], axis=1, initial=0) >= reach).any()
-            )
+            # A window as large as most of the frame (a vehicle filling it) is no closer look:
+            # brought to the small window input, its plate is smaller than in a whole look.
+            areas = np.prod(moving[:, 2:] - moving[:, :2], axis=1) if moving is not None else np.zeros(0)
+            too_large = bool((areas > WHOLE_FRAME_SHARE * image.shape[0] * image.shape[1]).any())
             if moving is None or too_large or self._calls % WHOLE_FRAME_EVERY == 1:
                 whole.append(position)
             else:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from anpr.eval import score_passages
+from anpr.pipeline import is_cut, thumbnail
 from anpr.records import PlateRead, PolicedRead
 from anpr.track import UNTRACKED, PassageBuilder, PlateTracker, SettledPlates, moved, vote
 
@@ -210,3 +211,16 @@ def test_score_passages_of_two_vehicles_on_screen_at_once():
     scored = score_passages(truth, reported)
     assert scored["exactly_once_right"] == 1.0 and scored["missed"] == 0
     assert scored["wrong"] == [] and scored["spurious_beside_a_right_passage"] == 1
+
+
+def test_a_cut_to_another_scene_is_told_from_a_vehicle_crossing():
+    from benchmarks.clips import _road
+
+    rng = np.random.default_rng(3)
+    road = _road((1920, 1080), rng)
+    with_car = road.copy()
+    with_car[400:800, 300:1000] = (30, 40, 200)  # a red car front, a third of the frame wide
+    other_scene = np.full_like(road, 25)
+    other_scene[200:900, 200:1700] = 180  # another photo: bright, most of the frame
+    assert not is_cut(thumbnail(road), thumbnail(with_car))
+    assert is_cut(thumbnail(with_car), thumbnail(other_scene))
