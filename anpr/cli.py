@@ -377,7 +377,7 @@ def bench(
         int | None,
         typer.Option(
             "--settle",
-            help=f"Stop reading a tracked plate after n identical registrations (default {_PIPELINE.settle_reads}).",
+            help=f"Stop reading a tracked plate after n identical registrations (default {_PIPELINE.settle_reads}: 3).",
         ),
     ] = None,
     motion: Annotated[

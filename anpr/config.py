@@ -13,7 +13,7 @@ Run settings (all optional):
       min_confidence: 0.0    # reads below this combined confidence are not emitted
       stride: auto           # detect on every n-th frame (1-100); auto: 3 for video and streams, 1 for images
       motion_threshold: 0.0  # skip detection when the frame changed less than this (mean grey level, 0: off)
-      settle_reads: 0        # stop reading a tracked plate after n identical registrations (0: never)
+      settle_reads: auto     # stop reading a tracked plate after n same registrations (0: never; auto: 3 for video)
     detector:
       backend: auto          # auto (the first registered backend that runs on the device), or one of registry.DETECTORS
       confidence: 0.25       # detector score threshold (0-1)
@@ -63,11 +63,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# What `auto` means for video and streams: detect every third frame. A vehicle is on
-# screen for a second or more, so it is still detected eight times or more; measured in
-# benchmarks/RESULTS.md (issue 12) against processing every frame. Still images are one
-# frame each.
+# What `auto` means for video and streams: detect every third frame, and stop reading a
+# tracked plate once the same complete registration was read three times. A vehicle is on
+# screen for a second or more, so it is still detected eight times or more. Chosen on the
+# development clip (benchmarks/passage_accuracy.py --traffic --dev), measured in
+# benchmarks/RESULTS.md (issue 12). Still images are one frame each and not tracked.
 VIDEO_STRIDE = 3
+VIDEO_SETTLE_READS = 3
 
 
 class PipelineSettings(_Section):
@@ -77,18 +79,22 @@ class PipelineSettings(_Section):
     min_confidence: Number = Field(0.0, ge=0.0, le=1.0)
     stride: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] = "auto"
     motion_threshold: Number = Field(0.0, ge=0.0, le=255.0)
-    settle_reads: Count = Field(0, ge=0, le=1000)
+    settle_reads: Annotated[int, Field(ge=0, le=1000)] | Literal["auto"] = "auto"
 
     def for_source(self, stills: bool) -> PipelineSettings:
         """These settings with `auto` resolved for a source of still images or of video."""
-        if self.stride != "auto":
-            return self
-        return self.model_copy(update={"stride": 1 if stills else VIDEO_STRIDE})
+        auto = {"stride": 1 if stills else VIDEO_STRIDE, "settle_reads": 0 if stills else VIDEO_SETTLE_READS}
+        return self.model_copy(update={key: value for key, value in auto.items() if getattr(self, key) == "auto"})
 
     @property
     def frame_stride(self) -> int:
         """The stride, once resolved (`for_source`); 1 while still `auto`."""
         return 1 if self.stride == "auto" else self.stride
+
+    @property
+    def reads_to_settle(self) -> int:
+        """The settle count, once resolved (`for_source`); 0 while still `auto`."""
+        return 0 if self.settle_reads == "auto" else self.settle_reads
 
     @field_validator("ocr")
     @classmethod

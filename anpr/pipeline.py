@@ -159,7 +159,7 @@ class Pipeline:
         self._source: str | None = None  # the frames' source, as the reads name it
         self._last_thumbnail: np.ndarray | None = None
         self._cut_tracks: list[int] = []  # ended by a cut in the batch being processed
-        self._settled = SettledPlates(self.settings.settle_reads if tracker else 0)
+        self._settled = SettledPlates(self.settings.reads_to_settle if tracker else 0)
         self.regions = regions  # the deployment's plate regions: their layouts are preferred
         self.skipped: Counter[str] = Counter()  # frames not detected, crops not read, and why
         self.rejected: Counter[Rejection] = Counter()  # texts read but not emitted as plates, and why
