@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anpr.errors import ConfigError
 from anpr.policy.deployment import DEPLOYMENT_KEYS, Count, Deployment, Number
@@ -72,14 +72,27 @@ VIDEO_STRIDE = 3
 VIDEO_SETTLE_READS = 3
 
 
+def _auto_or_whole(low: int, high: int):
+    """A validator for a key that is `auto` or a whole number from `low` to `high` (one error line either way)."""
+
+    def check(value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be auto or a whole number from {low} to {high}")
+        return value
+
+    return BeforeValidator(check)
+
+
 class PipelineSettings(_Section):
     batch: Count = Field(8, ge=1, le=256)
     ocr: str = "ppocr"  # a name in registry.RECOGNISERS
     queue: Count = Field(64, ge=2, le=4096)
     min_confidence: Number = Field(0.0, ge=0.0, le=1.0)
-    stride: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] = "auto"
+    stride: Annotated[int | Literal["auto"], _auto_or_whole(1, 100)] = "auto"
     motion_threshold: Number = Field(0.0, ge=0.0, le=255.0)
-    settle_reads: Annotated[int, Field(ge=0, le=1000)] | Literal["auto"] = "auto"
+    settle_reads: Annotated[int | Literal["auto"], _auto_or_whole(0, 1000)] = "auto"
 
     def for_source(self, stills: bool) -> PipelineSettings:
         """These settings with `auto` resolved for a source of still images or of video."""

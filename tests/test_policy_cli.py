@@ -74,7 +74,7 @@ def ocr_plates(tmp_path_factory):
     )
     assert result.returncode == 0, result.stderr
     reads = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(reads) > 100
+    assert len(reads) >= 20  # video's defaults: every third frame, settled plates read no more
     return folder / "p.sqlite", {r["plate"] for r in reads} | {r["raw_text"] for r in reads}
 
 
@@ -96,7 +96,7 @@ def test_valenciennes_demo_run_stores_nothing_derived_from_any_read(anpr_cli, tm
     [(purpose, rule, outcome, count)] = connection.execute(
         "select purpose, rule_id, outcome, sum(count) from policy_counts group by 1, 2, 3"
     ).fetchall()
-    assert (purpose, rule, outcome) == ("law_enforcement_request", "FR-MUN-REQ", "blocked") and count >= 100
+    assert (purpose, rule, outcome) == ("law_enforcement_request", "FR-MUN-REQ", "blocked") and count >= 20
     assert f"anpr: law_enforcement_request: {count} reads blocked (FR-MUN-REQ); only the count is kept" in result.stderr
     assert anpr_cli("audit", "verify", "--db", str(db)).returncode == 0
 
@@ -124,7 +124,7 @@ def test_demo_table_agrees_with_the_rule_table(anpr_cli, tmp_path):
     assert {(r["config"], r["purpose"]): (r["verdict"], r["rule"]) for r in rows} == EXPECTED_DEMO
     for row in rows:
         seen = row["seen"]
-        assert seen > 100
+        assert seen >= 20  # the sample's reads at video's defaults (every third frame, settled plates)
         if row["verdict"] == "deny":
             assert (row["stored"], row["blocked"]) == (0, seen), row
         elif row["rule"] == "FR-STATS":

@@ -133,7 +133,7 @@ def _load(path: Path) -> Settings | None:
 
 def _sane(loaded: Settings) -> None:
     """What any accepted config guarantees the pipeline."""
-    pipeline, detector = loaded.pipeline, loaded.detector
+    pipeline, detector = loaded.pipeline.for_source(stills=False), loaded.detector  # `auto` resolved for video
     for number in (pipeline.batch, pipeline.queue, pipeline.stride, pipeline.settle_reads, detector.input_size):
         assert type(number) is int
     assert 1 <= pipeline.batch <= 256 and 1 <= pipeline.stride <= 100 and detector.input_size % 32 == 0
