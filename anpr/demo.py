@@ -24,6 +24,7 @@ from anpr.records import Outcome, PlateRead
 from anpr.sinks import make_sinks
 from anpr.source import open_source
 from anpr.store import ReadStore
+from anpr.track import TrackEnd
 
 log = logging.getLogger("anpr")
 
@@ -35,7 +36,7 @@ class _Collect:
     def write(self, reads: Sequence[PlateRead]) -> None:
         self.reads.extend(reads)
 
-    def end_tracks(self, source: str, tracks: Sequence[int]) -> None:
+    def end_tracks(self, source: str, ends: Sequence[TrackEnd]) -> None:
         pass  # the demo compares reads per config; passages are the run's (anpr run --passages)
 
 

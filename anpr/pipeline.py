@@ -26,7 +26,7 @@ from anpr.ocr import PlateRecogniser, TextReads, cut_plates
 from anpr.plates import choose_plate
 from anpr.records import PlateRead
 from anpr.source import FrameBatch, FrameReader
-from anpr.track import UNTRACKED, PlateTracker, SettledPlates
+from anpr.track import UNTRACKED, PlateTracker, SettledPlates, TrackEnd
 
 
 class ReadSink(Protocol):
@@ -35,7 +35,7 @@ class ReadSink(Protocol):
 
     def write(self, reads: Sequence[PlateRead]) -> None: ...
 
-    def end_tracks(self, source: str, tracks: Sequence[int]) -> None: ...
+    def end_tracks(self, source: str, ends: Sequence[TrackEnd]) -> None: ...
 
 
 @dataclass
@@ -158,7 +158,7 @@ class Pipeline:
         self.tracker = tracker
         self._source: str | None = None  # the frames' source, as the reads name it
         self._last_thumbnail: np.ndarray | None = None
-        self._cut_tracks: list[int] = []  # ended by a cut in the batch being processed
+        self._cut_tracks: list[TrackEnd] = []  # ended by a cut in the batch being processed
         self._settled = SettledPlates(self.settings.reads_to_settle if tracker else 0)
         self.regions = regions  # the deployment's plate regions: their layouts are preferred
         self.skipped: Counter[str] = Counter()  # frames not detected, crops not read, and why
@@ -232,7 +232,9 @@ class Pipeline:
             if self._is_cut(frame.image):
                 self._cut_tracks += self.tracker.end_all()
             mine = np.flatnonzero(detections.frame == position)
-            tracks[mine] = self.tracker.update(frame.time, detections.xyxy[mine], detections.confidence[mine])
+            tracks[mine] = self.tracker.update(
+                frame.index, frame.time, detections.xyxy[mine], detections.confidence[mine]
+            )
         return tracks
 
     def _is_cut(self, image: np.ndarray) -> bool:
@@ -246,12 +248,12 @@ class Pipeline:
         if self.tracker is not None:
             self._end(self.tracker.end_all())
 
-    def _end(self, tracks: list[int]) -> None:
-        if not tracks or self._source is None:
+    def _end(self, ends: list[TrackEnd]) -> None:
+        if not ends or self._source is None:
             return
-        self._settled.forget(tracks)
+        self._settled.forget(end.track for end in ends)
         for sink in self.sinks:
-            sink.end_tracks(self._source, tracks)
+            sink.end_tracks(self._source, ends)
 
 
 @dataclass

@@ -26,6 +26,17 @@ from anpr.records import Candidates, Passage, PlateRead, PolicedRead
 
 UNTRACKED = -1
 
+
+@dataclass(frozen=True, slots=True)
+class TrackEnd:
+    """A track that ended, and the last frame it was seen in (read or not: a settled plate is
+    still followed), so that its passage spans the whole time the vehicle was seen."""
+
+    track: int
+    last_frame: int
+    last_time: float
+
+
 # Seconds a track lives on without a box: longer than a few missed detections at the
 # default stride, shorter than the gap between two vehicles one behind the other.
 LOST_SECONDS = 0.4
@@ -64,6 +75,7 @@ class PlateTracker:
         # track only at its second box, and the first read of a plate must count too.
         self._ids: dict[int, tuple[object, int]] = {}  # id(tracklet) -> (tracklet, our id)
         self._next_id = 0
+        self._last_seen: dict[int, tuple[int, float]] = {}  # our id -> frame and time of its last box
 
     def _id_of(self, tracklet: object) -> int:
         key = id(tracklet)
@@ -72,7 +84,7 @@ class PlateTracker:
             self._next_id += 1
         return self._ids[key][1]
 
-    def update(self, time: float, boxes: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    def update(self, frame: int, time: float, boxes: np.ndarray, confidence: np.ndarray) -> np.ndarray:
         """The track id of each of one frame's boxes (UNTRACKED for a box that is no track's)."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         detections = self._sv.Detections(xyxy=boxes, confidence=np.asarray(confidence, np.float32))
@@ -92,20 +104,29 @@ class PlateTracker:
             start = np.flatnonzero((ids == UNTRACKED) & np.all(np.isclose(boxes, tracklet.get_state_bbox()), axis=1))
             if len(start):
                 ids[start[0]] = self._id_of(tracklet)
+        for our_id in ids[ids != UNTRACKED]:
+            self._last_seen[int(our_id)] = (frame, time)
         return ids
 
-    def ended(self) -> list[int]:
+    def ended(self) -> list[TrackEnd]:
         """The tracks that ended since the last call (the tracker dropped them)."""
         alive = {id(t) for t in self._tracker.tracks}
-        gone = [key for key in self._ids if key not in alive]
-        return sorted(self._ids.pop(key)[1] for key in gone)
+        return self._end([key for key in self._ids if key not in alive])
 
-    def end_all(self) -> list[int]:
+    def end_all(self) -> list[TrackEnd]:
         """Every live track, ended (end of input, a cut to another scene)."""
-        gone = sorted(our_id for _, our_id in self._ids.values())
-        self._ids.clear()
+        ended = self._end(list(self._ids))
         self._tracker.reset()
-        return gone
+        return ended
+
+    def _end(self, keys: list[int]) -> list[TrackEnd]:
+        ends = []
+        for key in keys:
+            our_id = self._ids.pop(key)[1]
+            seen = self._last_seen.pop(our_id, None)
+            if seen is not None:  # a tracklet none of whose boxes was ours (started and lost unmatched)
+                ends.append(TrackEnd(our_id, *seen))
+        return sorted(ends, key=lambda end: end.track)
 
 
 class SettledPlates:
@@ -185,23 +206,28 @@ class PassageBuilder:
             if policed.read.track is not None and policed.read.track != UNTRACKED:
                 self._open[(policed.read.source, policed.read.track)].append(policed)
 
-    def close(self, source: str, tracks: Iterable[int]) -> list[Passage]:
-        """The passages of the ended `tracks` of `source` (those long and plausible enough)."""
+    def close(self, source: str, ends: Iterable[TrackEnd]) -> list[Passage]:
+        """The passages of the ended tracks of `source` (those long and plausible enough)."""
         passages = []
-        for track in tracks:
-            reads = self._open.pop((source, track), None)
+        for end in ends:
+            reads = self._open.pop((source, end.track), None)
             if reads is None:
                 continue  # a track none of whose reads this purpose kept
-            passage = self._passage(track, reads)
+            passage = self._passage(end.track, reads, end)
             if passage is not None:
                 passages.append(passage)
         return passages
 
     def close_all(self) -> list[Passage]:
+        """Every open track's passage, each ending with its last read."""
         ended = sorted(self._open, key=lambda key: self._open[key][0].read.frame)
-        return [p for source, track in ended for p in self.close(source, [track])]
+        last = {key: self._open[key][-1].read for key in ended}
+        return [
+            p for (source, track) in ended
+            for p in self.close(source, [TrackEnd(track, last[source, track].frame, last[source, track].time)])
+        ]  # fmt: skip
 
-    def _passage(self, track: int, kept: list[PolicedRead]) -> Passage | None:
+    def _passage(self, track: int, kept: list[PolicedRead], end: TrackEnd) -> Passage | None:
         if len(kept) < self.min_reads:
             self.dropped["too few reads"] += 1
             return None
@@ -226,9 +252,9 @@ class PassageBuilder:
             country=voted.country,
             format=voted.format,
             first_frame=first.read.frame,
-            last_frame=last.read.frame,
+            last_frame=max(last.read.frame, end.last_frame),
             first_time=first.read.time,
-            last_time=last.read.time,
+            last_time=max(last.read.time, end.last_time),
             reads=len(kept),
             delete_after=min(p.delete_after for p in kept),
             hit=any(p.hit for p in kept),

@@ -17,6 +17,7 @@ from anpr.policy.queries import search
 from anpr.policy.rules import CONTROLLER_TYPES, PURPOSES, SAFEGUARDS, Verdict
 from anpr.records import Outcome, PlateRead
 from anpr.store import ReadStore
+from anpr.track import TrackEnd
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 T0 = 1_800_000_000.0  # a fixed "now" for every deadline
@@ -328,12 +329,14 @@ def test_a_track_becomes_a_stored_passage_when_it_ends_and_goes_with_its_reads(t
     gate.write([tracked("AB123CD", f, 4, 100 + 80 * f) for f in range(3)])
     assert store.passages() == [] and output.seen == []  # the track goes on
     gate.write([tracked("AB123CD", 3, 4, 340), tracked("ZZ999ZZ", 3, 5, 900)])
-    gate.end_tracks("clip.mp4", [4])
+    gate.end_tracks("clip.mp4", [TrackEnd(4, 5, 5 / 25)])  # seen once more, not read (settled)
     (passage,) = store.passages()
     assert output.seen == [passage]  # emitted as the track ended, not at the end of the run
-    assert (passage.plate, passage.reads, passage.first_frame, passage.last_frame) == ("AB123CD", 4, 0, 3)
+    # It spans the track, to the last frame the plate was seen in.
+    assert (passage.plate, passage.reads, passage.first_frame, passage.last_frame) == ("AB123CD", 4, 0, 5)
+    assert passage.last_time == 5 / 25
     assert (passage.purpose, passage.rule_id, passage.delete_after) == ("parking_fps", "FR-FPS", T0 + DAY)
-    gate.end_tracks("clip.mp4", [5])  # read once: dropped, and counted
+    gate.end_tracks("clip.mp4", [TrackEnd(5, 3, 3 / 25)])  # read once: dropped, and counted
     assert len(store.passages()) == 1 and gate.tally.dropped_tracks == {"too few reads": 1}
     assert gate.tally.passages == {"parking_fps": 1}
     assert store.purge(T0 + DAY) == 5 + 1 and store.passages() == []  # reads and passage go together
@@ -353,7 +356,7 @@ def test_a_denied_purpose_makes_no_passage(tmp_path):
         passage_outputs=[output],
     )
     gate.write([tracked("AB123CD", f, 1, 100 + 80 * f) for f in range(5)])
-    gate.end_tracks("clip.mp4", [1])
+    gate.end_tracks("clip.mp4", [TrackEnd(1, 4, 4 / 25)])
     assert store.passages() == [] and store.count() == 0 and output.seen == []
     assert gate.tally.passages == {} and gate.tally.dropped_tracks == {}
     store.close()

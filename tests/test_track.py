@@ -6,7 +6,7 @@ import pytest
 from anpr.eval import score_passages
 from anpr.pipeline import is_cut, thumbnail
 from anpr.records import PlateRead, PolicedRead
-from anpr.track import UNTRACKED, PassageBuilder, PlateTracker, SettledPlates, moved, vote
+from anpr.track import UNTRACKED, PassageBuilder, PlateTracker, SettledPlates, TrackEnd, moved, vote
 
 
 def read(plate: str, frame: int, x: float = 100.0, confidence: float = 0.8, source: str = "cam") -> PlateRead:
@@ -83,8 +83,8 @@ def _run_tracker(tracker, frames, stride=1):
     ids, ended = [], []
     for number in range(0, len(frames), stride):
         boxes = np.asarray(frames[number], np.float32).reshape(-1, 4)
-        ids.append(tracker.update(number / 25, boxes, np.full(len(boxes), 0.8, np.float32)).tolist())
-        ended.append(tracker.ended())
+        ids.append(tracker.update(number, number / 25, boxes, np.full(len(boxes), 0.8, np.float32)).tolist())
+        ended.append([end.track for end in tracker.ended()])
     return ids, ended
 
 
@@ -122,7 +122,7 @@ def test_a_vehicle_after_a_gap_is_a_new_track():
     ids, _ = _run_tracker(tracker, frames)
     first, second = {i for frame in ids[:8] for i in frame}, {i for frame in ids[23:] for i in frame}
     assert len(first) == len(second) == 1 and first != second
-    assert tracker.end_all() == sorted(second)
+    assert tracker.end_all() == [TrackEnd(min(second), 30, 30 / 25)]  # its last box, frame 30
 
 
 def policed(plate, frame, track, x=100.0, delete_after=1000.0, hit=False, source="cam"):
@@ -137,14 +137,14 @@ def test_a_track_becomes_one_passage_when_it_ends():
     builder = PassageBuilder(regions=("FR",))
     builder.add([policed("AB123CD", f, 7, x=100 + 60 * f, delete_after=1000 + f) for f in range(5)])
     builder.add([policed("AB128CD", 5, 7, x=400, hit=True), policed("ZZ999ZZ", 5, 8, x=900)])
-    assert builder.close("cam", [99]) == []  # a track none of whose reads were kept
-    (passage,) = builder.close("cam", [7])
+    assert builder.close("cam", [TrackEnd(99, 5, 0.2)]) == []  # a track none of whose reads were kept
+    (passage,) = builder.close("cam", [TrackEnd(7, 5, 0.2)])
     assert (passage.plate, passage.reads, passage.track, passage.first_frame, passage.last_frame) == (
         "AB123CD", 6, 7, 0, 5
     )  # fmt: skip
     assert passage.delete_after == 1000 and passage.hit  # goes with its first read; a hit if any read was
     assert (passage.camera, passage.purpose, passage.rule_id) == ("cam-1", "parking_fps", "FR-FPS")
-    assert builder.close("cam", [7]) == []  # closed once
+    assert builder.close("cam", [TrackEnd(7, 5, 0.2)]) == []  # closed once
     assert builder.close_all() == [] and builder.dropped == {"too few reads": 1}  # ZZ999ZZ, read once
 
 
@@ -153,9 +153,10 @@ def test_tracks_that_are_no_passage_are_dropped_and_counted():
     builder.add([policed("1507400", f, 1, x=20) for f in range(30)])  # a clock: never moves
     builder.add([policed("AB1", f, 2, x=100 + 60 * f) for f in range(4)])  # too short for a French plate
     builder.add([policed("AB123CD", f, 3, x=100 + 60 * f, source="other") for f in range(3)])
-    assert builder.close("cam", [1, 2, 3]) == []  # track 3 is another camera's
+    assert builder.close("cam", [TrackEnd(t, 40, 1.6) for t in (1, 2, 3)]) == []  # track 3 is another camera's
     assert builder.dropped == {"did not move (an overlay or a sign)": 1, "no plausible plate": 1}
-    assert [p.plate for p in builder.close("other", [3])] == ["AB123CD"]
+    (passage,) = builder.close("other", [TrackEnd(3, 9, 9 / 25)])  # seen until frame 9, read until 2
+    assert (passage.plate, passage.first_frame, passage.last_frame, passage.last_time) == ("AB123CD", 0, 9, 9 / 25)
 
 
 def test_a_plate_that_only_grows_has_moved():

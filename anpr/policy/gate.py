@@ -19,7 +19,7 @@ from anpr.policy.deployment import Camera
 from anpr.policy.engine import Policy
 from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead, hour_bucket, new_key
 from anpr.sinks import PolicedSink
-from anpr.track import PassageBuilder
+from anpr.track import PassageBuilder, TrackEnd
 
 PURGE_INTERVAL_SECONDS = 60.0
 
@@ -143,12 +143,12 @@ class PolicyGate:
             if reads and self.sinks[name] is not self.database:
                 self.sinks[name].write(reads)
 
-    def end_tracks(self, source: str, tracks: Sequence[int]) -> None:
-        """The camera's `tracks` ended: each purpose's reads of each become its passage."""
+    def end_tracks(self, source: str, ends: Sequence[TrackEnd]) -> None:
+        """Tracks of the camera ended: each purpose's reads of each become its passage."""
         stored: list[Passage] = []
         made: list[Passage] = []
         for purpose, builder in self._passages.items():
-            passages = builder.close(source, tracks)
+            passages = builder.close(source, ends)
             if passages:
                 self.tally.passages[purpose] += len(passages)
             made += passages
