@@ -35,6 +35,7 @@ class TrackEnd:
     track: int
     last_frame: int
     last_time: float
+    last_box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 of its last box
 
 
 # Seconds a track lives on without a box: longer than a few missed detections at the
@@ -75,7 +76,7 @@ class PlateTracker:
         # track only at its second box, and the first read of a plate must count too.
         self._ids: dict[int, tuple[object, int]] = {}  # id(tracklet) -> (tracklet, our id)
         self._next_id = 0
-        self._last_seen: dict[int, tuple[int, float]] = {}  # our id -> frame and time of its last box
+        self._last_seen: dict[int, tuple[int, float, tuple[float, ...]]] = {}  # our id -> its last box, when
 
     def _id_of(self, tracklet: object) -> int:
         key = id(tracklet)
@@ -104,8 +105,8 @@ class PlateTracker:
             start = np.flatnonzero((ids == UNTRACKED) & np.all(np.isclose(boxes, tracklet.get_state_bbox()), axis=1))
             if len(start):
                 ids[start[0]] = self._id_of(tracklet)
-        for our_id in ids[ids != UNTRACKED]:
-            self._last_seen[int(our_id)] = (frame, time)
+        for index in np.flatnonzero(ids != UNTRACKED):
+            self._last_seen[int(ids[index])] = (frame, time, tuple(float(v) for v in boxes[index]))
         return ids
 
     def ended(self) -> list[TrackEnd]:
@@ -125,7 +126,8 @@ class PlateTracker:
             our_id = self._ids.pop(key)[1]
             seen = self._last_seen.pop(our_id, None)
             if seen is not None:  # a tracklet none of whose boxes was ours (started and lost unmatched)
-                ends.append(TrackEnd(our_id, *seen))
+                frame, time, box = seen
+                ends.append(TrackEnd(our_id, frame, time, box))  # type: ignore[arg-type]
         return sorted(ends, key=lambda end: end.track)
 
 
@@ -232,7 +234,9 @@ class PassageBuilder:
             self.dropped["too few reads"] += 1
             return None
         reads = [policed.read for policed in kept]
-        if not moved(reads):
+        # Whether it moved, over the whole track: a settled plate is not read to its end.
+        boxes = [read.box for read in reads] + ([end.last_box] if end.last_box is not None else [])
+        if not moved(boxes):
             self.dropped["did not move (an overlay or a sign)"] += 1
             return None
         voted = vote(reads, self.regions)
@@ -261,9 +265,9 @@ class PassageBuilder:
         )
 
 
-def moved(reads: Sequence[PlateRead]) -> bool:
-    """Whether a track's plate moved (MIN_TRAVEL) or grew or shrank (MIN_GROWTH) since its first read."""
-    boxes = np.array([read.box for read in reads], np.float32)
+def moved(track_boxes: Sequence[tuple[float, ...]]) -> bool:
+    """Whether a track's plate moved (MIN_TRAVEL) or grew or shrank (MIN_GROWTH) since its first box."""
+    boxes = np.array(track_boxes, np.float32)
     widths = np.maximum(boxes[:, 2] - boxes[:, 0], 1.0)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     travel = np.linalg.norm(centres - centres[0], axis=1).max() / np.median(widths)

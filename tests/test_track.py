@@ -122,7 +122,9 @@ def test_a_vehicle_after_a_gap_is_a_new_track():
     ids, _ = _run_tracker(tracker, frames)
     first, second = {i for frame in ids[:8] for i in frame}, {i for frame in ids[23:] for i in frame}
     assert len(first) == len(second) == 1 and first != second
-    assert tracker.end_all() == [TrackEnd(min(second), 30, 30 / 25)]  # its last box, frame 30
+    assert [(e.track, e.last_frame, e.last_time) for e in tracker.end_all()] == [
+        (min(second), 30, 30 / 25)
+    ]  # its last box
 
 
 def policed(plate, frame, track, x=100.0, delete_after=1000.0, hit=False, source="cam"):
@@ -160,14 +162,18 @@ def test_tracks_that_are_no_passage_are_dropped_and_counted():
 
 
 def test_a_plate_that_only_grows_has_moved():
-    approaching = [
-        PlateRead("c", f, f / 25, "AB123CD", "", 0.8, 0.9, 0.9, (500 - 5 * f, 500, 560 + 5 * f, 515), "d", "o")
-        for f in range(3)
-    ]
-    assert moved(approaching)
-    assert not moved(
-        [PlateRead("c", f, f / 25, "AB123CD", "", 0.8, 0.9, 0.9, (500, 500, 560, 515), "d", "o") for f in range(9)]
-    )
+    assert moved([(500 - 5 * f, 500, 560 + 5 * f, 515) for f in range(3)])  # approaching
+    assert not moved([(500, 500 + f % 2, 560, 515) for f in range(9)])  # a clock: the detector's jitter only
+
+
+def test_a_settled_track_is_judged_by_its_last_box_too():
+    # Three reads, then the plate settled: its reads moved little, the track moved on.
+    builder = PassageBuilder()
+    builder.add([policed("AB123CD", f, 2, x=100 + f) for f in range(3)])
+    (passage,) = builder.close("cam", [TrackEnd(2, 36, 36 / 25, (160.0, 50.0, 280.0, 80.0))])
+    assert passage.last_frame == 36 and passage.reads == 3
+    builder.add([policed("AB123CD", f, 3, x=100 + f) for f in range(3)])
+    assert builder.close("cam", [TrackEnd(3, 36, 36 / 25, (102.0, 50.0, 222.0, 80.0))]) == []  # it never moved
 
 
 def test_settled_plates_are_counted_per_track():
