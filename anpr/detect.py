@@ -362,8 +362,6 @@ class MotionWindows:
         self._background = cv2.createBackgroundSubtractorMOG2(detectShadows=False)
         self._activity: np.ndarray | None = None
         self._calls = 0
-        self.whole_frames = 0  # frames looked at whole
-        self.windows = 0  # windows looked at
 
     def detect(
         self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
@@ -384,8 +382,6 @@ class MotionWindows:
             else:
                 windows += list(moving)
                 owners += [position] * len(moving)
-        self.whole_frames += len(whole)
-        self.windows += len(windows)
         parts = []
         if whole:
             full = self.detector.detect([images[i] for i in whole], threshold, input_size or self.input_size)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     Boolean,
@@ -48,6 +48,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql import Select
 
 from anpr.config import StoreSettings
 from anpr.errors import StoreError, first_line
@@ -76,22 +77,48 @@ class Base(DeclarativeBase):
     pass
 
 
-class ReadRow(Base):
-    """One read kept for one purpose, with the deadline by which it must be gone."""
-
-    __tablename__ = "reads"
+class KeptRow:
+    """The columns of every record a purpose keeps (a read, a passage): its unique key,
+    where and for what it was kept, under which rule, until when, and its plate."""
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(32), unique=True)  # PolicedRead.key: a batch sent twice is stored once
+    key: Mapped[str] = mapped_column(String(32), unique=True)  # the record's key: a batch sent twice is stored once
     source: Mapped[str] = mapped_column(String(1024), index=True)
     camera: Mapped[str] = mapped_column(String(128), index=True)
     purpose: Mapped[str] = mapped_column(String(64), index=True)
     rule_id: Mapped[str] = mapped_column(String(32))
     delete_after: Mapped[float] = mapped_column(Float, index=True)  # Unix time
     hit: Mapped[bool] = mapped_column(Boolean, default=False)
+    plate: Mapped[str] = mapped_column(String(32), index=True)
+    candidates: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[text, probability], ...]
+    country: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
+
+    @staticmethod
+    def _columns(record_dict: dict[str, Any]) -> dict[str, Any]:
+        """A record's `to_dict(exact=True)` as this table's columns."""
+        record_dict["candidates"] = json.dumps(record_dict["candidates"])
+        record_dict["rule_id"] = record_dict.pop("rule")
+        return record_dict
+
+    def _record_dict(self) -> dict[str, Any]:
+        """This row as its record's dictionary form (for `from_dict`)."""
+        columns = self.__table__.columns  # type: ignore[attr-defined]  # mapped subclasses have a table
+        return {
+            **{column.key: getattr(self, column.key) for column in columns},
+            "rule": self.rule_id,
+            "candidates": json.loads(self.candidates or "[]"),
+        }
+
+
+class ReadRow(KeptRow, Base):
+    """One read kept for one purpose, with the deadline by which it must be gone."""
+
+    __tablename__ = "reads"
+
     frame: Mapped[int] = mapped_column(Integer)
     time: Mapped[float] = mapped_column(Float, index=True)
-    plate: Mapped[str] = mapped_column(String(32), index=True)
     raw_text: Mapped[str] = mapped_column(String(128))
     confidence: Mapped[float] = mapped_column(Float)
     ocr_confidence: Mapped[float] = mapped_column(Float)
@@ -102,72 +129,41 @@ class ReadRow(Base):
     y2: Mapped[float] = mapped_column(Float)
     detector_model: Mapped[str] = mapped_column(String(128))
     ocr_model: Mapped[str] = mapped_column(String(128))
-    candidates: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[text, probability], ...]
-    country: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    format: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
 
     @classmethod
     def from_record(cls, policed: PolicedRead) -> ReadRow:
-        columns = policed.to_dict(exact=True)
+        columns = cls._columns(policed.to_dict(exact=True))
         columns["x1"], columns["y1"], columns["x2"], columns["y2"] = columns.pop("box")
-        columns["candidates"] = json.dumps(columns["candidates"])
-        columns["rule_id"] = columns.pop("rule")
         columns.pop("track")  # the passages table links a plate's reads; the reads table keeps its columns
         return cls(**columns)
 
     def to_record(self) -> PolicedRead:
-        return PolicedRead.from_dict(
-            {
-                **{column.key: getattr(self, column.key) for column in self.__table__.columns},
-                "box": (self.x1, self.y1, self.x2, self.y2),
-                "rule": self.rule_id,
-                "candidates": json.loads(self.candidates or "[]"),
-            }
-        )
+        return PolicedRead.from_dict({**self._record_dict(), "box": (self.x1, self.y1, self.x2, self.y2)})
 
 
-class PassageRow(Base):
+class PassageRow(KeptRow, Base):
     """One passage kept for one purpose: a tracked plate's reads voted into one plate."""
 
     __tablename__ = "passages"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(32), unique=True)  # Passage.key: a batch sent twice is stored once
-    source: Mapped[str] = mapped_column(String(1024), index=True)
-    camera: Mapped[str] = mapped_column(String(128), index=True)
-    purpose: Mapped[str] = mapped_column(String(64), index=True)
-    rule_id: Mapped[str] = mapped_column(String(32))
-    delete_after: Mapped[float] = mapped_column(Float, index=True)  # Unix time
-    hit: Mapped[bool] = mapped_column(Boolean, default=False)
     track: Mapped[int] = mapped_column(Integer)
-    plate: Mapped[str] = mapped_column(String(32), index=True)
     confidence: Mapped[float] = mapped_column(Float)
-    candidates: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[text, probability], ...]
-    country: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    format: Mapped[str | None] = mapped_column(String(16), nullable=True)
     first_frame: Mapped[int] = mapped_column(Integer)
     last_frame: Mapped[int] = mapped_column(Integer)
     first_time: Mapped[float] = mapped_column(Float, index=True)
     last_time: Mapped[float] = mapped_column(Float)
     reads: Mapped[int] = mapped_column(Integer)
-    stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
 
     @classmethod
     def from_record(cls, passage: Passage) -> PassageRow:
-        columns = passage.to_dict(exact=True)
-        columns["candidates"] = json.dumps(columns["candidates"])
-        columns["rule_id"] = columns.pop("rule")
-        return cls(**columns)
+        return cls(**cls._columns(passage.to_dict(exact=True)))
 
     def to_record(self) -> Passage:
-        return Passage.from_dict(
-            {
-                **{column.key: getattr(self, column.key) for column in self.__table__.columns},
-                "rule": self.rule_id,
-                "candidates": json.loads(self.candidates or "[]"),
-            }
-        )
+        return Passage.from_dict(self._record_dict())
+
+
+KEPT_TABLES: tuple[type[ReadRow] | type[PassageRow], ...] = (ReadRow, PassageRow)  # what retention deletes
+Kept = TypeVar("Kept", ReadRow, PassageRow)
 
 
 class WrittenBatchRow(Base):
@@ -339,19 +335,13 @@ class ReadStore:
         """
         cutoff = time.time() - BATCH_KEY_SECONDS
         return self._delete(
-            [(ReadRow, ReadRow.delete_after <= now), (PassageRow, PassageRow.delete_after <= now)],
-            WrittenBatchRow.written_at < cutoff,
+            [(table, table.delete_after <= now) for table in KEPT_TABLES], WrittenBatchRow.written_at < cutoff
         )
 
     def delete_plate(self, plate: str, rule_id: str) -> int:
         """Delete the reads and passages of `plate` kept under `rule_id` (e.g. FPS reads
         matched to a payment); the number of rows deleted, reads and passages together."""
-        return self._delete(
-            [
-                (ReadRow, (ReadRow.plate == plate) & (ReadRow.rule_id == rule_id)),
-                (PassageRow, (PassageRow.plate == plate) & (PassageRow.rule_id == rule_id)),
-            ]
-        )
+        return self._delete([(table, (table.plate == plate) & (table.rule_id == rule_id)) for table in KEPT_TABLES])
 
     def _delete(
         self,
@@ -373,36 +363,38 @@ class ReadStore:
         return deleted
 
     def count(self) -> int:
-        self._ensure_schema()
-        with Session(self._engine) as session:
-            return session.scalar(select(func.count()).select_from(ReadRow)) or 0
+        return self._count(ReadRow)
 
     def count_passages(self) -> int:
+        return self._count(PassageRow)
+
+    def _count(self, table: type[KeptRow]) -> int:
         self._ensure_schema()
         with Session(self._engine) as session:
-            return session.scalar(select(func.count()).select_from(PassageRow)) or 0
+            return session.scalar(select(func.count()).select_from(table)) or 0
 
     def reads(
         self, source: str | None = None, plate: str | None = None, purpose: str | None = None
     ) -> list[PolicedRead]:
-        self._ensure_schema()
-        query = select(ReadRow).order_by(ReadRow.id)
-        for column, value in ((ReadRow.source, source), (ReadRow.plate, plate), (ReadRow.purpose, purpose)):
-            if value is not None:
-                query = query.where(column == value)
+        query = self._select(ReadRow, source, plate, purpose)
         with Session(self._engine) as session:
             return [row.to_record() for row in session.scalars(query)]
 
     def passages(
         self, source: str | None = None, plate: str | None = None, purpose: str | None = None
     ) -> list[Passage]:
-        self._ensure_schema()
-        query = select(PassageRow).order_by(PassageRow.id)
-        for column, value in ((PassageRow.source, source), (PassageRow.plate, plate), (PassageRow.purpose, purpose)):
-            if value is not None:
-                query = query.where(column == value)
+        query = self._select(PassageRow, source, plate, purpose)
         with Session(self._engine) as session:
             return [row.to_record() for row in session.scalars(query)]
+
+    def _select(self, table: type[Kept], source: str | None, plate: str | None, purpose: str | None) -> Select[Kept]:
+        """The table's rows in the order stored, of the source, plate and purpose given."""
+        self._ensure_schema()
+        query = select(table).order_by(table.id)
+        for column, value in ((table.source, source), (table.plate, plate), (table.purpose, purpose)):
+            if value is not None:
+                query = query.where(column == value)
+        return query
 
     def policy_counts(self) -> list[tuple[CountKey, int]]:
         self._ensure_schema()
@@ -416,7 +408,7 @@ class ReadStore:
         self._engine.dispose()
 
 
-def _any_stored(session: Session, row: type[ReadRow] | type[PassageRow], keys: list[str]) -> bool:
+def _any_stored(session: Session, row: type[KeptRow], keys: list[str]) -> bool:
     return bool(keys) and session.scalar(select(row.id).where(row.key.in_(keys)).limit(1)) is not None
 
 

@@ -196,16 +196,19 @@ MIN_GROWTH = 1.05
 class PassageBuilder:
     """The reads of each (source, track) that one purpose kept, until the track ends."""
 
-    def __init__(self, regions: Sequence[str] = (), min_reads: int = MIN_READS) -> None:
+    def __init__(
+        self, regions: Sequence[str] = (), min_reads: int = MIN_READS, dropped: Counter[str] | None = None
+    ) -> None:
         self.regions = tuple(regions)
         self.min_reads = min_reads
         self.shortest = shortest_layout(self.regions)
-        self.dropped: Counter[str] = Counter()  # tracks not made passages, by reason
+        # Tracks not made passages, by reason (a counter the caller may share between builders).
+        self.dropped: Counter[str] = Counter() if dropped is None else dropped
         self._open: dict[tuple[str, int], list[PolicedRead]] = defaultdict(list)
 
     def add(self, reads: Iterable[PolicedRead]) -> None:
         for policed in reads:
-            if policed.read.track is not None and policed.read.track != UNTRACKED:
+            if policed.read.track is not None:  # None: untracked (a still image, a box of no track)
                 self._open[(policed.read.source, policed.read.track)].append(policed)
 
     def close(self, source: str, ends: Iterable[TrackEnd]) -> list[Passage]:

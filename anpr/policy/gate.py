@@ -100,7 +100,7 @@ class PolicyGate:
         self._next_purge = 0.0
         self.passage_outputs = list(passage_outputs)
         regions = policy.deployment.region
-        self._passages = {code: PassageBuilder(regions) for code in camera.purposes}
+        self._passages = {code: PassageBuilder(regions, dropped=self.tally.dropped_tracks) for code in camera.purposes}
         self._stores_passages = {
             code: any(self.sinks[name] is self.database for name in names) for code, names in self._sink_names.items()
         }
@@ -154,7 +154,6 @@ class PolicyGate:
             made += passages
             if self._stores_passages[purpose]:
                 stored += passages
-        self.tally.dropped_tracks = sum((b.dropped for b in self._passages.values()), Counter())
         if stored:
             self.database.write([], passages=stored)
         if made:
