@@ -25,8 +25,10 @@ from anpr.audit import AuditLog
 from anpr.config import DetectorSettings, RunSettings, Settings, StreamSettings
 from anpr.detect import MotionWindows, PlateDetector, SecondPass, make_detector
 from anpr.errors import ConfigError, PolicyRefusal, SourceError
+from anpr.keys import load_keys
 from anpr.ocr import PlateRecogniser, make_recogniser
 from anpr.pipeline import Lane, Pipeline, ReadSink, run_lanes
+from anpr.policy.binding import require_binding
 from anpr.policy.deployment import Camera, Deployment
 from anpr.policy.engine import Policy, PurposeDecision
 from anpr.policy.gate import DatabaseSink, GateTally, PassageSink, PolicyGate
@@ -248,14 +250,18 @@ class DeploymentRun:
         self.sources = open_sources(self.cameras, settings.stream)
         self.spool: SpooledStore | None = None
         try:
-            self.store = ReadStore(settings.store.url)
+            self.store = ReadStore(settings.store.url, load_keys(settings.store.key_file, create=True))
         except BaseException:
             for source in self.sources:
                 source.close()
             raise
         try:
             self.store.check()
-            self.audit = AuditLog(self.store.engine)
+            self.user = self.store.user()
+            self.audit = AuditLog(self.store.engine, self.store.keys, settings.store.audit_checkpoints)
+            # A database serves the deployment it was first run for; another is refused here,
+            # before any frame is read (policy/binding.py).
+            require_binding(self.store, self.audit, policy.deployment, self.user, bind_if_new=True)
             # The gate writes through the spool: if the database goes away mid-run, allowed
             # reads wait on disk (with their deadlines) and are sent when it is back.
             self.spool = SpooledStore(self.store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20)
@@ -284,6 +290,8 @@ class DeploymentRun:
             "pipeline",
             {
                 "deployment": self.policy.deployment.name,
+                "fingerprint": self.policy.deployment.fingerprint(),
+                "user": self.user,
                 "config": str(self.config),
                 "cameras": [c.camera.id for c in self.cameras],
                 "demo": self.demo,
@@ -332,6 +340,7 @@ class DeploymentRun:
                     },
                 },
             )
+            self.audit.checkpoint()  # the anchor outside the database (audit.py)
         except DatabaseUnavailable as exc:
             log.warning("the run's end is not in the audit log: %s", exc)
         return report

@@ -4,7 +4,8 @@ Each entry holds the hash of the entry before it, which makes the log a hash cha
 changing, removing or moving any entry breaks the chain at that entry, and `verify()`
 says which entry and how.
 
-The hash of an entry is the hex SHA-256 of this UTF-8 text (fields joined by "\\n")::
+The hash of an entry is the hex HMAC-SHA256, under the audit key of the deployment's key
+file (keys.py, kept outside the database), of this UTF-8 text (fields joined by "\\n")::
 
     prev_hash + "\\n" + str(seq) + "\\n" + format(at, ".6f") + "\\n" + actor + "\\n" + action + "\\n" + details
 
@@ -18,23 +19,27 @@ Canonical JSON never holds a raw newline, and `append` refuses an actor or actio
 does, so the text splits back into its fields one way only: no two different entries
 share it.
 
-Two layers protect the log:
+Three layers protect the log:
 
 1. Database triggers reject UPDATE and DELETE on audit_log (and TRUNCATE on
-   PostgreSQL), so neither a bug nor an ordinary client can change it.
+   PostgreSQL), so neither a bug nor an ordinary client can change it; `verify` reports
+   a trigger that is missing or disabled.
 2. Someone who can drop the triggers can change rows, but not without breaking the
-   chain, which `verify()` finds.
-
-What no chain can show on its own: the newest entries removed (truncation), or one
-entry rewritten together with every entry after it (all hashes recomputed). Both need
-an anchor kept outside the database, such as the last entry_hash written down elsewhere.
+   chain, which `verify()` finds: recomputing the hashes needs the key, which the
+   database does not hold.
+3. What no chain can show on its own, the newest entries removed (truncation) or the
+   whole table replaced by a fresh chain, is shown by checkpoints: (database, seq,
+   entry_hash) lines, authenticated with the key, appended to a file outside the
+   database (`store.audit_checkpoints`) at the end of every run and every
+   CHECKPOINT_EVERY entries. `verify --checkpoints FILE` checks the log against them.
 """
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import json
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,10 +53,17 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from anpr.errors import StoreError, first_line
+from anpr.keys import Keys
 from anpr.store import Base, database_url
 
 GENESIS = "0" * 64
 TABLE = "audit_log"
+CHECKPOINT_EVERY = 100  # entries between two checkpoints written by append itself
+# The triggers that keep the table append-only, by dialect (verify checks they are in place).
+TRIGGERS = {
+    "sqlite": ("audit_log_no_update", "audit_log_no_delete"),
+    "postgresql": ("audit_log_append_only", "audit_log_no_truncate"),
+}
 
 
 class AuditEntry(Base):
@@ -68,17 +80,16 @@ class AuditEntry(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
 
-    def computed_hash(self, seq: int | None = None) -> str:
+    def computed_hash(self, keys: Keys, seq: int | None = None) -> str:
         """The hash this entry's content should have (at `seq` instead of its own, if given)."""
         return chain_hash(
-            self.prev_hash, self.seq if seq is None else seq, self.at, self.actor, self.action, self.details
+            keys, self.prev_hash, self.seq if seq is None else seq, self.at, self.actor, self.action, self.details
         )
 
 
-def chain_hash(prev_hash: str, seq: int, at: float, actor: str, action: str, details: str) -> str:
+def chain_hash(keys: Keys, prev_hash: str, seq: int, at: float, actor: str, action: str, details: str) -> str:
     """The entry hash of the module docstring; `details` is the stored canonical JSON text."""
-    payload = "\n".join([prev_hash, str(seq), format(at, ".6f"), actor, action, details])
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return keys.audit_mac("\n".join([prev_hash, str(seq), format(at, ".6f"), actor, action, details]))
 
 
 def canonical_json(details: dict[str, Any]) -> str:
@@ -129,7 +140,13 @@ class AuditProblem:
           "deleted"   entries are missing before this one (a gap in seq, or the log
                       does not start at 1);
           "reordered" the entry is intact but at another seq than its place in the
-                      chain (its hash matches its content at the position its links give).
+                      chain (its hash matches its content at the position its links give);
+          "unprotected" an append-only trigger is missing or disabled (seq 0);
+          "truncated" a checkpoint names an entry the log no longer has;
+          "rewritten" the log's entry at a checkpoint's seq is not the one checkpointed
+                      (rewritten with the key, or a fresh chain started);
+          "checkpoint" the checkpoint file is unreadable, forged, or has no checkpoint of
+                      this database (seq 0 or the checkpoint's seq).
     """
 
     seq: int
@@ -138,10 +155,13 @@ class AuditProblem:
 
 
 class AuditLog:
-    """The audit log of one database."""
+    """The audit log of one database, authenticated with `keys` (keys.py), its checkpoints
+    appended to the file `checkpoints` (None: no checkpoints)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, keys: Keys, checkpoints: str | Path | None = None) -> None:
         self.engine = engine
+        self.keys = keys
+        self.checkpoints = Path(checkpoints) if checkpoints else None
         with _errors("cannot open database", engine):
             Base.metadata.create_all(engine, tables=[cast(Table, AuditEntry.__table__)])
 
@@ -158,7 +178,8 @@ class AuditLog:
 
         With `session`, the entry joins that caller's transaction (and that session's
         database), so a change and its audit entry commit or roll back together; the
-        session is flushed. Without it, the entry is committed in its own transaction.
+        session is flushed. Without it, the entry is committed in its own transaction,
+        and every CHECKPOINT_EVERY entries a checkpoint follows.
         """
         for name, value in (("actor", actor), ("action", action)):
             # A newline would let two different (actor, action) pairs hash alike; NUL
@@ -175,24 +196,90 @@ class AuditLog:
         at = round(at, 6)
         if session is not None:
             with _errors("cannot write the audit log to database", session.get_bind()):
-                return _append(session, action, actor, body, at)
+                return _append(session, self.keys, action, actor, body, at)
         with (
             _errors("cannot write the audit log to database", self.engine),
             Session(self.engine, expire_on_commit=False) as own,
             own.begin(),
         ):
-            return _append(own, action, actor, body, at)
+            entry = _append(own, self.keys, action, actor, body, at)
+        if entry.seq % CHECKPOINT_EVERY == 0:
+            self._write_checkpoint(entry)
+        return entry
 
     def entries(self) -> list[AuditEntry]:
         with _errors("cannot read the audit log from database", self.engine), Session(self.engine) as session:
             return list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
 
-    def verify(self) -> list[AuditProblem]:
-        """Every break in the chain, in seq order; [] for an intact log."""
-        return check_chain(self.entries())
+    def verify(self, checkpoints: str | Path | None = None) -> list[AuditProblem]:
+        """Every break in the chain, in seq order, then missing triggers and every
+        disagreement with the checkpoint file given; [] for an intact log."""
+        return _problems(self.engine, self.entries(), self.keys, checkpoints)
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Write a checkpoint of the newest entry to the checkpoint file (if there is one and any entry)."""
+        with _errors("cannot read the audit log from database", self.engine), Session(self.engine) as session:
+            last = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()
+        return self._write_checkpoint(last) if last is not None else None
+
+    def _write_checkpoint(self, entry: AuditEntry) -> Checkpoint | None:
+        if self.checkpoints is None:
+            return None
+        point = Checkpoint.of(self.keys, _safe(self.engine), entry.seq, entry.entry_hash)
+        try:
+            fd = os.open(self.checkpoints, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                os.write(fd, (json.dumps(point.to_dict()) + "\n").encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write audit checkpoint to {self.checkpoints}: {exc.strerror or exc} (store.audit_checkpoints)"
+            ) from None
+        return point
 
 
-def _append(session: Session, action: str, actor: str, body: str, at: float) -> AuditEntry:
+@dataclass(frozen=True)
+class Checkpoint:
+    """The newest entry of a database's audit log at one moment, authenticated with the key."""
+
+    database: str  # the database's URL, without its password
+    seq: int
+    entry_hash: str
+    at: float
+    mac: str
+
+    @classmethod
+    def of(cls, keys: Keys, database: str, seq: int, entry_hash: str) -> Checkpoint:
+        at = round(time.time(), 3)
+        return cls(database, seq, entry_hash, at, keys.audit_mac(cls._payload(database, seq, entry_hash, at)))
+
+    @staticmethod
+    def _payload(database: str, seq: int, entry_hash: str, at: float) -> str:
+        return "\n".join(["checkpoint", database, str(seq), entry_hash, format(at, ".3f")])
+
+    def authentic(self, keys: Keys) -> bool:
+        expected = keys.audit_mac(self._payload(self.database, self.seq, self.entry_hash, self.at))
+        return hmac.compare_digest(expected, self.mac)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "seq": self.seq,
+            "entry_hash": self.entry_hash,
+            "at": self.at,
+            "mac": self.mac,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
+        return cls(
+            str(data["database"]), int(data["seq"]), str(data["entry_hash"]), float(data["at"]), str(data["mac"])
+        )
+
+
+def _append(session: Session, keys: Keys, action: str, actor: str, body: str, at: float) -> AuditEntry:
     # Two appenders would both read the same last entry, and the second insert would fail
     # on the seq key. Taking the write lock before reading makes them take turns (it is
     # released at commit or rollback); readers go on.
@@ -214,7 +301,7 @@ def _append(session: Session, action: str, actor: str, body: str, at: float) -> 
         action=action,
         details=body,
         prev_hash=prev,
-        entry_hash=chain_hash(prev, seq, at, actor, action, body),
+        entry_hash=chain_hash(keys, prev, seq, at, actor, action, body),
     )
     session.add(entry)
     # Now, not at commit: a clash shows here, and a later append in this session sees it.
@@ -222,7 +309,7 @@ def _append(session: Session, action: str, actor: str, body: str, at: float) -> 
     return entry
 
 
-def check_chain(entries: Sequence[AuditEntry]) -> list[AuditProblem]:
+def check_chain(entries: Sequence[AuditEntry], keys: Keys) -> list[AuditProblem]:
     """The problems of a log given as its entries in seq order (see AuditProblem)."""
     by_hash: dict[str, AuditEntry] = {}
     for entry in entries:
@@ -238,11 +325,11 @@ def check_chain(entries: Sequence[AuditEntry]) -> list[AuditProblem]:
             missing = f"entry {expected_seq} is" if n == expected_seq + 1 else f"entries {expected_seq} to {n - 1} are"
             where = f"follows entry {pred.seq}" if pred else "is the first entry"
             problems.append(AuditProblem(n, "deleted", f"entry {n} {where}: {missing} missing"))
-        if not _intact(entry):
+        if not _intact(entry, keys):
             bad_content.add(n)
             place = positions.get(n)
             moved = place is not None and place != n and _on_grid(entry.at)
-            if moved and entry.computed_hash(place) == entry.entry_hash:
+            if moved and entry.computed_hash(keys, place) == entry.entry_hash:
                 # Its content is untouched except for the seq: it was moved here.
                 problems.append(
                     AuditProblem(n, "reordered", f"entry {n} is out of order: its content belongs at position {place}")
@@ -282,8 +369,8 @@ def check_chain(entries: Sequence[AuditEntry]) -> list[AuditProblem]:
     return problems
 
 
-def _intact(entry: AuditEntry) -> bool:
-    return _on_grid(entry.at) and entry.computed_hash() == entry.entry_hash
+def _intact(entry: AuditEntry, keys: Keys) -> bool:
+    return _on_grid(entry.at) and hmac.compare_digest(entry.computed_hash(keys), entry.entry_hash)
 
 
 def _on_grid(at: float) -> bool:
@@ -323,8 +410,85 @@ def _chain_positions(entries: Sequence[AuditEntry], by_hash: dict[str, AuditEntr
     return known
 
 
-def verify_database(url: str) -> list[AuditProblem]:
-    """Verify the audit log of a database given as a SQLAlchemy URL or a SQLite file path.
+def check_triggers(engine: Engine) -> list[AuditProblem]:
+    """A problem for each append-only trigger of the dialect that is missing or disabled."""
+    names = TRIGGERS.get(engine.dialect.name)
+    if names is None:
+        return []
+    with _errors("cannot read the triggers of database", engine), engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            query = text("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table")
+        else:
+            # tgenabled 'D': disabled (ALTER TABLE ... DISABLE TRIGGER); 'O', 'A', 'R': fires.
+            query = text(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND tgenabled <> 'D' "
+                "AND NOT tgisinternal"
+            )
+        active = {row[0] for row in conn.execute(query, {"table": TABLE})}
+    return [
+        AuditProblem(0, "unprotected", f"trigger {name} is missing or disabled: the log can be changed")
+        for name in names
+        if name not in active
+    ]
+
+
+def read_checkpoints(path: Path) -> list[Checkpoint]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise StoreError(f"cannot read checkpoint file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise StoreError(f"checkpoint file {path} is not UTF-8 text") from None
+    points = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            points.append(Checkpoint.from_dict(json.loads(line)))
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"checkpoint file {path}: line {number} is not a checkpoint") from None
+    return points
+
+
+def check_checkpoints(entries: Sequence[AuditEntry], keys: Keys, path: Path, database: str) -> list[AuditProblem]:
+    """The log (its entries) against the checkpoints of `database` in the file at `path`."""
+    points = read_checkpoints(path)
+    by_seq = {entry.seq: entry for entry in entries}
+    last = entries[-1].seq if entries else 0
+    problems = []
+    mine = [p for p in points if p.database == database]
+    if not mine:
+        return [AuditProblem(0, "checkpoint", f"{path} holds no checkpoint of database {database}")]
+    for point in mine:
+        if not point.authentic(keys):
+            problems.append(
+                AuditProblem(point.seq, "checkpoint", f"checkpoint of entry {point.seq} is forged (its MAC is wrong)")
+            )
+        elif point.seq not in by_seq:
+            problems.append(
+                AuditProblem(
+                    point.seq,
+                    "truncated",
+                    f"a checkpoint records entry {point.seq}, but the log "
+                    + (f"ends at entry {last}: entries were removed" if point.seq > last else "has no such entry"),
+                )
+            )
+        elif not hmac.compare_digest(by_seq[point.seq].entry_hash, point.entry_hash):
+            problems.append(
+                AuditProblem(
+                    point.seq,
+                    "rewritten",
+                    f"entry {point.seq} is not the entry checkpointed at "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(point.at))} UTC: the log was rewritten "
+                    f"or replaced by a fresh chain",
+                )
+            )
+    return problems
+
+
+def verify_database(url: str, keys: Keys, checkpoints: str | Path | None = None) -> list[AuditProblem]:
+    """Verify the audit log of a database given as a SQLAlchemy URL or a SQLite file path
+    (chain, triggers, and the checkpoint file if given).
 
     Read-only: it creates neither a file nor a table.
     """
@@ -341,12 +505,23 @@ def verify_database(url: str) -> list[AuditProblem]:
     try:
         with _errors("cannot open database", engine):
             if not inspect(engine).has_table(TABLE):
-                raise StoreError(f"database {_safe(engine)} has no audit log (table {TABLE})")
+                if checkpoints is None:
+                    raise StoreError(f"database {_safe(engine)} has no audit log (table {TABLE})")
+                return check_checkpoints([], keys, Path(checkpoints), _safe(engine))
             with Session(engine) as session:
                 entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
-        return check_chain(entries)
+        return _problems(engine, entries, keys, checkpoints)
     finally:
         engine.dispose()
+
+
+def _problems(
+    engine: Engine, entries: Sequence[AuditEntry], keys: Keys, checkpoints: str | Path | None
+) -> list[AuditProblem]:
+    problems = check_chain(entries, keys) + check_triggers(engine)
+    if checkpoints is not None:
+        problems += check_checkpoints(entries, keys, Path(checkpoints), _safe(engine))
+    return problems
 
 
 @contextmanager

@@ -79,6 +79,7 @@ def naive_phase(video: str, frames: int, device: str) -> dict[str, float]:
 def anpr_phase(video: str, config: str, overrides: str) -> dict[str, Any]:
     from anpr.assemble import CameraSource, build_lanes, load_models, require_deployment
     from anpr.config import load_settings
+    from anpr.keys import load_keys
     from anpr.policy.engine import Policy
     from anpr.source import open_source
     from anpr.store import ReadStore
@@ -86,7 +87,7 @@ def anpr_phase(video: str, config: str, overrides: str) -> dict[str, Any]:
     settings = load_settings(Path(config), json.loads(overrides))
     deployment = require_deployment(settings)
     with tempfile.TemporaryDirectory() as work:
-        store = ReadStore(str(Path(work) / "bench.sqlite"))
+        store = ReadStore(str(Path(work) / "bench.sqlite"), load_keys(Path(work) / "anpr.key", create=True))
         lanes = build_lanes(
             settings,
             Policy(deployment),

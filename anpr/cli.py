@@ -175,6 +175,13 @@ def run(
             help="Append JSON status lines (camera states, reconnects, every 10 s) to this file; '-' for stderr.",
         ),
     ] = None,
+    show_plates: Annotated[
+        bool | None,
+        typer.Option(
+            "--show-plates/--no-show-plates",
+            help="End with the table of plates read (default: only on a terminal; a service's journal gets counts).",
+        ),
+    ] = None,  # None: decided by whether stdout is a terminal
 ) -> None:
     """Read plates under a deployment's policy: SOURCE as one camera, or, without SOURCE,
     every camera of the config at once. Files are read to their end; streams until Ctrl-C
@@ -220,9 +227,11 @@ def run(
         progress.done()
         if status_log:
             status_log.event("run.end", cameras=lane_status(report.lanes), database=report.spool.as_json())
-        if passage_output and not jsonl:
+        # A service's stdout is kept by its journal, for longer than any purpose's retention.
+        plates_shown = sys.stdout.isatty() if show_plates is None else show_plates
+        if passage_output and not jsonl and plates_shown:
             print("\n".join(passage_output.lines()))
-        if not jsonl and not passages and tally.by_plate:
+        if not jsonl and not passages and tally.by_plate and plates_shown:
             print("\n".join(tally.lines()))
         _say(summary_lines(report.tally, report.lanes, report.store_url))
         _report_spool(report.spool, report.store_url)
@@ -463,6 +472,9 @@ def main() -> None:
     from typer._click import exceptions as click  # typer vendors Click; its errors are not exported
 
     _show_library_messages()
+    # Everything anpr writes (database, WAL, exports, logs, key, spool) is for its owner
+    # only, whatever umask the service was started with.
+    os.umask(0o077)
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

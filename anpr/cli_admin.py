@@ -96,9 +96,17 @@ def policy_explain(
 
 
 def _store(settings):
+    """The config's database, with its key file (which must exist: only a run makes one)."""
+    from anpr.keys import load_keys
     from anpr.store import ReadStore
 
-    return ReadStore(settings.store.url)
+    return ReadStore(settings.store.url, load_keys(settings.store.key_file))
+
+
+def _audit(settings, store):
+    from anpr.audit import AuditLog
+
+    return AuditLog(store.engine, store.keys, settings.store.audit_checkpoints)
 
 
 @db_app.command("purge")
@@ -108,21 +116,20 @@ def db_purge(
     now: Annotated[float | None, typer.Option("--now", help="Unix time to purge as of (default: now).")] = None,
 ) -> None:
     """Delete every read and passage whose retention deadline has passed."""
-    from anpr.audit import AuditLog
     from anpr.policy.queries import purge
 
     settings, _ = _deployment(config, db)
     store = _store(settings)
     try:
-        deleted = purge(store, AuditLog(store.engine), time.time() if now is None else now)
+        deleted = purge(store, _audit(settings, store), store.user(), time.time() if now is None else now)
         print(f"purged {deleted} read(s) and passage(s) past their deadline")
     finally:
         store.close()
 
 
-def _delete_fps(config: Path, db: str | None, plate: str, user: str, action: str) -> None:
-    from anpr.audit import AuditLog
+def _delete_fps(config: Path, db: str | None, plate: str, action: str) -> None:
     from anpr.errors import PolicyRefusal
+    from anpr.policy.binding import require_binding
     from anpr.policy.queries import delete_on_payment, payment_rules
 
     settings, policy = _deployment(config, db)
@@ -130,7 +137,9 @@ def _delete_fps(config: Path, db: str | None, plate: str, user: str, action: str
         raise PolicyRefusal(f"{config}: no allowed purpose of this deployment deletes reads on payment or finding")
     store = _store(settings)
     try:
-        deleted = delete_on_payment(store, policy, AuditLog(store.engine), plate, user, action)
+        audit, user = _audit(settings, store), store.user()
+        require_binding(store, audit, policy.deployment, user, bind_if_new=False)
+        deleted = delete_on_payment(store, policy, audit, plate, user, action)
         print(f"deleted {deleted} read(s) and passage(s)")
     finally:
         store.close()
@@ -141,28 +150,27 @@ def db_mark_paid(
     plate: Annotated[str, typer.Argument(help="Plate with a valid parking payment.")],
     config: ConfigOption,
     db: DbOption = None,
-    user: Annotated[str, typer.Option("--user", help="Who records the payment.")] = "payment-system",
 ) -> None:
-    """Parking check (FPS): delete the reads and passages of a plate matched to a valid payment."""
-    _delete_fps(config, db, plate, user, "mark-paid")
+    """Parking check (FPS): delete the reads and passages of a plate matched to a valid payment
+    (audited under the authenticated user: the database login, or the OS account for SQLite)."""
+    _delete_fps(config, db, plate, "mark-paid")
 
 
 @db_app.command("record-finding")
 def db_record_finding(
     plate: Annotated[str, typer.Argument(help="Plate whose unpaid parking an agent has recorded.")],
     config: ConfigOption,
-    user: Annotated[str, typer.Option("--user", help="The agent who recorded the finding.")],
     db: DbOption = None,
 ) -> None:
-    """Parking check (FPS): delete the reads and passages of an unpaid plate once an agent has recorded the finding."""
-    _delete_fps(config, db, plate, user, "record-finding")
+    """Parking check (FPS): delete the reads and passages of an unpaid plate once an agent has
+    recorded the finding (audited under the authenticated user)."""
+    _delete_fps(config, db, plate, "record-finding")
 
 
 @db_app.command("search")
 def db_search(
     plate: Annotated[str, typer.Argument(help="Plate to look up.")],
     purpose: Annotated[str, typer.Option("--purpose", help="The purpose the query serves.")],
-    user: Annotated[str, typer.Option("--user", help="Who asks (written to the audit log).")],
     config: ConfigOption,
     procedure: Annotated[str | None, typer.Option("--procedure", help="Criminal or customs procedure id.")] = None,
     db: DbOption = None,
@@ -171,10 +179,12 @@ def db_search(
         bool, typer.Option("--passages", help="Passages (a tracked plate's reads voted into one) instead of reads.")
     ] = False,
 ) -> None:
-    """Reads (or passages) of PLATE that PURPOSE may see; refused (exit 3) when the purpose or user may not query."""
-    from anpr.audit import AuditLog
+    """Reads (or passages) of PLATE that PURPOSE may see; refused (exit 3) when the purpose or
+    the user may not query. The user is the authenticated one: the database login, or the
+    operating-system account for a SQLite file; it must be one of the purpose's designated_agents."""
     from anpr.errors import ConfigError, PolicyRefusal
     from anpr.plates import normalise
+    from anpr.policy.binding import require_binding
     from anpr.policy.queries import search
     from anpr.records import Passage
 
@@ -183,7 +193,9 @@ def db_search(
     settings, policy = _deployment(config, db)
     store = _store(settings)
     try:
-        result = search(store, policy, AuditLog(store.engine), plate, purpose, user, procedure, passages)
+        audit, user = _audit(settings, store), store.user()
+        require_binding(store, audit, policy.deployment, user, bind_if_new=False)
+        result = search(store, policy, audit, plate, purpose, user, procedure, passages)
     finally:
         store.close()
     if not result.allowed:
@@ -209,20 +221,55 @@ def _utc(moment: float) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(moment))} UTC"
 
 
+@policy_app.command("migrate")
+def policy_migrate(
+    config: ConfigArgument,
+    db: DbOption = None,
+) -> None:
+    """Bind the database to this config's deployment, replacing the one it served (audited
+    with the authenticated user): needed before a changed deployment may run or query."""
+    from anpr.policy.binding import migrate
+
+    settings, policy = _deployment(config, db)
+    store = _store(settings)
+    try:
+        old, new = migrate(store, _audit(settings, store), policy.deployment, store.user())
+    finally:
+        store.close()
+    if old == new:
+        print(f"{store.safe_url} already serves this deployment ({new[:12]})")
+    else:
+        print(
+            f"{store.safe_url} now serves {policy.deployment.name or config} ({new[:12]}), was {(old or 'none')[:12]}"
+        )
+
+
 @audit_app.command("verify")
 def audit_verify(
     db: Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Take the database from this config.")] = None,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoints",
+            help="Check the log against this checkpoint file (default: store.audit_checkpoints, if it exists).",
+        ),
+    ] = None,
 ) -> None:
-    """Check the audit log's hash chain; names every edited, deleted or reordered entry (exit 1)."""
+    """Check the audit log: its authenticated chain, its append-only triggers and its
+    checkpoints; names every edited, deleted, reordered, truncated or rewritten entry (exit 1)."""
     from anpr.audit import verify_database
     from anpr.config import load_settings
+    from anpr.keys import load_keys
 
-    url = load_settings(config, {"store": {"url": db}}).store.url
-    problems = verify_database(url)
+    store = load_settings(config, {"store": {"url": db}}).store
+    if checkpoints is None and Path(store.audit_checkpoints).is_file():
+        checkpoints = Path(store.audit_checkpoints)
+    problems = verify_database(store.url, load_keys(store.key_file), checkpoints)
     for problem in problems:
         print(f"{problem.kind}: {problem.message}")
     if problems:
         print(f"audit log: {len(problems)} problem(s)", file=sys.stderr)
         raise typer.Exit(1)
-    print("audit log: chain intact", file=sys.stderr)
+    against = f", and agrees with the checkpoints in {checkpoints}" if checkpoints else " (no checkpoint file given)"
+    print(f"audit log: chain intact, triggers in place{against}", file=sys.stderr)

@@ -30,6 +30,8 @@ Run settings (all optional):
       url: anpr.sqlite       # SQLAlchemy URL, or a path to a SQLite file
       spool_dir: anpr-spool  # allowed reads wait here while the database is unreachable (one per concurrent run)
       spool_max_mb: 256      # spool size limit (1 or more): beyond it new batches are lost, with a warning
+      key_file: anpr.key     # the secret key (plate hashes, audit authentication), outside the database
+      audit_checkpoints: anpr-audit.checkpoints  # the audit log's checkpoints, appended at every run end
 
 A deployment (required by `anpr run`, see configs/ and README "Deployment config"):
 
@@ -175,6 +177,12 @@ class StoreSettings(_Section):
     # is tied to one database and locked by one run: concurrent runs need their own.
     spool_dir: str = Field("anpr-spool", min_length=1)
     spool_max_mb: Count = Field(256, ge=1, le=1_048_576)
+    # The deployment's secret key (keys.py), outside the database: keyed plate hashes and
+    # the audit log's authentication. Made by the first run; keep a copy elsewhere.
+    key_file: str = Field("anpr.key", min_length=1)
+    # Authenticated checkpoints of the audit log, appended at every run end (audit.py):
+    # keep this file where the database's administrators cannot rewrite it.
+    audit_checkpoints: str = Field("anpr-audit.checkpoints", min_length=1)
 
 
 class RunSettings(_Section):

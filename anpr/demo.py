@@ -17,6 +17,7 @@ from typing import Any
 from anpr.assemble import load_models, read_lane, require_deployment
 from anpr.config import Settings, load_settings
 from anpr.errors import AnprError
+from anpr.keys import load_keys
 from anpr.pipeline import run_lanes
 from anpr.policy.engine import Policy
 from anpr.policy.gate import PolicyGate
@@ -58,6 +59,7 @@ def gate_sample(configs: Path, sample: Path, workdir: Path) -> list[dict[str, An
     log.info("reading %s once for %d configs", sample, len(paths))
     reads_by_settings: dict[str, list[PlateRead]] = {}
     workdir.mkdir(parents=True, exist_ok=True)
+    keys = load_keys(workdir / "anpr.key", create=True)
     rows = []
     for path, settings, deployment in deployments:
         reading = json.dumps(settings.model_dump(include={"pipeline", "detector"}), sort_keys=True)
@@ -65,7 +67,7 @@ def gate_sample(configs: Path, sample: Path, workdir: Path) -> list[dict[str, An
             reads_by_settings[reading] = _reads_of(sample, settings)
         reads = reads_by_settings[reading]
         policy = Policy(deployment)
-        store = ReadStore(str(workdir / f"{path.stem}.sqlite"))
+        store = ReadStore(str(workdir / f"{path.stem}.sqlite"), keys)
         # Exports go to the work folder, never into the current directory.
         sinks = make_sinks(
             {name: spec.in_folder(workdir, f"{path.stem}-{name}") for name, spec in deployment.sinks.items()}, store

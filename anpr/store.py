@@ -17,6 +17,8 @@ with its plate's reads when those are deleted on payment (`delete_plate`).
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -52,6 +54,8 @@ from sqlalchemy.sql import Select
 
 from anpr.config import StoreSettings
 from anpr.errors import StoreError, first_line
+from anpr.keys import Keys
+from anpr.policy.rules import RULES_BY_ID
 from anpr.records import CountKey, Passage, PolicedRead, hour_bucket, new_key
 
 # A PostgreSQL server that does not answer fails a connection after this long, so an
@@ -89,24 +93,35 @@ class KeptRow:
     rule_id: Mapped[str] = mapped_column(String(32))
     delete_after: Mapped[float] = mapped_column(Float, index=True)  # Unix time
     hit: Mapped[bool] = mapped_column(Boolean, default=False)
-    plate: Mapped[str] = mapped_column(String(32), index=True)
+    # The plate in clear only where its rule shows it (rules.Rule.shows_plate), and never
+    # indexed: lookups go through plate_key, its keyed hash (keys.py), whose key the
+    # database does not hold.
+    plate: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    plate_key: Mapped[str] = mapped_column(String(64), index=True)
     candidates: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[text, probability], ...]
     country: Mapped[str | None] = mapped_column(String(32), nullable=True)
     format: Mapped[str | None] = mapped_column(String(16), nullable=True)
     stored_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
 
     @staticmethod
-    def _columns(record_dict: dict[str, Any]) -> dict[str, Any]:
-        """A record's `to_dict(exact=True)` as this table's columns."""
-        record_dict["candidates"] = json.dumps(record_dict["candidates"])
+    def _columns(record_dict: dict[str, Any], keys: Keys) -> dict[str, Any]:
+        """A record's `to_dict(exact=True)` as this table's columns: its plate's keyed hash
+        added, and every text of the plate dropped where its rule does not show it."""
+        record_dict["plate_key"] = keys.plate_digest(record_dict["plate"])
         record_dict["rule_id"] = record_dict.pop("rule")
+        rule = RULES_BY_ID.get(record_dict["rule_id"])
+        if rule is None or not rule.shows_plate:
+            record_dict.update(plate=None, candidates=[], **({"raw_text": ""} if "raw_text" in record_dict else {}))
+        record_dict["candidates"] = json.dumps(record_dict["candidates"])
         return record_dict
 
     def _record_dict(self) -> dict[str, Any]:
-        """This row as its record's dictionary form (for `from_dict`)."""
+        """This row as its record's dictionary form (for `from_dict`); a plate not kept in
+        clear reads as "#" and the start of its keyed hash."""
         columns = self.__table__.columns  # type: ignore[attr-defined]  # mapped subclasses have a table
         return {
             **{column.key: getattr(self, column.key) for column in columns},
+            "plate": self.plate if self.plate is not None else f"#{self.plate_key[:12]}",
             "rule": self.rule_id,
             "candidates": json.loads(self.candidates or "[]"),
         }
@@ -131,8 +146,8 @@ class ReadRow(KeptRow, Base):
     ocr_model: Mapped[str] = mapped_column(String(128))
 
     @classmethod
-    def from_record(cls, policed: PolicedRead) -> ReadRow:
-        columns = cls._columns(policed.to_dict(exact=True))
+    def from_record(cls, policed: PolicedRead, keys: Keys) -> ReadRow:
+        columns = cls._columns(policed.to_dict(exact=True), keys)
         columns["x1"], columns["y1"], columns["x2"], columns["y2"] = columns.pop("box")
         columns.pop("track")  # the passages table links a plate's reads; the reads table keeps its columns
         return cls(**columns)
@@ -155,8 +170,8 @@ class PassageRow(KeptRow, Base):
     reads: Mapped[int] = mapped_column(Integer)
 
     @classmethod
-    def from_record(cls, passage: Passage) -> PassageRow:
-        return cls(**cls._columns(passage.to_dict(exact=True)))
+    def from_record(cls, passage: Passage, keys: Keys) -> PassageRow:
+        return cls(**cls._columns(passage.to_dict(exact=True), keys))
 
     def to_record(self) -> Passage:
         return Passage.from_dict(self._record_dict())
@@ -192,6 +207,19 @@ class PolicyCountRow(Base):
     count: Mapped[int] = mapped_column(Integer)
 
 
+class DeploymentBindingRow(Base):
+    """The deployment a database serves: its fingerprint, bound at the first run and
+    changed only by `anpr policy migrate` (both audited). The newest row is the binding."""
+
+    __tablename__ = "deployment_bindings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(256))
+    bound_at: Mapped[float] = mapped_column(Float)
+    bound_by: Mapped[str] = mapped_column(String(128))
+
+
 def database_url(target: str | None) -> str:
     """A SQLAlchemy URL from `--db`: a URL as is, a plain path as a SQLite file."""
     target = target or StoreSettings().url
@@ -203,14 +231,18 @@ def database_url(target: str | None) -> str:
 class ReadStore:
     """The reads, passages and policy counters of one database."""
 
-    def __init__(self, target: str | None = None) -> None:
+    def __init__(self, target: str | None, keys: Keys) -> None:
         self.url = database_url(target)
+        self.keys = keys
         try:
             url = make_url(self.url)
-            if url.get_backend_name() == "sqlite" and url.database:
+            if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
                 parent = Path(url.database).parent
                 if not parent.is_dir():
                     raise StoreError(f"database folder does not exist: {parent}")
+                self._sqlite_file: Path | None = Path(url.database)
+            else:
+                self._sqlite_file = None
             connect_args = {}
             if (
                 url.get_backend_name() == "postgresql"
@@ -227,6 +259,8 @@ class ReadStore:
 
     def _ensure_schema(self) -> None:
         if not self._ready:
+            if self._sqlite_file is not None:
+                _create_private(self._sqlite_file)
             try:
                 Base.metadata.create_all(self._engine)
                 existing = inspect(self._engine)
@@ -283,8 +317,8 @@ class ReadStore:
                 if self._already_written(session, batch_key, reads, passages):
                     return False
                 session.add(WrittenBatchRow(key=batch_key, written_at=hour_bucket(time.time())))
-                session.add_all([ReadRow.from_record(r) for r in reads])
-                session.add_all([PassageRow.from_record(p) for p in passages])
+                session.add_all([ReadRow.from_record(r, self.keys) for r in reads])
+                session.add_all([PassageRow.from_record(p, self.keys) for p in passages])
                 for counter, number in (counts or {}).items():
                     row = session.scalars(
                         select(PolicyCountRow).where(
@@ -334,14 +368,43 @@ class ReadStore:
         Batch keys older than BATCH_KEY_SECONDS (wall clock, not `now`) go at the same time.
         """
         cutoff = time.time() - BATCH_KEY_SECONDS
-        return self._delete(
+        deleted = self._delete(
             [(table, table.delete_after <= now) for table in KEPT_TABLES], WrittenBatchRow.written_at < cutoff
         )
+        if deleted:
+            self._scrub()
+        return deleted
 
     def delete_plate(self, plate: str, rule_id: str) -> int:
         """Delete the reads and passages of `plate` kept under `rule_id` (e.g. FPS reads
         matched to a payment); the number of rows deleted, reads and passages together."""
-        return self._delete([(table, (table.plate == plate) & (table.rule_id == rule_id)) for table in KEPT_TABLES])
+        plate_key = self.keys.plate_digest(plate)
+        deleted = self._delete(
+            [(table, (table.plate_key == plate_key) & (table.rule_id == rule_id)) for table in KEPT_TABLES]
+        )
+        if deleted:
+            self._scrub()
+        return deleted
+
+    def _scrub(self) -> None:
+        """After a deletion, what makes the deleted rows unreadable in the database's files.
+
+        SQLite (secure_delete on) zeroes freed pages, but in WAL mode the old pages stay
+        in the -wal file until a checkpoint: one is forced. PostgreSQL keeps deleted rows
+        (and their index entries) as dead tuples until VACUUM, which is run on the kept
+        tables; what its write-ahead log still holds is said in the README (Retention)."""
+        try:
+            if self._engine.dialect.name == "sqlite":
+                with self._engine.connect() as conn:
+                    mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+                    if str(mode).lower() == "wal":
+                        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            elif self._engine.dialect.name == "postgresql":
+                with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    for table in KEPT_TABLES:
+                        conn.exec_driver_sql(f"VACUUM {table.__tablename__}")
+        except SQLAlchemyError as exc:
+            raise _error(exc)(f"cannot clean up deleted rows in {self.safe_url}: {first_line(exc)}") from None
 
     def _delete(
         self,
@@ -374,27 +437,61 @@ class ReadStore:
             return session.scalar(select(func.count()).select_from(table)) or 0
 
     def reads(
-        self, source: str | None = None, plate: str | None = None, purpose: str | None = None
+        self,
+        source: str | None = None,
+        plate: str | None = None,
+        purpose: str | None = None,
+        alive_at: float | None = None,
     ) -> list[PolicedRead]:
-        query = self._select(ReadRow, source, plate, purpose)
+        """The reads stored, in order, of the source, plate and purpose given; with
+        `alive_at`, only those whose deadline is after it (a query never sees an expired read)."""
+        query = self._select(ReadRow, source, plate, purpose, alive_at)
         with Session(self._engine) as session:
             return [row.to_record() for row in session.scalars(query)]
 
     def passages(
-        self, source: str | None = None, plate: str | None = None, purpose: str | None = None
+        self,
+        source: str | None = None,
+        plate: str | None = None,
+        purpose: str | None = None,
+        alive_at: float | None = None,
     ) -> list[Passage]:
-        query = self._select(PassageRow, source, plate, purpose)
+        """As `reads`, for passages."""
+        query = self._select(PassageRow, source, plate, purpose, alive_at)
         with Session(self._engine) as session:
             return [row.to_record() for row in session.scalars(query)]
 
-    def _select(self, table: type[Kept], source: str | None, plate: str | None, purpose: str | None) -> Select[Kept]:
-        """The table's rows in the order stored, of the source, plate and purpose given."""
+    def _select(
+        self, table: type[Kept], source: str | None, plate: str | None, purpose: str | None, alive_at: float | None
+    ) -> Select[Kept]:
         self._ensure_schema()
         query = select(table).order_by(table.id)
-        for column, value in ((table.source, source), (table.plate, plate), (table.purpose, purpose)):
+        plate_key = None if plate is None else self.keys.plate_digest(plate)
+        for column, value in ((table.source, source), (table.plate_key, plate_key), (table.purpose, purpose)):
             if value is not None:
                 query = query.where(column == value)
+        if alive_at is not None:
+            query = query.where(table.delete_after > alive_at)
         return query
+
+    def binding(self) -> DeploymentBindingRow | None:
+        """The deployment this database serves (None before its first run)."""
+        self._ensure_schema()
+        with Session(self._engine, expire_on_commit=False) as session:
+            return session.scalars(
+                select(DeploymentBindingRow).order_by(DeploymentBindingRow.id.desc()).limit(1)
+            ).first()
+
+    def user(self) -> str:
+        """Who is asking, as authenticated: the database login on a server, the operating
+        system account for a SQLite file (whose file permissions are its only access control)."""
+        if self._engine.dialect.name == "sqlite":
+            return pwd.getpwuid(os.geteuid()).pw_name
+        try:
+            with self._engine.connect() as conn:
+                return str(conn.exec_driver_sql("SELECT session_user").scalar())
+        except SQLAlchemyError as exc:
+            raise _error(exc)(f"cannot reach database {self.safe_url}: {first_line(exc)}") from None
 
     def policy_counts(self) -> list[tuple[CountKey, int]]:
         self._ensure_schema()
@@ -410,6 +507,17 @@ class ReadStore:
 
 def _any_stored(session: Session, row: type[KeptRow], keys: list[str]) -> bool:
     return bool(keys) and session.scalar(select(row.id).where(row.key.in_(keys)).limit(1)) is not None
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty SQLite file readable by its owner only (SQLite would follow the
+    umask); an existing file is left as it is."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create database {path}: {exc.strerror or exc}") from None
 
 
 def _sqlite_secure_delete(connection, _record) -> None:

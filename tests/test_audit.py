@@ -4,6 +4,7 @@ drops the append-only triggers first."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import json
 import threading
@@ -15,6 +16,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from support.keys import TEST_KEYS
 
 from anpr.audit import GENESIS, AuditLog, AuditProblem, canonical_json, chain_hash, verify_database
 from anpr.errors import StoreError
@@ -43,7 +45,7 @@ def sqlite_engine(tmp_path):
 
 
 def filled(engine: Engine, n: int = 5) -> AuditLog:
-    log = AuditLog(engine)
+    log = AuditLog(engine, TEST_KEYS)
     for i in range(n):
         log.append(f"action.{i + 1}", f"user{i + 1}", {"n": i + 1, "note": f"café {i + 1}"}, at=T0 + i + 0.25)
     return log
@@ -77,7 +79,8 @@ def set_columns(engine: Engine, seq: int, values: dict) -> None:
 
 
 def found(problems: list[AuditProblem]) -> list[tuple[int, str]]:
-    return [(p.seq, p.kind) for p in problems]
+    """The chain's problems (the tests that tamper drop the triggers first: that is reported apart)."""
+    return [(p.seq, p.kind) for p in problems if p.kind != "unprotected"]
 
 
 def test_chain_of_five(sqlite_engine):
@@ -90,18 +93,19 @@ def test_chain_of_five(sqlite_engine):
         assert after.prev_hash == before.entry_hash
     for entry in entries:
         assert entry.entry_hash == chain_hash(
-            entry.prev_hash, entry.seq, entry.at, entry.actor, entry.action, entry.details
+            TEST_KEYS, entry.prev_hash, entry.seq, entry.at, entry.actor, entry.action, entry.details
         )
         assert len(entry.entry_hash) == 64
     # The formula of the docstring, spelled out once by hand.
     first = entries[0]
     assert first.details == '{"n":1,"note":"café 1"}' == canonical_json({"note": "café 1", "n": 1})
-    expected = hashlib.sha256(f"{GENESIS}\n1\n1700000000.250000\nuser1\naction.1\n{first.details}".encode()).hexdigest()
+    payload = f"{GENESIS}\n1\n1700000000.250000\nuser1\naction.1\n{first.details}"
+    expected = hmac.new(TEST_KEYS.audit, payload.encode(), hashlib.sha256).hexdigest()
     assert first.entry_hash == expected
     assert log.verify() == []
     # A second handle on the same database goes on from the last entry.
-    assert AuditLog(sqlite_engine).append("query", "bob", {}).seq == 6
-    assert AuditLog(sqlite_engine).verify() == []
+    assert AuditLog(sqlite_engine, TEST_KEYS).append("query", "bob", {}).seq == 6
+    assert AuditLog(sqlite_engine, TEST_KEYS).verify() == []
 
 
 # A table of the caller's own, standing for the reads (whose columns are not this test's concern).
@@ -135,7 +139,7 @@ def test_append_commits_or_rolls_back_with_the_callers_transaction(sqlite_engine
 
 
 def test_append_refuses_ambiguous_fields(sqlite_engine):
-    log = AuditLog(sqlite_engine)
+    log = AuditLog(sqlite_engine, TEST_KEYS)
     with pytest.raises(ValueError, match="actor"):
         log.append("query", "alice\nbob", {})
     with pytest.raises(ValueError, match="action"):
@@ -164,7 +168,7 @@ def test_update_and_delete_are_refused(engine):
 
 
 def test_concurrent_appenders_take_turns(engine):
-    log = AuditLog(engine)
+    log = AuditLog(engine, TEST_KEYS)
     errors: list[BaseException] = []
 
     def work(worker: int) -> None:
@@ -193,7 +197,7 @@ def swap_contents(engine: Engine, a: int, b: int, columns=ALL_BUT_SEQ) -> None:
 def rewrite_with_recomputed_hash(engine: Engine, seq: int) -> None:
     old = row(engine, seq)
     details = canonical_json({"n": 0, "note": "nothing happened"})
-    new_hash = chain_hash(old["prev_hash"], seq, old["at"], old["actor"], old["action"], details)
+    new_hash = chain_hash(TEST_KEYS, old["prev_hash"], seq, old["at"], old["actor"], old["action"], details)
     set_columns(engine, seq, {"details": details, "entry_hash": new_hash})
 
 
@@ -244,8 +248,10 @@ def test_tampering_is_found_on_sqlite(sqlite_engine, tampering):
     tamper(sqlite_engine)
     problems = log.verify()
     assert found(problems) == expected
+    assert [p.kind for p in problems if p.seq == 0] == ["unprotected", "unprotected"]
     for problem in problems:
-        assert f"entry {problem.seq} " in problem.message and "\n" not in problem.message
+        assert "\n" not in problem.message
+        assert f"entry {problem.seq} " in problem.message or problem.kind == "unprotected"
 
 
 @pytest.mark.parametrize(
@@ -279,6 +285,8 @@ def test_messages(sqlite_engine):
     assert [p.message for p in log.verify()] == [
         "entry 5 follows entry 2: entries 3 to 4 are missing",
         "entry 7 was edited: its hash does not match its content",
+        "trigger audit_log_no_update is missing or disabled: the log can be changed",
+        "trigger audit_log_no_delete is missing or disabled: the log can be changed",
     ]
 
 
@@ -289,25 +297,27 @@ def test_verify_database(tmp_path):
     drop_triggers(engine)
     set_columns(engine, 2, {"actor": "mallory"})
     engine.dispose()
-    assert verify_database(str(path)) == [
-        AuditProblem(2, "edited", "entry 2 was edited: its hash does not match its content")
+    assert verify_database(str(path), TEST_KEYS) == [
+        AuditProblem(2, "edited", "entry 2 was edited: its hash does not match its content"),
+        AuditProblem(0, "unprotected", "trigger audit_log_no_update is missing or disabled: the log can be changed"),
+        AuditProblem(0, "unprotected", "trigger audit_log_no_delete is missing or disabled: the log can be changed"),
     ]
-    assert found(verify_database(f"sqlite:///{path}")) == [(2, "edited")]
+    assert found(verify_database(f"sqlite:///{path}", TEST_KEYS)) == [(2, "edited")]
 
     with pytest.raises(StoreError, match="database not found") as error:
-        verify_database(str(tmp_path / "missing.sqlite"))
+        verify_database(str(tmp_path / "missing.sqlite"), TEST_KEYS)
     assert not (tmp_path / "missing.sqlite").exists() and "\n" not in str(error.value)
     (tmp_path / "junk.sqlite").write_bytes(b"this is not a database at all, not even close" * 10)
     with pytest.raises(StoreError, match="cannot open database"):
-        verify_database(str(tmp_path / "junk.sqlite"))
+        verify_database(str(tmp_path / "junk.sqlite"), TEST_KEYS)
     no_log = tmp_path / "no-log.sqlite"
     create_engine(f"sqlite:///{no_log}").connect().close()
     with pytest.raises(StoreError, match="has no audit log"):
-        verify_database(str(no_log))
+        verify_database(str(no_log), TEST_KEYS)
     with pytest.raises(StoreError, match="invalid database URL"):
-        verify_database("nosuchdialect://x")
+        verify_database("nosuchdialect://x", TEST_KEYS)
     with pytest.raises(StoreError, match="cannot open database"):
-        verify_database("postgresql+psycopg://anpr@127.0.0.1:1/none")
+        verify_database("postgresql+psycopg://anpr@127.0.0.1:1/none", TEST_KEYS)
 
 
 # --- property: any single-field edit of any entry is found, and blamed on that entry ---
@@ -332,7 +342,7 @@ hex64 = st.text("0123456789abcdef", min_size=64, max_size=64)
 def test_any_single_edit_is_found(tmp_path_factory, entries, data):
     engine = create_engine(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'audit.sqlite'}")
     try:
-        log = AuditLog(engine)
+        log = AuditLog(engine, TEST_KEYS)
         for actor, action, details, at in entries:
             log.append(action, actor, details, at=at)
         assert log.verify() == []
@@ -359,7 +369,7 @@ def test_any_single_edit_is_found(tmp_path_factory, entries, data):
 
 
 def test_details_are_canonical_json(sqlite_engine):
-    log = AuditLog(sqlite_engine)
+    log = AuditLog(sqlite_engine, TEST_KEYS)
     entry = log.append("query", "alice", {"b": [1, 2.5, None], "a": "ü\n"})
     assert entry.details == '{"a":"ü\\n","b":[1,2.5,null]}'
     assert json.loads(entry.details) == {"a": "ü\n", "b": [1, 2.5, None]}

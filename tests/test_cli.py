@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 from conftest import PARKING_CONFIG
+from support.keys import TEST_KEYS
 
 from anpr.plates import same_plate
 
@@ -117,7 +118,7 @@ def test_run_into_postgresql(anpr_cli, postgres, small_dataset, tmp_path):
     result = anpr_cli("run", str(images), "--config", str(PARKING_CONFIG), "--db", url, "--jsonl")
     assert result.returncode == 0, result.stderr
     reported = [json.loads(line) for line in result.stdout.splitlines()]
-    store = ReadStore(url)
+    store = ReadStore(url, TEST_KEYS)
     stored = store.reads()
     store.close()
     assert len(stored) == len(reported) >= 4

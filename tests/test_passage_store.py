@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
+from support.keys import TEST_KEYS
 
 from anpr.audit import AuditLog
 from anpr.config import Settings, load_settings
@@ -96,7 +97,7 @@ def store(request, tmp_path) -> Iterator[ReadStore]:
         target = str(tmp_path / "reads.sqlite")
     else:
         target = request.getfixturevalue("server").new_database()
-    store = ReadStore(target)
+    store = ReadStore(target, TEST_KEYS)
     yield store
     store.close()
 
@@ -108,7 +109,7 @@ def outage(request, tmp_path):
     if request.param == "sqlite":
         volume = tmp_path / "volume"
         volume.mkdir()
-        store = ReadStore(str(volume / "reads.sqlite"))
+        store = ReadStore(str(volume / "reads.sqlite"), TEST_KEYS)
 
         @contextlib.contextmanager
         def down() -> Iterator[None]:
@@ -121,7 +122,7 @@ def outage(request, tmp_path):
 
     else:
         server = request.getfixturevalue("server")
-        store = ReadStore(server.new_database())
+        store = ReadStore(server.new_database(), TEST_KEYS)
 
         @contextlib.contextmanager
         def down() -> Iterator[None]:
@@ -201,14 +202,14 @@ def test_delete_plate_deletes_reads_and_passages_of_that_rule_only(store):
 
 
 def test_a_payment_deletes_the_plates_passages(tmp_path):
-    store = ReadStore(str(tmp_path / "fps.sqlite"))
+    store = ReadStore(str(tmp_path / "fps.sqlite"), TEST_KEYS)
     late = T0 + DAY
     store.write(
         [kept_read("AB123CD", 1, late)],
         passages=[passage("AB123CD", 1, late, camera="scan-car-07"), passage("XY987ZT", 2, late)],
     )
     policy = Policy(load_settings(PARIS).deployment)
-    audit = AuditLog(store.engine)
+    audit = AuditLog(store.engine, TEST_KEYS)
     assert delete_on_payment(store, policy, audit, "ab-123-cd", "payment-system", "mark-paid") == 2
     assert store.count() == 0 and [p.plate for p in store.passages()] == ["XY987ZT"]
     assert json.loads(audit.entries()[-1].details)["deleted"] == 2
@@ -217,7 +218,7 @@ def test_a_payment_deletes_the_plates_passages(tmp_path):
 
 def test_purged_passages_leave_no_trace_in_the_sqlite_file(tmp_path):
     path = tmp_path / "reads.sqlite"
-    store = ReadStore(str(path))
+    store = ReadStore(str(path), TEST_KEYS)
     store.write([], passages=[passage("QW12ERT", 1, T0), passage("ZX98CVB", 2, T0 + 1)])
     assert store.purge(T0 + 1) == 2
     store.close()
@@ -228,11 +229,11 @@ def test_purged_passages_leave_no_trace_in_the_sqlite_file(tmp_path):
 def test_a_database_without_the_passages_table_gets_one(tmp_path):
     path = tmp_path / "old.sqlite"
     read = kept_read("AB123CD", 1, T0 + DAY)
-    ReadStore(str(path)).write([read])
+    ReadStore(str(path), TEST_KEYS).write([read])
     with contextlib.closing(sqlite3.connect(path)) as connection:
         connection.execute("DROP TABLE passages")  # what anpr before passages left
         connection.commit()
-    store = ReadStore(str(path))
+    store = ReadStore(str(path), TEST_KEYS)
     assert store.reads() == [read] and store.passages() == []
     stored = passage("AB123CD", 1, T0 + DAY)
     assert store.write([], passages=[stored])
@@ -249,7 +250,7 @@ def test_a_database_with_missing_columns_is_still_refused(tmp_path, table, colum
         connection.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     engine.dispose()
     with pytest.raises(StoreError, match=rf"made by an older anpr \(no column {table}\.{column}\)") as refused:
-        ReadStore(str(path)).check()
+        ReadStore(str(path), TEST_KEYS).check()
     assert "\n" not in str(refused.value)
 
 
@@ -305,7 +306,7 @@ def test_expired_passages_are_dropped_from_the_spool(outage, tmp_path):
 
 def test_a_spool_file_without_passages_still_decodes(tmp_path):
     """A file the previous anpr spooled (format 2, no "passages", no "track") is sent as it was."""
-    store = ReadStore(str(tmp_path / "reads.sqlite"))
+    store = ReadStore(str(tmp_path / "reads.sqlite"), TEST_KEYS)
     read = PolicedRead(
         PlateRead("cam.mp4", 1, T0, "AB123CD", "ab123cd", 0.8, 0.9, 0.88, (1.0, 2.0, 3.0, 4.0), "d", "o"),
         "cam",
@@ -361,13 +362,13 @@ def lapi_policy(tmp_path: Path) -> Policy:
 
 
 def test_search_for_passages_is_gated_like_reads(tmp_path):
-    store = ReadStore(str(tmp_path / "lapi.sqlite"))
+    store = ReadStore(str(tmp_path / "lapi.sqlite"), TEST_KEYS)
     late = T0 + DAY
     hit, no_hit = passage("AB123CD", 1, late, LAPI, hit=True), passage("AB123CD", 2, late, LAPI)
     read = kept_read("AB123CD", 1, late, LAPI, hit=True)
     store.write([read], passages=[hit, no_hit, passage("XY987ZT", 3, late, LAPI)])
     policy = lapi_policy(tmp_path)
-    audit = AuditLog(store.engine)
+    audit = AuditLog(store.engine, TEST_KEYS)
 
     without_procedure = search(store, policy, audit, "ab-123-cd", "criminal_investigation", "agent-1", passages=True)
     assert without_procedure.allowed and without_procedure.rows == [hit] and without_procedure.withheld == 1
@@ -384,7 +385,12 @@ def test_search_for_passages_is_gated_like_reads(tmp_path):
     entries = audit.entries()
     assert [e.action for e in entries] == ["query", "query", "query", "query.refused", "query.refused"]
     details = [json.loads(e.details) for e in entries]
-    assert [d.get("passages") for d in details] == [True, True, None, True, True]
+    assert [d.get("passages") for d in details] == [True, True, False, True, None]
+    # The refusal of an agent is kept with the plate's keyed hash; the request of a denied
+    # purpose leaves nothing derived from the plate (nor the flag of what was asked).
+    assert details[3]["plate_key"] == TEST_KEYS.plate_digest("AB123CD")
+    assert details[4] == {"purpose": "law_enforcement_request", "reason": denied.reason}
+    assert "AB123CD" not in json.dumps(details)
     assert [d.get("rows") for d in details[:3]] == [1, 2, 1] and details[0]["withheld"] == 1
     assert audit.verify() == []
     store.close()
@@ -392,7 +398,7 @@ def test_search_for_passages_is_gated_like_reads(tmp_path):
 
 def test_cli_db_search_passages(anpr_cli, tmp_path):
     db = tmp_path / "fps.sqlite"
-    store = ReadStore(str(db))
+    store = ReadStore(str(db), TEST_KEYS)
     late = time.time() + DAY
     read = PolicedRead(kept_read("AB123CD", 1, late).read, "scan-car-07", "parking_fps", "FR-FPS", late, False)
     found = passage("AB123CD", 1, late, camera="scan-car-07")

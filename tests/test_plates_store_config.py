@@ -5,6 +5,7 @@ import sqlite3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.keys import TEST_KEYS
 
 from anpr.config import load_settings
 from anpr.errors import ConfigError, StoreError
@@ -74,7 +75,7 @@ def _round_trip(store: ReadStore) -> None:
 
 def test_sqlite_round_trip(tmp_path):
     path = tmp_path / "reads.sqlite"
-    store = ReadStore(str(path))
+    store = ReadStore(str(path), TEST_KEYS)
     assert not path.exists()  # nothing is created before the first write
     _round_trip(store)
     store.write([_read("AB123CD", 5)])
@@ -87,7 +88,7 @@ def test_sqlite_round_trip(tmp_path):
 
 def test_purged_reads_leave_no_trace_in_the_sqlite_file(tmp_path):
     path = tmp_path / "reads.sqlite"
-    store = ReadStore(str(path))
+    store = ReadStore(str(path), TEST_KEYS)
     store.write([_read("QW12ERT", 1), _read("ZX98CVB", 2)])
     assert store.purge(now=1700086402.0) == 2
     store.close()
@@ -96,17 +97,17 @@ def test_purged_reads_leave_no_trace_in_the_sqlite_file(tmp_path):
 
 
 def test_postgresql_round_trip(postgres):
-    store = ReadStore(postgres.new_database())
+    store = ReadStore(postgres.new_database(), TEST_KEYS)
     _round_trip(store)
     store.close()
 
 
 def test_store_errors_are_clear(tmp_path):
     with pytest.raises(StoreError, match="folder does not exist"):
-        ReadStore(str(tmp_path / "nowhere" / "x.sqlite"))
+        ReadStore(str(tmp_path / "nowhere" / "x.sqlite"), TEST_KEYS)
     with pytest.raises(StoreError, match="invalid database URL"):
-        ReadStore("nosuchdialect://x")
-    unreachable = ReadStore("postgresql+psycopg://anpr@127.0.0.1:1/none")
+        ReadStore("nosuchdialect://x", TEST_KEYS)
+    unreachable = ReadStore("postgresql+psycopg://anpr@127.0.0.1:1/none", TEST_KEYS)
     with pytest.raises(StoreError, match="cannot open database"):
         unreachable.check()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.keys import TEST_KEYS
 
 from anpr.audit import AuditLog
 from anpr.config import Settings, load_settings
@@ -185,7 +186,7 @@ def test_nothing_outside_the_allow_rows_is_ever_stored(
         settings_ = deployment(controller or "x", purpose, safeguards, retention)
     except Exception:  # an empty controller type is a schema error: nothing runs at all
         return
-    store = ReadStore(str(tmp_path_factory.mktemp("prop") / "db.sqlite"))
+    store = ReadStore(str(tmp_path_factory.mktemp("prop") / "db.sqlite"), TEST_KEYS)
     gate = gate_for(settings_, store)
     gate.write([read("AB123CD", 0), read("ZZ999ZZ", 1)])
     stored = store.count()
@@ -202,7 +203,7 @@ def test_nothing_outside_the_allow_rows_is_ever_stored(
 
 
 def test_denied_purpose_leaves_only_a_count(tmp_path):
-    store = ReadStore(str(tmp_path / "db.sqlite"))
+    store = ReadStore(str(tmp_path / "db.sqlite"), TEST_KEYS)
     settings_ = load_settings(CONFIGS / "mixed-camera.yaml").deployment
     settings_ = settings_.model_copy(
         update={
@@ -233,7 +234,7 @@ def test_denied_purpose_leaves_only_a_count(tmp_path):
 
 
 def test_retention_purge_with_a_controlled_clock(tmp_path):
-    store = ReadStore(str(tmp_path / "db.sqlite"))
+    store = ReadStore(str(tmp_path / "db.sqlite"), TEST_KEYS)
     hotlist = tmp_path / "hot.txt"
     hotlist.write_text("# flagged\nHIT123\n")
     lapi = deployment("gendarmerie", "criminal_investigation", {"designated_agents": ["a"]}, hotlist=hotlist)
@@ -252,7 +253,7 @@ def test_retention_purge_with_a_controlled_clock(tmp_path):
 
 
 def test_zfe_never_stores_compliant_vehicles(tmp_path):
-    store = ReadStore(str(tmp_path / "db.sqlite"))
+    store = ReadStore(str(tmp_path / "db.sqlite"), TEST_KEYS)
     compliant = tmp_path / "ok.txt"
     compliant.write_text("GREEN1\n")
     zfe = deployment(
@@ -266,7 +267,7 @@ def test_zfe_never_stores_compliant_vehicles(tmp_path):
 
 def test_statistics_keep_counts_and_no_plate(tmp_path):
     path = tmp_path / "db.sqlite"
-    store = ReadStore(str(path))
+    store = ReadStore(str(path), TEST_KEYS)
     gate_for(load_settings(CONFIGS / "traffic-stats.yaml").deployment, store).write(
         [read("AB123CD", 0), read("XY456ZT", 1)]
     )
@@ -278,13 +279,13 @@ def test_statistics_keep_counts_and_no_plate(tmp_path):
 
 
 def test_gated_queries_are_filtered_and_audited(tmp_path):
-    store = ReadStore(str(tmp_path / "db.sqlite"))
+    store = ReadStore(str(tmp_path / "db.sqlite"), TEST_KEYS)
     hotlist = tmp_path / "hot.txt"
     hotlist.write_text("HIT123\n")
     lapi = deployment("gendarmerie", "criminal_investigation", {"designated_agents": ["agent-1"]}, hotlist=hotlist)
     policy = Policy(lapi)
     gate_for(lapi, store).write([read("HIT123", 0), read("NOHIT1", 1), read("NOHIT1", 2)])
-    audit = AuditLog(store.engine)
+    audit = AuditLog(store.engine, TEST_KEYS)
 
     stranger = search(store, policy, audit, "NOHIT1", "criminal_investigation", "mayor")
     assert not stranger.allowed and "not a designated agent" in stranger.reason
@@ -320,7 +321,7 @@ class _Passages:
 
 
 def test_a_track_becomes_a_stored_passage_when_it_ends_and_goes_with_its_reads(tmp_path):
-    store = ReadStore(str(tmp_path / "db.sqlite"))
+    store = ReadStore(str(tmp_path / "db.sqlite"), TEST_KEYS)
     parking = deployment("municipality", "parking_fps", {"human_review": True, "signage": True}, retention=1)
     output = _Passages()
     gate = PolicyGate(
@@ -344,7 +345,7 @@ def test_a_track_becomes_a_stored_passage_when_it_ends_and_goes_with_its_reads(t
 
 
 def test_a_denied_purpose_makes_no_passage(tmp_path):
-    store = ReadStore(str(tmp_path / "db.sqlite"))
+    store = ReadStore(str(tmp_path / "db.sqlite"), TEST_KEYS)
     municipal_requests = deployment("municipality", "law_enforcement_request", FULL)
     output = _Passages()
     gate = PolicyGate(

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from support.keys import TEST_KEYS
 
 from anpr.config import load_settings
 from anpr.errors import StoreError
@@ -94,7 +95,7 @@ def spool_files(folder: Path) -> list[Path]:
 def test_postgresql_stopped_mid_run(server, tmp_path, caplog):
     """A writer keeps going through an outage; afterwards every allowed read
     is in the database exactly once, the counters are the sums, and the spool is empty."""
-    store = ReadStore(server.new_database())
+    store = ReadStore(server.new_database(), TEST_KEYS)
     store.check()
     caplog.set_level(logging.INFO, logger="anpr.spool")
     folder = tmp_path / "spool"
@@ -162,7 +163,7 @@ def test_postgresql_stopped_mid_run(server, tmp_path, caplog):
 
 
 def test_a_batch_whose_acknowledgement_was_lost_is_not_stored_twice(postgres, tmp_path):
-    store = ReadStore(postgres.new_database())
+    store = ReadStore(postgres.new_database(), TEST_KEYS)
     spool = SpooledStore(store, tmp_path / "spool", 1 << 20)
     reads = [kept("AB123CD", 1, time.time() + DAY), kept("XY987ZT", 2, time.time() + DAY)]
     lost = []
@@ -191,7 +192,7 @@ def test_a_batch_whose_acknowledgement_was_lost_is_not_stored_twice(postgres, tm
 
 
 def test_batch_keys(postgres):
-    store = ReadStore(postgres.new_database())
+    store = ReadStore(postgres.new_database(), TEST_KEYS)
     reads = [kept("AB123CD", 1, time.time() + DAY)]
     assert store.write(reads, {blocked(): 1}, key="a" * 32)
     assert not store.write(reads, {blocked(): 1}, key="a" * 32)  # the same batch again
@@ -212,7 +213,7 @@ def test_batch_keys(postgres):
 def test_a_batch_written_concurrently_by_another_run_is_skipped(postgres):
     """Two runs flushing the same batch: the second sees the first's uncommitted key only as
     a conflict at its own insert, and must then skip the batch rather than fail."""
-    store = ReadStore(postgres.new_database())
+    store = ReadStore(postgres.new_database(), TEST_KEYS)
     reads = [kept("AB123CD", 1, time.time() + DAY)]
     results = []
     with Session(store.engine) as other, other.begin():
@@ -229,7 +230,7 @@ def test_a_batch_written_concurrently_by_another_run_is_skipped(postgres):
 def test_a_full_spool_loses_batches_with_one_warning_and_no_exception(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="anpr.spool")
     folder = tmp_path / "spool"
-    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 4096)
+    spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 4096)
     for frame in range(10):
         spool.write(
             [kept(f"AB{frame:03d}CD", frame, time.time() + DAY), kept("XY987ZT", frame, time.time() + DAY)],
@@ -248,7 +249,7 @@ def test_a_full_spool_loses_batches_with_one_warning_and_no_exception(tmp_path, 
 
 def test_expired_reads_in_the_spool_are_never_written(server, tmp_path):
     now = [time.time()]
-    store = ReadStore(server.new_database())
+    store = ReadStore(server.new_database(), TEST_KEYS)
     store.check()
     folder = tmp_path / "spool"
     soon, later, late = now[0] + 10, now[0] + 30, now[0] + DAY
@@ -283,7 +284,7 @@ def test_a_denied_purpose_never_reaches_the_spool(server, tmp_path, monkeypatch)
     batches = [[plate_read(p, 2 * i), plate_read(p, 2 * i + 1)] for i, p in enumerate(plates)]
     mixed = load_settings(CONFIGS / "mixed-camera.yaml")  # parking_fps allowed, law_enforcement_request denied
     all_denied = load_settings(CONFIGS / "valenciennes-2020.yaml")  # what --demo runs
-    store = ReadStore(server.new_database())
+    store = ReadStore(server.new_database(), TEST_KEYS)
     store.check()
     spools = {}
     with stopped(server):
@@ -316,7 +317,7 @@ def test_a_denied_purpose_never_reaches_the_spool(server, tmp_path, monkeypatch)
 
 def test_backoff_while_the_database_is_down(tmp_path):
     clock = [0.0]
-    spool = SpooledStore(ReadStore(UNREACHABLE), tmp_path / "spool", 1 << 20, monotonic=lambda: clock[0])
+    spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), tmp_path / "spool", 1 << 20, monotonic=lambda: clock[0])
     read = kept("AB123CD", 1, time.time() + DAY)
     attempts = []
     for at in (0.0, 0.5, 1.0, 2.9, 3.0, 6.9, 7.0, 15.0, 31.0, 60.9, 61.0, 90.9, 91.0):
@@ -333,21 +334,21 @@ def test_backoff_while_the_database_is_down(tmp_path):
 
 def test_spool_folder_is_locked_and_tied_to_its_database(tmp_path):
     folder = tmp_path / "spool"
-    first = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    first = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20)
     first.write([kept("AB123CD", 1, time.time() + DAY)])
     with pytest.raises(StoreError, match="in use by another run"):
-        SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+        SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20)
     first.close()
-    again = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    again = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20)
     assert again.pending.batches == 1 and again.pending.reads == 1  # picked up
     again.close()
     with pytest.raises(StoreError, match=r"holds 1 batch.* for database .*none, not sqlite"):
-        SpooledStore(ReadStore(str(tmp_path / "other.sqlite")), folder, 1 << 20)
+        SpooledStore(ReadStore(str(tmp_path / "other.sqlite"), TEST_KEYS), folder, 1 << 20)
     assert len(spool_files(folder)) == 1  # left as it was
 
 
 def test_a_refused_batch_stays_an_error(postgres, tmp_path):
-    store = ReadStore(postgres.new_database())
+    store = ReadStore(postgres.new_database(), TEST_KEYS)
     spool = SpooledStore(store, tmp_path / "spool", 1 << 20)
     too_long = PolicedRead(plate_read("AB123CD", 1), "c" * 200, "parking_fps", "FR-FPS", time.time() + DAY, False)
     with pytest.raises(StoreError, match="cannot write to database") as raised:
@@ -359,7 +360,7 @@ def test_a_refused_batch_stays_an_error(postgres, tmp_path):
 
 def test_read_keys_round_trip_and_are_made_by_the_gate(tmp_path):
     settings = load_settings(CONFIGS / "paris-fps.yaml")
-    store = ReadStore(str(tmp_path / "reads.sqlite"))
+    store = ReadStore(str(tmp_path / "reads.sqlite"), TEST_KEYS)
     deployment = settings.deployment
     gate = PolicyGate(Policy(deployment), deployment.cameras[0], store, make_sinks(deployment.sinks, store))
     gate.write([plate_read("AB123CD", 1), plate_read("AB123CD", 2)])

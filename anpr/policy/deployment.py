@@ -7,10 +7,12 @@ question, and an unknown one is denied there (fail closed), not rejected here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from anpr.formats import REGIONS
 from anpr.registry import SINK_TYPES
@@ -60,14 +62,64 @@ class Camera(_Strict):
     purposes: list[str] = Field(min_length=1)
 
 
+# What people write while a reference is still to come: never a reference itself.
+PLACEHOLDERS = frozenset(
+    {
+        "todo",
+        "tbd",
+        "tba",
+        "fixme",
+        "xxx",
+        "n/a",
+        "na",
+        "none",
+        "null",
+        "nil",
+        "-",
+        "?",
+        "...",
+        "unknown",
+        "pending",
+        "placeholder",
+        "to do",
+        "to be defined",
+        "a definir",
+        "à définir",
+        "en cours",
+        "test",
+        "example",
+    }
+)
+
+
+def _real_reference(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+        if not value or value.lower().strip(" .:-_*?!") in PLACEHOLDERS or value.lower() in PLACEHOLDERS:
+            raise ValueError(f"{value!r} is a placeholder, not a reference")
+    return value
+
+
+Reference = Annotated[str, BeforeValidator(_real_reference)]
+
+
 class Safeguards(_Strict):
-    dpia_reference: str | None = None
-    prefect_authorisation: str | None = None
-    administrative_decision: str | None = None
+    """The safeguards a deployment declares; a reference must be a real one (not blank, not "TODO")."""
+
+    dpia_reference: Reference | None = None
+    prefect_authorisation: Reference | None = None
+    administrative_decision: Reference | None = None
     human_review: bool = False
     signage: bool = False
-    cnil_prior_consultation: str | None = None
-    designated_agents: list[str] = []
+    cnil_prior_consultation: Reference | None = None
+    designated_agents: list[Reference] = []
+
+    @field_validator("designated_agents")
+    @classmethod
+    def _distinct_agents(cls, agents: list[str]) -> list[str]:
+        if len(set(agents)) != len(agents):
+            raise ValueError("an agent is named twice")
+        return agents
 
     def present(self) -> frozenset[str]:
         """The names of the safeguards that are actually given."""
@@ -132,6 +184,15 @@ class Deployment(_Strict):
 
     def camera(self, camera_id: str) -> Camera | None:
         return next((c for c in self.cameras if c.id == camera_id), None)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what the policy sees (controller, cameras' purposes, purposes, sinks,
+        region), not of names, descriptions or where a camera's frames come from: a
+        database serves one fingerprint (policy/binding.py)."""
+        data = self.model_dump(mode="json", exclude={"name", "description"})
+        data["cameras"] = [{"id": c["id"], "purposes": c["purposes"]} for c in data["cameras"]]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 DEPLOYMENT_KEYS = tuple(Deployment.model_fields)  # at the top level of a config file

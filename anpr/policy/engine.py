@@ -121,6 +121,18 @@ def decide_purpose(deployment: Deployment, purpose: str) -> PurposeDecision:
     missing = tuple(sorted(rule.safeguards - declared.safeguards.present()))
     if missing:
         return _deny(purpose, rule, "missing required safeguard(s): " + ", ".join(missing), missing=missing)
+    forbidden = [
+        f"'{name}' ({deployment.sinks[name].type})"
+        for name in declared.sinks
+        if deployment.sinks[name].type not in rule.sink_types
+    ]
+    if forbidden:
+        return _deny(
+            purpose,
+            rule,
+            f"{rule.id} lets reads go only to {', '.join(sorted(rule.sink_types))}, not to sink(s) "
+            + ", ".join(forbidden),
+        )
 
     retention = rule.retention
     requested = declared.retention_days

@@ -2,14 +2,21 @@
 they see; what an operator may delete, and when.
 
 A query looks up either reads or passages (a tracked plate's reads voted into one
-plate, records.Passage); both are gated alike. Every query, answered or refused, is
-written to the audit log with the user, the purpose, the procedure and the number of
-rows returned. Deletions are audited with their counts only: keeping the plate there
-would undo the deletion.
+plate, records.Passage); both are gated alike. The user is the authenticated one
+(ReadStore.user: the database login, or the operating-system account for a SQLite
+file), and only a purpose's designated agents may query it: a purpose that names none
+has no one who may. Every query, answered or refused, is written to the audit log with
+the user, the purpose, the procedure and the number of rows returned; the plate asked
+for is recorded as its keyed hash (keys.py), and a query for a denied purpose records
+nothing derived from the plate at all: that list of requests is itself what the law
+forbids keeping. A query never sees a row past its deadline, even before the purge.
+Deletions are audited with their counts only: keeping the plate there would undo the
+deletion.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -35,7 +42,9 @@ def _refusal(policy: Policy, purpose: str, user: str) -> str | None:
     if not decision.stores_reads:
         return f"purpose '{purpose}' keeps no plates, only aggregate counts ({decision.rule.id})"
     agents = policy.deployment.purposes[purpose].safeguards.designated_agents
-    if agents and user not in agents:
+    if not agents:
+        return f"purpose '{purpose}' names no designated_agents: nobody may query its reads"
+    if user not in agents:
         return f"user '{user}' is not a designated agent for '{purpose}'"
     return None
 
@@ -49,23 +58,25 @@ def search(
     user: str,
     procedure: str | None = None,
     passages: bool = False,
+    now: float | None = None,
 ) -> QueryResult:
     """The reads of `plate` kept for `purpose` that `user` may see (its passages with
     `passages`), or a refusal; audited either way."""
     plate = normalise(plate)
     refusal = _refusal(policy, purpose, user)
-    details: dict[str, object] = {"plate": plate, "purpose": purpose, "procedure": procedure}
-    if passages:
-        details["passages"] = True
+    details: dict[str, object] = {"purpose": purpose}
+    if policy.purpose(purpose).allowed:  # of a denied purpose's request, only that it was made
+        details.update(plate_key=store.keys.plate_digest(plate), procedure=procedure, passages=passages)
     if refusal:
         audit.append("query.refused", user, {**details, "reason": refusal})
         return QueryResult(False, refusal, [])
     hits_only = policy.purpose(purpose).rule.retention.no_hit_query_needs_procedure and not procedure
+    now = time.time() if now is None else now
     rows: list[PolicedRead] | list[Passage]
     if passages:
-        rows, withheld = _visible(store.passages(plate=plate, purpose=purpose), hits_only)
+        rows, withheld = _visible(store.passages(plate=plate, purpose=purpose, alive_at=now), hits_only)
     else:
-        rows, withheld = _visible(store.reads(plate=plate, purpose=purpose), hits_only)
+        rows, withheld = _visible(store.reads(plate=plate, purpose=purpose, alive_at=now), hits_only)
     reason = "answered"
     if withheld:
         kind = "passage(s)" if passages else "read(s)"
@@ -83,10 +94,10 @@ def _visible(rows: list[Row], hits_only: bool) -> tuple[list[Row], int]:
     return visible, len(rows) - len(visible)
 
 
-def purge(store, audit, now: float) -> int:
+def purge(store, audit, user: str, now: float) -> int:
     """Delete every read and passage whose deadline has passed; the number of rows deleted."""
     deleted: int = store.purge(now)
-    audit.append("purge", "operator", {"deleted": deleted})
+    audit.append("purge", user, {"deleted": deleted})
     return deleted
 
 

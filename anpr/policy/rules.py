@@ -85,6 +85,13 @@ class Rule:
     verified: bool
     minimisation: Minimisation = Minimisation.NONE
     jurisdiction: str = "FR"
+    # The sink types its reads may go to: the database unless the rule names a recipient
+    # the law provides for (a third party gets nothing otherwise).
+    sink_types: frozenset[str] = frozenset({"database"})
+    # Whether the plate is kept in clear: only where a person must see it (an agent
+    # confirms a notice, an investigator reads a hit). Elsewhere only its keyed hash
+    # (keys.py) is stored, which still lets a plate be matched and looked up.
+    shows_plate: bool = True
 
     def matches(self, controller: str, purpose: str) -> bool:
         return (self.controllers == ANY or controller in self.controllers) and (
@@ -100,6 +107,11 @@ LAPI_RETENTION = Retention(
     summary="no hit: 15 days, queryable only for a named procedure; hit: 1 month (30 days) after the hit",
 )
 LAPI_SOURCE = "CSI L233-1, L233-2; arrêté of 18 May 2009; CNIL deliberation 2023-026"
+# The authority's own systems (its database, an export or a feed to its investigators).
+LAPI_SINKS = frozenset({"database", "jsonl_export", "webhook"})
+# Rules whose text sets no period still get a bound, so that no deployment keeps reads
+# indefinitely by asking for it: the project's choice, not the law's (labelled so).
+PROJECT_MAX_DAYS = 30.0
 
 RULES: tuple[Rule, ...] = (
     Rule(
@@ -111,6 +123,7 @@ RULES: tuple[Rule, ...] = (
         frozenset({"designated_agents"}),
         LAPI_SOURCE,
         verified=True,
+        sink_types=LAPI_SINKS,
     ),
     Rule(
         "FR-LAPI-2",
@@ -121,6 +134,7 @@ RULES: tuple[Rule, ...] = (
         frozenset({"designated_agents", "administrative_decision"}),
         "CSI L233-1 al. 2",
         verified=True,
+        sink_types=LAPI_SINKS,
     ),
     Rule(
         "FR-MUN-REQ",
@@ -150,10 +164,11 @@ RULES: tuple[Rule, ...] = (
         Verdict.ALLOW,
         Retention(
             days=None,
-            max_days=None,
+            max_days=PROJECT_MAX_DAYS,
             delete_on_payment=True,
             summary="deleted when matched to a valid payment; if unpaid, once an agent has recorded "
-            "the finding; never later than the deployment's retention_days",
+            "the finding; never later than the deployment's retention_days (at most 30 days: "
+            "a bound set by anpr, the rule gives none)",
         ),
         frozenset({"human_review", "signage"}),
         "CGCT L2333-87; CNIL recommendation of 14 Nov 2017 (detail from secondary reporting)",
@@ -194,16 +209,22 @@ RULES: tuple[Rule, ...] = (
         frozenset({"signage"}),
         "Swiss FDPIC guidance (analogy; not verified for France)",
         verified=False,
+        shows_plate=False,  # the barrier matches the allow-list by keyed hash; nobody reads the plate
     ),
     Rule(
         "FR-ANALYTICS",
         ANY,
         "city_wide_analytics",
         Verdict.ALLOW,
-        Retention(days=None, max_days=None, summary="set by the deployment"),
+        Retention(
+            days=None,
+            max_days=PROJECT_MAX_DAYS,
+            summary="set by the deployment, at most 30 days (a bound set by anpr, the rule gives none)",
+        ),
         frozenset({"dpia_reference", "cnil_prior_consultation"}),
         "GDPR art. 35(3)(c); loi Informatique et Libertés art. 87, 90; CNIL warning to Valenciennes, 12 May 2021",
         verified=True,
+        shows_plate=False,  # analytics need to tell vehicles apart, not to read them
     ),
     Rule(
         "FR-DEFAULT",

@@ -1,0 +1,95 @@
+"""The deployment's secret key, kept in a file outside the database (`store.key_file`).
+
+The database never holds this key, so whoever can read or rewrite the database alone
+can neither look a plate up by its keyed hash nor forge the audit log:
+
+    plate_digest   HMAC-SHA256 of a plate: the column reads and passages are searched
+                   by, and what the audit log records instead of the plate
+    audit_mac      authenticates each audit entry and each exported checkpoint
+
+Each use has its own subkey, derived from the file's key, so that a value made for one
+use never verifies as another. The file holds 32 random bytes in hex; it is created
+(mode 0600, never overwritten) by the first run that needs it. Losing it loses the
+ability to look plates up and to verify the audit log: keep a copy where the
+database's administrators cannot write (README "Keys").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from anpr.errors import ConfigError
+
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The subkeys of one key file."""
+
+    plate: bytes
+    audit: bytes
+    path: Path | None = None
+
+    @classmethod
+    def from_secret(cls, secret: bytes, path: Path | None = None) -> Keys:
+        return cls(_derive(secret, b"anpr plate digest v1"), _derive(secret, b"anpr audit mac v1"), path)
+
+    def plate_digest(self, plate: str) -> str:
+        """The keyed hash of a (normalised) plate, 64 hex digits."""
+        return hmac.new(self.plate, plate.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def audit_mac(self, payload: str) -> str:
+        return hmac.new(self.audit, payload.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _derive(secret: bytes, label: bytes) -> bytes:
+    return hmac.new(secret, label, hashlib.sha256).digest()
+
+
+def load_keys(path: str | os.PathLike[str], create: bool = False) -> Keys:
+    """The keys of the file at `path`; with `create`, a new file is made if there is none."""
+    path = Path(path).expanduser()
+    if create and not path.exists():
+        _create(path)
+    try:
+        if path.is_symlink():
+            raise ConfigError(f"key file {path} is a symbolic link: give the file itself (store.key_file)")
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"key file not found: {path} (store.key_file): it is made by the first `anpr run`, "
+            f"and without the one that run used, plates cannot be looked up nor the audit log verified"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if len(secret) != KEY_BYTES:
+        raise ConfigError(f"key file {path} does not hold a key ({KEY_BYTES * 2} hex digits)")
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"key file {path} can be read by other users: chmod 600 {path}")
+    return Keys.from_secret(secret, path)
+
+
+def _create(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot create key file {path}: folder does not exist")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        return  # another run made it first: use that one
+    except OSError as exc:
+        raise ConfigError(f"cannot create key file {path}: {exc.strerror or exc}") from None
+    try:
+        os.write(fd, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
