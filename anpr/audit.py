@@ -41,7 +41,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -486,9 +486,12 @@ def check_checkpoints(entries: Sequence[AuditEntry], keys: Keys, path: Path, dat
     return problems
 
 
-def verify_database(url: str, keys: Keys, checkpoints: str | Path | None = None) -> list[AuditProblem]:
+def verify_database(
+    url: str, keys: Keys | Callable[[], Keys], checkpoints: str | Path | None = None
+) -> list[AuditProblem]:
     """Verify the audit log of a database given as a SQLAlchemy URL or a SQLite file path
-    (chain, triggers, and the checkpoint file if given).
+    (chain, triggers, and the checkpoint file if given). `keys` may be what loads them,
+    called once the database is found to hold a log.
 
     Read-only: it creates neither a file nor a table.
     """
@@ -504,9 +507,11 @@ def verify_database(url: str, keys: Keys, checkpoints: str | Path | None = None)
         raise StoreError(f"invalid database URL {url!r}: {first_line(exc)}") from None
     try:
         with _errors("cannot open database", engine):
-            if not inspect(engine).has_table(TABLE):
-                if checkpoints is None:
-                    raise StoreError(f"database {_safe(engine)} has no audit log (table {TABLE})")
+            has_log = inspect(engine).has_table(TABLE)
+            if not has_log and checkpoints is None:
+                raise StoreError(f"database {_safe(engine)} has no audit log (table {TABLE})")
+            keys = keys if isinstance(keys, Keys) else keys()
+            if not has_log and checkpoints is not None:  # a dropped log: its checkpoints say what was there
                 return check_checkpoints([], keys, Path(checkpoints), _safe(engine))
             with Session(engine) as session:
                 entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))

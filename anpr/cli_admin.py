@@ -100,7 +100,9 @@ def _store(settings):
     from anpr.keys import load_keys
     from anpr.store import ReadStore
 
-    return ReadStore(settings.store.url, load_keys(settings.store.key_file))
+    store = ReadStore(settings.store.url, lambda: load_keys(settings.store.key_file))
+    store.check(create=False)
+    return store
 
 
 def _audit(settings, store):
@@ -129,7 +131,6 @@ def db_purge(
 
 def _delete_fps(config: Path, db: str | None, plate: str, action: str) -> None:
     from anpr.errors import PolicyRefusal
-    from anpr.policy.binding import require_binding
     from anpr.policy.queries import delete_on_payment, payment_rules
 
     settings, policy = _deployment(config, db)
@@ -137,9 +138,7 @@ def _delete_fps(config: Path, db: str | None, plate: str, action: str) -> None:
         raise PolicyRefusal(f"{config}: no allowed purpose of this deployment deletes reads on payment or finding")
     store = _store(settings)
     try:
-        audit, user = _audit(settings, store), store.user()
-        require_binding(store, audit, policy.deployment, user, bind_if_new=False)
-        deleted = delete_on_payment(store, policy, audit, plate, user, action)
+        deleted = delete_on_payment(store, policy, _audit(settings, store), plate, store.user(), action)
         print(f"deleted {deleted} read(s) and passage(s)")
     finally:
         store.close()
@@ -184,7 +183,6 @@ def db_search(
     operating-system account for a SQLite file; it must be one of the purpose's designated_agents."""
     from anpr.errors import ConfigError, PolicyRefusal
     from anpr.plates import normalise
-    from anpr.policy.binding import require_binding
     from anpr.policy.queries import search
     from anpr.records import Passage
 
@@ -193,9 +191,7 @@ def db_search(
     settings, policy = _deployment(config, db)
     store = _store(settings)
     try:
-        audit, user = _audit(settings, store), store.user()
-        require_binding(store, audit, policy.deployment, user, bind_if_new=False)
-        result = search(store, policy, audit, plate, purpose, user, procedure, passages)
+        result = search(store, policy, _audit(settings, store), plate, purpose, store.user(), procedure, passages)
     finally:
         store.close()
     if not result.allowed:
@@ -265,7 +261,7 @@ def audit_verify(
     store = load_settings(config, {"store": {"url": db}}).store
     if checkpoints is None and Path(store.audit_checkpoints).is_file():
         checkpoints = Path(store.audit_checkpoints)
-    problems = verify_database(store.url, load_keys(store.key_file), checkpoints)
+    problems = verify_database(store.url, lambda: load_keys(store.key_file), checkpoints)
     for problem in problems:
         print(f"{problem.kind}: {problem.message}")
     if problems:

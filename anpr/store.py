@@ -20,7 +20,7 @@ import json
 import os
 import pwd
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -231,9 +231,11 @@ def database_url(target: str | None) -> str:
 class ReadStore:
     """The reads, passages and policy counters of one database."""
 
-    def __init__(self, target: str | None, keys: Keys) -> None:
+    def __init__(self, target: str | None, keys: Keys | Callable[[], Keys]) -> None:
+        """`keys`: the deployment's keys, or what loads them when first needed (so that a
+        database that cannot be opened is reported before a missing key file)."""
         self.url = database_url(target)
-        self.keys = keys
+        self._keys = keys
         try:
             url = make_url(self.url)
             if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
@@ -281,11 +283,21 @@ class ReadStore:
             self._ready = True
 
     @property
+    def keys(self) -> Keys:
+        if not isinstance(self._keys, Keys):
+            self._keys = self._keys()
+        return self._keys
+
+    @property
     def safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
 
-    def check(self) -> None:
-        """Connect and create the schema now: a bad URL fails before any frame is read."""
+    def check(self, create: bool = True) -> None:
+        """Connect and create the schema now: a bad URL fails before any frame is read.
+        Without `create`, a SQLite file that does not exist is an error (a query or a
+        purge of a mistyped path must not leave an empty database behind)."""
+        if not create and self._sqlite_file is not None and not self._sqlite_file.is_file():
+            raise StoreError(f"database not found: {self._sqlite_file}")
         self._ensure_schema()
 
     @property

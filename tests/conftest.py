@@ -121,13 +121,18 @@ def postgres():
 
 
 @pytest.fixture
-def anpr_cli():
-    """The installed `anpr` command, run in a subprocess as a user would."""
+def anpr_cli(tmp_path_factory):
+    """The installed `anpr` command, run in a subprocess as a user would; by default in a
+    working folder of the test's own, where the files a run makes by default (key file,
+    audit checkpoints, spool) go."""
     import subprocess
 
     exe = shutil.which("anpr") or str(Path(sys.executable).parent / "anpr")
+    workdir = tmp_path_factory.mktemp("cwd")
 
     def run(*args: str, cwd: Path | None = None, timeout: float = 300):
-        return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+        return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd or workdir, timeout=timeout)
+
+    run.cwd = workdir  # type: ignore[attr-defined]
 
     return run

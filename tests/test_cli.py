@@ -20,7 +20,7 @@ def test_run_stores_reads_of_every_passage(anpr_cli, clip_h264, tmp_path):
     # Every frame detected and read (video's defaults skip frames and settled plates).
     config = tmp_path / "every-frame.yaml"
     config.write_text(PARKING_CONFIG.read_text() + "pipeline:\n  stride: 1\n  settle_reads: 0\n")
-    result = anpr_cli("run", str(clip_h264), "--config", str(config), "--db", str(db), "--batch", "6")
+    result = anpr_cli("run", str(clip_h264), "--config", str(config), "--db", str(db), "--batch", "6", "--show-plates")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = (

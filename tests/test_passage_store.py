@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pwd
 import sqlite3
 import sys
 import time
@@ -11,18 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
-from support.keys import TEST_KEYS
+from support.keys import TEST_KEYS, write_key_file
 
 from anpr.audit import AuditLog
 from anpr.config import Settings, load_settings
 from anpr.errors import StoreError
+from anpr.policy.binding import require_binding
 from anpr.policy.engine import Policy
 from anpr.policy.queries import delete_on_payment, search
 from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead
 from anpr.spool import Pending, SpooledStore
 from anpr.store import Base, ReadStore, WrittenBatchRow
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
 
 REPO = Path(__file__).resolve().parent.parent
 PARIS = REPO / "configs" / "paris-fps.yaml"
@@ -210,6 +216,7 @@ def test_a_payment_deletes_the_plates_passages(tmp_path):
     )
     policy = Policy(load_settings(PARIS).deployment)
     audit = AuditLog(store.engine, TEST_KEYS)
+    require_binding(store, audit, policy.deployment, "operator", bind_if_new=True)
     assert delete_on_payment(store, policy, audit, "ab-123-cd", "payment-system", "mark-paid") == 2
     assert store.count() == 0 and [p.plate for p in store.passages()] == ["XY987ZT"]
     assert json.loads(audit.entries()[-1].details)["deleted"] == 2
@@ -369,20 +376,25 @@ def test_search_for_passages_is_gated_like_reads(tmp_path):
     store.write([read], passages=[hit, no_hit, passage("XY987ZT", 3, late, LAPI)])
     policy = lapi_policy(tmp_path)
     audit = AuditLog(store.engine, TEST_KEYS)
+    require_binding(store, audit, policy.deployment, "operator", bind_if_new=True)
 
-    without_procedure = search(store, policy, audit, "ab-123-cd", "criminal_investigation", "agent-1", passages=True)
+    without_procedure = search(
+        store, policy, audit, "ab-123-cd", "criminal_investigation", "agent-1", passages=True, now=T0
+    )
     assert without_procedure.allowed and without_procedure.rows == [hit] and without_procedure.withheld == 1
     assert "1 no-hit passage(s) withheld" in without_procedure.reason
-    procedure = search(store, policy, audit, "AB123CD", "criminal_investigation", "agent-1", "PV-1", passages=True)
+    procedure = search(
+        store, policy, audit, "AB123CD", "criminal_investigation", "agent-1", "PV-1", passages=True, now=T0
+    )
     assert procedure.rows == [hit, no_hit] and procedure.withheld == 0
-    reads = search(store, policy, audit, "AB123CD", "criminal_investigation", "agent-1", "PV-1")
+    reads = search(store, policy, audit, "AB123CD", "criminal_investigation", "agent-1", "PV-1", now=T0)
     assert reads.rows == [read]  # without the flag: reads, as before
-    stranger = search(store, policy, audit, "AB123CD", "criminal_investigation", "mayor", passages=True)
+    stranger = search(store, policy, audit, "AB123CD", "criminal_investigation", "mayor", passages=True, now=T0)
     assert not stranger.allowed and stranger.rows == [] and "not a designated agent" in stranger.reason
-    denied = search(store, policy, audit, "AB123CD", "law_enforcement_request", "agent-1", passages=True)
+    denied = search(store, policy, audit, "AB123CD", "law_enforcement_request", "agent-1", passages=True, now=T0)
     assert not denied.allowed and denied.rows == [] and "denied" in denied.reason
 
-    entries = audit.entries()
+    entries = audit.entries()[1:]  # after the binding
     assert [e.action for e in entries] == ["query", "query", "query", "query.refused", "query.refused"]
     details = [json.loads(e.details) for e in entries]
     assert [d.get("passages") for d in details] == [True, True, False, True, None]
@@ -403,9 +415,16 @@ def test_cli_db_search_passages(anpr_cli, tmp_path):
     read = PolicedRead(kept_read("AB123CD", 1, late).read, "scan-car-07", "parking_fps", "FR-FPS", late, False)
     found = passage("AB123CD", 1, late, camera="scan-car-07")
     store.write([read], passages=[found, passage("XY987ZT", 2, late, camera="scan-car-07")])
+    # The database serves a deployment naming this test's OS account as its agent; the
+    # CLI finds its key where a run would have made it (its working folder).
+    deployment = yaml.safe_load(PARIS.read_text())
+    deployment["purposes"]["parking_fps"]["safeguards"]["designated_agents"] = [ME]
+    config = tmp_path / "paris-agents.yaml"
+    config.write_text(yaml.safe_dump(deployment))
+    require_binding(store, AuditLog(store.engine, TEST_KEYS), load_settings(config).deployment, ME, bind_if_new=True)
     store.close()
-    query = ["db", "search", "ab-123-cd", "--purpose", "parking_fps", "--user", "agent-7", "--config", str(PARIS)]
-    query += ["--db", str(db)]
+    write_key_file(anpr_cli.cwd)
+    query = ["db", "search", "ab-123-cd", "--purpose", "parking_fps", "--config", str(config), "--db", str(db)]
 
     text = anpr_cli(*query, "--passages")
     assert text.returncode == 0, text.stderr
@@ -426,4 +445,4 @@ def test_cli_db_search_passages(anpr_cli, tmp_path):
     assert refused.returncode == 3 and "query refused" in refused.stderr and refused.stdout == ""
     with contextlib.closing(sqlite3.connect(db)) as connection:
         details = [json.loads(d) for (d,) in connection.execute("select details from audit_log order by seq")]
-    assert [d.get("passages") for d in details] == [True, True, None, True]
+    assert [d.get("passages") for d in details[1:]] == [True, True, False, None]  # after the binding

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pwd
 import sqlite3
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 SAMPLE = REPO / "samples" / "sample.mp4"
 VALENCIENNES = CONFIGS / "valenciennes-2020.yaml"
 PARIS = CONFIGS / "paris-fps.yaml"
+ME = pwd.getpwuid(os.geteuid()).pw_name
 
 
 def test_policy_check_valenciennes_is_non_compliant_and_cites_the_law(anpr_cli):
@@ -57,25 +61,47 @@ def test_run_without_a_deployment_is_refused(anpr_cli, tmp_path):
     assert result.returncode == 3 and "no deployment declared" in result.stderr
 
 
+def agents_config(folder: Path) -> Path:
+    """The Paris FPS config with the test's own OS account as its one designated agent
+    (the user a query is made as: the authenticated one, never a flag)."""
+    data = yaml.safe_load(PARIS.read_text())
+    data["purposes"]["parking_fps"]["safeguards"]["designated_agents"] = [ME]
+    path = folder / "paris-agents.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 @pytest.fixture(scope="module")
 def ocr_plates(tmp_path_factory):
-    """Every plate text (and raw OCR text) the pipeline produces on the sample, from an allowed run."""
+    """Every plate text (and raw OCR text) the pipeline produces on the sample, from an
+    allowed run: its database, key file and config in one folder (see `copied`)."""
     import shutil
     import subprocess
     import sys
 
     exe = shutil.which("anpr") or str(Path(sys.executable).parent / "anpr")
     folder = tmp_path_factory.mktemp("paris")
+    config = agents_config(folder)
     result = subprocess.run(
-        [exe, "run", str(SAMPLE), "--config", str(PARIS), "--db", str(folder / "p.sqlite"), "--jsonl"],
+        [exe, "run", str(SAMPLE), "--config", str(config), "--db", str(folder / "p.sqlite"), "--jsonl"],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=folder,
     )
     assert result.returncode == 0, result.stderr
     reads = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(reads) >= 20  # video's defaults: every third frame, settled plates read no more
-    return folder / "p.sqlite", {r["plate"] for r in reads} | {r["raw_text"] for r in reads}
+    return folder, {r["plate"] for r in reads} | {r["raw_text"] for r in reads}
+
+
+def copied(run_folder: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The run's database, key file and config copied into `tmp_path` (the CLI's working
+    folder there): the database and the config to give it."""
+    for name in ("p.sqlite", "anpr.key", "paris-agents.yaml"):
+        (tmp_path / name).write_bytes((run_folder / name).read_bytes())
+    (tmp_path / "anpr.key").chmod(0o600)
+    return tmp_path / "p.sqlite", tmp_path / "paris-agents.yaml"
 
 
 def test_valenciennes_demo_run_stores_nothing_derived_from_any_read(anpr_cli, tmp_path, ocr_plates):
@@ -98,7 +124,7 @@ def test_valenciennes_demo_run_stores_nothing_derived_from_any_read(anpr_cli, tm
     ).fetchall()
     assert (purpose, rule, outcome) == ("law_enforcement_request", "FR-MUN-REQ", "blocked") and count >= 20
     assert f"anpr: law_enforcement_request: {count} reads blocked (FR-MUN-REQ); only the count is kept" in result.stderr
-    assert anpr_cli("audit", "verify", "--db", str(db)).returncode == 0
+    assert anpr_cli("audit", "verify", "--db", str(db), cwd=tmp_path).returncode == 0
 
 
 # LEGAL.md's verdict and rule for each shipped config's purposes.
@@ -139,9 +165,7 @@ def test_demo_table_agrees_with_the_rule_table(anpr_cli, tmp_path):
 
 
 def test_fps_reads_are_deleted_on_payment_and_on_recorded_finding(anpr_cli, tmp_path, ocr_plates):
-    source_db, _ = ocr_plates
-    db = tmp_path / "p.sqlite"
-    db.write_bytes(source_db.read_bytes())
+    db, config = copied(ocr_plates[0], tmp_path)
     plates = [p for (p,) in sqlite3.connect(db).execute("select distinct plate from reads order by plate")]
     paid, unpaid = plates[0], plates[1]
     connection = sqlite3.connect(db)
@@ -149,23 +173,24 @@ def test_fps_reads_are_deleted_on_payment_and_on_recorded_finding(anpr_cli, tmp_
     for plate, number in connection.execute("select plate, count(*) from passages group by plate").fetchall():
         before[plate] = before.get(plate, 0) + number  # a plate's passages go with its reads
     connection.close()
-    result = anpr_cli("db", "mark-paid", paid, "--config", str(PARIS), "--db", str(db))
+    result = anpr_cli("db", "mark-paid", paid, "--config", str(config), "--db", str(db), cwd=tmp_path)
     assert result.returncode == 0 and f"deleted {before[paid]} read(s)" in result.stdout
-    result = anpr_cli("db", "record-finding", unpaid, "--config", str(PARIS), "--db", str(db), "--user", "agent-7")
+    result = anpr_cli("db", "record-finding", unpaid, "--config", str(config), "--db", str(db), cwd=tmp_path)
     assert result.returncode == 0 and f"deleted {before[unpaid]} read(s)" in result.stdout
     remaining = {p for (p,) in sqlite3.connect(db).execute("select distinct plate from reads")}
     assert paid not in remaining and unpaid not in remaining and remaining
     actions = sqlite3.connect(db).execute("select action, actor, details from audit_log order by seq").fetchall()
-    assert [a for a, _, _ in actions][-2:] == ["mark-paid", "record-finding"]
+    assert [(a, actor) for a, actor, _ in actions][-2:] == [("mark-paid", ME), ("record-finding", ME)]
     assert all(paid not in details and unpaid not in details for _, _, details in actions[-2:])
-    result = anpr_cli("db", "mark-paid", paid, "--config", str(VALENCIENNES), "--db", str(db))
+    result = anpr_cli("db", "mark-paid", paid, "--config", str(VALENCIENNES), "--db", str(db), cwd=tmp_path)
     assert result.returncode == 3
+    # Another deployment's config (here: the shipped one, which names no agent) is refused.
+    result = anpr_cli("db", "mark-paid", plates[2], "--config", str(PARIS), "--db", str(db), cwd=tmp_path)
+    assert result.returncode == 3 and "anpr policy migrate" in result.stderr
 
 
 def test_queries_are_gated_and_tampering_with_the_audit_log_is_found(anpr_cli, tmp_path, ocr_plates):
-    source_db, _ = ocr_plates
-    db = tmp_path / "p.sqlite"
-    db.write_bytes(source_db.read_bytes())
+    db, config = copied(ocr_plates[0], tmp_path)
     [(plate,)] = sqlite3.connect(db).execute("select plate from reads limit 1").fetchall()
     answered = anpr_cli(
         "db",
@@ -173,13 +198,12 @@ def test_queries_are_gated_and_tampering_with_the_audit_log_is_found(anpr_cli, t
         plate,
         "--purpose",
         "parking_fps",
-        "--user",
-        "agent-7",
         "--config",
-        str(PARIS),
+        str(config),
         "--db",
         str(db),
         "--json",
+        cwd=tmp_path,
     )
     assert answered.returncode == 0
     assert {json.loads(line)["plate"] for line in answered.stdout.splitlines()} == {plate}
@@ -189,18 +213,17 @@ def test_queries_are_gated_and_tampering_with_the_audit_log_is_found(anpr_cli, t
         plate,
         "--purpose",
         "law_enforcement_request",
-        "--user",
-        "officer",
         "--config",
-        str(PARIS),
+        str(config),
         "--db",
         str(db),
+        cwd=tmp_path,
     )
     assert refused.returncode == 3 and "query refused" in refused.stderr and refused.stdout == ""
     connection = sqlite3.connect(db)
     actions = [a for (a,) in connection.execute("select action from audit_log order by seq")]
     assert actions[-2:] == ["query", "query.refused"]
-    assert anpr_cli("audit", "verify", "--db", str(db)).returncode == 0
+    assert anpr_cli("audit", "verify", "--db", str(db), cwd=tmp_path).returncode == 0
 
     # Someone with write access to the database drops the guard and rewrites history.
     connection.execute("drop trigger if exists audit_log_no_update")
@@ -210,5 +233,5 @@ def test_queries_are_gated_and_tampering_with_the_audit_log_is_found(anpr_cli, t
     last = connection.execute("select max(seq) from audit_log").fetchone()[0]
     connection.execute("update audit_log set actor = 'nobody' where seq = ?", (last,))
     connection.commit()
-    result = anpr_cli("audit", "verify", "--db", str(db))
+    result = anpr_cli("audit", "verify", "--db", str(db), cwd=tmp_path)
     assert result.returncode == 1 and f"entry {last}" in result.stdout and "edited" in result.stdout

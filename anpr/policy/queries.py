@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from anpr.plates import normalise
+from anpr.policy.binding import require_binding
 from anpr.policy.engine import Policy
 from anpr.records import Passage, PolicedRead
 
@@ -70,6 +71,7 @@ def search(
     if refusal:
         audit.append("query.refused", user, {**details, "reason": refusal})
         return QueryResult(False, refusal, [])
+    require_binding(store, audit, policy.deployment, user, bind_if_new=False)
     hits_only = policy.purpose(purpose).rule.retention.no_hit_query_needs_procedure and not procedure
     now = time.time() if now is None else now
     rows: list[PolicedRead] | list[Passage]
@@ -110,6 +112,7 @@ def delete_on_payment(store, policy: Policy, audit, plate: str, user: str, actio
     """Parking check (FPS): delete a plate's reads and passages once matched to a payment
     (`mark-paid`) or once an agent has recorded the finding (`record-finding`); the number
     of rows deleted."""
+    require_binding(store, audit, policy.deployment, user, bind_if_new=False)
     rules = payment_rules(policy)
     deleted = sum(store.delete_plate(normalise(plate), rule) for rule in rules)
     audit.append(action, user, {"rules": rules, "deleted": deleted})
