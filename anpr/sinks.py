@@ -96,7 +96,7 @@ class WebhookSettings(SinkSettings):
     allow_http_hosts: tuple[str, ...] = ()
     url: str = Field(min_length=1)  # where each batch is POSTed as JSON
     auth_env: str | None = None  # the environment variable whose value is sent as the Authorization header
-    queue_dir: str | None = None  # where undelivered batches wait; default anpr-webhook-NAME
+    queue_dir: str | None = Field(None, min_length=1)  # where undelivered batches wait; default anpr-webhook-NAME
     queue_max_mb: StrictInt = Field(256, ge=1, le=1_048_576)
     ca_file: Path | None = None  # PEM certificates to trust instead of the system's (a private CA)
 

@@ -107,6 +107,7 @@ def _config(tmp_path: Path, hook: str) -> Path:
         ("{type: webhook, url: 'https://h.example/a b'}", "must not contain spaces"),
         ("{type: webhook, url: 'https://h.example/in', auth_env: 'TOKEN; rm'}", "key 'sinks.hook.auth_env'"),
         ("{type: webhook, url: 'https://h.example/in', queue_max_mb: 0}", "key 'sinks.hook.queue_max_mb'"),
+        ("{type: webhook, url: 'https://h.example/in', queue_dir: ''}", "key 'sinks.hook.queue_dir'"),
     ],
 )
 def test_a_webhook_url_must_be_https_or_an_allowed_http_host(tmp_path, hook, error):
