@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
 
@@ -32,7 +32,8 @@ from anpr.policy.binding import require_binding
 from anpr.policy.deployment import Camera, Deployment
 from anpr.policy.engine import Policy, PurposeDecision
 from anpr.policy.gate import DatabaseSink, GateTally, PassageSink, PolicyGate
-from anpr.sinks import PolicedSink, make_sinks
+from anpr.redact import redact
+from anpr.sinks import PolicedSink, close_sinks, make_sinks
 from anpr.source import FrameReader, FrameSource, ImageSource, Reconnect, SourceState, open_source
 from anpr.spool import SpooledStore
 from anpr.store import DatabaseUnavailable, ReadStore
@@ -69,7 +70,12 @@ class CameraSource:
     """A camera of the deployment and where its frames come from in this run."""
 
     camera: Camera
-    location: str
+    location: str  # as given, credentials and all: for opening the source only
+
+    @property
+    def shown(self) -> str:
+        """The location with its credentials hidden, for messages and logs."""
+        return redact(self.location)
 
 
 def require_deployment(settings: Settings) -> Deployment:
@@ -180,6 +186,7 @@ class Lanes:
 
     lanes: list[Lane]
     gates: list[PolicyGate]
+    sinks: Mapping[str, PolicedSink] = field(default_factory=dict)  # the deployment's, shared by the gates
 
     def tally(self) -> GateTally:
         return GateTally.combined([gate.tally for gate in self.gates])
@@ -206,7 +213,7 @@ def build_lanes(
         gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs, passage_outputs=passage_outputs)
         gates.append(gate)
         lanes.append(read_lane(camera.camera.id, source, settings, models, [gate], policy.deployment.region))
-    return Lanes(lanes, gates)
+    return Lanes(lanes, gates, sinks)
 
 
 # --- a whole run ---------------------------------------------------------------------------
@@ -302,7 +309,7 @@ class DeploymentRun:
             },
         )
         for camera in self.cameras:
-            log.info("reading %s as camera %s", camera.location, camera.camera.id)
+            log.info("reading %s as camera %s", camera.shown, camera.camera.id)
         pipeline = self.settings.pipeline
         log.info(
             "ocr %s, batch %d, device %s, into %s",
@@ -346,10 +353,14 @@ class DeploymentRun:
         return report
 
     def close(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
-        self.store.close()
+        try:
+            if hasattr(self, "lanes"):  # sinks first: a webhook's last delivery attempt is part of the run
+                close_sinks(self.lanes.sinks.values(), self.spool)
+        finally:
+            if self.spool is not None:
+                self.spool.close()
+                self.spool = None
+            self.store.close()
 
     def __enter__(self) -> DeploymentRun:
         return self

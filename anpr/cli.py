@@ -221,7 +221,7 @@ def run(
         progress = ProgressLine(deployment_run.frame_count, status_log)
         stop = _install_stop_handler()
         if status_log:
-            status_log.event("run.start", cameras={c.camera.id: c.location for c in cameras})
+            status_log.event("run.start", cameras={c.camera.id: c.shown for c in cameras})
             status_log.database = deployment_run.spool
         report = deployment_run.run(stop, progress)
         progress.done()
@@ -236,7 +236,7 @@ def run(
         _say(summary_lines(report.tally, report.lanes, report.store_url))
         _report_spool(report.spool, report.store_url)
         if not report.frames_received:
-            raise SourceError("no frame could be decoded from " + ", ".join(c.location for c in cameras))
+            raise SourceError("no frame could be decoded from " + ", ".join(c.shown for c in cameras))
 
 
 def _report_spool(spool: Any, store_url: str) -> None:

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Mapping
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -58,6 +59,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from anpr.errors import ConfigError
 from anpr.policy.deployment import DEPLOYMENT_KEYS, Count, Deployment, Number
+from anpr.redact import redact
 from anpr.registry import DETECTORS, RECOGNISERS, SINK_TYPES
 
 
@@ -248,6 +250,21 @@ def _location(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return loc
 
 
+def _without_secrets(value: Any, depth: int = 0) -> Any:
+    """The quoted value with every URL's credentials hidden (a source or webhook URL
+    echoed back must not print its password), as far down as `_SHORT` shows it: a copy
+    of a few items per level, so a huge or aliased structure costs nothing."""
+    if isinstance(value, str):
+        return redact(value)
+    if depth > _SHORT.maxlevel:
+        return value
+    if isinstance(value, dict):
+        return {k: _without_secrets(v, depth + 1) for k, v in islice(value.items(), _SHORT.maxdict + 1)}
+    if isinstance(value, list | tuple):
+        return type(value)(_without_secrets(v, depth + 1) for v in islice(value, _SHORT.maxlist + 1))
+    return value
+
+
 def _describe(error: Mapping[str, Any]) -> str:
     loc = _location(tuple(error["loc"]))
     error = {**error, "loc": loc}
@@ -259,7 +276,7 @@ def _describe(error: Mapping[str, Any]) -> str:
         return f"unknown key '{key}'"
     if error["type"] == "missing":
         return f"missing key '{key}'"
-    return f"key '{key}': {message} (got {_SHORT.repr(error.get('input'))})"
+    return f"key '{key}': {message} (got {_SHORT.repr(_without_secrets(error.get('input')))})"
 
 
 def _validate(data: dict[str, Any], origin: str) -> Settings:
@@ -281,6 +298,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             for key in ("hotlist", "compliant_plates"):
                 if isinstance(purpose.get(key), str):
                     purpose[key] = str(base / purpose[key])
+    sinks = data.get("sinks")
+    for sink in sinks.values() if isinstance(sinks, dict) else ():
+        if isinstance(sink, dict) and isinstance(sink.get("ca_file"), str):  # a webhook's CA certificates
+            sink["ca_file"] = str(base / sink["ca_file"])
     return data
 
 

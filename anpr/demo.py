@@ -22,7 +22,7 @@ from anpr.pipeline import run_lanes
 from anpr.policy.engine import Policy
 from anpr.policy.gate import PolicyGate
 from anpr.records import Outcome, PlateRead
-from anpr.sinks import make_sinks
+from anpr.sinks import close_sinks, make_sinks
 from anpr.source import open_source
 from anpr.store import ReadStore
 from anpr.track import TrackEnd
@@ -93,5 +93,6 @@ def gate_sample(configs: Path, sample: Path, workdir: Path) -> list[dict[str, An
                         }
                     )
         finally:
+            close_sinks(sinks.values(), store)
             store.close()
     return rows

@@ -10,6 +10,7 @@ for the CLI to print.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -106,6 +107,13 @@ def lane_status(lanes: Sequence[Lane]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _open_private(path: Path) -> IO[str]:
+    """`path` opened for appending, created 0600: the log names cameras, their sources and
+    their errors. (A link is followed: /dev/stdout is a fine place for it.)"""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 class StatusLog:
     """JSON lines for monitoring (`--log-json`): run start and end, every change of a camera's
     state, and every camera's status at least every STATUS_EVERY_SECONDS."""
@@ -114,7 +122,7 @@ class StatusLog:
 
     def __init__(self, path: Path) -> None:
         try:
-            self._out = sys.stderr if str(path) == "-" else path.open("a", encoding="utf-8")
+            self._out = sys.stderr if str(path) == "-" else _open_private(path)
         except OSError as exc:
             raise ConfigError(f"cannot write the JSON log {path}: {exc.strerror or exc}") from None
         self._logged: dict[str, int] = {}  # camera -> state changes already written

@@ -4,29 +4,59 @@ A sink receives only the reads the policy gate let through for a purpose that na
 Each sink type is one class with its settings model, registered in `SINK_TYPES` by the
 decorator above it: the config accepts exactly the registered types, each with its own
 keys. A file sink is created on its first write, so a purpose that never gets a read
-leaves no file.
+leaves no file. A sink may have a `close()`: the run calls it once, at its end.
+
+What leaves the machine or stays on disk is guarded here: a webhook posts over https
+(plain http only to hosts listed for it), authenticates with a header taken from the
+environment, never follows a redirect, and keeps the batches it cannot deliver in a
+private on-disk queue (anpr/outbox.py) instead of stopping the run; an export file is
+created 0600. Retention reaches both: `purge_export` and `expire_webhook_queue` remove
+what is past its deadline.
 """
 
 from __future__ import annotations
 
+import fcntl
+import http.client
 import json
+import logging
+import math
+import os
+import re
+import ssl
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
-from anpr.errors import StoreError
+from anpr.errors import AnprError, ConfigError, StoreError
+from anpr.outbox import BatchQueue, QueueInUse, shred, temp_name, write_all, write_private
 from anpr.records import PolicedRead
+from anpr.redact import redact, redact_text
 from anpr.registry import SINK_TYPES
 
 WEBHOOK_TIMEOUT_SECONDS = 5.0
+INITIAL_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 30.0
+# Once the endpoint answers again, each write sends queued batches for about this long (at
+# least one), so a long outage's queue drains over the next writes instead of holding up
+# one; close() gives it longer, once.
+FLUSH_BUDGET_SECONDS = 0.5
+CLOSE_BUDGET_SECONDS = 10.0
+WEBHOOK_QUEUE_PREFIX = "anpr-webhook-"
+
+log = logging.getLogger(__name__)
 
 
 class PolicedSink(Protocol):
-    """Receives the reads a purpose keeps, one batch at a time (what it returns is not used)."""
+    """Receives the reads a purpose keeps, one batch at a time (what it returns is not used).
+    A sink may also have `close()`, called once when the run ends (`close_sinks`)."""
 
     def write(self, reads: Sequence[PolicedRead]) -> object: ...
 
@@ -39,6 +69,10 @@ class SinkSettings(BaseModel):
 
     def in_folder(self, folder: Path, stem: str) -> SinkSettings:
         """The same sink with any file it writes moved into `folder` (for `anpr demo`)."""
+        return self
+
+    def for_sink(self, name: str) -> SinkSettings:
+        """These settings with the defaults that depend on the sink's name filled in."""
         return self
 
 
@@ -56,7 +90,61 @@ class JsonlExportSettings(SinkSettings):
 
 class WebhookSettings(SinkSettings):
     type: Literal["webhook"]
+    # Hosts that may be sent reads over plain http:// (a receiver on the same machine or
+    # network segment); every other host must be https://. Declared before `url`, whose
+    # check reads it.
+    allow_http_hosts: tuple[str, ...] = ()
     url: str = Field(min_length=1)  # where each batch is POSTed as JSON
+    auth_env: str | None = None  # the environment variable whose value is sent as the Authorization header
+    queue_dir: str | None = Field(None, min_length=1)  # where undelivered batches wait; default anpr-webhook-NAME
+    queue_max_mb: StrictInt = Field(256, ge=1, le=1_048_576)
+    ca_file: Path | None = None  # PEM certificates to trust instead of the system's (a private CA)
+
+    @field_validator("allow_http_hosts", mode="before")
+    @classmethod
+    def _host_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(h, str) and h.strip("[] ") for h in value):
+            raise ValueError("must be a list of host names or IP addresses")
+        return tuple(h.strip().strip("[]").lower() for h in value)
+
+    @field_validator("url")
+    @classmethod
+    def _https_or_allowed_http(cls, value: str, info: ValidationInfo) -> str:
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("must not contain spaces or control characters")
+        try:
+            parts = urllib.parse.urlsplit(value)
+            host, _ = parts.hostname, parts.port  # .port raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError("is not a valid URL") from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("https", "http") or not host:
+            raise ValueError("must be an https:// URL with a host (http:// only for a host in allow_http_hosts)")
+        if "@" in parts.netloc:
+            # urllib would not send them, and the config file is the wrong place for them.
+            raise ValueError("must not hold credentials: put them in an environment variable named by auth_env")
+        if scheme == "http" and host not in info.data.get("allow_http_hosts", ()):
+            raise ValueError(
+                f"must be https:// (http:// only for a host listed in allow_http_hosts, and {host} is not)"
+            )
+        return value
+
+    @field_validator("auth_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("must be the name of an environment variable (letters, digits and _)")
+        return value
+
+    def for_sink(self, name: str) -> SinkSettings:
+        if self.queue_dir is not None:
+            return self
+        return self.model_copy(update={"queue_dir": f"{WEBHOOK_QUEUE_PREFIX}{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"})
+
+    def in_folder(self, folder: Path, stem: str) -> SinkSettings:
+        return self.model_copy(update={"queue_dir": str(folder / f"{stem}-queue")})
 
 
 def _run_database(settings: DatabaseSinkSettings, database: PolicedSink) -> PolicedSink:
@@ -71,7 +159,7 @@ SINK_TYPES.register(
 @SINK_TYPES.register(
     "jsonl_export",
     settings=JsonlExportSettings,
-    help="appends one JSON object per read to `path` (e.g. an export answering requisitions)",
+    help="appends one JSON object per read to `path` (e.g. an export answering requisitions), a file of mode 0600",
 )
 class JsonlExport:
     def __init__(self, settings: JsonlExportSettings, database: PolicedSink | None = None) -> None:
@@ -80,30 +168,335 @@ class JsonlExport:
     def write(self, reads: Sequence[PolicedRead]) -> None:
         if not reads:
             return
+        data = "".join(json.dumps(r.to_dict()) + "\n" for r in reads).encode("utf-8")
         try:
-            with self.path.open("a", encoding="utf-8") as out:
-                out.writelines(json.dumps(r.to_dict()) + "\n" for r in reads)
+            fd = _locked_export(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise StoreError(f"cannot write export {self.path}: {exc.strerror or exc}") from None
 
 
-@SINK_TYPES.register("webhook", settings=WebhookSettings, help="POSTs each batch of reads as a JSON array to `url`")
+def _locked_export(path: Path, flags: int) -> int:
+    """`path` opened (never through a symbolic link; created 0600) and locked against a
+    concurrent purge. A purge replaces the file: a descriptor of the file it replaced
+    is reopened, or lines written there would vanish with it."""
+    while True:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass  # removed as we locked it: open it again (a write recreates it)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def purge_export(path: str | os.PathLike[str], now: float) -> int:
+    """Remove the lines of a `jsonl_export` file whose `delete_after` is at or before `now`:
+    the number removed. The file is rewritten atomically (0600) under the same lock the
+    run's writes take, and what it held before is zeroed (best effort). A line that cannot
+    be read as a read's JSON object is left in place, and counted in a warning (logger
+    `anpr.sinks`). A missing file has nothing to purge."""
+    path = Path(path)
+    try:
+        fd = _locked_export(path, os.O_RDWR)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise StoreError(f"cannot purge export {path}: {exc.strerror or exc}") from None
+    try:
+        shred(temp_name(path))  # left by a purge cut short (it may hold lines past their deadline)
+        with os.fdopen(os.dup(fd), "rb") as file:
+            lines = file.read().splitlines(keepends=True)
+        kept: list[bytes] = []
+        unreadable = 0
+        for line in lines:
+            deadline = _deadline(line)
+            if deadline is None:
+                unreadable += bool(line.strip())
+            elif deadline <= now:  # a deadline is inclusive, as in the database's purge
+                continue
+            kept.append(line)
+        removed = len(lines) - len(kept)
+        if unreadable:
+            log.warning("%d line(s) of export %s could not be read; left in place", unreadable, path)
+        if removed:
+            try:
+                write_private(path, b"".join(kept))
+            except OSError as exc:
+                raise StoreError(f"cannot purge export {path}: {exc.strerror or exc}") from None
+        return removed
+    finally:
+        os.close(fd)
+
+
+def _deadline(line: bytes) -> float | None:
+    """The `delete_after` of an export line; None if it is not a read's JSON object."""
+    try:
+        value = json.loads(line)["delete_after"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(value)
+
+
+# --- webhook ---------------------------------------------------------------------------------
+
+
+class WebhookFailed(Exception):
+    """A batch was not delivered; the message names the endpoint (redacted) and why."""
+
+
+@dataclass
+class WebhookStatus:
+    """The endpoint's state as the webhook sees it, and what went through its queue in this run."""
+
+    up: bool = True
+    down_since: float | None = None  # Unix time the current outage was first seen
+    last_error: str | None = None
+    failed_attempts: int = 0
+    sent_batches: int = 0  # delivered, at once or from the queue
+    queued_batches: int = 0  # put in the queue by this run
+    queued_reads: int = 0
+    expired_reads: int = 0  # removed from the queue by retention, never sent
+    lost_reads: int = 0  # could not be queued (queue full or not writable)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib would resend the Authorization header to wherever a redirect points, over
+    # http:// too: a 3xx answer is a failure instead.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _authorization(variable: str | None) -> dict[str, str]:
+    """The Authorization header from the environment; ConfigError now, before any frame,
+    rather than a 401 for every batch. The value never goes into a message."""
+    if variable is None:
+        return {}
+    value = os.environ.get(variable, "")
+    if not value.strip():
+        raise ConfigError(f"environment variable {variable} (auth_env) is not set or empty")
+    try:
+        value.encode("latin-1")  # what an HTTP header can carry
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"environment variable {variable} (auth_env) holds characters an HTTP header cannot carry"
+        ) from None
+    if not value.isprintable():
+        raise ConfigError(f"environment variable {variable} (auth_env) holds a line break or control character")
+    return {"Authorization": value}
+
+
+def _opener(ca_file: Path | None) -> urllib.request.OpenerDirector:
+    try:
+        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a NUL in the path a ValueError
+        raise ConfigError(f"cannot read ca_file {ca_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    return urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=context))
+
+
+@SINK_TYPES.register(
+    "webhook",
+    settings=WebhookSettings,
+    help="POSTs each batch of reads as a JSON array to `url` (https); batches it cannot deliver wait on disk",
+)
 class Webhook:
-    def __init__(self, settings: WebhookSettings, database: PolicedSink | None = None) -> None:
+    """POSTs each batch; a batch it cannot deliver waits in `queue_dir` and is sent, oldest
+    first, at a later write once a backoff has passed (1 s, doubling to 30 s), and once more
+    at close. A failing endpoint never stops the run: it gets one warning per outage."""
+
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        database: PolicedSink | None = None,
+        *,
+        clock: Callable[[], float] = time.time,  # for deadlines
+        monotonic: Callable[[], float] = time.monotonic,  # for the backoff
+        initial_backoff: float = INITIAL_BACKOFF_SECONDS,
+        max_backoff: float = MAX_BACKOFF_SECONDS,
+        timeout: float = WEBHOOK_TIMEOUT_SECONDS,
+    ) -> None:
         self.url = settings.url
+        self.shown_url = redact(settings.url)
+        self.clock, self.monotonic = clock, monotonic
+        self.initial_backoff, self.max_backoff, self.timeout = initial_backoff, max_backoff, timeout
+        self._headers = {"Content-Type": "application/json", **_authorization(settings.auth_env)}
+        self._opener = _opener(settings.ca_file)
+        self.status = WebhookStatus()
+        self._backoff, self._retry_at, self._full_warned, self._closed = initial_backoff, 0.0, False, False
+        try:
+            folder = settings.queue_dir or WEBHOOK_QUEUE_PREFIX.rstrip("-")
+            self.queue = BatchQueue(folder, settings.queue_max_mb * 2**20, clock)
+        except QueueInUse as exc:
+            raise StoreError(f"{exc}: give each concurrent run its own queue_dir") from None
+        if self.queue.entries:
+            log.info(
+                "%d read(s) left in %s by an earlier run for webhook %s: sent first",
+                self.queue.reads,
+                self.queue.directory,
+                self.shown_url,
+            )
 
     def write(self, reads: Sequence[PolicedRead]) -> None:
+        now = self.clock()
+        self.status.expired_reads += self.queue.expire(now)
         if not reads:
             return
-        body = json.dumps([r.to_dict() for r in reads]).encode()
-        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"}, method="POST")
+        if self.status.up or self.monotonic() >= self._retry_at:
+            self._send_queued(now, self.monotonic() + FLUSH_BUDGET_SECONDS)
+            if not self.queue.entries:  # in order: a new batch never overtakes a queued one
+                try:
+                    self._post(reads)
+                    self._reached()
+                    return
+                except WebhookFailed as exc:
+                    self._unreachable(exc)
+        self._enqueue(reads)
+
+    def close(self) -> None:
+        """Try the queue once more, whatever the backoff; what is left waits for the next run."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS):
+            now = self.clock()
+            self.status.expired_reads += self.queue.expire(now)
+            self._send_queued(now, self.monotonic() + CLOSE_BUDGET_SECONDS)
+            if self.queue.entries:
+                log.warning(
+                    "webhook %s: %d read(s) wait in %s; the next run sends them (each dropped when its retention ends)",
+                    self.shown_url,
+                    self.queue.reads,
+                    self.queue.directory,
+                )
+            lost = self.status.lost_reads + self.queue.lost_reads
+            if lost:
+                log.warning("webhook %s: %d read(s) could not be queued and were lost", self.shown_url, lost)
+        finally:
+            self.queue.close()
+
+    def _send_queued(self, now: float, until: float) -> None:
+        """Send queued batches, oldest first, for about `until` (at least one); stop at the first failure."""
+        for number, entry in enumerate(list(self.queue.entries)):
+            if number and self.monotonic() >= until:
+                return
+            reads = self.queue.load(entry)
+            if reads is None:
+                continue
+            reads = [r for r in reads if r.delete_after > now]
+            if reads:
+                try:
+                    self._post(reads)
+                except WebhookFailed as exc:
+                    self._unreachable(exc)
+                    return
+                self._reached()
+            self.queue.remove(entry)
+
+    def _post(self, reads: Sequence[PolicedRead]) -> None:
+        body = json.dumps([r.to_dict() for r in reads]).encode()
+        request = urllib.request.Request(self.url, body, self._headers, method="POST")
+        try:
+            with self._opener.open(request, timeout=self.timeout):
                 pass
-        except (urllib.error.URLError, OSError) as exc:
-            raise StoreError(f"webhook {self.url} failed: {getattr(exc, 'reason', exc)}") from None
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            redirect = " (redirects are not followed: give the final URL)" if 300 <= exc.code < 400 else ""
+            raise WebhookFailed(f"webhook {self.shown_url} failed: HTTP {exc.code} {exc.reason}{redirect}") from None
+        except urllib.error.URLError as exc:
+            raise WebhookFailed(f"webhook {self.shown_url} failed: {redact_text(str(exc.reason))}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            why = redact_text(str(exc)) or type(exc).__name__
+            raise WebhookFailed(f"webhook {self.shown_url} failed: {why}") from None
+        self.status.sent_batches += 1
+
+    def _enqueue(self, reads: Sequence[PolicedRead]) -> None:
+        try:
+            self.queue.put(reads)
+        except OSError as exc:
+            self.status.lost_reads += len(reads)
+            if not self._full_warned:
+                self._full_warned = True
+                log.warning(
+                    "webhook %s: cannot queue a batch (%s): its reads are lost until it answers",
+                    self.shown_url,
+                    exc.strerror or exc,
+                )
+            return
+        self.status.queued_batches += 1
+        self.status.queued_reads += len(reads)
+
+    def _unreachable(self, exc: WebhookFailed) -> None:
+        status = self.status
+        status.failed_attempts += 1
+        status.last_error = str(exc)
+        if status.up:
+            status.up, status.down_since = False, self.clock()
+            self._backoff = self.initial_backoff
+            log.warning("%s; its batches wait in %s and are sent when it answers", exc, self.queue.directory)
+        self._retry_at = self.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self.max_backoff)
+
+    def _reached(self) -> None:
+        status = self.status
+        if not status.up:
+            outage = self.clock() - (status.down_since or self.clock())
+            status.up, status.down_since = True, None
+            self._backoff, self._retry_at, self._full_warned = self.initial_backoff, 0.0, False
+            log.info("webhook %s answers again after %.0f s", self.shown_url, outage)
+
+
+def expire_webhook_queue(folder: str | os.PathLike[str], now: float) -> int:
+    """Apply retention to a webhook's queue folder offline (as `anpr db purge` does the
+    database): remove the queued reads whose `delete_after` is at or before `now`; the
+    number removed. A missing folder holds nothing; a folder a run is using is left to that
+    run, which applies retention at each write (0)."""
+    if not Path(folder).is_dir():
+        return 0
+    try:
+        queue = BatchQueue(folder, float("inf"))
+    except QueueInUse:
+        log.info("webhook queue %s is in use by a run, which applies retention itself", folder)
+        return 0
+    try:
+        return queue.expire(now)
+    finally:
+        queue.close()
 
 
 def make_sinks(sinks: Mapping[str, SinkSettings], database: PolicedSink) -> dict[str, PolicedSink]:
-    """A deployment's sinks by name; every `database` sink is the run's database."""
-    return {name: SINK_TYPES.get(spec.type).factory(spec, database) for name, spec in sinks.items()}
+    """A deployment's sinks by name; every `database` sink is the run's database. A sink
+    that cannot be built (a missing auth_env variable) fails here, before any frame, with
+    its name in the message."""
+    built: dict[str, PolicedSink] = {}
+    try:
+        for name, spec in sinks.items():
+            try:
+                built[name] = SINK_TYPES.get(spec.type).factory(spec.for_sink(name), database)
+            except AnprError as exc:
+                raise type(exc)(f"sink '{name}': {exc}") from None
+    except BaseException:
+        close_sinks(built.values(), database)
+        raise
+    return built
+
+
+def close_sinks(sinks: Iterable[PolicedSink], database: object = None) -> None:
+    """Close each sink that has a `close()`, once; `database` (the run's own, closed with
+    the run) is left alone."""
+    closed: set[int] = set()
+    for sink in sinks:
+        if sink is database or id(sink) in closed:
+            continue
+        closed.add(id(sink))
+        close = getattr(sink, "close", None)
+        if callable(close):
+            close()

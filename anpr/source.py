@@ -25,6 +25,7 @@ import numpy as np
 
 from anpr.config import PipelineSettings, StreamSettings
 from anpr.errors import SourceError
+from anpr.redact import redact
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
@@ -119,13 +120,17 @@ class VideoSource:
     A live stream that drops or stalls is reopened with backoff, in the same process,
     until the source is closed; its frame numbers go on counting across reconnections.
     The first connection must succeed (a wrong URL is an error, not something to retry)
-    unless `wait_for_stream`: then it is retried like a drop.
+    unless `wait_for_stream`: then it is retried like a drop. `name` is the location with
+    its credentials hidden (`redact`).
     """
 
     def __init__(
         self, location: str, live: bool, reconnect: Reconnect | None = None, wait_for_stream: bool = False
     ) -> None:
-        self.name = location
+        # The name travels into every read, export, log line and message; only the
+        # capture is given the credentials.
+        self.name = redact(location)
+        self._location = location
         self.live = live
         self.reconnect = reconnect or Reconnect.of()
         self.status = SourceStatus()
@@ -141,7 +146,7 @@ class VideoSource:
         opened = self._open()
         if isinstance(opened, str):
             if not (live and wait_for_stream):
-                raise SourceError(f"{opened}: {location}")
+                raise SourceError(f"{opened}: {self.name}")
             # One camera of several may be down when the run starts; it is retried like a drop.
             self.status.set(SourceState.RECONNECTING, opened)
             return
@@ -169,7 +174,7 @@ class VideoSource:
             if self.live
             else []
         )
-        capture = cv2.VideoCapture(self.name, cv2.CAP_FFMPEG, params)
+        capture = cv2.VideoCapture(self._location, cv2.CAP_FFMPEG, params)
         if not capture.isOpened():
             capture.release()
             return "cannot connect to stream" if self.live else "cannot open video (not a video file, or corrupt)"
@@ -299,7 +304,7 @@ def open_source(location: str, reconnect: Reconnect | None = None, wait_for_stre
         return VideoSource(location, live=True, reconnect=reconnect, wait_for_stream=wait_for_stream)
     path = Path(location)
     if not path.exists():
-        raise SourceError(f"no such file or folder: {location}")
+        raise SourceError(f"no such file or folder: {redact(location)}")
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageSource(path)
     if path.stat().st_size == 0:

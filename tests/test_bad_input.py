@@ -18,10 +18,12 @@ Issue 6 acceptance: bad inputs tried = len(CASES); tracebacks = the cases failin
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import random
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from support.http_receiver import Receiver
 
 from anpr.plates import same_plate
 
@@ -67,6 +70,7 @@ class Case:
     reads_of: tuple[int, ...] = ()  # photos/passages whose plate must be among the stored reads
     true_frames: bool = False  # stored reads carry the frame number and media time of the clip's frame
     keeps_days: float | None = None  # every stored read is deleted after this many days
+    queued: str = ""  # a webhook queue folder that must hold every stored read (by key), in private files
 
 
 def _config(text: str) -> dict[str, str]:
@@ -97,7 +101,7 @@ def _alias_bomb(levels: int) -> str:
 
 WEBHOOK = (
     PARIS.replace("sinks: [store]", "sinks: [store, hook]")
-    + "  hook: {type: webhook, url: 'http://127.0.0.1:{port}/reads'}\n"
+    + "  hook: {type: webhook, url: 'http://127.0.0.1:{port}/reads', allow_http_hosts: [127.0.0.1]}\n"
 )
 EXPORT = (
     PARIS.replace("sinks: [store]", "sinks: [store, export]")
@@ -296,7 +300,14 @@ CASES: list[Case] = [
         files={"c.yaml": HOTLIST.replace("{hotlist}", "stolen.bin"), "stolen.bin": NOISE},
     ),
     _run_config("hotlist path with a NUL byte", HOTLIST.replace("{hotlist}", '"stolen\\0.txt"'), 2, "null byte"),
-    _run_config("webhook to a closed port", WEBHOOK, 2, "webhook http://127.0.0.1:", db_after="reads"),
+    _run_config(
+        "webhook to a closed port: the run goes on, the batch waits in its queue",
+        WEBHOOK,
+        0,
+        "webhook http://127.0.0.1:",
+        reads_of=(0,),
+        queued="anpr-webhook-hook",
+    ),
     _run_config("export into a missing folder", EXPORT, 2, "cannot write export", db_after="reads"),
     # ---- command-line options ----
     Case("--batch -1", ("run", "{image}", "--config", "{paris}", "--batch", "-1"), 2, "key 'pipeline.batch'"),
@@ -528,7 +539,11 @@ def _run_case(case: Case, tmp: Path, few_photos, clips: Clips | None, port: int,
 
 def _problems(case: Case, outcome: Outcome, passages: list[dict]) -> list[str]:
     """Every expectation of `case` that `outcome` does not meet (the traceback check is apart)."""
-    return _output_problems(case, outcome) + _database_problems(case, outcome, passages)
+    return [
+        *_output_problems(case, outcome),
+        *_database_problems(case, outcome, passages),
+        *_queue_problems(case, outcome),
+    ]
 
 
 def _output_problems(case: Case, outcome: Outcome) -> list[str]:
@@ -586,6 +601,36 @@ def _database_problems(case: Case, outcome: Outcome, passages: list[dict]) -> li
     return problems + _read_problems(case, outcome, passages, reads)
 
 
+def _stored_keys(db: Path) -> list[str]:
+    connection = sqlite3.connect(db)
+    try:
+        return [key for (key,) in connection.execute("select key from reads order by id")]
+    finally:
+        connection.close()
+
+
+def _queued_reads(folder: Path) -> list[dict]:
+    return [read for path in sorted(folder.glob("*.json")) for read in json.loads(path.read_bytes())["reads"]]
+
+
+def _queue_problems(case: Case, outcome: Outcome) -> list[str]:
+    """A webhook that could not deliver left every read it was given in its queue, privately."""
+    if not case.queued:
+        return []
+    folder = outcome.tmp / case.queued
+    if not folder.is_dir():
+        return [f"no queue folder {case.queued}"]
+    problems = []
+    if stat.S_IMODE(folder.stat().st_mode) != 0o700 or any(
+        stat.S_IMODE(p.stat().st_mode) != 0o600 for p in folder.iterdir()
+    ):
+        problems.append("the queue folder or its files are not private")
+    queued, stored = sorted(r["key"] for r in _queued_reads(folder)), sorted(_stored_keys(outcome.db))
+    if not queued or queued != stored:
+        problems.append(f"{len(queued)} read(s) queued, {len(stored)} stored: not the same reads")
+    return problems
+
+
 def _read_problems(case: Case, outcome: Outcome, passages: list[dict], reads: list[tuple]) -> list[str]:
     """The stored reads against the clip's truth: plates, frame numbers and deletion deadlines."""
     problems = []
@@ -635,3 +680,25 @@ def test_the_case_table():
     assert len(names) == len(set(names)), "case names must be unique"
     assert all(case.status in (0, 2, 3) for case in CASES)
     assert all(case.db_after in ("", "none", "reads", "audit") for case in CASES)
+
+
+def test_a_batch_queued_by_a_run_is_delivered_once_the_webhook_answers(tmp_path, few_photos):
+    """The case above, then the endpoint comes up on that port and the next run delivers
+    the queued batch first, then its own: every read of both runs reaches it, once."""
+    case = next(c for c in CASES if c.queued)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    first = _run_case(case, tmp_path, few_photos, None, port, "")
+    assert first.result.returncode == 0, first.result.stderr
+    assert "read(s) wait in anpr-webhook-hook; the next run sends them" in first.result.stderr  # said at close
+    queued = [read["key"] for read in _queued_reads(tmp_path / case.queued)]
+    assert queued and queued == _stored_keys(first.db)
+    with Receiver(port) as receiver:
+        second = _run_case(case, tmp_path, few_photos, None, port, "")
+    assert second.result.returncode == 0, second.result.stderr
+    assert "anpr: warning:" not in second.result.stderr
+    delivered = [read["key"] for _, reads in receiver.posts for read in reads]
+    assert delivered == _stored_keys(second.db)  # the first run's reads, then the second's: the same database
+    assert delivered[: len(queued)] == queued and len(delivered) > len(queued)
+    assert not (tmp_path / case.queued).exists()

@@ -52,6 +52,10 @@ VOCABULARY = sorted(
         "FR",
         "cam-1",
         "reads.sqlite",
+        "https://h.example/in",
+        "http://127.0.0.1/in",
+        "file:///etc/passwd",
+        "127.0.0.1",
     }
 )
 scalars = (
@@ -103,7 +107,9 @@ config_data = (
             "purposes": st.dictionaries(st.sampled_from(sorted(PURPOSES)) | st.text(max_size=6), purpose, max_size=3)
             | values,
             "sinks": st.dictionaries(
-                st.sampled_from(["store", "export"]) | st.text(max_size=6), section("type", "path", "url"), max_size=2
+                st.sampled_from(["store", "export"]) | st.text(max_size=6),
+                section("type", "path", "url", "allow_http_hosts", "auth_env", "queue_dir", "queue_max_mb", "ca_file"),
+                max_size=2,
             )
             | values,
         },

@@ -52,3 +52,31 @@ def test_ctrl_c_ends_a_live_run_with_every_reported_read_stored(clip_h264, tmp_p
     assert took < 30
     stored = sqlite3.connect(db).execute("select frame, plate from reads order by id").fetchall()
     assert [(o["frame"], o["plate"]) for o in run.objects] == stored
+
+
+def test_a_camera_url_with_credentials_is_read_stored_and_logged_without_them(clip_h264, tmp_path):
+    """The password in a camera URL goes to the stream and nowhere else: not into the reads'
+    source (JSON lines, database), the status log or any message. (This server asks for no
+    credentials; tests/test_redact.py has an endpoint that asks and gets them.)"""
+    db, status_log = tmp_path / "live.sqlite", tmp_path / "status.jsonl"
+    with RtspServer(clip_h264, loop=True) as server:
+        url = server.url.replace("rtsp://", "rtsp://admin:s3cret@")
+        shown = server.url.replace("rtsp://", "rtsp://admin:***@")
+        options = ("--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl", "--log-json", str(status_log))
+        with LiveRun(url, *options) as run:
+            run.wait_for(lambda o: True, 120, "a first read")
+            run.stop(signal.SIGTERM)
+    assert run.process.returncode == 0, run.stderr
+    assert run.objects and {o["source"] for o in run.objects} == {shown}
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("select distinct source from reads").fetchall() == [(shown,)]
+    events = [json.loads(line) for line in status_log.read_text().splitlines()]
+    assert events[0]["event"] == "run.start" and events[0]["cameras"] == {"scan-car-07": shown}
+    assert shown in run.stderr  # "reading ... as camera scan-car-07"
+    for where, text in [
+        ("stderr", run.stderr),
+        ("JSON lines", json.dumps(run.objects)),
+        ("status log", status_log.read_text()),
+        ("database", db.read_bytes().decode("latin-1")),
+    ]:
+        assert "s3cret" not in text, where

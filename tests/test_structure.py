@@ -150,3 +150,16 @@ def test_the_readme_states_the_models_defaults():
     for section, key, stated in rows:
         value = getattr(getattr(defaults, section), key)
         assert (float(stated) if isinstance(value, int | float) else stated) == value, f"{section}.{key}"
+
+
+def test_the_readme_documents_every_sink_key():
+    rows = re.findall(r"^\| `(\w+)` \| `?(\w*)`? \| .* \| ([^|]*) \|$", (REPO / "README.md").read_text(), re.M)
+    documented: dict[str, dict[str, str]] = {}
+    for sink_type, key, default in rows:
+        documented.setdefault(sink_type, {})[key] = default.strip()
+    for entry in SINK_TYPES.entries():
+        fields = {name: info for name, info in entry.settings.model_fields.items() if name != "type"}
+        assert set(documented.get(entry.name, {})) - {""} == set(fields), entry.name
+        for name, info in fields.items():
+            if isinstance(info.default, int | float) and not isinstance(info.default, bool):
+                assert float(documented[entry.name][name]) == info.default, f"{entry.name}.{name}"
