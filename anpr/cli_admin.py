@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import typer
 policy_app = typer.Typer(no_args_is_help=True, help="What a deployment may and may not do, and why.")
 db_app = typer.Typer(no_args_is_help=True, help="Retention and gated queries on the read database.")
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+log = logging.getLogger(__name__)
 
 ConfigArgument = Annotated[Path, typer.Argument(help="Deployment config (YAML).")]
 ConfigOption = Annotated[Path, typer.Option("--config", help="Deployment config (YAML).")]
@@ -107,17 +109,43 @@ def db_purge(
     db: DbOption = None,
     now: Annotated[float | None, typer.Option("--now", help="Unix time to purge as of (default: now).")] = None,
 ) -> None:
-    """Delete every read and passage whose retention deadline has passed."""
+    """Delete every read and passage whose retention deadline has passed: in the spool folder
+    (store.spool_dir) first, then in the database."""
     from anpr.audit import AuditLog
+    from anpr.errors import StoreError
     from anpr.policy.queries import purge
+    from anpr.spool import SpoolInUse, expire_spool
 
     settings, _ = _deployment(config, db)
+    moment = time.time() if now is None else now
+    spool_dir = settings.store.spool_dir
+    # The spool first, and without the database: reads spooled during an outage reach
+    # their deadline while it lasts, and that is when the database cannot purge anything.
+    spool_error: StoreError | None = None
+    try:
+        expired = expire_spool(spool_dir, moment)
+    except SpoolInUse as exc:
+        print(f"spool: {exc}; not purged here")
+    except StoreError as exc:
+        spool_error = exc  # the database's retention still applies: purged below, the error raised after
+    else:
+        print(
+            f"purged {expired.reads} read(s) and {expired.passages} passage(s) past their deadline "
+            f"from the spool {spool_dir} ({expired.batches} batch file(s) deleted)"
+            + (f"; {expired.lost_reads} live read(s) lost with them" if expired.lost_reads else "")
+        )
     store = _store(settings)
     try:
-        deleted = purge(store, AuditLog(store.engine), time.time() if now is None else now)
-        print(f"purged {deleted} read(s) and passage(s) past their deadline")
+        deleted = purge(store, AuditLog(store.engine), moment)
+        print(f"purged {deleted} read(s) and passage(s) past their deadline from the database")
+    except StoreError:
+        if spool_error is not None:
+            log.warning("%s", spool_error)  # the database's error is the one raised: this one is not lost
+        raise
     finally:
         store.close()
+    if spool_error is not None:
+        raise spool_error
 
 
 def _delete_fps(config: Path, db: str | None, plate: str, user: str, action: str) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -564,3 +566,29 @@ def test_expire_spool_applies_retention_without_the_database(tmp_path):
     again = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
     assert again.pending.batches == 2 and again.pending.reads == 1 and again.status.lost_batches == 0
     again.close()
+
+
+def test_db_purge_purges_the_spool_even_while_the_database_is_down(tmp_path):
+    t0 = time.time()
+    folder = tmp_path / "spool"
+    spooled(folder, [kept("GONE111", 1, t0 + 10), kept("KEPT222", 1, t0 + DAY)], clock=lambda: t0)
+    config = yaml.safe_load((CONFIGS / "paris-fps.yaml").read_text())
+    config["store"] = {"spool_dir": str(folder)}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    unreachable = "postgresql+psycopg://anpr@127.0.0.1:1/anpr"  # not the database the spool was written for
+    command = ["db", "purge", "--config", str(tmp_path / "config.yaml"), "--db", unreachable, "--now", str(t0 + 20)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}  # this tree's anpr, whatever is installed
+    done = subprocess.run(
+        [sys.executable, "-m", "anpr", *command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
+        timeout=120,
+    )
+    assert "purged 1 read(s) and 0 passage(s) past their deadline from the spool" in done.stdout, done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("anpr: error: cannot open database postgresql+psycopg://anpr@127.0.0.1:1/anpr")
+    assert len(done.stderr.strip().splitlines()) == 1
+    files = [p for p in folder.iterdir() if p.is_file()]
+    assert not any(b"GONE111" in p.read_bytes() for p in files) and any(b"KEPT222" in p.read_bytes() for p in files)
