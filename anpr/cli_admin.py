@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import typer
 policy_app = typer.Typer(no_args_is_help=True, help="What a deployment may and may not do, and why.")
 db_app = typer.Typer(no_args_is_help=True, help="Retention and gated queries on the read database.")
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+log = logging.getLogger(__name__)
 
 ConfigArgument = Annotated[Path, typer.Argument(help="Deployment config (YAML).")]
 ConfigOption = Annotated[Path, typer.Option("--config", help="Deployment config (YAML).")]
@@ -117,16 +119,51 @@ def db_purge(
     db: DbOption = None,
     now: Annotated[float | None, typer.Option("--now", help="Unix time to purge as of (default: now).")] = None,
 ) -> None:
-    """Delete every read and passage whose retention deadline has passed."""
+    """Delete every read and passage whose retention deadline has passed: in the spool folder
+    (store.spool_dir), the export files and the webhook queues first, even while the
+    database is down, then in the database."""
+    from anpr.errors import StoreError
     from anpr.policy.queries import purge
+    from anpr.sinks import JsonlExportSettings, WebhookSettings, expire_webhook_queue, purge_export
+    from anpr.spool import SpoolInUse, expire_spool
 
-    settings, _ = _deployment(config, db)
-    store = _store(settings)
+    settings, policy = _deployment(config, db)
+    moment = time.time() if now is None else now
+    spool_dir = settings.store.spool_dir
+    # The files first, and without the database: reads spooled during an outage reach
+    # their deadline while it lasts, and that is when the database cannot purge anything.
+    spool_error: StoreError | None = None
     try:
-        deleted = purge(store, _audit(settings, store), store.user(), time.time() if now is None else now)
-        print(f"purged {deleted} read(s) and passage(s) past their deadline")
-    finally:
-        store.close()
+        expired = expire_spool(spool_dir, moment)
+    except SpoolInUse as exc:
+        print(f"spool: {exc}; not purged here")
+    except StoreError as exc:
+        spool_error = exc  # the database's retention still applies: purged below, the error raised after
+    else:
+        print(
+            f"purged {expired.reads} read(s) and {expired.passages} passage(s) past their deadline "
+            f"from the spool {spool_dir} ({expired.batches} batch file(s) deleted)"
+            + (f"; {expired.lost_reads} live read(s) lost with them" if expired.lost_reads else "")
+        )
+    for name, sink in policy.deployment.sinks.items():
+        if isinstance(sink, JsonlExportSettings):
+            print(f"purged {purge_export(sink.path, moment)} read(s) past their deadline from export {sink.path}")
+        elif isinstance(sink, WebhookSettings):
+            folder = sink.queue_folder(name)
+            print(f"purged {expire_webhook_queue(folder, moment)} read(s) past their deadline from queue {folder}")
+    try:
+        store = _store(settings)
+        try:
+            deleted = purge(store, _audit(settings, store), store.user(), moment)
+        finally:
+            store.close()
+        print(f"purged {deleted} read(s) and passage(s) past their deadline from the database")
+    except StoreError:
+        if spool_error is not None:
+            log.warning("%s", spool_error)  # the database's error is the one raised: this one is not lost
+        raise
+    if spool_error is not None:
+        raise spool_error
 
 
 def _delete_fps(config: Path, db: str | None, plate: str, action: str) -> None:

@@ -28,7 +28,7 @@ Run settings (all optional):
       reconnect_max_delay: 30      # attempts back off exponentially (with jitter) up to this
     store:
       url: anpr.sqlite       # SQLAlchemy URL, or a path to a SQLite file
-      spool_dir: anpr-spool  # allowed reads wait here while the database is unreachable (one per concurrent run)
+      spool_dir: anpr-spool  # allowed reads wait here while the database is down (its own folder per concurrent run)
       spool_max_mb: 256      # spool size limit (1 or more): beyond it new batches are lost, with a warning
       key_file: anpr.key     # the secret key (plate hashes, audit authentication), outside the database
       audit_checkpoints: anpr-audit.checkpoints  # the audit log's checkpoints, appended at every run end
@@ -176,7 +176,8 @@ class StreamSettings(_Section):
 class StoreSettings(_Section):
     url: str = Field("anpr.sqlite", min_length=1)  # an empty --db "$UNSET" is a mistake, not the default
     # Relative to the current folder, like the default database and the outputs. A spool
-    # is tied to one database and locked by one run: concurrent runs need their own.
+    # is tied to one database and locked by one run: concurrent runs need their own. A
+    # non-empty folder that is not a spool is refused (anpr/spool.py).
     spool_dir: str = Field("anpr-spool", min_length=1)
     spool_max_mb: Count = Field(256, ge=1, le=1_048_576)
     # The deployment's secret key (keys.py), outside the database: keyed plate hashes and

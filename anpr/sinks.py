@@ -139,9 +139,11 @@ class WebhookSettings(SinkSettings):
         return value
 
     def for_sink(self, name: str) -> SinkSettings:
-        if self.queue_dir is not None:
-            return self
-        return self.model_copy(update={"queue_dir": f"{WEBHOOK_QUEUE_PREFIX}{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"})
+        return self.model_copy(update={"queue_dir": self.queue_folder(name)})
+
+    def queue_folder(self, name: str) -> str:
+        """Where the batches of the sink called `name` wait: queue_dir, else a folder named after the sink."""
+        return self.queue_dir or f"{WEBHOOK_QUEUE_PREFIX}{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"
 
     def in_folder(self, folder: Path, stem: str) -> SinkSettings:
         return self.model_copy(update={"queue_dir": str(folder / f"{stem}-queue")})

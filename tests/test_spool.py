@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -12,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -21,9 +25,9 @@ from anpr.config import load_settings
 from anpr.errors import StoreError
 from anpr.policy.engine import Policy
 from anpr.policy.gate import PolicyGate
-from anpr.records import CountKey, Outcome, PlateRead, PolicedRead
+from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead, new_key
 from anpr.sinks import make_sinks
-from anpr.spool import LOCK_NAME, Pending, SpooledStore
+from anpr.spool import LOCK_NAME, MARKER_NAME, ExpiredSpool, Pending, SpooledStore, SpoolInUse, expire_spool
 from anpr.store import BATCH_KEY_SECONDS, ReadStore, WrittenBatchRow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,7 +160,7 @@ def test_postgresql_stopped_mid_run(server, tmp_path, caplog):
     assert status.lost_batches == 0 and status.spooled_batches == status.flushed_batches + status.duplicate_batches
     warnings = [record.getMessage() for record in caplog.records]
     assert any("keeping allowed reads" in w for w in warnings) and any("reachable again" in w for w in warnings)
-    assert [p.name for p in folder.iterdir()] == [LOCK_NAME]
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER_NAME, LOCK_NAME]
     spool.close()
     assert not folder.exists()  # an empty spool leaves nothing behind
     store.close()
@@ -368,3 +372,224 @@ def test_read_keys_round_trip_and_are_made_by_the_gate(tmp_path):
     assert len(stored) == 2 and len({r.key for r in stored}) == 2 and all(len(r.key) == 32 for r in stored)
     assert stored[0].to_dict()["key"] == stored[0].key
     store.close()
+
+
+# --- what the spool folder may hold, and what anpr touches in it ------------------------------------
+
+
+def batch_name() -> str:
+    return f"{time.time_ns():020d}-{new_key()}.json"
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bool, bytes | str, int]]:
+    """Every entry of a folder: whether it is a link, its content (or target), its mode."""
+    return {
+        p.name: (p.is_symlink(), os.readlink(p) if p.is_symlink() else p.read_bytes(), p.lstat().st_mode)
+        for p in folder.iterdir()
+    }
+
+
+def spooled(folder: Path, *batches: list[PolicedRead], clock=time.time) -> None:
+    """A spool left by a run whose database was down throughout."""
+    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20, clock=clock)
+    for reads in batches:
+        spool.write(reads)
+    assert spool.pending.batches == len(batches)
+    spool.close()
+
+
+def test_a_folder_that_is_not_a_spool_is_refused_and_left_untouched(tmp_path):
+    folder = tmp_path / "home"
+    folder.mkdir()
+    folder.chmod(0o755)
+    (folder / "notes.json").write_bytes(b"my notes, not JSON")
+    (folder / ".lock").write_bytes(b"someone else's lock")
+    (folder / batch_name()).write_bytes(b"named like a batch, but not anpr's")
+    before, mode = snapshot(folder), folder.stat().st_mode
+    for attempt in (
+        lambda: SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20),
+        lambda: expire_spool(folder, time.time() + 400 * DAY),
+    ):
+        with pytest.raises(
+            StoreError, match=rf"spool folder {re.escape(str(folder))} holds files but no \.anpr-spool marker"
+        ) as raised:
+            attempt()
+        assert "dedicated folder" in str(raised.value) and "\n" not in str(raised.value)
+        assert (
+            snapshot(folder) == before and folder.stat().st_mode == mode
+        )  # nothing read, written, deleted or chmod-ed
+
+
+def test_an_existing_empty_folder_is_adopted_without_changing_its_mode_and_is_never_removed(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="anpr.spool")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    spool = SpooledStore(ReadStore(UNREACHABLE), shared, 1 << 20)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # left as it was...
+    assert any("open to other users (mode 0755)" in r.getMessage() for r in caplog.records)  # ...with a warning
+    marker = shared / MARKER_NAME
+    assert stat.S_IMODE(marker.stat().st_mode) == 0o600 and b"anpr outage spool" in marker.read_bytes()
+    spool.close()
+    assert sorted(p.name for p in shared.iterdir()) == [MARKER_NAME]  # not made by this run: kept, lock gone
+    (shared / LOCK_NAME).write_bytes(b"")  # left by a run that was killed
+    again = SpooledStore(ReadStore(UNREACHABLE), shared, 1 << 20)  # marked: used as it is
+    again.close()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755 and shared.is_dir()
+    assert sorted(p.name for p in shared.iterdir()) == [MARKER_NAME, LOCK_NAME]  # not its lock file: not removed
+
+    made = tmp_path / "made" / "spool"
+    spool = SpooledStore(ReadStore(UNREACHABLE), made, 1 << 20)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700 and (made / MARKER_NAME).is_file()
+    spool.close()
+    assert not made.exists() and made.parent.is_dir()  # made by this run and empty: removed, and only it
+
+
+def test_unreadable_spool_files_are_set_aside_and_nothing_else_is_touched(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="anpr.spool")
+    folder = tmp_path / "spool"
+    spooled(folder, [kept("AB123CD", 1, time.time() + DAY)])
+    broken, cut = batch_name(), batch_name()
+    (folder / broken).write_bytes(b'{"format": 9, "reads": ["written by a newer anpr"]}')
+    (folder / f".{cut}.tmp").write_bytes(b'{"format":2,"key":"')  # a write cut short
+    others = {"notes.json": b"not JSON", ".lock": b"anpr before the marker", "x.json.tmp": b"not anpr's"}
+    for name, data in others.items():
+        (folder / name).write_bytes(data)
+    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    assert spool.pending.batches == 1 and spool.status.lost_batches == 2
+    spool.close()
+    assert not (folder / broken).exists() and not (folder / f".{cut}.tmp").exists()
+    assert (folder / f"{broken}.unreadable").read_bytes() == b'{"format": 9, "reads": ["written by a newer anpr"]}'
+    assert (folder / f".{cut}.tmp.unreadable").read_bytes() == b'{"format":2,"key":"'
+    assert all((folder / name).read_bytes() == data for name, data in others.items())
+    warnings = [r.getMessage() for r in caplog.records if "unreadable spool file" in r.getMessage()]
+    assert len(warnings) == 2 and "unknown spool format 9" in warnings[0] + warnings[1]
+    (batch,) = [p for p in spool_files(folder) if p.name != "notes.json"]
+    before = snapshot(folder)
+    assert expire_spool(folder, time.time() + 2 * DAY) == ExpiredSpool(reads=1, batches=1)
+    after = snapshot(folder)
+    assert set(before) - set(after) == {batch.name} and all(after[n] == before[n] for n in after)  # only it went
+
+
+def test_a_spool_of_an_anpr_before_the_marker_is_marked_and_picked_up(tmp_path):
+    """A folder holding nothing but batch files (and the old lock) can only be anpr's: refusing
+    it would strand the reads an upgrade found spooled."""
+    folder = tmp_path / "spool"
+    spooled(folder, [kept("AB123CD", 1, time.time() + DAY)])
+    (folder / MARKER_NAME).unlink()
+    (folder / ".lock").write_bytes(b"")
+    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    assert spool.pending.batches == 1 and (folder / MARKER_NAME).is_file()
+    spool.close()
+    assert (folder / ".lock").is_file()  # not this anpr's lock: left
+    (folder / "mine.txt").write_bytes(b"")
+    (folder / MARKER_NAME).unlink()
+    with pytest.raises(StoreError, match=r"no \.anpr-spool marker"):  # anything else in it: not a spool
+        SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+
+
+def test_no_symbolic_link_is_followed(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    for attempt in (
+        lambda: SpooledStore(ReadStore(UNREACHABLE), link, 1 << 20),
+        lambda: expire_spool(link, time.time()),
+    ):
+        with pytest.raises(StoreError, match=rf"spool folder {re.escape(str(link))} is a symbolic link"):
+            attempt()
+        assert list(real.iterdir()) == []
+    folder = tmp_path / "spool"
+    spooled(folder, [kept("AB123CD", 1, time.time() + 10)])
+    victim = tmp_path / "victim.json"
+    victim.write_bytes(b"someone's file, outside the spool")
+    linked, linked_temp = batch_name(), f".{batch_name()}.tmp"
+    (folder / linked).symlink_to(victim)
+    (folder / linked_temp).symlink_to(victim)
+    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    assert spool.pending.batches == 1 and spool.status.lost_batches == 0  # the links are not batches
+    spool.close()
+    assert expire_spool(folder, time.time() + DAY) == ExpiredSpool(reads=1, batches=1)
+    assert victim.read_bytes() == b"someone's file, outside the spool"  # neither read, zeroed nor deleted
+    assert (folder / linked).is_symlink() and (folder / linked_temp).is_symlink()  # nor the links removed
+    assert spool_files(folder) == [folder / linked]
+
+
+def passage(plate: str, delete_after: float) -> Passage:
+    return Passage(
+        "cam.mp4",
+        "cam",
+        "parking_fps",
+        "FR-FPS",
+        1,
+        plate,
+        0.9,
+        ((plate, 0.9),),
+        "FR",
+        "LLDDDLL",
+        10,
+        17,
+        0.4,
+        0.7,
+        5,
+        delete_after,
+    )
+
+
+def test_expire_spool_applies_retention_without_the_database(tmp_path):
+    t0 = time.time()
+    missing = tmp_path / "missing"
+    assert expire_spool(missing, t0) == ExpiredSpool() and not missing.exists()  # nothing to purge, nothing made
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert expire_spool(empty, t0) == ExpiredSpool() and list(empty.iterdir()) == []  # not adopted either
+
+    folder = tmp_path / "spool"
+    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20, clock=lambda: t0)
+    spool.write([kept("GONE111", 1, t0 + 10)], passages=[passage("GONE111", t0 + 10)])
+    spool.write([kept("GONE222", 2, t0 + 10), kept("KEPT333", 2, t0 + DAY)], {blocked(): 1})
+    spool.write([], passages=[passage("KEPT444", t0 + DAY)])
+    database = json.loads(spool_files(folder)[0].read_bytes())["database"]
+    before = snapshot(folder)
+    with pytest.raises(SpoolInUse, match=r"in use by another run: that run purges it itself every minute"):
+        expire_spool(folder, t0 + 10)
+    assert snapshot(folder) == before  # the run holding it is left to it
+    spool.close()
+
+    assert expire_spool(folder, t0 + 10) == ExpiredSpool(reads=2, passages=1, batches=1)  # a deadline is inclusive
+    documents = [json.loads(p.read_bytes()) for p in spool_files(folder)]
+    content = b"".join(p.read_bytes() for p in folder.iterdir())
+    assert b"GONE111" not in content and b"GONE222" not in content and b"KEPT333" in content and b"KEPT444" in content
+    assert [d["database"] for d in documents] == [database, database]  # still sent to the database it was for
+    assert [len(d["reads"]) for d in documents] == [1, 0] and documents[0]["counts"]
+    assert expire_spool(folder, t0 + 10) == ExpiredSpool()  # done once
+    again = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    assert again.pending.batches == 2 and again.pending.reads == 1 and again.status.lost_batches == 0
+    again.close()
+
+
+def test_db_purge_purges_the_spool_even_while_the_database_is_down(tmp_path):
+    t0 = time.time()
+    folder = tmp_path / "spool"
+    spooled(folder, [kept("GONE111", 1, t0 + 10), kept("KEPT222", 1, t0 + DAY)], clock=lambda: t0)
+    config = yaml.safe_load((CONFIGS / "paris-fps.yaml").read_text())
+    config["store"] = {"spool_dir": str(folder)}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    unreachable = "postgresql+psycopg://anpr@127.0.0.1:1/anpr"  # not the database the spool was written for
+    command = ["db", "purge", "--config", str(tmp_path / "config.yaml"), "--db", unreachable, "--now", str(t0 + 20)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}  # this tree's anpr, whatever is installed
+    done = subprocess.run(
+        [sys.executable, "-m", "anpr", *command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
+        timeout=120,
+    )
+    assert "purged 1 read(s) and 0 passage(s) past their deadline from the spool" in done.stdout, done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("anpr: error: cannot open database postgresql+psycopg://anpr@127.0.0.1:1/anpr")
+    assert len(done.stderr.strip().splitlines()) == 1
+    files = [p for p in folder.iterdir() if p.is_file()]
+    assert not any(b"GONE111" in p.read_bytes() for p in files) and any(b"KEPT222" in p.read_bytes() for p in files)
