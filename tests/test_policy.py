@@ -11,6 +11,7 @@ from support.keys import TEST_KEYS
 
 from anpr.audit import AuditLog
 from anpr.config import Settings, load_settings
+from anpr.policy.binding import require_binding
 from anpr.policy.deployment import Deployment
 from anpr.policy.engine import DAY, Policy, decide, decide_purpose
 from anpr.policy.gate import PolicyGate
@@ -286,6 +287,7 @@ def test_gated_queries_are_filtered_and_audited(tmp_path):
     policy = Policy(lapi)
     gate_for(lapi, store).write([read("HIT123", 0), read("NOHIT1", 1), read("NOHIT1", 2)])
     audit = AuditLog(store.engine, TEST_KEYS)
+    require_binding(store, audit, lapi, "operator", bind_if_new=True)  # as the run writing them would
 
     stranger = search(store, policy, audit, "NOHIT1", "criminal_investigation", "mayor")
     assert not stranger.allowed and "not a designated agent" in stranger.reason
@@ -298,7 +300,7 @@ def test_gated_queries_are_filtered_and_audited(tmp_path):
     other_purpose = search(store, policy, audit, "HIT123", "law_enforcement_request", "agent-1")
     assert not other_purpose.allowed
 
-    entries = audit.entries()
+    entries = audit.entries()[1:]  # after the binding
     assert [e.action for e in entries] == ["query.refused", "query", "query", "query", "query.refused"]
     assert [e.actor for e in entries] == ["mayor", "agent-1", "agent-1", "agent-1", "agent-1"]
     assert '"procedure":"PV-2026-118"' in entries[3].details and audit.verify() == []

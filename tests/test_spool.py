@@ -391,7 +391,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bool, bytes | str, int]]:
 
 def spooled(folder: Path, *batches: list[PolicedRead], clock=time.time) -> None:
     """A spool left by a run whose database was down throughout."""
-    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20, clock=clock)
+    spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20, clock=clock)
     for reads in batches:
         spool.write(reads)
     assert spool.pending.batches == len(batches)
@@ -407,7 +407,7 @@ def test_a_folder_that_is_not_a_spool_is_refused_and_left_untouched(tmp_path):
     (folder / batch_name()).write_bytes(b"named like a batch, but not anpr's")
     before, mode = snapshot(folder), folder.stat().st_mode
     for attempt in (
-        lambda: SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20),
+        lambda: SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20),
         lambda: expire_spool(folder, time.time() + 400 * DAY),
     ):
         with pytest.raises(
@@ -425,7 +425,7 @@ def test_an_existing_empty_folder_is_adopted_without_changing_its_mode_and_is_ne
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o755)
-    spool = SpooledStore(ReadStore(UNREACHABLE), shared, 1 << 20)
+    spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), shared, 1 << 20)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # left as it was...
     assert any("open to other users (mode 0755)" in r.getMessage() for r in caplog.records)  # ...with a warning
     marker = shared / MARKER_NAME
@@ -433,13 +433,13 @@ def test_an_existing_empty_folder_is_adopted_without_changing_its_mode_and_is_ne
     spool.close()
     assert sorted(p.name for p in shared.iterdir()) == [MARKER_NAME]  # not made by this run: kept, lock gone
     (shared / LOCK_NAME).write_bytes(b"")  # left by a run that was killed
-    again = SpooledStore(ReadStore(UNREACHABLE), shared, 1 << 20)  # marked: used as it is
+    again = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), shared, 1 << 20)  # marked: used as it is
     again.close()
     assert stat.S_IMODE(shared.stat().st_mode) == 0o755 and shared.is_dir()
     assert sorted(p.name for p in shared.iterdir()) == [MARKER_NAME, LOCK_NAME]  # not its lock file: not removed
 
     made = tmp_path / "made" / "spool"
-    spool = SpooledStore(ReadStore(UNREACHABLE), made, 1 << 20)
+    spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), made, 1 << 20)
     assert stat.S_IMODE(made.stat().st_mode) == 0o700 and (made / MARKER_NAME).is_file()
     spool.close()
     assert not made.exists() and made.parent.is_dir()  # made by this run and empty: removed, and only it
@@ -455,7 +455,7 @@ def test_unreadable_spool_files_are_set_aside_and_nothing_else_is_touched(tmp_pa
     others = {"notes.json": b"not JSON", ".lock": b"anpr before the marker", "x.json.tmp": b"not anpr's"}
     for name, data in others.items():
         (folder / name).write_bytes(data)
-    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20)
     assert spool.pending.batches == 1 and spool.status.lost_batches == 2
     spool.close()
     assert not (folder / broken).exists() and not (folder / f".{cut}.tmp").exists()
@@ -478,14 +478,14 @@ def test_a_spool_of_an_anpr_before_the_marker_is_marked_and_picked_up(tmp_path):
     spooled(folder, [kept("AB123CD", 1, time.time() + DAY)])
     (folder / MARKER_NAME).unlink()
     (folder / ".lock").write_bytes(b"")
-    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20)
     assert spool.pending.batches == 1 and (folder / MARKER_NAME).is_file()
     spool.close()
     assert (folder / ".lock").is_file()  # not this anpr's lock: left
     (folder / "mine.txt").write_bytes(b"")
     (folder / MARKER_NAME).unlink()
     with pytest.raises(StoreError, match=r"no \.anpr-spool marker"):  # anything else in it: not a spool
-        SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+        SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20)
 
 
 def test_no_symbolic_link_is_followed(tmp_path):
@@ -494,7 +494,7 @@ def test_no_symbolic_link_is_followed(tmp_path):
     link = tmp_path / "link"
     link.symlink_to(real)
     for attempt in (
-        lambda: SpooledStore(ReadStore(UNREACHABLE), link, 1 << 20),
+        lambda: SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), link, 1 << 20),
         lambda: expire_spool(link, time.time()),
     ):
         with pytest.raises(StoreError, match=rf"spool folder {re.escape(str(link))} is a symbolic link"):
@@ -507,7 +507,7 @@ def test_no_symbolic_link_is_followed(tmp_path):
     linked, linked_temp = batch_name(), f".{batch_name()}.tmp"
     (folder / linked).symlink_to(victim)
     (folder / linked_temp).symlink_to(victim)
-    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20)
     assert spool.pending.batches == 1 and spool.status.lost_batches == 0  # the links are not batches
     spool.close()
     assert expire_spool(folder, time.time() + DAY) == ExpiredSpool(reads=1, batches=1)
@@ -546,7 +546,7 @@ def test_expire_spool_applies_retention_without_the_database(tmp_path):
     assert expire_spool(empty, t0) == ExpiredSpool() and list(empty.iterdir()) == []  # not adopted either
 
     folder = tmp_path / "spool"
-    spool = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20, clock=lambda: t0)
+    spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20, clock=lambda: t0)
     spool.write([kept("GONE111", 1, t0 + 10)], passages=[passage("GONE111", t0 + 10)])
     spool.write([kept("GONE222", 2, t0 + 10), kept("KEPT333", 2, t0 + DAY)], {blocked(): 1})
     spool.write([], passages=[passage("KEPT444", t0 + DAY)])
@@ -564,7 +564,7 @@ def test_expire_spool_applies_retention_without_the_database(tmp_path):
     assert [d["database"] for d in documents] == [database, database]  # still sent to the database it was for
     assert [len(d["reads"]) for d in documents] == [1, 0] and documents[0]["counts"]
     assert expire_spool(folder, t0 + 10) == ExpiredSpool()  # done once
-    again = SpooledStore(ReadStore(UNREACHABLE), folder, 1 << 20)
+    again = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 1 << 20)
     assert again.pending.batches == 2 and again.pending.reads == 1 and again.status.lost_batches == 0
     again.close()
 
