@@ -99,12 +99,21 @@ def _alias_bomb(levels: int) -> str:
     return "\n".join(lines) + f"\nname: *a{levels - 1}\n"
 
 
+# Investigators of the gendarmerie (FR-LAPI-1): the one rule that lets reads go to an
+# export or a webhook (the authority's own systems); parking reads go to the database only.
+LAPI = (
+    "controller: {type: gendarmerie, name: Groupement du Nord}\n"
+    "cameras:\n  - id: scan-car-07\n    purposes: [criminal_investigation]\n"
+    "purposes:\n  criminal_investigation:\n    safeguards: {designated_agents: [adj-martin]}\n"
+    "    sinks: [store]\n"
+    "sinks:\n  store: {type: database}\n"
+)
 WEBHOOK = (
-    PARIS.replace("sinks: [store]", "sinks: [store, hook]")
+    LAPI.replace("sinks: [store]", "sinks: [store, hook]")
     + "  hook: {type: webhook, url: 'http://127.0.0.1:{port}/reads', allow_http_hosts: [127.0.0.1]}\n"
 )
 EXPORT = (
-    PARIS.replace("sinks: [store]", "sinks: [store, export]")
+    LAPI.replace("sinks: [store]", "sinks: [store, export]")
     + "  export: {type: jsonl_export, path: '{tmp}/no/such/folder/reads.jsonl'}\n"
 )
 UNNAMED = PARIS.replace("name: Paris parking check (FPS)\n", "")
