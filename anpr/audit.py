@@ -24,6 +24,9 @@ Three layers protect the log:
 1. Database triggers reject UPDATE and DELETE on audit_log (and TRUNCATE on
    PostgreSQL), so neither a bug nor an ordinary client can change it; `verify` reports
    a trigger that is missing or disabled.
+   On PostgreSQL with the roles of `anpr db init-roles` (roles.py), the pipeline and
+   the agents may only read and append, and an agent's query is appended by the
+   database's search function from an entry made here (`append_through`).
 2. Someone who can drop the triggers can change rows, but not without breaking the
    chain, which `verify()` finds: recomputing the hashes needs the key, which the
    database does not hold.
@@ -45,7 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import DDL, Double, Integer, String, Table, Text, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine, make_url
@@ -54,11 +57,17 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from anpr.errors import StoreError, first_line
 from anpr.keys import Keys
-from anpr.store import Base, database_url
+from anpr.store import Base, StaleAuditEntry, database_url
 
 GENESIS = "0" * 64
 TABLE = "audit_log"
 CHECKPOINT_EVERY = 100  # entries between two checkpoints written by append itself
+# PostgreSQL advisory lock that appenders hold while they read the last entry and insert
+# the next: any login may take it (LOCK TABLE in a mode that conflicts with itself needs
+# UPDATE, DELETE or TRUNCATE on the table, which no role of roles.py has), and the
+# search function of roles.py takes it too. "anpraudt" in ASCII.
+APPEND_LOCK = 0x616E707261756474
+T = TypeVar("T")
 # The triggers that keep the table append-only, by dialect (verify checks they are in place).
 TRIGGERS = {
     "sqlite": ("audit_log_no_update", "audit_log_no_delete"),
@@ -181,19 +190,7 @@ class AuditLog:
         session is flushed. Without it, the entry is committed in its own transaction,
         and every CHECKPOINT_EVERY entries a checkpoint follows.
         """
-        for name, value in (("actor", actor), ("action", action)):
-            # A newline would let two different (actor, action) pairs hash alike; NUL
-            # cannot be stored in PostgreSQL text.
-            if not isinstance(value, str) or "\n" in value or "\x00" in value:
-                raise ValueError(f"audit {name} must be text without newlines or NUL: {value!r}")
-        if not isinstance(details, dict):
-            raise TypeError(f"audit details must be a dict, not {type(details).__name__}")
-        body = canonical_json(details)
-        at = time.time() if at is None else float(at)
-        if not math.isfinite(at):
-            raise ValueError(f"audit time must be finite: {at!r}")
-        # Rounded so the stored number is exactly what the hash says (see verify).
-        at = round(at, 6)
+        body, at = _checked(action, actor, details, at)
         if session is not None:
             with _errors("cannot write the audit log to database", session.get_bind()):
                 return _append(session, self.keys, action, actor, body, at)
@@ -206,6 +203,36 @@ class AuditLog:
         if entry.seq % CHECKPOINT_EVERY == 0:
             self._write_checkpoint(entry)
         return entry
+
+    def append_through(
+        self, insert: Callable[[AuditEntry], T], action: str, actor: str, details: dict[str, Any], attempts: int = 5
+    ) -> T:
+        """Append an entry that `insert` writes, and return what `insert` returns.
+
+        For a writer that holds no key: the database's search function (roles.py) inserts
+        the entry of the query it answers, in the query's transaction. The entry is made
+        here, as the next one of the log, and made again while `insert` raises
+        StaleAuditEntry (another entry came first).
+        """
+        body, _ = _checked(action, actor, details, None)
+        for _ in range(attempts):
+            at = round(time.time(), 6)
+            with (
+                _errors("cannot read the audit log from database", self.engine),
+                Session(self.engine, expire_on_commit=False) as session,
+            ):
+                entry = _next_entry(session, self.keys, action, actor, body, at)
+            try:
+                result = insert(entry)
+            except StaleAuditEntry:
+                continue
+            if entry.seq % CHECKPOINT_EVERY == 0:
+                self._write_checkpoint(entry)
+            return result
+        raise StoreError(
+            f"cannot write the audit log to database {_safe(self.engine)}: "
+            f"other entries came first {attempts} times in a row"
+        )
 
     def entries(self) -> list[AuditEntry]:
         with _errors("cannot read the audit log from database", self.engine), Session(self.engine) as session:
@@ -279,22 +306,28 @@ class Checkpoint:
         )
 
 
-def _append(session: Session, keys: Keys, action: str, actor: str, body: str, at: float) -> AuditEntry:
-    # Two appenders would both read the same last entry, and the second insert would fail
-    # on the seq key. Taking the write lock before reading makes them take turns (it is
-    # released at commit or rollback); readers go on.
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        # Conflicts with itself and with inserts, not with SELECT.
-        session.execute(text(f"LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE"))
-    elif dialect == "sqlite":
-        # SQLite has no LOCK TABLE: a write that touches no row (so fires no trigger)
-        # opens the transaction and takes the database's write lock.
-        session.execute(text(f"UPDATE {TABLE} SET seq = seq WHERE 0"))
+def _checked(action: str, actor: str, details: dict[str, Any], at: float | None) -> tuple[str, float]:
+    """An entry's details as canonical JSON and its time as stored, once its fields are checked."""
+    for name, value in (("actor", actor), ("action", action)):
+        # A newline would let two different (actor, action) pairs hash alike; NUL
+        # cannot be stored in PostgreSQL text.
+        if not isinstance(value, str) or "\n" in value or "\x00" in value:
+            raise ValueError(f"audit {name} must be text without newlines or NUL: {value!r}")
+    if not isinstance(details, dict):
+        raise TypeError(f"audit details must be a dict, not {type(details).__name__}")
+    at = time.time() if at is None else float(at)
+    if not math.isfinite(at):
+        raise ValueError(f"audit time must be finite: {at!r}")
+    # Rounded so the stored number is exactly what the hash says (see verify).
+    return canonical_json(details), round(at, 6)
+
+
+def _next_entry(session: Session, keys: Keys, action: str, actor: str, body: str, at: float) -> AuditEntry:
+    """The entry that would follow the last one the session sees (not added to it)."""
     last = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()
     seq = last.seq + 1 if last else 1
     prev = last.entry_hash if last else GENESIS
-    entry = AuditEntry(
+    return AuditEntry(
         seq=seq,
         at=at,
         actor=actor,
@@ -303,6 +336,20 @@ def _append(session: Session, keys: Keys, action: str, actor: str, body: str, at
         prev_hash=prev,
         entry_hash=chain_hash(keys, prev, seq, at, actor, action, body),
     )
+
+
+def _append(session: Session, keys: Keys, action: str, actor: str, body: str, at: float) -> AuditEntry:
+    # Two appenders would both read the same last entry, and the second insert would fail
+    # on the seq key. Taking the write lock before reading makes them take turns (it is
+    # released at commit or rollback); readers go on.
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
+    elif dialect == "sqlite":
+        # SQLite has no LOCK TABLE: a write that touches no row (so fires no trigger)
+        # opens the transaction and takes the database's write lock.
+        session.execute(text(f"UPDATE {TABLE} SET seq = seq WHERE 0"))
+    entry = _next_entry(session, keys, action, actor, body, at)
     session.add(entry)
     # Now, not at commit: a clash shows here, and a later append in this session sees it.
     session.flush()

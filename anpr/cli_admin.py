@@ -250,6 +250,56 @@ def db_search(
     print(f"{len(result.rows)} row(s); {result.reason}", file=sys.stderr)
 
 
+# Paragraphs: the help shows each as one, wrapped to the terminal.
+INIT_ROLES_HELP = "\n\n".join(
+    [
+        "PostgreSQL: create the group roles PREFIX_writer, PREFIX_query and PREFIX_auditor (NOLOGIN) and give them "
+        "exactly the rights below. Run it as the database's owner, and again after every `anpr policy migrate` "
+        "(until then every query is refused). Audited.",
+        "PREFIX_writer, the pipeline (anpr run): inserts reads, passages and counters, binds a database that serves "
+        "no deployment yet, appends to the audit log, deletes what retention deletes. It reads no plate, and "
+        "row-level security keeps it to the purposes this deployment allows to keep reads.",
+        "PREFIX_query, the designated agents (anpr db search): nothing on reads or passages. They read only through "
+        "the function anpr_search, which checks that the login is one of the purpose's designated_agents in this "
+        "config, applies the hits-only rule, hides expired rows and writes the query's audit entry in the same "
+        "transaction.",
+        "PREFIX_auditor (anpr audit verify): reads the audit log, the deployment bindings and the policy counters.",
+        "Then, as the owner, make the logins and grant them a role: CREATE ROLE pipeline LOGIN PASSWORD '...'; "
+        "GRANT anpr_writer TO pipeline; CREATE ROLE alice LOGIN PASSWORD '...'; GRANT anpr_query TO alice (alice "
+        "being one of the purpose's designated_agents); CREATE ROLE audit LOGIN PASSWORD '...'; GRANT anpr_auditor "
+        "TO audit. Each runs anpr with its own login in --db (or store.url) and with the key file (store.key_file).",
+    ]
+)
+
+
+@db_app.command("init-roles", help=INIT_ROLES_HELP)
+def db_init_roles(
+    config: ConfigOption,
+    db: Annotated[
+        str | None, typer.Option("--db", help="The database's URL as its owner (default: the config's).")
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="Prefix of the role names: one per deployment on a server.")
+    ] = "anpr",
+) -> None:
+    """Create the PostgreSQL roles of the database and their rights (INIT_ROLES_HELP)."""
+    from anpr.roles import ROLES, init_roles
+
+    settings, policy = _deployment(config, db)
+    store = _store(settings)
+    try:
+        report = init_roles(store, _audit(settings, store), policy, prefix, store.user())
+    finally:
+        store.close()
+    for role, name in report.roles.items():
+        print(f"{name}{' (created)' if name in report.created else ''}: {ROLES[role]}")
+    print(f"the writer may store reads of: {', '.join(report.kept) or 'no purpose'}")
+    for purpose, agents in report.agents.items():
+        print(f"designated agents of {purpose}: {', '.join(agents) or 'none (nobody may query it)'}")
+    for agent in report.not_ready:
+        print(f"to do: {agent} is no login granted {report.roles['query']} yet", file=sys.stderr)
+
+
 def _utc(moment: float) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(moment))} UTC"
 

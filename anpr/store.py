@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import (
     Boolean,
@@ -39,10 +39,12 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import CursorResult, Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
+    DBAPIError,
     DisconnectionError,
     IntegrityError,
     InterfaceError,
@@ -58,6 +60,9 @@ from anpr.keys import Keys
 from anpr.policy.rules import RULES_BY_ID
 from anpr.records import CountKey, Passage, PolicedRead, hour_bucket, new_key
 
+if TYPE_CHECKING:
+    from anpr.audit import AuditEntry
+
 # A PostgreSQL server that does not answer fails a connection after this long, so an
 # outage costs a run seconds per attempt, not the operating system's TCP timeout.
 CONNECT_TIMEOUT_SECONDS = 3
@@ -70,11 +75,27 @@ CONNECT_TIMEOUT_SECONDS = 3
 # gone by retention is also gone from the spool; the same holds for passages). Counted on
 # the wall clock.
 BATCH_KEY_SECONDS = 7 * 24 * 3600
+# The search function `anpr db init-roles` makes on PostgreSQL (roles.py): once it exists,
+# every `anpr db search` of the database goes through it.
+SEARCH_FUNCTION = "anpr_search"
+# What it raises (SQLSTATE): the login may not query; the audit entry it was given is not
+# the next one (another entry came first: prepare it again).
+REFUSED, STALE_ENTRY = "42501", "40001"
 
 
 class DatabaseUnavailable(StoreError):
     """The database cannot be reached now (server down, connection lost): worth retrying
     later, unlike a refused statement (integrity, schema, permission), which stays an error."""
+
+
+class SearchRefused(StoreError):
+    """The database's search function refused the query (roles.py): the login is not a
+    designated agent of the purpose, or the query roles are not set for this deployment."""
+
+
+class StaleAuditEntry(StoreError):
+    """The audit entry prepared for the database's search function is no longer the next
+    one of the log (another entry was appended first): prepare it again."""
 
 
 class Base(DeclarativeBase):
@@ -486,6 +507,55 @@ class ReadStore:
             query = query.where(table.delete_after > alive_at)
         return query
 
+    def has_search_function(self) -> bool:
+        """Whether queries go through the database's search function (PostgreSQL, once
+        `anpr db init-roles` has made it); else `reads` and `passages` are read directly."""
+        if self._engine.dialect.name != "postgresql":
+            return False
+        self._ensure_schema()
+        try:
+            with self._engine.connect() as conn:
+                found = conn.execute(text("SELECT to_regproc(:name) IS NOT NULL"), {"name": SEARCH_FUNCTION})
+                return bool(found.scalar())
+        except SQLAlchemyError as exc:
+            raise _error(exc)(f"cannot reach database {self.safe_url}: {first_line(exc)}") from None
+
+    def search_function(
+        self, entry: AuditEntry, plate: str, purpose: str, procedure: str | None, passages: bool
+    ) -> tuple[list[PolicedRead] | list[Passage], int]:
+        """The rows of `plate` kept for `purpose` that the database's search function
+        returns to this login, and how many no-hit rows it withheld; it inserts `entry`
+        (the query's audit entry, made with the key, which the database does not hold) in
+        the same transaction. Raises SearchRefused or StaleAuditEntry (roles.py)."""
+        self._ensure_schema()
+        entry_fields = ("seq", "at", "actor", "action", "details", "prev_hash", "entry_hash")
+        arguments = {
+            "purpose": purpose,
+            "plate_key": self.keys.plate_digest(plate),
+            "procedure": procedure,
+            "passages": passages,
+            **{name: getattr(entry, name) for name in entry_fields},
+        }
+        call = f"SELECT {SEARCH_FUNCTION}({', '.join(f'p_{name} => :{name}' for name in arguments)})"
+        try:
+            with self._engine.begin() as conn:
+                found = conn.execute(text(call), arguments).scalar_one()
+        except DBAPIError as exc:
+            state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+            diag = getattr(exc.orig, "diag", None)
+            message = getattr(diag, "message_primary", None) or first_line(exc)
+            if state == STALE_ENTRY:
+                raise StaleAuditEntry(message) from None
+            if state == REFUSED:
+                raise SearchRefused(message) from None
+            raise _error(exc)(f"cannot query database {self.safe_url}: {first_line(exc)}") from None
+        except SQLAlchemyError as exc:
+            raise _error(exc)(f"cannot query database {self.safe_url}: {first_line(exc)}") from None
+        withheld = int(found["withheld"])
+        if passages:
+            return [PassageRow(**_from_json(PassageRow, row)).to_record() for row in found["rows"]], withheld
+        return [ReadRow(**_from_json(ReadRow, row)).to_record() for row in found["rows"]], withheld
+
     def binding(self) -> DeploymentBindingRow | None:
         """The deployment this database serves (None before its first run)."""
         self._ensure_schema()
@@ -515,6 +585,13 @@ class ReadStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _from_json(table: type[KeptRow], row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as the search function returns it (JSON) as the table's attributes; when it was
+    stored is left out (no record holds it)."""
+    columns = table.__table__.columns  # type: ignore[attr-defined]  # mapped subclasses have a table
+    return {column.key: row[column.name] for column in columns if column.name != "stored_at"}
 
 
 def _any_stored(session: Session, row: type[KeptRow], keys: list[str]) -> bool:

@@ -12,6 +12,10 @@ nothing derived from the plate at all: that list of requests is itself what the 
 forbids keeping. A query never sees a row past its deadline, even before the purge.
 Deletions are audited with their counts only: keeping the plate there would undo the
 deletion.
+
+On PostgreSQL, once `anpr db init-roles` has set the database's roles (roles.py), a query
+goes through the database's search function instead, which checks the same things
+again itself, so that a login may not read plates but through it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from anpr.plates import normalise
 from anpr.policy.binding import require_binding
 from anpr.policy.engine import Policy
 from anpr.records import Passage, PolicedRead
+from anpr.store import SearchRefused
 
 Row = TypeVar("Row", PolicedRead, Passage)
 
@@ -72,6 +77,8 @@ def search(
         audit.append("query.refused", user, {**details, "reason": refusal})
         return QueryResult(False, refusal, [])
     require_binding(store, audit, policy.deployment, user, bind_if_new=False)
+    if store.has_search_function():
+        return _search_in_database(store, audit, plate, purpose, user, procedure, passages, details)
     hits_only = policy.purpose(purpose).rule.retention.no_hit_query_needs_procedure and not procedure
     now = time.time() if now is None else now
     rows: list[PolicedRead] | list[Passage]
@@ -79,12 +86,33 @@ def search(
         rows, withheld = _visible(store.passages(plate=plate, purpose=purpose, alive_at=now), hits_only)
     else:
         rows, withheld = _visible(store.reads(plate=plate, purpose=purpose, alive_at=now), hits_only)
-    reason = "answered"
-    if withheld:
-        kind = "passage(s)" if passages else "read(s)"
-        reason = f"{withheld} no-hit {kind} withheld: they may be queried only for a named procedure (--procedure)"
     audit.append("query", user, {**details, "rows": len(rows), "withheld": withheld})
-    return QueryResult(True, reason, rows, withheld)
+    return QueryResult(True, _answered(withheld, passages), rows, withheld)
+
+
+def _search_in_database(
+    store, audit, plate: str, purpose: str, user: str, procedure: str | None, passages: bool, details: dict
+) -> QueryResult:
+    """The query asked of the database's search function (PostgreSQL, roles.py), which
+    decides who is an agent, the hits-only rule and the deadlines itself (by the database's
+    clock), and inserts the query's audit entry, made here with the key, as it answers.
+    That entry records the query, not the rows returned, which are not known when it is made."""
+    try:
+        rows, withheld = audit.append_through(
+            lambda entry: store.search_function(entry, plate, purpose, procedure, passages), "query", user, details
+        )
+    except SearchRefused as exc:
+        reason = f"the database refused the query: {exc}"
+        audit.append("query.refused", user, {**details, "reason": reason})
+        return QueryResult(False, reason, [])
+    return QueryResult(True, _answered(withheld, passages), rows, withheld)
+
+
+def _answered(withheld: int, passages: bool) -> str:
+    if not withheld:
+        return "answered"
+    kind = "passage(s)" if passages else "read(s)"
+    return f"{withheld} no-hit {kind} withheld: they may be queried only for a named procedure (--procedure)"
 
 
 def _visible(rows: list[Row], hits_only: bool) -> tuple[list[Row], int]:
