@@ -89,7 +89,7 @@ def case_1(work: Path, db: Path, config: Path) -> None:
     )
     for value in (" ", "TODO"):
         data = yaml.safe_load((CONFIGS / "city-analytics.yaml").read_text())
-        data["purposes"]["city_wide_analytics"]["safeguards"].update(
+        data["purposes"]["city_wide_analytics"].setdefault("safeguards", {}).update(
             dpia_reference=value, cnil_prior_consultation="CNIL-2026-0042"
         )
         path = write_yaml(work / "placeholder.yaml", data)

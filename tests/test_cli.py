@@ -45,6 +45,29 @@ def test_run_stores_reads_of_every_passage(anpr_cli, clip_h264, tmp_path):
     assert "frames/s" in result.stderr and "plate" in result.stdout
 
 
+def test_a_service_run_ends_with_counts_not_plates(anpr_cli, clip_h264, tmp_path):
+    """stdout is a pipe here, as a service's is (its journal keeps it longer than any retention)."""
+    db = tmp_path / "reads.sqlite"
+    quiet = anpr_cli("run", str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(db))
+    assert quiet.returncode == 0, quiet.stderr
+    plates = {p for (p,) in sqlite3.connect(db).execute("select plate from reads")}
+    assert plates and quiet.stdout == ""
+    assert not any(plate in quiet.stderr for plate in plates)
+    assert "reads kept" in quiet.stderr  # the counts are still said
+    for flag in ("--passages", ""):
+        shown = anpr_cli(
+            "run",
+            str(clip_h264),
+            "--config",
+            str(PARKING_CONFIG),
+            "--db",
+            str(db),
+            "--show-plates",
+            *([flag] if flag else []),
+        )
+        assert shown.returncode == 0 and any(plate in shown.stdout for plate in plates)
+
+
 def test_run_jsonl_writes_one_object_per_read(anpr_cli, clip_h264, tmp_path):
     db = tmp_path / "reads.sqlite"
     result = anpr_cli("run", str(clip_h264), "--config", str(PARKING_CONFIG), "--db", str(db), "--jsonl")
