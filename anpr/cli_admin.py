@@ -132,13 +132,14 @@ def db_purge(
     spool_dir = settings.store.spool_dir
     # The files first, and without the database: reads spooled during an outage reach
     # their deadline while it lasts, and that is when the database cannot purge anything.
-    spool_error: StoreError | None = None
+    # A folder that cannot be purged stops none of the others: its error is raised after.
+    file_errors: list[StoreError] = []
     try:
         expired = expire_spool(spool_dir, moment)
     except SpoolInUse as exc:
         print(f"spool: {exc}; not purged here")
     except StoreError as exc:
-        spool_error = exc  # the database's retention still applies: purged below, the error raised after
+        file_errors.append(exc)
     else:
         print(
             f"purged {expired.reads} read(s) and {expired.passages} passage(s) past their deadline "
@@ -146,11 +147,14 @@ def db_purge(
             + (f"; {expired.lost_reads} live read(s) lost with them" if expired.lost_reads else "")
         )
     for name, sink in policy.deployment.sinks.items():
-        if isinstance(sink, JsonlExportSettings):
-            print(f"purged {purge_export(sink.path, moment)} read(s) past their deadline from export {sink.path}")
-        elif isinstance(sink, WebhookSettings):
-            folder = sink.queue_folder(name)
-            print(f"purged {expire_webhook_queue(folder, moment)} read(s) past their deadline from queue {folder}")
+        try:
+            if isinstance(sink, JsonlExportSettings):
+                print(f"purged {purge_export(sink.path, moment)} read(s) past their deadline from export {sink.path}")
+            elif isinstance(sink, WebhookSettings):
+                folder = sink.queue_folder(name)
+                print(f"purged {expire_webhook_queue(folder, moment)} read(s) past their deadline from queue {folder}")
+        except StoreError as exc:
+            file_errors.append(exc)
     try:
         store = _store(settings)
         try:
@@ -159,11 +163,13 @@ def db_purge(
             store.close()
         print(f"purged {deleted} read(s) and passage(s) past their deadline from the database")
     except StoreError:
-        if spool_error is not None:
-            log.warning("%s", spool_error)  # the database's error is the one raised: this one is not lost
+        for error in file_errors:
+            log.warning("%s", error)  # the database's error is the one raised: these are not lost
         raise
-    if spool_error is not None:
-        raise spool_error
+    for error in file_errors[1:]:
+        log.warning("%s", error)
+    if file_errors:
+        raise file_errors[0]
 
 
 def _delete_fps(config: Path, db: str | None, plate: str, action: str) -> None:

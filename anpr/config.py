@@ -177,7 +177,7 @@ class StoreSettings(_Section):
     url: str = Field("anpr.sqlite", min_length=1)  # an empty --db "$UNSET" is a mistake, not the default
     # Relative to the current folder, like the default database and the outputs. A spool
     # is tied to one database and locked by one run: concurrent runs need their own. A
-    # non-empty folder that is not a spool is refused (anpr/spool.py).
+    # non-empty folder that is not a spool is refused (anpr/outbox.py).
     spool_dir: str = Field("anpr-spool", min_length=1)
     spool_max_mb: Count = Field(256, ge=1, le=1_048_576)
     # The deployment's secret key (keys.py), outside the database: keyed plate hashes and

@@ -1,233 +1,665 @@
-"""Batches of kept reads waiting on disk for an endpoint that does not answer (the
-webhook's queue), and the file handling that private files of reads need.
+"""Folders of batches of kept reads waiting on disk to be sent: the database's outage spool
+(anpr/spool.py) and each webhook's queue (anpr/sinks.py) are each an `Outbox`, told apart
+by a `Kind` (marker, words of the messages, what a batch holds and its file format). Also
+the private writes of export files.
 
-One folder per queue, mode 0700, locked by the run that uses it; one JSON file per batch,
-holding its reads' `to_dict(exact=True)` forms, with their deletion deadlines. A file is
-written under a temporary name, fsynced and renamed into place, never through a symbolic
-link, mode 0600; a file sent, emptied or rewritten is overwritten with zeros first (best
-effort: a journaling file system or an SSD may keep old blocks). File names sort in queue
-order, across runs too. Retention holds in the queue: `expire` removes reads whose
-deadline has passed, from the file as well.
+What such a folder may hold: one JSON file per batch, holding reads a purpose kept, each
+with its deletion deadline and key (a spool's batches also hold passages, plate-free
+policy counters and the database they were written for), named so that names sort in the
+order written, across runs too; its marker and its lock file. A file is written to a
+temporary name, mode 0600, fsynced, then renamed into place; what a file held is zeroed
+when it is sent, emptied or rewritten (best effort: a journaling file system or an SSD may
+keep old blocks). Retention holds there: a read or passage past its deadline is removed
+from its batch (`expire`; before a batch is written or sent; `expire_offline` without the
+run). A batch that would take the folder past its size limit is refused. An earlier run's
+batches are picked up.
+
+The folder is anpr's alone, and anpr touches nothing else in it:
+
+- It is marked by a file of its kind (`.anpr-spool`, `.anpr-webhook-queue`): one kind's
+  folder is never taken for the other's. A folder anpr creates is made with mode 0700,
+  marked as made by anpr, and removed once nothing but its marker is left (at close, or
+  after an offline expiry). An existing empty folder is adopted (marked), its mode left as
+  it is (a warning if other users may enter it), and never removed. An existing folder
+  that holds anything but is not marked is refused, untouched; except one that holds
+  nothing but batch files of an anpr from before the markers (and its old `.lock`), which
+  is marked and picked up.
+- Only these names are ever read, written, renamed or deleted: batch files
+  `<20 digits>-<32 hex digits>.json`, their temporary files `.<batch file name>.tmp`, the
+  marker, and the lock file `<marker>.lock` (deleted only by the run that created it,
+  while holding it). A batch or temporary file that cannot be decoded is not deleted but
+  renamed to `<name>.unreadable` (counted as lost, with a warning): anpr never looks at it
+  again, and retention does not reach it, so whoever reads the warning must.
+- No symbolic link is followed: the folder itself must not be one, every file is opened
+  relative to the folder's descriptor with O_NOFOLLOW, and a link with a batch file's name
+  is skipped, neither followed nor deleted.
+- One process at a time: the folder is locked while in use.
+
+Not thread-safe: one run loop uses an outbox. Warnings go to `logging` (logger `anpr.outbox`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
-import json
 import logging
+import math
 import os
+import re
+import stat
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 from anpr.errors import StoreError
-from anpr.records import PolicedRead, new_key
+from anpr.records import CountKey, Passage, PolicedRead, new_key
 
-QUEUE_FORMAT = 1
-LOCK_NAME = ".lock"
-TEMP_SUFFIX = ".tmp"
+UNREADABLE_SUFFIX = ".unreadable"
+# The marker's last line tells a folder anpr made (removed once empty) from one it adopted (never removed).
+_MADE_BY_ANPR = b"; anpr made this folder and removes it once nothing else is left\n"
+_BATCH_NAME = re.compile(r"[0-9]{20}-[0-9a-f]{32}\.json")
+_TEMP_NAME = re.compile(r"\.[0-9]{20}-[0-9a-f]{32}\.json\.tmp")
+_LEGACY_LOCK_NAME = ".lock"  # of anpr before the markers
+# O_NONBLOCK: a FIFO given a batch file's name must not hang the run (it is then refused
+# as not a regular file); on a regular file it changes nothing.
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_LOCK_ATTEMPTS = 5
+UNDECODABLE = (ValueError, KeyError, TypeError, AttributeError)
 
-log = logging.getLogger("anpr.sinks")
+log = logging.getLogger(__name__)
 
 
-class QueueInUse(StoreError):
-    """Another run holds the queue folder."""
+class OutboxInUse(StoreError):
+    """Another process holds the folder's lock."""
+
+
+@dataclass
+class Batch:
+    """What one batch file holds. A webhook's batches hold reads only."""
+
+    reads: list[PolicedRead]
+    counts: dict[CountKey, int] = field(default_factory=dict)
+    passages: list[Passage] = field(default_factory=list)
+    key: str = field(default_factory=new_key)  # in its file's name; for the spool, its key in the database too
+
+    def drop_expired(self, now: float) -> tuple[int, int]:
+        """Drop the reads and passages whose deadline has passed; how many of each."""
+        kept = [r for r in self.reads if r.delete_after > now]  # a deadline is inclusive, as in ReadStore.purge
+        kept_passages = [p for p in self.passages if p.delete_after > now]
+        dropped = (len(self.reads) - len(kept), len(self.passages) - len(kept_passages))
+        self.reads, self.passages = kept, kept_passages
+        return dropped
+
+    @property
+    def empty(self) -> bool:
+        return not self.reads and not self.counts and not self.passages
+
+    @property
+    def first_deadline(self) -> float:
+        return min([r.delete_after for r in self.reads] + [p.delete_after for p in self.passages], default=math.inf)
+
+
+B = TypeVar("B", bound=Batch)
+
+
+@dataclass(frozen=True)
+class Kind(Generic[B]):
+    """What a batch folder is for."""
+
+    noun: str  # in messages: "<noun> folder X ...", "unreadable <noun> file"
+    title: str  # the marker's text begins with it
+    marker: str  # the marker file's name; the lock file's is this and ".lock"
+    setting: str  # what names the folder, for messages
+    size_setting: str  # what bounds it, for messages
+    encode: Callable[[B, float], bytes]  # a batch, and the Unix time it is written
+    decode: Callable[[bytes], B]  # raises one of UNDECODABLE when it cannot
+
+    @property
+    def lock(self) -> str:
+        return f"{self.marker}.lock"
+
+
+class Tally(Protocol):
+    """Where an outbox counts what it loses and what retention removes (its owner's status)."""
+
+    lost_batches: int
+    lost_reads: int
+    expired_reads: int
+
+
+@dataclass
+class _Tally:
+    lost_batches: int = 0
+    lost_reads: int = 0
+    expired_reads: int = 0
+
+
+@dataclass(frozen=True)
+class Expired:
+    """What retention removed from a batch folder."""
+
+    reads: int = 0  # past their deadline
+    passages: int = 0  # past their deadline
+    batches: int = 0  # batch files deleted: all they held had expired, or they could not be rewritten without it
+    lost_reads: int = 0  # live reads deleted with a batch file that could not be rewritten
 
 
 @dataclass
 class Entry:
-    """One queued batch, as indexed in memory (its reads stay on disk until sent)."""
+    """One batch file, as indexed in memory (its content stays on disk until it is sent)."""
 
-    path: Path
+    name: str
     reads: int
     size: int
-    first_deadline: float  # the earliest delete_after of its reads
+    first_deadline: float  # the earliest delete_after of its reads and passages (inf if none)
 
 
-class BatchQueue:
-    """A folder of batches, oldest first. Not thread-safe: one run loop uses it."""
+class _NoFolder(Exception):
+    """There is no folder of its kind to open, and none was to be made."""
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: float, clock: Callable[[], float] = time.time):
-        self.directory = Path(directory)
-        self.max_bytes = max_bytes
-        self.clock = clock
+
+class Outbox(Generic[B]):
+    """An open, locked batch folder, and its batches indexed oldest first. Every file is
+    reached through the folder's descriptor, without following a link: a folder renamed,
+    or replaced by a link while in use, cannot send reads or deletions anywhere else."""
+
+    def __init__(
+        self,
+        kind: Kind[B],
+        directory: str | os.PathLike[str],
+        max_bytes: float = math.inf,
+        *,
+        tally: Tally,
+        busy: str,  # ends the message when another process holds the folder
+        clock: Callable[[], float] = time.time,
+        create: bool = True,  # else _NoFolder for a missing folder, or an empty unmarked one, left as it is
+    ) -> None:
+        self.kind, self.directory, self.max_bytes = kind, Path(directory), max_bytes
+        self.tally, self.clock = tally, clock
         self.entries: list[Entry] = []
         self.bytes = 0
-        self.lost_reads = 0  # unreadable files, and batches dropped because a rewrite failed
+        self.made = False  # by anpr (its marker says so): only then may the folder be removed
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._lock_created = False
         self._last_ns = 0
-        self._lock_fd: int | None = self._open_and_lock()
-        try:
-            self._pick_up()
-        except BaseException:
-            self.close()
-            raise
+        for _ in range(_LOCK_ATTEMPTS):
+            self._fd = self._open_folder(create)
+            try:
+                if self._lock(busy):
+                    return
+            except BaseException:
+                self.close()
+                raise
+            self.close()  # its last holder removed the lock file as we took it: look again
+        raise OutboxInUse(f"{self._what} is in use by another run: {busy}")
 
     @property
     def reads(self) -> int:
         return sum(e.reads for e in self.entries)
 
-    def put(self, reads: Sequence[PolicedRead]) -> None:
-        """Queue a batch behind the others; OSError when it does not fit or cannot be written."""
-        data = _encode(reads, self.clock())
-        if self.bytes + len(data) > self.max_bytes:
-            raise OSError(f"queue {self.directory} is full ({self.max_bytes / 2**20:g} MB)")
+    # --- the batches ---------------------------------------------------------------------------
+
+    def pick_up(self, belongs: Callable[[B], bool] = lambda batch: True) -> list[B]:
+        """Index the batches an earlier run left, finishing its interrupted writes; those
+        `belongs` refuses are left as they are, not indexed, and returned."""
+        for temp in self._listing(_TEMP_NAME):
+            try:
+                self.kind.decode(_read_at(self._dir, temp))
+                _install_at(self._dir, temp, temp[1 : -len(".tmp")])  # written and fsynced, only the rename was missing
+            except UNDECODABLE as exc:
+                self._set_aside(temp, exc, reads=0)  # cut short, or of another format
+            except OSError as exc:
+                log.warning("cannot finish %s file %s (%s); left as it is", self.kind.noun, self._path(temp), _why(exc))
+        foreign = []
+        for name in self._listing(_BATCH_NAME):
+            loaded = self._read(name, None)
+            if loaded is None:
+                continue
+            batch, size = loaded
+            if not belongs(batch):
+                foreign.append(batch)
+                continue
+            self.entries.append(Entry(name, len(batch.reads), size, batch.first_deadline))
+            self.bytes += size
+        return foreign
+
+    def put(self, batch: B) -> bool:
+        """Write a batch behind the others, without what has passed its deadline; False if
+        nothing was left to write. OSError, its message a whole sentence, when it does not
+        fit or cannot be written: the batch is then counted as lost."""
+        now = self.clock()
+        self.tally.expired_reads += batch.drop_expired(now)[0]
+        if batch.empty:
+            return False
+        data = self.kind.encode(batch, now)
+        # The wall clock, kept increasing: names sort in the order written, across runs too.
         self._last_ns = max(time.time_ns(), self._last_ns + 1)
-        path = self.directory / f"{self._last_ns:020d}-{new_key()}.json"
-        write_private(path, data)
-        self.entries.append(Entry(path, len(reads), len(data), _first_deadline(reads)))
-        self.bytes += len(data)
-
-    def load(self, entry: Entry) -> list[PolicedRead] | None:
-        """The batch's reads; None (the file deleted, its reads counted lost) if it cannot be read."""
+        name = f"{self._last_ns:020d}-{batch.key}.json"
+        outbox = f"{self.kind.noun} {self.directory}"
+        if self.bytes + len(data) > self.max_bytes:
+            self._lose(len(batch.reads))
+            raise OSError(errno.ENOSPC, f"{outbox} is full ({_size(self.max_bytes)}, {self.kind.size_setting})")
         try:
-            return _decode(read_private(entry.path))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("unreadable queue file %s (%s); deleted", entry.path, exc)
-            self.lost_reads += entry.reads
-            self.remove(entry)
-            return None
+            _replace_at(self._dir, name, data)
+        except OSError as exc:
+            self._lose(len(batch.reads))
+            raise OSError(exc.errno, f"cannot write to {outbox} ({_why(exc)})") from None
+        self.entries.append(Entry(name, len(batch.reads), len(data), batch.first_deadline))
+        self.bytes += len(data)
+        return True
 
-    def remove(self, entry: Entry) -> None:
-        shred(entry.path)
+    def send(self, deliver: Callable[[B], object], now: float, more: Callable[[], bool]) -> None:
+        """Hand the batches to `deliver`, oldest first, without what has passed its deadline,
+        deleting each once delivered, while `more()` (at least one). An exception from
+        `deliver` stops it and is raised; that batch stays."""
+        for number, entry in enumerate(list(self.entries)):
+            if number and not more():
+                return
+            batch = self._load(entry)
+            if batch is None:
+                continue
+            self.tally.expired_reads += batch.drop_expired(now)[0]
+            if not batch.empty:
+                deliver(batch)
+            self._remove(entry)
+
+    def expire(self, now: float) -> Expired:
+        """Drop what has passed its deadline from the batch files, rewriting each in place."""
+        reads = passages = batches = lost = 0
+        for entry in [e for e in self.entries if e.first_deadline <= now]:
+            batch = self._load(entry)
+            if batch is None:
+                continue
+            dropped_reads, dropped_passages = batch.drop_expired(now)
+            reads, passages = reads + dropped_reads, passages + dropped_passages
+            self.tally.expired_reads += dropped_reads
+            if batch.empty:
+                self._remove(entry)
+                batches += 1
+                continue
+            data = self.kind.encode(batch, self.clock())
+            try:
+                _replace_at(self._dir, entry.name, data)
+            except OSError as exc:
+                # The expired reads must not stay on disk: the batch goes rather than them.
+                log.warning(
+                    "cannot rewrite %s file %s (%s); dropping its %d read(s) and %d passage(s)",
+                    self.kind.noun,
+                    self._path(entry.name),
+                    _why(exc),
+                    len(batch.reads),
+                    len(batch.passages),
+                )
+                self._lose(len(batch.reads))
+                self._remove(entry)
+                batches, lost = batches + 1, lost + len(batch.reads)
+                continue
+            self.bytes += len(data) - entry.size
+            entry.size, entry.reads, entry.first_deadline = len(data), len(batch.reads), batch.first_deadline
+        return Expired(reads, passages, batches, lost)
+
+    def _load(self, entry: Entry) -> B | None:
+        """An indexed batch; None (and no longer indexed) when it cannot be read any more."""
+        loaded = self._read(entry.name, entry.reads)
+        if loaded is None:
+            self._forget(entry)
+            return None
+        return loaded[0]
+
+    def _remove(self, entry: Entry) -> None:
+        _shred_at(self._dir, entry.name)
+        self._forget(entry)
+
+    def _forget(self, entry: Entry) -> None:
         self.entries.remove(entry)
         self.bytes -= entry.size
 
-    def expire(self, now: float) -> int:
-        """Remove the reads whose deadline has passed (inclusive, as the database's purge);
-        the number removed."""
-        removed = 0
-        for entry in [e for e in self.entries if e.first_deadline <= now]:
-            reads = self.load(entry)
-            if reads is None:
-                continue
-            kept = [r for r in reads if r.delete_after > now]
-            removed += len(reads) - len(kept)
-            if not kept:
-                self.remove(entry)
-                continue
-            data = _encode(kept, self.clock())
-            try:
-                write_private(entry.path, data)
-            except OSError as exc:
-                # The expired reads must not stay on disk: the batch goes rather than them.
-                log.warning("cannot rewrite queue file %s (%s); its %d read(s) dropped", entry.path, exc, len(kept))
-                self.lost_reads += len(kept)
-                self.remove(entry)
-                continue
-            self.bytes += len(data) - entry.size
-            entry.size, entry.reads, entry.first_deadline = len(data), len(kept), _first_deadline(kept)
-        return removed
+    def _lose(self, reads: int) -> None:
+        self.tally.lost_batches += 1
+        self.tally.lost_reads += reads
 
-    def close(self) -> None:
-        """Release the folder; it is removed if empty (batches left are sent by the next run)."""
-        if self._lock_fd is None:
-            return
-        (self.directory / LOCK_NAME).unlink(missing_ok=True)
-        os.close(self._lock_fd)  # closing releases the lock
-        self._lock_fd = None
-        with contextlib.suppress(OSError):
-            self.directory.rmdir()
-
-    def _open_and_lock(self) -> int:
+    def _read(self, name: str, indexed_reads: int | None) -> tuple[B, int] | None:
+        """A batch file's batch and size; None when it cannot be read or decoded.
+        `indexed_reads`: its reads, if it was indexed (None while picking up)."""
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.directory.chmod(0o700)  # mkdir's mode is masked by the umask; an existing folder is tightened
-            fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            data = _read_at(self._dir, name)
         except OSError as exc:
-            raise StoreError(f"cannot use queue folder {self.directory}: {exc.strerror or exc}") from None
+            log.warning("cannot read %s file %s (%s); left as it is", self.kind.noun, self._path(name), _why(exc))
+            if indexed_reads is not None:  # counted as pending until now: it will not be sent in this run
+                self._lose(indexed_reads)
+            return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.fstat(fd).st_ino != os.stat(self.directory / LOCK_NAME).st_ino:
-                raise OSError("lock file replaced")  # its last holder removed it as we opened it
-        except OSError:
+            return self.kind.decode(data), len(data)
+        except UNDECODABLE as exc:
+            self._set_aside(name, exc, indexed_reads or 0)
+            return None
+
+    def _set_aside(self, name: str, exc: Exception, reads: int) -> None:
+        """Rename a file that cannot be decoded out of the folder's names."""
+        self._lose(reads)
+        unreadable = f"unreadable {self.kind.noun} file {self._path(name)} ({exc})"
+        aside, number = f"{name}{UNREADABLE_SUFFIX}", 1
+        while _lstat_at(self._dir, aside) is not None:
+            aside, number = f"{name}{UNREADABLE_SUFFIX}.{number}", number + 1
+        try:
+            os.rename(name, aside, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+        except OSError as error:
+            log.warning("%s; cannot rename it (%s), left as it is", unreadable, _why(error))
+            return
+        _fsync(self._dir)
+        log.warning(
+            "%s; renamed to %s: its reads will not be sent, and retention does not reach it",
+            unreadable,
+            self._path(aside),
+        )
+
+    # --- the folder ------------------------------------------------------------------------------
+
+    @property
+    def _what(self) -> str:
+        return f"{self.kind.noun} folder {self.directory}"
+
+    @property
+    def _dir(self) -> int:
+        if self._fd is None:
+            raise StoreError(f"{self._what} used after it was closed")
+        return self._fd
+
+    def _path(self, name: str) -> Path:
+        return self.directory / name
+
+    def _open_folder(self, create: bool) -> int:
+        """The folder's descriptor, once it is known to be of its kind (marked here if it may be)."""
+        created = False
+        if create:
+            try:
+                self.directory.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(self.directory, 0o700)
+                created = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"cannot create {self._what}: {_why(exc)}") from None
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if create:
+                raise StoreError(f"cannot open {self._what}: it was removed as it was made") from None
+            raise _NoFolder from None
+        except OSError as exc:
+            setting = self.kind.setting
+            if os.path.islink(self.directory):
+                raise StoreError(
+                    f"{self._what} is a symbolic link, which anpr does not follow: set {setting} to the folder itself"
+                ) from None
+            if exc.errno == errno.ENOTDIR:
+                raise StoreError(f"{self._what} is not a folder: set {setting} to a folder") from None
+            raise StoreError(f"cannot open {self._what}: {_why(exc)}") from None
+        try:
+            self._claim(fd, created, create)
+        except BaseException:
             os.close(fd)
-            raise QueueInUse(f"queue folder {self.directory} is in use by another run") from None
+            raise
         return fd
 
-    def _pick_up(self) -> None:
-        """Index the batches an earlier run left, finishing or discarding its interrupted writes."""
-        for temp in sorted(self.directory.glob(f".*.json{TEMP_SUFFIX}")):  # see temp_name
-            final = temp.with_name(temp.name[1 : -len(TEMP_SUFFIX)])
+    def _claim(self, fd: int, created: bool, create: bool) -> None:
+        """Refuse a folder that is not of its kind, marking one that may be."""
+        kind = self.kind
+        try:
+            names = os.listdir(fd)
+            if _is_file_at(fd, kind.marker):
+                self.made = _read_at(fd, kind.marker).endswith(_MADE_BY_ANPR)
+            elif created and not names:
+                os.fchmod(fd, 0o700)  # mkdir's mode is masked by the umask; only a folder made here is set
+                self._mark(fd, made=True)
+                return
+            elif not names and not create:
+                raise _NoFolder
+            elif not names or self._holds_old_batches(fd, names):
+                self._mark(fd, made=False)
+                log.info("%s marked as anpr's (%s)", self._what, kind.marker)
+            else:
+                raise StoreError(
+                    f"{self._what} holds files but no {kind.marker} marker, so it is not an anpr {kind.noun} "
+                    f"and is left untouched: set {kind.setting} to a dedicated folder"
+                )
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        except OSError as exc:
+            raise StoreError(f"cannot use {self._what}: {_why(exc)}") from None
+        if mode & 0o077:
+            log.warning(
+                "%s is open to other users (mode %04o); anpr leaves it so: chmod 700 it, "
+                "or pick a folder of its own, to keep them from its files",
+                self._what,
+                mode,
+            )
+
+    @staticmethod
+    def _holds_old_batches(fd: int, names: list[str]) -> bool:
+        """Whether the folder holds nothing but regular files an anpr from before the markers
+        would have written there (batch files, at least one, their temporary files, its lock)."""
+        if not any(_BATCH_NAME.fullmatch(n) or _TEMP_NAME.fullmatch(n) for n in names):
+            return False
+        return all(
+            (_BATCH_NAME.fullmatch(name) or _TEMP_NAME.fullmatch(name) or name == _LEGACY_LOCK_NAME)
+            and _is_file_at(fd, name)
+            for name in names
+        )
+
+    def _mark(self, fd: int, made: bool) -> None:
+        text = f"{self.kind.title} ({self.kind.setting}): anpr touches only its own batch files here".encode()
+        try:
+            marker = os.open(self.kind.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600, dir_fd=fd)
+        except FileExistsError:
+            if _is_file_at(fd, self.kind.marker):
+                return  # marked by another anpr at the same moment
+            raise
+        try:
+            write_all(marker, text + (_MADE_BY_ANPR if made else b"\n"))
+        finally:
+            os.close(marker)
+        self.made = made
+        _fsync(fd)
+
+    def _lock(self, busy: str) -> bool:
+        """Take the folder's lock; False when its file was removed as it was taken (look again)."""
+        fd, name = self._dir, self.kind.lock
+        created = True
+        try:
             try:
-                _decode(read_private(temp))
-            except (OSError, ValueError, KeyError, TypeError):
-                shred(temp)  # cut short before it was complete
-                continue
-            if final.exists():
-                shred(final)
-            os.replace(temp, final)  # written and fsynced, only the rename was missing
-        for path in sorted(self.directory.glob("*.json")):
+                lock_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600, dir_fd=fd)
+            except FileExistsError:
+                created = False
+                lock_fd = os.open(name, os.O_RDWR | _OPEN_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"cannot lock {self._what} ({name}: {_why(exc)})") from None
+        try:
+            held = os.fstat(lock_fd)
+            if not stat.S_ISREG(held.st_mode):
+                raise StoreError(f"cannot lock {self._what}: {name} is not a regular file")
             try:
-                data = read_private(path)
-                reads = _decode(data)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("unreadable queue file %s (%s); deleted", path, exc)
-                shred(path)
-                continue
-            self.entries.append(Entry(path, len(reads), len(data), _first_deadline(reads)))
-            self.bytes += len(data)
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutboxInUse(f"{self._what} is in use by another run: {busy}") from None
+            except OSError as exc:
+                raise StoreError(f"cannot lock {self._what}: {_why(exc)}") from None
+            named = _lstat_at(fd, name)
+            if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+                os.close(lock_fd)
+                return False
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(lock_fd)
+            raise
+        self._lock_fd, self._lock_created = lock_fd, created
+        return True
+
+    def close(self) -> None:
+        """Release the folder: its lock, deleting the lock file if this run created it; the
+        folder itself if anpr made it and nothing but the marker and this lock file is left.
+        Batches left in it wait for the next run."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        marker, lock = self.kind.marker, self.kind.lock
+        remove = False
+        if self.made and self._lock_created:
+            with contextlib.suppress(OSError):
+                remove = sorted(os.listdir(fd)) == sorted([marker, lock])
+        if remove:
+            with contextlib.suppress(OSError):
+                os.unlink(marker, dir_fd=fd)
+        if self._lock_fd is not None:
+            if self._lock_created:
+                # Before the lock is released: a run waiting on this file then finds it gone and looks again.
+                with contextlib.suppress(OSError):
+                    os.unlink(lock, dir_fd=fd)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        os.close(fd)
+        if remove:
+            with contextlib.suppress(OSError):  # something new in it: it stays
+                os.rmdir(self.directory)
+
+    def _listing(self, pattern: re.Pattern[str]) -> list[str]:
+        """The regular files whose names match `pattern`, sorted (oldest first)."""
+        names = []
+        with os.scandir(self._dir) as entries:
+            for entry in entries:
+                if not pattern.fullmatch(entry.name):
+                    continue  # not anpr's: never touched
+                if not entry.is_file(follow_symlinks=False):
+                    log.warning(
+                        "%s is %s; left alone",
+                        self._path(entry.name),
+                        "a symbolic link" if entry.is_symlink() else "not a regular file",
+                    )
+                    continue
+                names.append(entry.name)
+        return sorted(names)
 
 
-def _encode(reads: Sequence[PolicedRead], queued_at: float) -> bytes:
-    document = {"format": QUEUE_FORMAT, "queued_at": queued_at, "reads": [r.to_dict(exact=True) for r in reads]}
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def expire_offline(kind: Kind[Any], directory: str | os.PathLike[str], now: float, *, busy: str) -> Expired:
+    """Apply retention to a folder of `kind` without its run: drop every read and passage
+    whose deadline has passed from its batch files, whatever they were written for, and
+    delete the files left empty.
+
+    A missing folder, or an empty one without the marker, holds nothing to purge: it is
+    neither created nor marked. Raises OutboxInUse when a run holds the folder (`busy` ends
+    the message), StoreError when it is not a folder of this kind.
+    """
+    try:
+        outbox = Outbox(kind, directory, tally=_Tally(), busy=busy, create=False)
+    except _NoFolder:
+        return Expired()
+    try:
+        outbox.pick_up()
+        return outbox.expire(now)
+    finally:
+        outbox.close()
 
 
-def _decode(data: bytes) -> list[PolicedRead]:
-    document = json.loads(data)
-    if document.get("format") != QUEUE_FORMAT:
-        raise ValueError(f"unknown queue format {document.get('format')!r}")
-    return [PolicedRead.from_dict(entry) for entry in document["reads"]]
-
-
-def _first_deadline(reads: Sequence[PolicedRead]) -> float:
-    return min((r.delete_after for r in reads), default=float("inf"))
-
-
-# --- private files ---------------------------------------------------------------------------
+# --- files in a folder reached by its descriptor; an export file by its path --------------------
 
 
 def temp_name(path: Path) -> Path:
     """Where `write_private` writes `path`'s next content before renaming it into place."""
-    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    return path.with_name(f".{path.name}.tmp")
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically: a 0600 temporary file beside it, fsynced,
-    renamed into place; then the old content, if any, is zeroed (after the rename, so
-    that a crash in between loses neither)."""
-    temp = temp_name(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    """Replace `path` with `data` atomically, as a batch file is (`_replace_at`)."""
+    with _parent(path) as dir_fd:
+        _replace_at(dir_fd, path.name, data)
+
+
+def shred(path: Path) -> None:
+    """Zero a file, never through a symbolic link, then delete it (best effort)."""
+    with _parent(path) as dir_fd:
+        _shred_at(dir_fd, path.name)
+
+
+@contextlib.contextmanager
+def _parent(path: Path) -> Iterator[int]:
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read_at(dir_fd: int, name: str) -> bytes:
+    fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return file.read()
+
+
+def _replace_at(dir_fd: int, name: str, data: bytes) -> None:
+    """Write `name` (new, or in place of the old one) through a 0600 temporary file, fsynced."""
+    temp = f".{name}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         try:
             write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        try:
-            old: int | None = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-        except OSError:
-            old = None  # a new file, or not one to zero
-        try:
-            os.replace(temp, path)
-            if old is not None:
-                zero(old)
-        finally:
-            if old is not None:
-                os.close(old)
+        _install_at(dir_fd, temp, name)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
         raise
-    fsync_directory(path.parent)
 
 
-def read_private(path: Path) -> bytes:
-    """A file's bytes, not through a symbolic link."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as file:
-        return file.read()
+def _install_at(dir_fd: int, temp: str, name: str) -> None:
+    """Rename a complete temporary file to `name`, then zero what `name` held: after the
+    rename, so that a crash in between loses neither."""
+    old = None
+    if _is_file_at(dir_fd, name):
+        with contextlib.suppress(OSError):  # one that cannot be written is replaced all the same
+            old = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=dir_fd)
+    elif _lstat_at(dir_fd, name) is not None:
+        raise OSError(errno.EEXIST, "its name is taken by something else")
+    try:
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if old is not None:
+            _zero(old)
+    finally:
+        if old is not None:
+            os.close(old)
+    _fsync(dir_fd)
+
+
+def _shred_at(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=dir_fd)
+        try:
+            _zero(fd)
+        finally:
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+    _fsync(dir_fd)
+
+
+def _zero(fd: int) -> None:
+    """Overwrite a regular file's content with zeros, in place (best effort)."""
+    with contextlib.suppress(OSError):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            os.lseek(fd, 0, os.SEEK_SET)
+            size = info.st_size
+            while size > 0:
+                size -= os.write(fd, b"\0" * min(size, 1 << 16))
+            os.fsync(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -236,39 +668,26 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def zero(path: Path | int) -> None:
-    """Overwrite a file's content with zeros in place (a path, never followed if a link;
-    or a descriptor opened for writing without O_APPEND); best effort."""
-    try:
-        fd = path if isinstance(path, int) else os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-    except OSError:
-        return
-    try:
-        size = os.fstat(fd).st_size
-        os.lseek(fd, 0, os.SEEK_SET)
-        while size > 0:
-            size -= os.write(fd, b"\0" * min(size, 1 << 16))
+def _fsync(fd: int) -> None:
+    with contextlib.suppress(OSError):
         os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        if not isinstance(path, int):
-            os.close(fd)
 
 
-def shred(path: Path) -> None:
-    zero(path)
-    path.unlink(missing_ok=True)
-
-
-def fsync_directory(directory: Path) -> None:
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _is_file_at(dir_fd: int, name: str) -> bool:
+    info = _lstat_at(dir_fd, name)
+    return info is not None and stat.S_ISREG(info.st_mode)
+
+
+def _size(number: float) -> str:
+    return f"{int(number) // 2**20} MB" if number % 2**20 == 0 else f"{int(number)} bytes"
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)

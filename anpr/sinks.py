@@ -9,9 +9,9 @@ leaves no file. A sink may have a `close()`: the run calls it once, at its end.
 What leaves the machine or stays on disk is guarded here: a webhook posts over https
 (plain http only to hosts listed for it), authenticates with a header taken from the
 environment, never follows a redirect, and keeps the batches it cannot deliver in a
-private on-disk queue (anpr/outbox.py) instead of stopping the run; an export file is
-created 0600. Retention reaches both: `purge_export` and `expire_webhook_queue` remove
-what is past its deadline.
+private on-disk queue instead of stopping the run (an outbox, anpr/outbox.py, marked
+`.anpr-webhook-queue`); an export file is created 0600. Retention reaches both:
+`purge_export` and `expire_webhook_queue` remove what is past its deadline.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
 from anpr.errors import AnprError, ConfigError, StoreError
-from anpr.outbox import BatchQueue, QueueInUse, shred, temp_name, write_all, write_private
+from anpr.outbox import Batch, Kind, Outbox, OutboxInUse, expire_offline, shred, temp_name, write_all, write_private
 from anpr.records import PolicedRead
 from anpr.redact import redact, redact_text
 from anpr.registry import SINK_TYPES
@@ -50,6 +50,7 @@ MAX_BACKOFF_SECONDS = 30.0
 FLUSH_BUDGET_SECONDS = 0.5
 CLOSE_BUDGET_SECONDS = 10.0
 WEBHOOK_QUEUE_PREFIX = "anpr-webhook-"
+QUEUE_FORMAT = 1
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,9 @@ class WebhookSettings(SinkSettings):
     allow_http_hosts: tuple[str, ...] = ()
     url: str = Field(min_length=1)  # where each batch is POSTed as JSON
     auth_env: str | None = None  # the environment variable whose value is sent as the Authorization header
-    queue_dir: str | None = Field(None, min_length=1)  # where undelivered batches wait; default anpr-webhook-NAME
+    # Where undelivered batches wait (default anpr-webhook-NAME): a folder of the queue's own;
+    # a non-empty folder that is not a webhook queue is refused (anpr/outbox.py).
+    queue_dir: str | None = Field(None, min_length=1)
     queue_max_mb: StrictInt = Field(256, ge=1, le=1_048_576)
     ca_file: Path | None = None  # PEM certificates to trust instead of the system's (a private CA)
 
@@ -268,7 +271,31 @@ class WebhookStatus:
     queued_batches: int = 0  # put in the queue by this run
     queued_reads: int = 0
     expired_reads: int = 0  # removed from the queue by retention, never sent
-    lost_reads: int = 0  # could not be queued (queue full or not writable)
+    lost_batches: int = 0  # could not be queued (queue full or not writable), or unreadable in the queue
+    lost_reads: int = 0
+
+
+def _encode_queued(batch: Batch, queued_at: float) -> bytes:
+    document = {"format": QUEUE_FORMAT, "queued_at": queued_at, "reads": [r.to_dict(exact=True) for r in batch.reads]}
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _decode_queued(data: bytes) -> Batch:
+    document = json.loads(data)
+    if document.get("format") != QUEUE_FORMAT:
+        raise ValueError(f"unknown queue format {document.get('format')!r}")
+    return Batch([PolicedRead.from_dict(entry) for entry in document["reads"]])
+
+
+WEBHOOK_QUEUE = Kind(
+    noun="webhook queue",
+    title="anpr webhook queue",
+    marker=".anpr-webhook-queue",
+    setting="queue_dir",
+    size_setting="queue_max_mb",
+    encode=_encode_queued,
+    decode=_decode_queued,
+)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -334,11 +361,16 @@ class Webhook:
         self._opener = _opener(settings.ca_file)
         self.status = WebhookStatus()
         self._backoff, self._retry_at, self._full_warned, self._closed = initial_backoff, 0.0, False, False
+        folder = settings.queue_dir or WEBHOOK_QUEUE_PREFIX.rstrip("-")
+        busy = "give each concurrent run its own queue_dir"
+        self.queue = Outbox(
+            WEBHOOK_QUEUE, folder, settings.queue_max_mb * 2**20, tally=self.status, busy=busy, clock=clock
+        )
         try:
-            folder = settings.queue_dir or WEBHOOK_QUEUE_PREFIX.rstrip("-")
-            self.queue = BatchQueue(folder, settings.queue_max_mb * 2**20, clock)
-        except QueueInUse as exc:
-            raise StoreError(f"{exc}: give each concurrent run its own queue_dir") from None
+            self.queue.pick_up()
+        except BaseException:
+            self.queue.close()
+            raise
         if self.queue.entries:
             log.info(
                 "%d read(s) left in %s by an earlier run for webhook %s: sent first",
@@ -348,12 +380,11 @@ class Webhook:
             )
 
     def write(self, reads: Sequence[PolicedRead]) -> None:
-        now = self.clock()
-        self.status.expired_reads += self.queue.expire(now)
+        self.queue.expire(self.clock())
         if not reads:
             return
         if self.status.up or self.monotonic() >= self._retry_at:
-            self._send_queued(now, self.monotonic() + FLUSH_BUDGET_SECONDS)
+            self._send_queued(self.monotonic() + FLUSH_BUDGET_SECONDS)
             if not self.queue.entries:  # in order: a new batch never overtakes a queued one
                 try:
                     self._post(reads)
@@ -369,9 +400,8 @@ class Webhook:
             return
         self._closed = True
         try:
-            now = self.clock()
-            self.status.expired_reads += self.queue.expire(now)
-            self._send_queued(now, self.monotonic() + CLOSE_BUDGET_SECONDS)
+            self.queue.expire(self.clock())
+            self._send_queued(self.monotonic() + CLOSE_BUDGET_SECONDS)
             if self.queue.entries:
                 log.warning(
                     "webhook %s: %d read(s) wait in %s; the next run sends them (each dropped when its retention ends)",
@@ -379,29 +409,23 @@ class Webhook:
                     self.queue.reads,
                     self.queue.directory,
                 )
-            lost = self.status.lost_reads + self.queue.lost_reads
-            if lost:
-                log.warning("webhook %s: %d read(s) could not be queued and were lost", self.shown_url, lost)
+            if self.status.lost_reads:
+                log.warning(
+                    "webhook %s: %d read(s) could not be queued and were lost", self.shown_url, self.status.lost_reads
+                )
         finally:
             self.queue.close()
 
-    def _send_queued(self, now: float, until: float) -> None:
-        """Send queued batches, oldest first, for about `until` (at least one); stop at the first failure."""
-        for number, entry in enumerate(list(self.queue.entries)):
-            if number and self.monotonic() >= until:
-                return
-            reads = self.queue.load(entry)
-            if reads is None:
-                continue
-            reads = [r for r in reads if r.delete_after > now]
-            if reads:
-                try:
-                    self._post(reads)
-                except WebhookFailed as exc:
-                    self._unreachable(exc)
-                    return
-                self._reached()
-            self.queue.remove(entry)
+    def _send_queued(self, until: float) -> None:
+        """Send queued batches, oldest first, until `until` (at least one); stop at the first failure."""
+        try:
+            self.queue.send(self._deliver, self.clock(), lambda: self.monotonic() < until)
+        except WebhookFailed as exc:
+            self._unreachable(exc)
+
+    def _deliver(self, batch: Batch) -> None:
+        self._post(batch.reads)
+        self._reached()
 
     def _post(self, reads: Sequence[PolicedRead]) -> None:
         body = json.dumps([r.to_dict() for r in reads]).encode()
@@ -422,9 +446,9 @@ class Webhook:
 
     def _enqueue(self, reads: Sequence[PolicedRead]) -> None:
         try:
-            self.queue.put(reads)
+            if not self.queue.put(Batch(list(reads))):
+                return
         except OSError as exc:
-            self.status.lost_reads += len(reads)
             if not self._full_warned:
                 self._full_warned = True
                 log.warning(
@@ -460,18 +484,12 @@ def expire_webhook_queue(folder: str | os.PathLike[str], now: float) -> int:
     """Apply retention to a webhook's queue folder offline (as `anpr db purge` does the
     database): remove the queued reads whose `delete_after` is at or before `now`; the
     number removed. A missing folder holds nothing; a folder a run is using is left to that
-    run, which applies retention at each write (0)."""
-    if not Path(folder).is_dir():
-        return 0
+    run, which applies retention at each write (0). StoreError when it is not a webhook queue."""
     try:
-        queue = BatchQueue(folder, float("inf"))
-    except QueueInUse:
+        return expire_offline(WEBHOOK_QUEUE, folder, now, busy="that run applies retention itself").reads
+    except OutboxInUse:
         log.info("webhook queue %s is in use by a run, which applies retention itself", folder)
         return 0
-    try:
-        return queue.expire(now)
-    finally:
-        queue.close()
 
 
 def make_sinks(sinks: Mapping[str, SinkSettings], database: PolicedSink) -> dict[str, PolicedSink]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from support.http_receiver import Receiver
 from anpr.config import Settings, load_settings
 from anpr.errors import ConfigError, StoreError
 from anpr.outputs import StatusLog
-from anpr.records import PlateRead, PolicedRead
+from anpr.records import PlateRead, PolicedRead, new_key
 from anpr.sinks import (
     JsonlExport,
     JsonlExportSettings,
@@ -303,6 +305,99 @@ def test_a_queue_folder_is_used_by_one_run_at_a_time(tmp_path):
             _webhook(_free_port(), tmp_path / "q", clock)
     finally:
         hook.close()
+
+
+def _batch_name() -> str:
+    return f"{time.time_ns():020d}-{new_key()}.json"
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bool, bytes | str, int]]:
+    """Every entry of a folder: whether it is a link, its content (or target), its mode."""
+    return {
+        p.name: (p.is_symlink(), os.readlink(p) if p.is_symlink() else p.read_bytes(), p.lstat().st_mode)
+        for p in folder.iterdir()
+    }
+
+
+def test_a_queue_dir_that_is_not_a_webhook_queue_is_refused_and_left_untouched(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o755)
+    (home / "notes.json").write_bytes(b"my notes")
+    (home / ".lock").write_bytes(b"someone else's lock")
+    (home / _batch_name()).write_bytes(b"named like a batch, but not anpr's")
+    spool = tmp_path / "spool"  # another kind of anpr folder: its marker is not a webhook queue's
+    spool.mkdir()
+    (spool / ".anpr-spool").write_bytes(b"anpr outage spool")
+    for folder in (home, spool):
+        before, mode = _snapshot(folder), folder.stat().st_mode
+        for attempt in (
+            lambda folder=folder: _webhook(_free_port(), folder, Clock()),
+            lambda folder=folder: expire_webhook_queue(folder, NOW),
+        ):
+            with pytest.raises(StoreError, match=r"holds files but no \.anpr-webhook-queue marker") as raised:
+                attempt()
+            assert "set queue_dir to a dedicated folder" in str(raised.value) and "\n" not in str(raised.value)
+            assert _snapshot(folder) == before and folder.stat().st_mode == mode  # nothing read, written or chmod-ed
+
+
+def test_an_existing_empty_queue_dir_is_adopted_as_it_is_and_never_removed(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    hook = _webhook(_free_port(), shared, Clock())
+    hook.write([_read("AA111AA")])
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755 and (shared / ".anpr-webhook-queue").is_file()
+    hook.close()
+    assert expire_webhook_queue(shared, NOW + DAY) == 1
+    assert sorted(p.name for p in shared.iterdir()) == [".anpr-webhook-queue"]  # emptied, not removed
+
+
+def test_no_symbolic_link_is_followed_in_or_to_a_queue_dir(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    for attempt in (lambda: _webhook(_free_port(), link, Clock()), lambda: expire_webhook_queue(link, NOW)):
+        with pytest.raises(StoreError, match=rf"webhook queue folder {re.escape(str(link))} is a symbolic link"):
+            attempt()
+        assert list(real.iterdir()) == []
+    port, clock, queue = _free_port(), Clock(), tmp_path / "q"
+    first = _webhook(port, queue, clock)
+    first.write([_read("AA111AA", delete_after=NOW + 60)])
+    first.close()
+    victim = tmp_path / "victim.json"
+    victim.write_bytes(b"someone's file, outside the queue")
+    linked, linked_temp = _batch_name(), f".{_batch_name()}.tmp"
+    (queue / linked).symlink_to(victim)
+    (queue / linked_temp).symlink_to(victim)
+    with Receiver(port) as receiver:
+        second = _webhook(port, queue, clock)
+        assert second.queue.reads == 1  # the links are not batches
+        second.write([_read("BB222BB")])
+        second.close()
+    assert receiver.plates == ["AA111AA", "BB222BB"]
+    assert expire_webhook_queue(queue, NOW + DAY) == 0
+    assert victim.read_bytes() == b"someone's file, outside the queue"  # neither read, zeroed nor deleted
+    assert (queue / linked).is_symlink() and (queue / linked_temp).is_symlink()  # nor the links removed
+
+
+def test_a_queue_of_the_previous_anpr_is_picked_up_and_an_unreadable_file_set_aside(tmp_path, caplog):
+    """The anpr before the marker left batch files alone in the folder (format 1): they are
+    sent; a file it cannot decode is renamed aside, never deleted."""
+    port, clock, queue = _free_port(), Clock(), tmp_path / "q"
+    queue.mkdir()
+    old = {"format": 1, "queued_at": NOW, "reads": [_read("AA111AA").to_dict(exact=True)]}
+    (queue / _batch_name()).write_bytes(json.dumps(old).encode())
+    broken = _batch_name()
+    (queue / broken).write_bytes(b'{"format": 9}')
+    with Receiver(port) as receiver, caplog.at_level(logging.WARNING):
+        hook = _webhook(port, queue, clock)
+        assert (queue / ".anpr-webhook-queue").is_file() and hook.status.lost_batches == 1
+        hook.close()
+    assert receiver.plates == ["AA111AA"]
+    assert (queue / f"{broken}.unreadable").read_bytes() == b'{"format": 9}'
+    assert any("unreadable webhook queue file" in r.getMessage() for r in caplog.records)
 
 
 def test_a_full_queue_loses_batches_with_one_warning_and_never_stops_the_run(tmp_path, caplog):

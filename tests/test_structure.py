@@ -124,8 +124,8 @@ def test_a_spool_file_of_the_format_before_the_records_module_is_still_read():
         ],
         "counts": [{"bucket": 3600, "camera": "cam", "purpose": "p", "rule_id": "R", "outcome": "blocked", "count": 2}],
     }
-    batch, database = _decode(json.dumps(old).encode())
-    assert batch.reads == [policed] and database == "sqlite:///x"
+    batch = _decode(json.dumps(old).encode())
+    assert batch.reads == [policed] and batch.database == "sqlite:///x"
     assert batch.counts == {CountKey(3600, "cam", "p", "R", Outcome.BLOCKED): 2}
 
 
