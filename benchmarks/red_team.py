@@ -36,6 +36,11 @@ def anpr(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "anpr", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
+def verified(result: subprocess.CompletedProcess[str]) -> str:
+    """`anpr audit verify`'s exit status and every problem it named."""
+    return f"exit {result.returncode}: " + "; ".join(f"`{line}`" for line in result.stdout.splitlines()[:6])
+
+
 def said(result: subprocess.CompletedProcess[str]) -> str:
     """The exit status and the first error or result line."""
     lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
@@ -147,7 +152,8 @@ def case_2(work: Path, db: Path, config: Path, plate: str) -> None:
     del plain["purposes"]["parking_fps"]["safeguards"]["designated_agents"]
     nobody = write_yaml(work / "no-agents.yaml", plain)
     fresh = work / "fresh.sqlite"
-    anpr("policy", "migrate", str(nobody), "--db", str(fresh), cwd=work)  # an empty database of that deployment
+    fresh.write_bytes(db.read_bytes())
+    anpr("policy", "migrate", str(nobody), "--db", str(fresh), cwd=work)  # the operator rebinds it (audited)
     row(
         "2",
         "a purpose with query rights and no `designated_agents`",
@@ -212,7 +218,7 @@ def case_3(work: Path, db: Path, config: Path) -> None:
         "3",
         "SQLite: drop the triggers, delete entry 2, renumber and recompute every later hash",
         "anpr audit verify --db forged.sqlite",
-        said(anpr("audit", "verify", "--db", str(forged), cwd=work)),
+        verified(anpr("audit", "verify", "--db", str(forged), cwd=work)),
     )
     truncated = work / "truncated.sqlite"
     truncated.write_bytes(db.read_bytes())
@@ -228,7 +234,7 @@ def case_3(work: Path, db: Path, config: Path) -> None:
         "3",
         "SQLite: delete the newest entry and put the trigger back",
         "anpr audit verify --db truncated.sqlite --checkpoints anpr-audit.checkpoints",
-        said(anpr("audit", "verify", "--db", str(truncated), "--checkpoints", "anpr-audit.checkpoints", cwd=work)),
+        verified(anpr("audit", "verify", "--db", str(truncated), "--checkpoints", "anpr-audit.checkpoints", cwd=work)),
     )
     dropped = work / "dropped.sqlite"
     dropped.write_bytes(db.read_bytes())
@@ -241,7 +247,7 @@ def case_3(work: Path, db: Path, config: Path) -> None:
         "3",
         "SQLite: `DROP TABLE audit_log`; the next command starts a fresh chain",
         "anpr audit verify --db dropped.sqlite --checkpoints anpr-audit.checkpoints",
-        said(anpr("audit", "verify", "--db", str(dropped), "--checkpoints", "anpr-audit.checkpoints", cwd=work)),
+        verified(anpr("audit", "verify", "--db", str(dropped), "--checkpoints", "anpr-audit.checkpoints", cwd=work)),
     )
     _postgres_rows(work)
 
@@ -276,7 +282,7 @@ def _postgres_rows(work: Path) -> None:
             "3",
             "PostgreSQL: the owner disables the triggers, edits entry 2, deletes 4-5, re-enables",
             "ALTER TABLE audit_log DISABLE TRIGGER USER; ...; anpr audit verify --db URL --checkpoints pg.checkpoints",
-            said(anpr("audit", "verify", "--db", url, "--checkpoints", str(work / "pg.checkpoints"), cwd=work)),
+            verified(anpr("audit", "verify", "--db", url, "--checkpoints", str(work / "pg.checkpoints"), cwd=work)),
         )
 
 

@@ -94,9 +94,10 @@ PLACEHOLDERS = frozenset(
 
 def _real_reference(value: Any) -> Any:
     if isinstance(value, str):
-        value = value.strip()
-        if not value or value.lower().strip(" .:-_*?!") in PLACEHOLDERS or value.lower() in PLACEHOLDERS:
-            raise ValueError(f"{value!r} is a placeholder, not a reference")
+        text = value.strip()
+        if not text or text.lower().strip(" .:-_*?!") in PLACEHOLDERS or text.lower() in PLACEHOLDERS:
+            raise ValueError(f"{value!r} is {'blank' if not text else 'a placeholder'}, not a reference")
+        return text
     return value
 
 
