@@ -6,8 +6,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -97,20 +99,28 @@ def policy_explain(
     print("This is a model of the rules in LEGAL.md, not legal advice.")
 
 
-def _store(settings):
-    """The config's database, with its key file (which must exist: only a run makes one)."""
+@contextmanager
+def _database(settings) -> Iterator[tuple[Any, Any]]:
+    """The config's database (which must exist) and its audit log, with the key file (which
+    must exist too: only a run makes one). At the end a checkpoint of the log is written:
+    the entries of a query or a deletion are anchored outside the database at once, not
+    at the next run's end."""
+    from anpr.audit import AuditLog
+    from anpr.errors import StoreError
     from anpr.keys import load_keys
     from anpr.store import ReadStore
 
     store = ReadStore(settings.store.url, lambda: load_keys(settings.store.key_file))
-    store.check(create=False)
-    return store
-
-
-def _audit(settings, store):
-    from anpr.audit import AuditLog
-
-    return AuditLog(store.engine, store.keys, settings.store.audit_checkpoints)
+    try:
+        store.check(create=False)
+        audit = AuditLog(store.engine, store.keys, settings.store.audit_checkpoints)
+        try:
+            yield store, audit
+        finally:
+            with suppress(StoreError):  # a checkpoint missed here is made at the next one
+                audit.checkpoint()
+    finally:
+        store.close()
 
 
 @db_app.command("purge")
@@ -156,11 +166,8 @@ def db_purge(
         except StoreError as exc:
             file_errors.append(exc)
     try:
-        store = _store(settings)
-        try:
-            deleted = purge(store, _audit(settings, store), store.user(), moment)
-        finally:
-            store.close()
+        with _database(settings) as (store, audit):
+            deleted = purge(store, audit, store.user(), moment)
         print(f"purged {deleted} read(s) and passage(s) past their deadline from the database")
     except StoreError:
         for error in file_errors:
@@ -179,12 +186,9 @@ def _delete_fps(config: Path, db: str | None, plate: str, action: str) -> None:
     settings, policy = _deployment(config, db)
     if not payment_rules(policy):
         raise PolicyRefusal(f"{config}: no allowed purpose of this deployment deletes reads on payment or finding")
-    store = _store(settings)
-    try:
-        deleted = delete_on_payment(store, policy, _audit(settings, store), plate, store.user(), action)
-        print(f"deleted {deleted} read(s) and passage(s)")
-    finally:
-        store.close()
+    with _database(settings) as (store, audit):
+        deleted = delete_on_payment(store, policy, audit, plate, store.user(), action)
+    print(f"deleted {deleted} read(s) and passage(s)")
 
 
 @db_app.command("mark-paid")
@@ -232,11 +236,8 @@ def db_search(
     if not normalise(plate):
         raise ConfigError(f"not a plate: {plate!r} (no letter or digit)")
     settings, policy = _deployment(config, db)
-    store = _store(settings)
-    try:
-        result = search(store, policy, _audit(settings, store), plate, purpose, store.user(), procedure, passages)
-    finally:
-        store.close()
+    with _database(settings) as (store, audit):
+        result = search(store, policy, audit, plate, purpose, store.user(), procedure, passages)
     if not result.allowed:
         raise PolicyRefusal(f"query refused: {result.reason}")
     for row in result.rows:
@@ -292,11 +293,8 @@ def db_init_roles(
     from anpr.roles import ROLES, init_roles
 
     settings, policy = _deployment(config, db)
-    store = _store(settings)
-    try:
-        report = init_roles(store, _audit(settings, store), policy, prefix, store.user())
-    finally:
-        store.close()
+    with _database(settings) as (store, audit):
+        report = init_roles(store, audit, policy, prefix, store.user())
     for role, name in report.roles.items():
         print(f"{name}{' (created)' if name in report.created else ''}: {ROLES[role]}")
     print(f"the writer may store reads of: {', '.join(report.kept) or 'no purpose'}")
@@ -320,11 +318,8 @@ def policy_migrate(
     from anpr.policy.binding import migrate
 
     settings, policy = _deployment(config, db)
-    store = _store(settings)
-    try:
-        old, new = migrate(store, _audit(settings, store), policy.deployment, store.user())
-    finally:
-        store.close()
+    with _database(settings) as (store, audit):
+        old, new = migrate(store, audit, policy.deployment, store.user())
     if old == new:
         print(f"{store.safe_url} already serves this deployment ({new[:12]})")
     else:

@@ -210,19 +210,20 @@ def _forge(db: Path, delete_seq: int) -> None:
     connection.close()
 
 
-def case_3(work: Path, db: Path, config: Path) -> None:
-    forged = work / "forged.sqlite"
-    forged.write_bytes(db.read_bytes())
-    _forge(forged, 2)
-    row(
-        "3",
-        "SQLite: drop the triggers, delete entry 2, renumber and recompute every later hash",
-        "anpr audit verify --db forged.sqlite",
-        verified(anpr("audit", "verify", "--db", str(forged), cwd=work)),
-    )
-    truncated = work / "truncated.sqlite"
-    truncated.write_bytes(db.read_bytes())
-    connection = sqlite3.connect(truncated)
+def in_place(work: Path, db: Path, attack: Callable[[], object]) -> str:
+    """What `anpr audit verify` says of the deployment's own database once `attack` has
+    changed it in place (the checkpoints name the database by its URL); the database is
+    put back afterwards, for the next attack."""
+    saved = db.read_bytes()
+    try:
+        attack()
+        return verified(anpr("audit", "verify", "--db", str(db), cwd=work))
+    finally:
+        db.write_bytes(saved)
+
+
+def _truncate(db: Path) -> None:
+    connection = sqlite3.connect(db)
     connection.execute("drop trigger audit_log_no_delete")
     connection.execute("delete from audit_log where seq = (select max(seq) from audit_log)")
     connection.execute(
@@ -230,24 +231,34 @@ def case_3(work: Path, db: Path, config: Path) -> None:
     )
     connection.commit()
     connection.close()
-    row(
-        "3",
-        "SQLite: delete the newest entry and put the trigger back",
-        "anpr audit verify --db truncated.sqlite --checkpoints anpr-audit.checkpoints",
-        verified(anpr("audit", "verify", "--db", str(truncated), "--checkpoints", "anpr-audit.checkpoints", cwd=work)),
-    )
-    dropped = work / "dropped.sqlite"
-    dropped.write_bytes(db.read_bytes())
-    connection = sqlite3.connect(dropped)
+
+
+def _drop_and_start_again(work: Path, db: Path, config: Path, plate: str) -> None:
+    connection = sqlite3.connect(db)
     connection.execute("drop table audit_log")
     connection.commit()
     connection.close()
-    anpr("policy", "migrate", str(config), "--db", str(dropped), cwd=work)  # the next command starts a fresh chain
+    anpr("db", "search", plate, "--purpose", "parking_fps", "--config", str(config), "--db", str(db), cwd=work)
+
+
+def case_3(work: Path, db: Path, config: Path, plate: str) -> None:
+    row(
+        "3",
+        "SQLite: drop the triggers, delete entry 2, renumber and recompute every later hash (SHA-256)",
+        "sqlite3 p.sqlite ...; anpr audit verify --db p.sqlite",
+        in_place(work, db, lambda: _forge(db, 2)),
+    )
+    row(
+        "3",
+        "SQLite: delete the newest entry and put the trigger back",
+        "sqlite3 p.sqlite ...; anpr audit verify --db p.sqlite",
+        in_place(work, db, lambda: _truncate(db)),
+    )
     row(
         "3",
         "SQLite: `DROP TABLE audit_log`; the next command starts a fresh chain",
-        "anpr audit verify --db dropped.sqlite --checkpoints anpr-audit.checkpoints",
-        verified(anpr("audit", "verify", "--db", str(dropped), "--checkpoints", "anpr-audit.checkpoints", cwd=work)),
+        "sqlite3 p.sqlite 'drop table audit_log'; anpr db search ...; anpr audit verify --db p.sqlite",
+        in_place(work, db, lambda: _drop_and_start_again(work, db, config, plate)),
     )
     _postgres_rows(work)
 
@@ -451,7 +462,7 @@ def main() -> None:
         steps: list[Callable[[], None]] = [
             lambda: case_1(work, db, config),
             lambda: case_2(work, db, config, plate),
-            lambda: case_3(work, db, config),
+            lambda: case_3(work, db, config, plate),
             lambda: case_4_and_5(work, db, config, plate),
             lambda: case_6_to_9(work, config),
             lambda: valenciennes(work),
