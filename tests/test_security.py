@@ -324,7 +324,8 @@ def test_the_cli_query_user_is_the_authenticated_one(anpr_cli, tmp_path):
     db = tmp_path / "fps.sqlite"
     write_key_file(tmp_path)
     settings = fps(agents=[ME])
-    settings["store"] = {"url": str(db), "key_file": str(tmp_path / "anpr.key")}
+    checkpoints = tmp_path / "checkpoints"
+    settings["store"] = {"url": str(db), "key_file": str(tmp_path / "anpr.key"), "audit_checkpoints": str(checkpoints)}
     path = config(tmp_path, settings)
     store = ReadStore(str(db), TEST_KEYS)
     store.write([read("AB123CD")])
@@ -347,3 +348,17 @@ def test_the_cli_query_user_is_the_authenticated_one(anpr_cli, tmp_path):
     actors = connection.execute("select actor, action, details from audit_log order by seq").fetchall()
     assert [(a, b) for a, b, _ in actors] == [(ME, "deployment.bind"), (ME, "query")]
     assert "AB123CD" not in actors[1][2] and TEST_KEYS.plate_digest("AB123CD") in actors[1][2]
+    # Each command anchors its entries outside the database at once: the query's entry,
+    # the newest, removed with the trigger put back, is found missing.
+    assert json.loads(checkpoints.read_text().splitlines()[-1])["seq"] == 2
+    connection.execute("drop trigger audit_log_no_delete")
+    connection.execute("delete from audit_log where seq = 2")
+    connection.execute(
+        "create trigger audit_log_no_delete before delete on audit_log begin select raise(abort, 'x'); end"
+    )
+    connection.commit()
+    verify = anpr_cli("audit", "verify", "--config", str(path))
+    assert (
+        verify.returncode == 1
+        and "truncated: a checkpoint records entry 2, but the log ends at entry 1" in verify.stdout
+    )
