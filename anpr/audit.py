@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import DDL, Double, Integer, String, Table, Text, create_engine, event, inspect, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -252,7 +252,7 @@ class AuditLog:
     def _write_checkpoint(self, entry: AuditEntry) -> Checkpoint | None:
         if self.checkpoints is None:
             return None
-        point = Checkpoint.of(self.keys, _safe(self.engine), entry.seq, entry.entry_hash)
+        point = Checkpoint.of(self.keys, _identity(self.engine), entry.seq, entry.entry_hash)
         try:
             fd = os.open(self.checkpoints, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
             try:
@@ -271,7 +271,7 @@ class AuditLog:
 class Checkpoint:
     """The newest entry of a database's audit log at one moment, authenticated with the key."""
 
-    database: str  # the database's URL, without its password
+    database: str  # the database's URL, without login, password or options (_identity)
     seq: int
     entry_hash: str
     at: float
@@ -559,7 +559,7 @@ def verify_database(
                 raise StoreError(f"database {_safe(engine)} has no audit log (table {TABLE})")
             keys = keys if isinstance(keys, Keys) else keys()
             if not has_log and checkpoints is not None:  # a dropped log: its checkpoints say what was there
-                return check_checkpoints([], keys, Path(checkpoints), _safe(engine))
+                return check_checkpoints([], keys, Path(checkpoints), _identity(engine))
             with Session(engine) as session:
                 entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
         return _problems(engine, entries, keys, checkpoints)
@@ -572,7 +572,7 @@ def _problems(
 ) -> list[AuditProblem]:
     problems = check_chain(entries, keys) + check_triggers(engine)
     if checkpoints is not None:
-        problems += check_checkpoints(entries, keys, Path(checkpoints), _safe(engine))
+        problems += check_checkpoints(entries, keys, Path(checkpoints), _identity(engine))
     return problems
 
 
@@ -583,6 +583,13 @@ def _errors(what: str, engine: Any) -> Iterator[None]:
         yield
     except SQLAlchemyError as exc:
         raise StoreError(f"{what} {_safe(engine)}: {first_line(exc)}") from None
+
+
+def _identity(engine: Engine) -> str:
+    """The database a checkpoint is of: its URL without the login, password and options,
+    since the pipeline, the agents and the auditor each connect with their own login."""
+    url = engine.url
+    return URL.create(url.drivername, host=url.host, port=url.port, database=url.database).render_as_string()
 
 
 def _safe(engine: Any) -> str:
