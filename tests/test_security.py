@@ -346,13 +346,14 @@ def test_the_cli_query_user_is_the_authenticated_one(anpr_cli, tmp_path):
     assert forged.returncode == 3 and "anpr policy migrate" in forged.stderr
     connection = sqlite3.connect(db)
     actors = connection.execute("select actor, action, details from audit_log order by seq").fetchall()
-    assert [(a, b) for a, b, _ in actors] == [(ME, "deployment.bind"), (ME, "query")]
+    assert [(a, b) for a, b, _ in actors] == [(ME, "deployment.bind"), (ME, "query"), (ME, "query.refused")]
+    assert "serves deployment" in json.loads(actors[2][2])["reason"]
     assert "AB123CD" not in actors[1][2] and TEST_KEYS.plate_digest("AB123CD") in actors[1][2]
     # Each command anchors its entries outside the database at once: the query's entry,
     # the newest, removed with the trigger put back, is found missing.
-    assert json.loads(checkpoints.read_text().splitlines()[-1])["seq"] == 2
+    assert json.loads(checkpoints.read_text().splitlines()[-1])["seq"] == 3
     connection.execute("drop trigger audit_log_no_delete")
-    connection.execute("delete from audit_log where seq = 2")
+    connection.execute("delete from audit_log where seq = 3")
     connection.execute(
         "create trigger audit_log_no_delete before delete on audit_log begin select raise(abort, 'x'); end"
     )
@@ -360,5 +361,5 @@ def test_the_cli_query_user_is_the_authenticated_one(anpr_cli, tmp_path):
     verify = anpr_cli("audit", "verify", "--config", str(path))
     assert (
         verify.returncode == 1
-        and "truncated: a checkpoint records entry 2, but the log ends at entry 1" in verify.stdout
+        and "truncated: a checkpoint records entry 3, but the log ends at entry 2" in verify.stdout
     )

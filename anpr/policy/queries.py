@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TypeVar
 
+from anpr.errors import PolicyRefusal
 from anpr.plates import normalise
 from anpr.policy.binding import require_binding
 from anpr.policy.engine import Policy
@@ -76,7 +77,11 @@ def search(
     if refusal:
         audit.append("query.refused", user, {**details, "reason": refusal})
         return QueryResult(False, refusal, [])
-    require_binding(store, audit, policy.deployment, user, bind_if_new=False)
+    try:
+        require_binding(store, audit, policy.deployment, user, bind_if_new=False)
+    except PolicyRefusal as exc:  # a config that is not the database's: refused, and audited as such
+        audit.append("query.refused", user, {**details, "reason": str(exc)})
+        raise
     if store.has_search_function():
         return _search_in_database(store, audit, plate, purpose, user, procedure, passages, details)
     hits_only = policy.purpose(purpose).rule.retention.no_hit_query_needs_procedure and not procedure
