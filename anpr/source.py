@@ -31,6 +31,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
 STREAM_OPEN_TIMEOUT_MS = 10_000
 MAX_BAD_READS = 250  # a file whose frames fail to decode for this long (10 s at 25 fps) has ended
+# A failed read that took this share of `stall_seconds` ran into the read timeout: the
+# stream stalled. One that failed sooner was ended by the server or the network.
+STALLED_SHARE = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,7 @@ class SourceStatus:
     received: int = 0  # frames the source delivered
     reconnects: int = 0  # successful reconnections after a drop or a stall
     last_frame_time: float | None = None  # Unix time the last frame arrived
-    last_error: str | None = None  # why the stream last dropped
+    last_error: str | None = None  # why the stream is down, while it is
     damaged_stretches: int = 0  # runs of undecodable frames skipped (a damaged file)
     unreadable: list[str] = field(default_factory=list)  # images of a folder that could not be decoded
 
@@ -66,6 +69,10 @@ class SourceStatus:
         """Enter `state`; every change is kept, so a monitor that looks now and then misses none."""
         if error is not None:
             self.last_error = error
+        elif state is SourceState.CONNECTED or (state is SourceState.ENDED and self.state is SourceState.CONNECTED):
+            # Back up, or ended while up: the error is history, which `changes` keeps; a
+            # monitor reading `last_error` at the run's end must not see an outage that is over.
+            self.last_error = None
         if state is not self.state:
             self.state = state
             self.changes.append((time.time(), state, error))
@@ -202,10 +209,14 @@ class VideoSource:
                 self.status.received += 1
                 self.status.last_frame_time = time.time()
                 yield Frame(self.name, index, stamp, image)
-                ok, image = self._capture.read()
                 index += 1
-                if not ok or image is None:
-                    image = self._reopen() if self.live else self._skip_damage()
+                if self.live:
+                    read = self._read_live()
+                    image = self._reopen(read) if isinstance(read, str) else read
+                else:
+                    ok, image = self._capture.read()
+                    if not ok or image is None:
+                        image = self._skip_damage()
                 if image is not None and not self.live and self.fps > 0:
                     # A damaged file loses frames, sometimes without a failed read (FFmpeg drops
                     # what it cannot decode): number each frame by its media time, not by count.
@@ -226,13 +237,22 @@ class VideoSource:
                 return image
         return None
 
-    def _reopen(self) -> np.ndarray | None:
-        """Reopen a dropped or stalled stream, backing off; its first frame, or None once closed."""
+    def _read_live(self) -> np.ndarray | str:
+        """The stream's next frame, or what happened instead."""
+        asked = time.monotonic()
+        if not self._capture.grab():
+            waited = time.monotonic() - asked
+            if waited >= STALLED_SHARE * self.reconnect.stall_seconds:
+                return f"stream stalled: no frame for {waited:.0f} s"
+            return "stream ended: the server closed it or the connection dropped"
+        ok, image = self._capture.retrieve()
+        return image if ok and image is not None else "a frame of the stream could not be decoded"
+
+    def _reopen(self, why: str | None = None) -> np.ndarray | None:
+        """Reopen a stream that went down (`why`), backing off; its first frame, or None once closed."""
         self._capture.release()
         if self.status.state is not SourceState.RECONNECTING:  # else: never connected yet
-            self.status.set(
-                SourceState.RECONNECTING, f"stream dropped or sent nothing for {self.reconnect.stall_seconds:g} s"
-            )
+            self.status.set(SourceState.RECONNECTING, why)
         for delay in self.reconnect.delays():
             if self._closing.wait(delay):
                 return None
