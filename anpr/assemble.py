@@ -32,7 +32,7 @@ from anpr.policy.binding import require_binding
 from anpr.policy.deployment import Camera, Deployment
 from anpr.policy.engine import Policy, PurposeDecision
 from anpr.policy.gate import DatabaseSink, GateTally, PassageSink, PolicyGate
-from anpr.redact import redact
+from anpr.redact import printable, redact
 from anpr.sinks import PolicedSink, close_sinks, make_sinks
 from anpr.source import FrameReader, FrameSource, ImageSource, Reconnect, SourceState, open_source
 from anpr.spool import SpooledStore
@@ -299,7 +299,7 @@ class DeploymentRun:
                 "deployment": self.policy.deployment.name,
                 "fingerprint": self.policy.deployment.fingerprint(),
                 "user": self.user,
-                "config": str(self.config),
+                "config": printable(str(self.config)),  # the audit log is UTF-8; a file name may not be
                 "cameras": [c.camera.id for c in self.cameras],
                 "demo": self.demo,
                 "decisions": {

@@ -35,9 +35,9 @@ def _peak_rss_mb() -> float:
 
 
 def decode_phase(video: str) -> dict[str, float]:
-    import cv2
+    from anpr.source import open_video_file
 
-    capture = cv2.VideoCapture(video, cv2.CAP_FFMPEG)
+    capture = open_video_file(video)
     frames, started = 0, time.perf_counter()
     while capture.grab() and capture.retrieve()[0]:
         frames += 1
@@ -47,10 +47,10 @@ def decode_phase(video: str) -> dict[str, float]:
 
 
 def naive_phase(video: str, frames: int, device: str) -> dict[str, float]:
-    import cv2
     import easyocr
     from ultralytics import YOLO
 
+    from anpr.source import open_video_file
     from anpr.weights import model_file
 
     model = YOLO(str(model_file("plate-yolov8n").path), task="detect")
@@ -61,7 +61,7 @@ def naive_phase(video: str, frames: int, device: str) -> dict[str, float]:
         model_storage_directory=str(model_file("easyocr-english-g2").path.parent),
         download_enabled=False,
     )
-    capture = cv2.VideoCapture(video, cv2.CAP_FFMPEG)
+    capture = open_video_file(video)
     done, texts, started = 0, 0, time.perf_counter()
     while done < frames:
         ok, frame = capture.read()

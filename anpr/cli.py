@@ -202,6 +202,9 @@ def run(
     from anpr.policy.engine import Policy
     from anpr.sinks import PolicedSink
 
+    # First: SIGTERM's default action kills the process at once (status 143), and a service
+    # manager may send it while the run is still being set up.
+    stop = _install_stop_handler()
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend, store={"url": db}))
     policy = Policy(require_deployment(settings))
     cameras = cameras_to_run(policy.deployment, source, camera_id, config)
@@ -210,6 +213,9 @@ def run(
         decisions[camera.camera.id] = policy.camera_decisions(camera.camera.id)
         _say(decision_lines(decisions[camera.camera.id], camera.camera.id if len(cameras) > 1 else None))
         refuse_denied_camera(camera.camera.id, decisions[camera.camera.id], demo)
+    if stop.is_set():  # before anything is opened: nothing to drain, nothing to write
+        _say("stopped before the run started: nothing was read or written")
+        return
     status_log = StatusLog(log_json) if log_json else None
     tally = PlateTally()
     passage_output = PassageOutput(sys.stdout if jsonl else None) if passages else None
@@ -219,7 +225,6 @@ def run(
         settings, policy, decisions, cameras, outputs, passage_outputs, config=config, demo=demo
     ) as deployment_run:
         progress = ProgressLine(deployment_run.frame_count, status_log)
-        stop = _install_stop_handler()
         if status_log:
             status_log.event("run.start", cameras={c.camera.id: c.shown for c in cameras})
             status_log.database = deployment_run.spool
@@ -235,7 +240,7 @@ def run(
             print("\n".join(tally.lines()))
         _say(summary_lines(report.tally, report.lanes, report.store_url))
         _report_spool(report.spool, report.store_url)
-        if not report.frames_received:
+        if not report.frames_received and not stop.is_set():
             raise SourceError("no frame could be decoded from " + ", ".join(c.shown for c in cameras))
 
 

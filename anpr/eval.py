@@ -23,14 +23,15 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cv2
 import numpy as np
 
 from anpr.detect import PlateDetector, pairwise_iou
 from anpr.errors import DatasetError
+from anpr.images import read_image
 from anpr.ocr import PlateRecogniser, cut_plates
 from anpr.plates import PlateText, choose_plate, comparable, same_plate
 from anpr.records import candidates_to_list
+from anpr.redact import printable
 
 MATCH_IOU = 0.3
 ANNOTATION_FIELDS = ("image", "x", "y", "width", "height", "plate")
@@ -224,9 +225,9 @@ def evaluate(
 
 
 def _read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path))
-    if image is None:
-        raise DatasetError(f"cannot decode image {path}")
+    image = read_image(path)
+    if isinstance(image, str):
+        raise DatasetError(f"{image}: {printable(str(path))}")
     return image
 
 

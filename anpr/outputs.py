@@ -229,11 +229,11 @@ def summary_lines(gate_tally: GateTally, lanes: Sequence[Lane], store_url: str) 
                 f"warning: {name}{lane.reader.source.name} is damaged: {status.damaged_stretches} "
                 f"stretch(es) of undecodable frames skipped"
             )
-        if status.unreadable:
+        if status.skipped:
             lines.append(
-                f"warning: {name}{len(status.unreadable)} image(s) could not be decoded and were skipped: "
-                + ", ".join(Path(p).name for p in status.unreadable[:5])
-                + (" ..." if len(status.unreadable) > 5 else "")
+                f"warning: {name}{len(status.skipped)} image(s) skipped: "
+                + "; ".join(f"{image}: {why}" for image, why in status.skipped[:5])
+                + (" ..." if len(status.skipped) > 5 else "")
             )
     lines.append(f"{gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}")
     return lines

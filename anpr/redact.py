@@ -5,6 +5,9 @@ names a source or an endpoint; its credentials must not follow it into the reads
 exports, the logs or an error message. `redact` keeps the URL readable (scheme, user,
 host, path) and replaces the secrets with `***`. What opens the stream or posts to the
 endpoint keeps the real URL.
+
+The result is always text that can be stored and printed: bytes of a file name that are
+not UTF-8 (which Linux allows) are shown as `\\xff` escapes (`printable`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)$", re.S)
 def redact(location: str) -> str:
     """`location` with a URL's userinfo password (`user:***@`, or `***@` for a bare
     token) and the values of secret-looking query parameters replaced; anything that
-    is not `scheme://...` (a file path) is returned as is. Never raises."""
+    is not `scheme://...` (a file path) is returned as is, but `printable`. Never raises."""
+    location = printable(location)
     match = _URL.match(location)
     if match is None:
         return location
@@ -40,6 +44,22 @@ def redact(location: str) -> str:
         user, colon, _ = userinfo.partition(":")
         head = (f"{user}:{HIDDEN}" if colon else HIDDEN) + at + after
     return scheme + head + _redact_parameters(tail)
+
+
+def printable(text: str) -> str:
+    """`text` with the bytes that were not UTF-8 shown as `\\xff` escapes.
+
+    Python holds such bytes of a file name or argument as lone surrogates, which a
+    database, a JSON reader or a UTF-8 terminal refuses."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that was no byte (an escape in a YAML string)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _redact_parameters(tail: str) -> str:

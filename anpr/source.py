@@ -9,6 +9,8 @@ frame of a file is ever skipped.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import queue
 import random
@@ -25,12 +27,18 @@ import numpy as np
 
 from anpr.config import PipelineSettings, StreamSettings
 from anpr.errors import SourceError
+from anpr.images import image_problem, read_image
 from anpr.redact import redact
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
 STREAM_OPEN_TIMEOUT_MS = 10_000
+FD_FOLDER = "/proc/self/fd"  # opening FD_FOLDER/N opens the file of descriptor N anew
 MAX_BAD_READS = 250  # a file whose frames fail to decode for this long (10 s at 25 fps) has ended
+# A failed read that took this share of `stall_seconds` ran into the read timeout: the
+# stream stalled. One that failed sooner was ended by the server or the network.
+STALLED_SHARE = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +64,9 @@ class SourceStatus:
     received: int = 0  # frames the source delivered
     reconnects: int = 0  # successful reconnections after a drop or a stall
     last_frame_time: float | None = None  # Unix time the last frame arrived
-    last_error: str | None = None  # why the stream last dropped
+    last_error: str | None = None  # why the stream is down, while it is
     damaged_stretches: int = 0  # runs of undecodable frames skipped (a damaged file)
-    unreadable: list[str] = field(default_factory=list)  # images of a folder that could not be decoded
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # images of a folder not read: (name, why)
 
     changes: list[tuple[float, SourceState, str | None]] = field(default_factory=list)  # (Unix time, state, why)
 
@@ -66,6 +74,10 @@ class SourceStatus:
         """Enter `state`; every change is kept, so a monitor that looks now and then misses none."""
         if error is not None:
             self.last_error = error
+        elif state is SourceState.CONNECTED or (state is SourceState.ENDED and self.state is SourceState.CONNECTED):
+            # Back up, or ended while up: the error is history, which `changes` keeps; a
+            # monitor reading `last_error` at the run's end must not see an outage that is over.
+            self.last_error = None
         if state is not self.state:
             self.state = state
             self.changes.append((time.time(), state, error))
@@ -174,7 +186,15 @@ class VideoSource:
             if self.live
             else []
         )
-        capture = cv2.VideoCapture(self._location, cv2.CAP_FFMPEG, params)
+        if self.live:
+            if not _is_utf8(self._location):  # OpenCV crashes on it (see open_video_file)
+                return "stream URL is not valid UTF-8 (percent-encode its bytes)"
+            capture = cv2.VideoCapture(self._location, cv2.CAP_FFMPEG, params)
+        else:
+            try:
+                capture = open_video_file(self._location)
+            except OSError as exc:
+                return f"cannot open video ({exc.strerror or exc})"
         if not capture.isOpened():
             capture.release()
             return "cannot connect to stream" if self.live else "cannot open video (not a video file, or corrupt)"
@@ -202,10 +222,14 @@ class VideoSource:
                 self.status.received += 1
                 self.status.last_frame_time = time.time()
                 yield Frame(self.name, index, stamp, image)
-                ok, image = self._capture.read()
                 index += 1
-                if not ok or image is None:
-                    image = self._reopen() if self.live else self._skip_damage()
+                if self.live:
+                    read = self._read_live()
+                    image = self._reopen(read) if isinstance(read, str) else read
+                else:
+                    ok, image = self._capture.read()
+                    if not ok or image is None:
+                        image = self._skip_damage()
                 if image is not None and not self.live and self.fps > 0:
                     # A damaged file loses frames, sometimes without a failed read (FFmpeg drops
                     # what it cannot decode): number each frame by its media time, not by count.
@@ -226,13 +250,22 @@ class VideoSource:
                 return image
         return None
 
-    def _reopen(self) -> np.ndarray | None:
-        """Reopen a dropped or stalled stream, backing off; its first frame, or None once closed."""
+    def _read_live(self) -> np.ndarray | str:
+        """The stream's next frame, or what happened instead."""
+        asked = time.monotonic()
+        if not self._capture.grab():
+            waited = time.monotonic() - asked
+            if waited >= STALLED_SHARE * self.reconnect.stall_seconds:
+                return f"stream stalled: no frame for {waited:.0f} s"
+            return "stream ended: the server closed it or the connection dropped"
+        ok, image = self._capture.retrieve()
+        return image if ok and image is not None else "a frame of the stream could not be decoded"
+
+    def _reopen(self, why: str | None = None) -> np.ndarray | None:
+        """Reopen a stream that went down (`why`), backing off; its first frame, or None once closed."""
         self._capture.release()
         if self.status.state is not SourceState.RECONNECTING:  # else: never connected yet
-            self.status.set(
-                SourceState.RECONNECTING, f"stream dropped or sent nothing for {self.reconnect.stall_seconds:g} s"
-            )
+            self.status.set(SourceState.RECONNECTING, why)
         for delay in self.reconnect.delays():
             if self._closing.wait(delay):
                 return None
@@ -254,41 +287,98 @@ class VideoSource:
             self._capture.release()
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes of a command-line argument that were not UTF-8 (surrogate escapes)
+        return False
+    return True
+
+
+def open_video_file(path: str) -> cv2.VideoCapture:
+    """An FFmpeg capture of the video file at `path`, whatever its name; raises OSError.
+
+    FFmpeg is handed the file Python opened (`/proc/self/fd/N`), never its name: OpenCV's
+    binding crashes the process on a name that is not UTF-8, and FFmpeg takes a name with
+    a colon (`http:clip.mp4`, `concat:a.mp4`) for a protocol."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.path.isdir(FD_FOLDER):
+            return cv2.VideoCapture(f"{FD_FOLDER}/{fd}", cv2.CAP_FFMPEG, [])
+        if not _is_utf8(path):
+            raise OSError(errno.EINVAL, "its name is not UTF-8, which OpenCV cannot open here")
+        return cv2.VideoCapture(os.path.abspath(path), cv2.CAP_FFMPEG, [])
+    finally:
+        os.close(fd)  # FFmpeg opened the file again for itself
+
+
 class ImageSource:
-    """A folder of images (sorted by name) or a single image file."""
+    """A folder of images (sorted by name) or a single image file.
+
+    A folder may hold other files (annotations, sidecars, a README): they are counted and
+    skipped with one warning. An image that is unreadable, has no header or is too large
+    (`images.MAX_IMAGE_PIXELS`) is skipped and reported at the end; only a folder with no
+    readable image at all is an error. A single image must be readable.
+    """
 
     live = False
 
     def __init__(self, path: Path) -> None:
-        self.name = str(path)
+        self.name = redact(str(path))
         self.status = SourceStatus()
-        self.status.set(SourceState.CONNECTED)
+        self._images: list[tuple[int, Path]] = []  # (frame number: position among the folder's images, path)
         if path.is_dir():
-            entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-            not_images = [p.name for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
-            if not_images:
-                listed = ", ".join(not_images[:3]) + (f" and {len(not_images) - 3} more" if len(not_images) > 3 else "")
-                raise SourceError(f"folder {path} holds {len(not_images)} file(s) that are not images: {listed}")
-            self._paths = [p for p in entries if p.is_file()]
-            if not self._paths:
-                raise SourceError(f"folder holds no images: {path}")
+            self._list_folder(path)
         else:
-            self._paths = [path]
-        # A header check now, so that a bad file fails the run before anything is stored.
-        unreadable = [p.name for p in self._paths if not cv2.haveImageReader(str(p))]
-        if unreadable:
-            raise SourceError(f"not a readable image: {path / unreadable[0] if path.is_dir() else path}")
-        self.frame_count = len(self._paths)
+            # A header check now, so that a bad file fails the run before anything is stored.
+            problem = image_problem(path)
+            if problem:
+                raise SourceError(f"{problem}: {self.name}")
+            self._images = [(0, path)]
+        self.frame_count = len(self._images)
+        self.status.set(SourceState.CONNECTED)
+
+    def _list_folder(self, folder: Path) -> None:
+        try:
+            files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+        except OSError as exc:
+            raise SourceError(f"cannot read folder {self.name}: {exc.strerror or exc}") from None
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        others = [redact(p.name) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        if not images:
+            suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+            raise SourceError(
+                f"folder holds no images: {self.name}"
+                + (f" ({len(others)} other file(s): {listed}; images end in {suffixes})" if others else "")
+            )
+        if others:
+            log.warning("folder %s: %d file(s) that are not images skipped (%s)", self.name, len(others), listed)
+        # Headers only, now: a folder with no readable image fails before anything is stored.
+        for index, image in enumerate(images):
+            problem = image_problem(image)
+            if problem:
+                self.status.skipped.append((redact(image.name), problem))
+            else:
+                self._images.append((index, image))
+        if not self._images:
+            name, problem = self.status.skipped[0]
+            raise SourceError(f"folder holds no readable image: {self.name} ({name}: {problem})")
 
     def frames(self) -> Iterator[Frame]:
-        for index, path in enumerate(self._paths):
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:  # one bad image must not stop the folder: skipped and reported
-                self.status.unreadable.append(str(path))
+        for index, path in self._images:
+            try:
+                taken = path.stat().st_mtime
+            except OSError as exc:
+                image: np.ndarray | str = f"not a readable image ({exc.strerror or exc})"
+            else:
+                image = read_image(path)
+            if isinstance(image, str):  # one bad image must not stop the folder: skipped and reported
+                self.status.skipped.append((redact(path.name), image))
                 continue
             self.status.received += 1
             self.status.last_frame_time = time.time()
-            yield Frame(self.name, index, path.stat().st_mtime, image)
+            yield Frame(self.name, index, taken, image)
         self.status.set(SourceState.ENDED)
 
     def close(self) -> None:
@@ -308,7 +398,7 @@ def open_source(location: str, reconnect: Reconnect | None = None, wait_for_stre
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageSource(path)
     if path.stat().st_size == 0:
-        raise SourceError(f"video file is empty (0 bytes): {location}")
+        raise SourceError(f"video file is empty (0 bytes): {redact(location)}")
     return VideoSource(str(path), live=False)
 
 

@@ -24,10 +24,12 @@ import random
 import socket
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +123,21 @@ HOTLIST = PARIS.replace("sinks: [store]", "sinks: [store]\n    hotlist: {hotlist
 NOISE = random.Random(4).randbytes(65536)
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0" + random.Random(5).randbytes(4096)  # a JPEG header, then nothing decodable
 
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height RGB pixels, holding only its first rows:
+    what a decoder allocates is decided by the header alone."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (1 + 3 * width) * 4)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
+
+
+NOT_UTF8 = os.fsdecode(b"\xff")  # a byte Linux allows in a file name; Python holds it as a lone surrogate
+
 CASES: list[Case] = [
     # ---- sources ----
     _run_source("zero-byte video", "{tmp}/empty.mp4", 2, "video file is empty", files={"empty.mp4": b""}),
@@ -135,13 +152,97 @@ CASES: list[Case] = [
     _run_source("random bytes named .mkv", "{tmp}/noise.mkv", 2, "cannot open video", files={"noise.mkv": NOISE}),
     _run_source("nonexistent path", "{tmp}/nope.mp4", 2, "no such file or folder"),
     _run_source(
-        "folder with non-images",
+        "folder of photos with annotation and sidecar files: the photos are read",
         "{tmp}/mixed",
+        0,
+        "3 file(s) that are not images skipped",
+        files={
+            "mixed/car.jpg": Photo(0),
+            "mixed/car.txt": "car.jpg\t10\t10\t80\t20\tAB123CD\n",
+            "mixed/labels.json": '{"car.jpg": "AB123CD"}',
+            "mixed/README": "photos of the car park, March",
+        },
+        reads_of=(0,),
+    ),
+    _run_source(
+        "folder of other files only",
+        "{tmp}/docs",
         2,
-        "not images: notes.txt",
-        files={"mixed/car.jpg": Photo(0), "mixed/notes.txt": "not an image"},
+        "folder holds no images",
+        files={"docs/notes.txt": "not an image", "docs/README": "nothing here"},
     ),
     _run_source("empty folder", "{tmp}/void", 2, "folder holds no images", files={"void": None}),
+    _run_source(
+        "folder whose only image is empty",
+        "{tmp}/photos",
+        2,
+        "folder holds no readable image",
+        files={"photos/only.jpg": b""},
+    ),
+    _run_source(
+        "folder with a zero-byte image between two good ones",
+        "{tmp}/photos",
+        0,
+        "b.jpg: not a readable image (empty file)",
+        files={"photos/a.jpg": Photo(0), "photos/b.jpg": b"", "photos/c.jpg": Photo(2)},
+        reads_of=(0, 2),
+    ),
+    _run_source(
+        "folder with a text file named .jpg",
+        "{tmp}/photos",
+        0,
+        "notes.jpg: not a readable image (no JPEG, PNG",
+        files={"photos/a.jpg": Photo(0), "photos/notes.jpg": "not an image\n"},
+        reads_of=(0,),
+    ),
+    _run_source(
+        "PNG declaring 60000x60000 pixels",
+        "{tmp}/huge.png",
+        2,
+        "image too large (60000x60000 pixels",
+        files={"huge.png": _png_declaring(60000, 60000)},
+    ),
+    _run_source(
+        "folder with a PNG declaring 20000x20000 pixels: skipped, not decoded",
+        "{tmp}/photos",
+        0,
+        "b.png: image too large (20000x20000 pixels",
+        files={"photos/a.jpg": Photo(0), "photos/b.png": _png_declaring(20000, 20000)},
+        reads_of=(0,),
+    ),
+    _run_source(
+        "image whose name is not UTF-8",
+        f"{{tmp}}/car{NOT_UTF8}.jpg",
+        0,
+        "",
+        files={f"car{NOT_UTF8}.jpg": Photo(0)},
+        reads_of=(0,),
+    ),
+    _run_source(
+        "folder with an image whose name is not UTF-8",
+        "{tmp}/photos",
+        0,
+        "",
+        files={f"photos/a{NOT_UTF8}.jpg": Photo(0), "photos/b.jpg": Photo(2)},
+        reads_of=(0, 2),
+    ),
+    _run_source(
+        "video whose name is not UTF-8",
+        f"{{tmp}}/clip{NOT_UTF8}.mkv",
+        0,
+        "",
+        files={f"clip{NOT_UTF8}.mkv": Clip("mkv")},
+        reads_of=(0, 2),
+        true_frames=True,
+    ),
+    _run_source(
+        "video whose name FFmpeg would take for a URL (http:clip.mkv)",
+        "http:clip.mkv",  # relative to the working folder, {tmp}
+        0,
+        "",
+        files={"http:clip.mkv": Clip("mkv")},
+        reads_of=(0, 2),
+    ),
     _run_source(
         "folder with an undecodable image between two good ones",
         "{tmp}/photos",
@@ -152,6 +253,12 @@ CASES: list[Case] = [
     ),
     _run_source("rtsp URL to a closed port", "rtsp://127.0.0.1:{port}/stream", 2, "cannot connect to stream"),
     _run_source("malformed rtsp URL", "rtsp://", 2, "cannot connect to stream"),
+    _run_source(
+        "rtsp URL with a byte that is not UTF-8",
+        f"rtsp://127.0.0.1:{{port}}/cam{NOT_UTF8}",
+        2,
+        "stream URL is not valid UTF-8",
+    ),
     _run_source("http URL to a closed port", "http://127.0.0.1:{port}/cam.mjpg", 2, "cannot connect to stream"),
     _run_source("http URL serving a web page", "{http}/index.html", 2, "stream"),
     _run_source(
@@ -240,6 +347,14 @@ CASES: list[Case] = [
         "duplicate section", PARIS + "pipeline: {batch: 4}\npipeline: {stride: 2}\n", 2, "duplicate key 'pipeline'"
     ),
     _run_config("impossible date as a name (stays text)", UNNAMED + "name: 2021-02-30\n", 0, "", reads_of=(0,)),
+    Case(
+        "config whose name is not UTF-8",
+        ("run", "{image}", "--config", f"{{tmp}}/c{NOT_UTF8}.yaml"),
+        0,
+        "",
+        files={f"c{NOT_UTF8}.yaml": PARIS},
+        reads_of=(0,),
+    ),
     Case(
         "config is a folder",
         ("run", "{image}", "--config", "{tmp}/conf.d"),

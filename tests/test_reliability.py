@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import yaml
-from conftest import PARKING_CONFIG
+from conftest import PARKING_CONFIG, REPO
 from support.live_run import LiveRun
 from support.rtsp import RtspServer
 
+from anpr.source import FrameReader, Reconnect, SourceState, VideoSource
+
+SAMPLE = REPO / "samples" / "sample.mp4"  # 180 frames of H.264, 1920x1080, 25 fps
 QUICK_RECONNECT = {"stall_seconds": 3, "reconnect_first_delay": 0.2, "reconnect_max_delay": 2}
 
 
@@ -63,12 +72,51 @@ def test_a_live_run_survives_three_server_restarts(clip_h264, tmp_path):
     assert camera["reconnects"] == 3, camera
     states = [e["state"] for e in events if e["event"] == "camera"]
     assert states.count("reconnecting") == 3 and states[-1] in ("connected", "ended"), states
+    # Each restart closed the connection at once: said so, and over once reconnected.
+    reasons = [e["error"] for e in events if e["event"] == "camera" and e["state"] == "reconnecting"]
+    assert all(r.startswith("stream ended") for r in reasons), reasons
+    assert camera["last_error"] is None, camera
     assert "3 reconnections" in run.stderr
     assert [("scan-car-07", o["frame"], o["plate"]) for o in run.objects] == _stored(db)
     print(
         f"\n{len(run.objects)} reads reported and stored, {camera['reconnects']} reconnections, "
         f"exit {run.process.returncode} {took:.1f} s after SIGTERM"
     )
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def test_a_stream_that_ends_or_stalls_says_which_and_forgets_it_once_back():
+    """A server that goes away closes the connection at once; a hung one keeps it open and
+    sends nothing. The reason for reconnecting says which, and is cleared once the stream
+    is back and when it ends cleanly."""
+    reconnect = Reconnect(stall_seconds=2, first_delay=0.2, max_delay=1)
+    with RtspServer(SAMPLE, loop=True) as server:
+        source = VideoSource(server.url, live=True, reconnect=reconnect)
+        reader = FrameReader(source)  # decodes in the background; a live source drops what is not taken
+        status = source.status
+        try:
+            _wait(lambda: status.received > 10, 30, "frames")
+            server.restart()
+            _wait(lambda: status.reconnects == 1, 60, "reconnection after the restart")
+            assert status.last_error is None
+            os.kill(server.process.pid, signal.SIGSTOP)  # hung: the connection stays open, nothing comes
+            try:
+                _wait(lambda: status.state is SourceState.RECONNECTING, 30, "reconnecting while the server hangs")
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            _wait(lambda: status.reconnects == 2, 60, "reconnection once the server goes on")
+        finally:
+            reader.close()
+    reasons = [why for _, state, why in status.changes if state is SourceState.RECONNECTING]
+    assert len(reasons) == 2 and reasons[0] == "stream ended: the server closed it or the connection dropped"
+    assert re.fullmatch(r"stream stalled: no frame for [234] s", reasons[1]), reasons  # 2 s, and a loaded machine
+    assert status.state is SourceState.ENDED and status.last_error is None
 
 
 def test_a_dead_camera_does_not_stop_the_others_and_joins_when_it_comes_up(clip_h264, tmp_path):
@@ -113,6 +161,35 @@ def test_sigterm_drains_the_frames_in_flight_and_stores_every_reported_read(clip
     assert [("scan-car-07", o["frame"], o["plate"]) for o in run.objects] == stored
     # It stopped early: the clip has 150 frames, the queue holds 64 beyond the first batch.
     assert max(frame for _, frame, _ in stored) < 149
+
+
+def test_sigterm_while_the_run_is_set_up_ends_it_cleanly(tmp_path):
+    """SIGTERM as soon as the run has announced its purposes: it is still opening the
+    source, the database and the models. The run ends with status 0, not killed (143), and
+    what it wrote is whole: its audit log verifies and every read it printed is stored."""
+    config = yaml.safe_load(PARKING_CONFIG.read_text())
+    config["store"] = {
+        "key_file": str(tmp_path / "anpr.key"),
+        "audit_checkpoints": str(tmp_path / "anpr-audit.checkpoints"),
+        "spool_dir": str(tmp_path / "spool"),
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    db, options = tmp_path / "early.sqlite", ("--config", str(tmp_path / "config.yaml"))
+    with LiveRun(str(SAMPLE), *options, "--db", str(db), "--jsonl") as run:
+        deadline = time.monotonic() + 60
+        while "purpose parking_fps: allowed" not in run.stderr:
+            assert time.monotonic() < deadline and run.process.poll() is None, run.stderr
+            time.sleep(0.01)
+        run.stop(signal.SIGTERM)
+    assert run.process.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and "anpr: error" not in run.stderr
+    if "stopped before the run started" in run.stderr:  # the signal came before anything was opened
+        assert not db.exists()
+        return
+    exe = shutil.which("anpr") or str(Path(sys.executable).parent / "anpr")
+    verify = subprocess.run([exe, "audit", "verify", *options, "--db", str(db)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert [("scan-car-07", o["frame"], o["plate"]) for o in run.objects] == _stored(db)
 
 
 def test_postgresql_stopped_for_30_s_mid_run_loses_and_duplicates_nothing(clip_h264, tmp_path):

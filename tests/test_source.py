@@ -1,15 +1,26 @@
 from __future__ import annotations
 
+import io
+import logging
+import resource
+import shutil
+import struct
 import threading
 import time
+import zlib
 
+import cv2
 import numpy as np
 import pytest
+from conftest import REPO
 
 from anpr.errors import SourceError
+from anpr.images import MAX_IMAGE_PIXELS, image_size, read_image
 from anpr.pipeline import Lane, run_lanes
 from anpr.source import Frame, FrameReader, SourceStatus, VideoSource, open_source
 from benchmarks.clips import build_clip
+
+SAMPLE = REPO / "samples" / "sample.mp4"  # 180 frames, 1920x1080
 
 
 def test_video_file_frames_and_media_time(clip_h264):
@@ -65,10 +76,17 @@ def test_reader_batches_keep_every_frame_of_a_file_in_order(clip_h264):
     assert all(len(b) == 7 for b in batches[:-1]) and reader.dropped == 0
 
 
-def test_image_folder_and_single_image(small_dataset):
-    with pytest.raises(SourceError, match="not images"):
-        open_source(str(small_dataset))  # the annotation .txt files are not images
-    image = next(small_dataset.glob("*.jpg"))
+def test_image_folder_and_single_image(small_dataset, caplog):
+    with caplog.at_level(logging.WARNING, logger="anpr.source"):
+        frames = list(open_source(str(small_dataset)).frames())
+    photos = sorted(small_dataset.glob("*.jpg"))
+    assert [f.index for f in frames] == list(range(len(photos)))
+    # The annotations beside the photos are skipped, in one line that counts them.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"folder {small_dataset}: {len(photos)} file(s) that are not images skipped "
+        f"({', '.join(p.with_suffix('.txt').name for p in photos[:3])} and {len(photos) - 3} more)"
+    ]
+    image = photos[0]
     frames = list(open_source(str(image)).frames())
     assert len(frames) == 1 and frames[0].image.ndim == 3 and frames[0].index == 0
 
@@ -79,6 +97,114 @@ def test_image_folder_of_images(tmp_path, few_photos):
     frames = list(open_source(str(tmp_path)).frames())
     assert [f.index for f in frames] == list(range(len(few_photos)))
     assert all(f.image.dtype == np.uint8 for f in frames)
+
+
+# What OpenCV writes for each suffix a folder may hold (channels 4: with alpha): the header
+# read before decoding must give the size OpenCV then decodes.
+ENCODINGS = [
+    (".jpg", [], 3),
+    (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], 3),
+    (".png", [], 3),
+    (".png", [], 4),
+    (".bmp", [], 3),
+    (".bmp", [], 4),
+    (".tiff", [], 3),
+    (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80], 3),  # lossy: VP8
+    (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101], 3),  # lossless: VP8L
+    (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80], 4),  # lossy with alpha: the extended header, VP8X
+]
+
+
+@pytest.mark.parametrize("suffix, params, channels", ENCODINGS, ids=[f"{s}{p}x{c}" for s, p, c in ENCODINGS])
+def test_the_size_in_an_image_header_is_the_size_decoded(tmp_path, suffix, params, channels):
+    image = np.random.default_rng(1).integers(0, 255, (37, 53, channels), np.uint8)
+    path = tmp_path / f"photo{suffix}"
+    path.write_bytes(cv2.imencode(suffix, image, params)[1].tobytes())
+    with path.open("rb") as file:
+        assert image_size(file) == (53, 37)
+    decoded = read_image(path)
+    assert not isinstance(decoded, str) and decoded.shape == (37, 53, 3)
+
+
+def test_a_jpeg_frame_header_is_found_after_its_metadata(tmp_path):
+    """A camera's JPEG carries EXIF, an ICC profile and comments before its frame header."""
+    image = np.full((48, 160, 3), 200, np.uint8)
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    segments = b"".join(
+        marker + struct.pack(">H", len(body) + 2) + body
+        for marker, body in [
+            (b"\xff\xe1", b"Exif\0\0" + bytes(65000)),
+            (b"\xff\xe2", b"ICC_PROFILE\0" + bytes(3000)),
+            (b"\xff\xfe", b"camera 7, lane 2"),
+        ]
+    )
+    path = tmp_path / "camera.jpg"
+    path.write_bytes(jpeg[:2] + segments + b"\xff\xff" + jpeg[2:])  # and fill bytes before the next marker
+    with path.open("rb") as file:
+        assert image_size(file) == (160, 48)
+    decoded = read_image(path)
+    assert not isinstance(decoded, str) and decoded.shape == (48, 160, 3)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"MM\0*"
+        + struct.pack(">IH", 8, 2)
+        + struct.pack(">HHIHH", 256, 3, 1, 640, 0)
+        + struct.pack(">HHII", 257, 4, 1, 480),
+        b"II+\0"
+        + struct.pack("<HHQQ", 8, 0, 16, 2)
+        + struct.pack("<HHQQ", 256, 16, 1, 640)
+        + struct.pack("<HHQHHI", 257, 3, 1, 480, 0, 0),
+    ],
+    ids=["big-endian TIFF", "BigTIFF"],
+)
+def test_tiff_headers_that_opencv_does_not_write(header):
+    assert image_size(io.BytesIO(header)) == (640, 480)
+
+
+def _blank_png(width: int, height: int) -> bytes:
+    """A complete black PNG: a few hundred KB of file for any number of pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(1)
+    row = b"\0" * (1 + 3 * width)
+    rows = b"".join(packer.compress(row * 100) for _ in range(height // 100)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_cap_is_refused_alone_and_skipped_in_a_folder_without_decoding(tmp_path):
+    """A 12000x12000 PNG (144 megapixels, 2 MB of file, 432 MB decoded) is never decoded."""
+    assert MAX_IMAGE_PIXELS < 12000 * 12000
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))[1].tobytes())
+    (folder / "b.png").write_bytes(_blank_png(12000, 12000))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    with pytest.raises(SourceError, match=r"image too large \(12000x12000 pixels, 144 megapixels"):
+        open_source(str(folder / "b.png"))
+    source = open_source(str(folder))
+    frames = list(source.frames())
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert [f.index for f in frames] == [0]
+    assert [name for name, _ in source.status.skipped] == ["b.png"]
+    assert grown_mb < 200, f"peak memory grew by {grown_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("name", ["http:clip.mp4", "concat:clip.mp4"])
+def test_a_video_named_like_an_ffmpeg_url_is_read_as_the_file(tmp_path, monkeypatch, name):
+    """FFmpeg takes `http:...` or `concat:...` for a protocol (it looked `clip.mp4` up as a host)."""
+    shutil.copy(SAMPLE, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    source = open_source(name)
+    frames = source.frames()
+    first = next(frames)
+    frames.close()
+    assert source.frame_count == 180 and first.image.shape == (1080, 1920, 3) and first.source == name
 
 
 def _write(path, content: bytes):
