@@ -102,7 +102,7 @@ def _store(settings):
     from anpr.keys import load_keys
     from anpr.store import ReadStore
 
-    store = ReadStore(settings.store.url, lambda: load_keys(settings.store.key_file))
+    store = ReadStore(settings.store.url, lambda: load_keys(settings.store.key_file), settings.store.timeout_seconds)
     store.check(create=False)
     return store
 
