@@ -16,6 +16,7 @@ Messages for the operator go through `logging` (logger `anpr`); the CLI shows th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,11 +209,18 @@ def build_lanes(
     """Per camera: its reader, a pipeline with the shared models, and a policy gate that
     writes to the deployment's sinks (the database sinks through `database`)."""
     sinks = make_sinks(policy.deployment.sinks, database)
-    lanes, gates = [], []
-    for camera, source in zip(cameras, sources, strict=True):
-        gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs, passage_outputs=passage_outputs)
-        gates.append(gate)
-        lanes.append(read_lane(camera.camera.id, source, settings, models, [gate], policy.deployment.region))
+    lanes: list[Lane] = []
+    gates = []
+    try:
+        for camera, source in zip(cameras, sources, strict=True):
+            gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs, passage_outputs=passage_outputs)
+            gates.append(gate)
+            lanes.append(read_lane(camera.camera.id, source, settings, models, [gate], policy.deployment.region))
+    except BaseException:
+        # Each lane's reader is decoding in a thread of its own already.
+        for lane in lanes:
+            lane.reader.close()
+        raise
     return Lanes(lanes, gates, sinks)
 
 
@@ -234,9 +242,12 @@ class DeploymentRun:
     """A deployment's cameras read into its database: sources, store, spool, models, audit.
 
     Opening order is what makes bad input cheap: the sources first (a wrong path fails
-    before the database is touched), then the database (a wrong URL fails before the
-    models load), then the models. Use as a context manager: it closes the spool and
-    the database on every exit.
+    before the database is touched), then the database (a wrong URL, or one that cannot
+    be written, fails before the models load), then the models, and last the readers,
+    whose decoding threads start at once. Use as a context manager: it stops the readers
+    and closes the sinks, the spool and the database on every exit, so that no error
+    leaves a decoding thread running into the interpreter's shutdown (FFmpeg's threads
+    abort the process there).
     """
 
     def __init__(
@@ -257,7 +268,9 @@ class DeploymentRun:
         self.sources = open_sources(self.cameras, settings.stream)
         self.spool: SpooledStore | None = None
         try:
-            self.store = ReadStore(settings.store.url, load_keys(settings.store.key_file, create=True))
+            self.store = ReadStore(
+                settings.store.url, load_keys(settings.store.key_file, create=True), settings.store.timeout_seconds
+            )
         except BaseException:
             for source in self.sources:
                 source.close()
@@ -271,13 +284,18 @@ class DeploymentRun:
             require_binding(self.store, self.audit, policy.deployment, self.user, bind_if_new=True)
             # The gate writes through the spool: if the database goes away mid-run, allowed
             # reads wait on disk (with their deadlines) and are sent when it is back.
-            self.spool = SpooledStore(self.store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20)
+            self.spool = SpooledStore(
+                self.store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20, audit=self.audit
+            )
             if self.spool.pending.batches:
                 log.info(
                     "%d read(s) left in %s by an earlier run while the database was down: sending them first",
                     self.spool.pending.reads,
                     self.spool.directory,
                 )
+                # Before this run's first audit entry and before any frame is read: an
+                # earlier run's end, kept in the spool, goes into the audit log in its place.
+                self.spool.flush()
             self.models = load_models(settings)
             self.lanes = build_lanes(
                 settings, policy, self.cameras, self.sources, self.models, self.spool, outputs, passage_outputs
@@ -329,38 +347,52 @@ class DeploymentRun:
             self.spool,
             frames_received=sum(lane.reader.status.received for lane in lanes),
         )
+        details = {
+            "cameras": {
+                lane.name: {"frames": lane.stats.frames, "reconnects": lane.reader.status.reconnects} for lane in lanes
+            },
+            "reads_seen": tally.seen,
+            "kept": dict(tally.stored),
+            "purged": tally.purged,
+            "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in tally.counted.items()},
+            "spool": {k: v for k, v in self.spool.status.as_json().items() if k.endswith(("_batches", "_reads"))},
+        }
+        ended = time.time()
         try:
-            self.audit.append(
-                "run.end",
-                "pipeline",
-                {
-                    "cameras": {
-                        lane.name: {"frames": lane.stats.frames, "reconnects": lane.reader.status.reconnects}
-                        for lane in lanes
-                    },
-                    "reads_seen": tally.seen,
-                    "kept": dict(tally.stored),
-                    "purged": tally.purged,
-                    "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in tally.counted.items()},
-                    "spool": {
-                        k: v for k, v in self.spool.status.as_json().items() if k.endswith(("_batches", "_reads"))
-                    },
-                },
+            self.audit.append("run.end", "pipeline", details, at=ended)
+        except DatabaseUnavailable as exc:
+            # The run's report must not be lost with the database: it waits with the reads.
+            kept = self.spool.append_audit_later("run.end", "pipeline", details, ended)
+            log.warning(
+                "the run's end (audit entry run.end) is not in the audit log yet: %s; %s",
+                exc,
+                f"it waits in {self.spool.directory} for the next run with this database" if kept else "it is lost",
             )
+            return report
+        try:
             self.audit.checkpoint()  # the anchor outside the database (audit.py)
         except DatabaseUnavailable as exc:
-            log.warning("the run's end is not in the audit log: %s", exc)
+            log.warning("no audit checkpoint at the run's end: %s", exc)
         return report
 
     def close(self) -> None:
         try:
-            if hasattr(self, "lanes"):  # sinks first: a webhook's last delivery attempt is part of the run
-                close_sinks(self.lanes.sinks.values(), self.spool)
+            # The readers first (again, after a run: it is idempotent): nothing must keep decoding.
+            if hasattr(self, "lanes"):
+                for lane in self.lanes.lanes:
+                    lane.reader.close()
+            else:
+                for source in self.sources:
+                    source.close()
         finally:
-            if self.spool is not None:
-                self.spool.close()
-                self.spool = None
-            self.store.close()
+            try:
+                if hasattr(self, "lanes"):  # sinks next: a webhook's last delivery attempt is part of the run
+                    close_sinks(self.lanes.sinks.values(), self.spool)
+            finally:
+                if self.spool is not None:
+                    self.spool.close()
+                    self.spool = None
+                self.store.close()
 
     def __enter__(self) -> DeploymentRun:
         return self

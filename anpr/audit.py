@@ -50,14 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import DDL, Double, Integer, String, Table, Text, create_engine, event, inspect, select, text
+from sqlalchemy import DDL, Double, Integer, String, Table, Text, event, inspect, select, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from anpr.errors import StoreError, first_line
 from anpr.keys import Keys
-from anpr.store import Base, StaleAuditEntry, database_url
+from anpr.store import Base, StaleAuditEntry, bounded_engine, database_error, database_url
 
 GENESIS = "0" * 64
 TABLE = "audit_log"
@@ -550,7 +550,7 @@ def verify_database(
         local_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
         if local_file and not Path(str(parsed.database)).is_file():
             raise StoreError(f"database not found: {parsed.database}")
-        engine = create_engine(parsed)
+        engine = bounded_engine(parsed)
     except (ArgumentError, ImportError, ValueError) as exc:
         raise StoreError(f"invalid database URL {url!r}: {first_line(exc)}") from None
     try:
@@ -579,11 +579,12 @@ def _problems(
 
 @contextmanager
 def _errors(what: str, engine: Any) -> Iterator[None]:
-    """Database failures as one-line StoreErrors that name the database."""
+    """Database failures as one-line errors that name the database, classified as the
+    store's are: DatabaseUnavailable when it cannot be reached (store.database_error)."""
     try:
         yield
     except SQLAlchemyError as exc:
-        raise StoreError(f"{what} {_safe(engine)}: {first_line(exc)}") from None
+        raise database_error(exc)(f"{what} {_safe(engine)}: {first_line(exc)}") from None
 
 
 def _identity(engine: Engine) -> str:

@@ -110,7 +110,7 @@ def _database(settings) -> Iterator[tuple[Any, Any]]:
     from anpr.keys import load_keys
     from anpr.store import ReadStore
 
-    store = ReadStore(settings.store.url, lambda: load_keys(settings.store.key_file))
+    store = ReadStore(settings.store.url, lambda: load_keys(settings.store.key_file), settings.store.timeout_seconds)
     try:
         store.check(create=False)
         audit = AuditLog(store.engine, store.keys, settings.store.audit_checkpoints)

@@ -32,6 +32,7 @@ Run settings (all optional):
       spool_max_mb: 256      # spool size limit (1 or more): beyond it new batches are lost, with a warning
       key_file: anpr.key     # the secret key (plate hashes, audit authentication), outside the database
       audit_checkpoints: anpr-audit.checkpoints  # the audit log's checkpoints, appended at every run end
+      timeout_seconds: 2     # a database that does not answer within this long counts as down (2-600)
 
 A deployment (required by `anpr run`, see configs/ and README "Deployment config"):
 
@@ -173,6 +174,14 @@ class StreamSettings(_Section):
         return self
 
 
+# Every call to the database is cut off after this long, and the database then counts as
+# down (its batches go to the spool). While the run loop waits, a live camera's frames pile
+# up in the frame queue (pipeline.queue, 64 frames: 2.6 s of a 25 fps stream), so the bound
+# must stay below that. 2 s is also the shortest connection timeout libpq honours, so a
+# reconnection attempt is held to the same bound.
+DATABASE_TIMEOUT_SECONDS = 2.0
+
+
 class StoreSettings(_Section):
     url: str = Field("anpr.sqlite", min_length=1)  # an empty --db "$UNSET" is a mistake, not the default
     # Relative to the current folder, like the default database and the outputs. A spool
@@ -186,6 +195,7 @@ class StoreSettings(_Section):
     # Authenticated checkpoints of the audit log, appended at every run end (audit.py):
     # keep this file where the database's administrators cannot rewrite it.
     audit_checkpoints: str = Field("anpr-audit.checkpoints", min_length=1)
+    timeout_seconds: Number = Field(DATABASE_TIMEOUT_SECONDS, ge=2.0, le=600.0)
 
 
 class RunSettings(_Section):

@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session
 from anpr.audit import APPEND_LOCK, GENESIS, AuditLog
 from anpr.errors import ConfigError, PolicyRefusal, StoreError, first_line
 from anpr.policy.engine import Policy
-from anpr.store import SEARCH_FUNCTION, ReadStore
+from anpr.store import SEARCH_FUNCTION, ReadStore, database_error
 
 PREFIX = re.compile(r"[a-z][a-z0-9_]{0,40}")
 ROLES = {
@@ -306,7 +306,7 @@ def init_roles(store: ReadStore, audit: AuditLog, policy: Policy, prefix: str, u
             details = {"prefix": prefix, "fingerprint": fingerprint, "created": created, "agents": agents}
             audit.append("roles.init", user, details, session=session)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot set the roles of {store.safe_url}: {first_line(exc)}") from None
+        raise database_error(exc)(f"cannot set the roles of {store.safe_url}: {first_line(exc)}") from None
     return RolesReport(roles, created, list(kept), agents, [agent for agent in everyone if agent not in ready])
 
 

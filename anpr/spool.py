@@ -3,15 +3,18 @@
 `SpooledStore` wraps a `ReadStore` and is what the policy gate writes to (the gate's
 DatabaseSink: `write(reads, counts, passages)` and `purge(now)`). While the database
 answers, a batch goes straight to it. When it cannot be reached (server down, connection
-lost: SQLAlchemy's OperationalError, InterfaceError, DisconnectionError), the batch goes to
-the spool folder (`store.spool_dir`) and is sent when the database returns, oldest first.
-A refused statement (integrity, schema, permission) is no outage: it stays an error.
+lost, no answer within store.timeout_seconds: DatabaseUnavailable, see
+`anpr.store.database_error`), the batch goes to the spool folder (`store.spool_dir`) and
+is sent when the database returns, oldest first. A refused statement (integrity, schema,
+permission) is no outage: it stays an error.
 
 The spool holds what the gate let through for the database: allowed reads and the
 passages made of them, each with its deletion deadline and key, and plate-free policy
 counters, with the database they were written for; nothing of a denied purpose but those
-counters. Its folder is an outbox marked `.anpr-spool`: anpr/outbox.py says what it may
-hold, what anpr touches there, and how retention, the size bound and privacy hold there.
+counters. It may also hold an audit entry that could not be written (the run's end, with
+counts only), appended when its batch is sent, in the batch's transaction. Its folder is
+an outbox marked `.anpr-spool`: anpr/outbox.py says what it may hold, what anpr touches
+there, and how retention, the size bound and privacy hold there.
 What is about the database is here:
 
 - No duplicates: every batch has a key, recorded in the batch's own transaction (see
@@ -42,7 +45,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+from sqlalchemy.orm import Session
+
+from anpr.audit import AuditLog
 from anpr.errors import StoreError
 from anpr.outbox import Batch, Expired, Kind, Outbox, OutboxInUse, expire_offline
 from anpr.records import CountKey, Passage, PolicedRead
@@ -63,6 +70,7 @@ FLUSH_BUDGET_SECONDS = 0.25
 MARKER_NAME = ".anpr-spool"
 LOCK_NAME = f"{MARKER_NAME}.lock"
 
+T = TypeVar("T")
 SpoolInUse = OutboxInUse  # another process holds the spool folder
 ExpiredSpool = Expired  # what retention removed from a spool folder
 
@@ -94,6 +102,9 @@ class SpoolStatus:
     expired_reads: int = 0  # removed from the spool by retention, never written
     lost_batches: int = 0  # refused (spool full, spool not writable) or unreadable
     lost_reads: int = 0
+    # The longest one write or purge kept the run loop waiting, in seconds: about
+    # store.timeout_seconds at most, after which a database that does not answer is down.
+    longest_wait_seconds: float = 0.0
 
     def as_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -102,6 +113,13 @@ class SpoolStatus:
 @dataclass
 class SpoolBatch(Batch):
     database: str = ""  # the database it was written for, without its password
+    # Audit entries that could not be appended (the run's end, with the database down):
+    # action, actor, details and the time they happened. Plate-free, like the counters.
+    audit: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return super().empty and not self.audit
 
 
 def _encode(batch: SpoolBatch, spooled_at: float) -> bytes:
@@ -113,6 +131,7 @@ def _encode(batch: SpoolBatch, spooled_at: float) -> bytes:
         "reads": [read.to_dict(exact=True) for read in batch.reads],
         "counts": [{**key.to_dict(), "count": number} for key, number in batch.counts.items()],
         "passages": [passage.to_dict(exact=True) for passage in batch.passages],
+        "audit": batch.audit,
     }
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -134,7 +153,21 @@ def _decode(data: bytes) -> SpoolBatch:
         [Passage.from_dict(entry) for entry in document.get("passages", [])],
         document["key"],
         database,
+        _audit_entries(document.get("audit", [])),
     )
+
+
+def _audit_entries(entries: Any) -> list[dict[str, Any]]:
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict)
+        and isinstance(e.get("action"), str)
+        and isinstance(e.get("actor"), str)
+        and isinstance(e.get("details"), dict)
+        and isinstance(e.get("at"), (int, float))
+        for e in entries
+    ):
+        raise TypeError("audit is not a list of entries")
+    return entries
 
 
 SPOOL = Kind(
@@ -157,6 +190,7 @@ class SpooledStore:
         directory: str | os.PathLike[str],
         max_bytes: int,
         *,
+        audit: AuditLog | None = None,  # where spooled audit entries are appended once sent
         clock: Callable[[], float] = time.time,  # for deadlines and down_since
         monotonic: Callable[[], float] = time.monotonic,  # for the backoff
         initial_backoff: float = INITIAL_BACKOFF_SECONDS,
@@ -164,6 +198,7 @@ class SpooledStore:
         flush_budget: float = FLUSH_BUDGET_SECONDS,  # seconds of sending per write, once the database is back
     ) -> None:
         self.store = store
+        self.audit = audit
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.clock = clock
@@ -198,8 +233,12 @@ class SpooledStore:
         passages: Sequence[Passage] = (),
     ) -> None:
         """Write a batch to the database, after what the spool holds; to the spool while the database is down."""
-        if not reads and not counts and not passages:
-            return
+        if reads or counts or passages:
+            self._timed(self._write, reads, counts, passages)
+
+    def _write(
+        self, reads: Sequence[PolicedRead], counts: Mapping[CountKey, int] | None, passages: Sequence[Passage]
+    ) -> None:
         batch = SpoolBatch(list(reads), dict(counts or {}), list(passages), database=self.store.safe_url)
         if self._may_try():
             self._flush(self.clock(), self.monotonic() + self.flush_budget)
@@ -221,10 +260,25 @@ class SpooledStore:
         self.status.spooled_batches += 1
         self.status.spooled_reads += len(batch.reads)
 
+    def append_audit_later(self, action: str, actor: str, details: dict[str, Any], at: float) -> bool:
+        """Keep an audit entry that could not be appended (the database is down) in the
+        spool: it is appended, with its time `at`, when the spool is sent, in the same
+        transaction as its batch key (so once). False if the spool could not take it."""
+        assert self.audit is not None, "a spool without an audit log keeps no audit entry"
+        entry = {"action": action, "actor": actor, "details": details, "at": at}
+        try:
+            return self._spool.put(SpoolBatch([], audit=[entry], database=self.store.safe_url))
+        except OSError as exc:
+            log.warning("%s: the audit entry %s is lost", exc.strerror or exc, action)
+            return False
+
     def purge(self, now: float) -> int:
         """Apply retention to the spool, then to the database if it can be reached: the
         number of rows (reads and passages) deleted from the database (0 while it is down;
         never raises for that)."""
+        return self._timed(self._purge, now)
+
+    def _purge(self, now: float) -> int:
         self._spool.expire(now)
         if not self._may_try():
             return 0
@@ -263,6 +317,15 @@ class SpooledStore:
         """Release the spool folder (not the wrapped store). Batches left in it wait for the
         next run; the folder itself is removed only if anpr made it and it is empty."""
         self._spool.close()
+
+    def _timed(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)`, with how long it kept the run loop waiting noted in the status."""
+        started = self.monotonic()
+        try:
+            return call(*args)
+        finally:
+            took = round(self.monotonic() - started, 3)
+            self.status.longest_wait_seconds = max(self.status.longest_wait_seconds, took)
 
     # --- database state -------------------------------------------------------------------
 
@@ -306,7 +369,16 @@ class SpooledStore:
         return self.status.flushed_batches - written
 
     def _send(self, batch: SpoolBatch) -> None:
-        done = self.store.write(batch.reads, batch.counts, batch.key, batch.passages)
+        entries, audit = batch.audit, self.audit
+        if entries and audit is None:
+            raise StoreError(f"spool batch {batch.key} holds audit entries and this spool has no audit log")
+
+        def append(session: Session) -> None:
+            for entry in entries:
+                assert audit is not None
+                audit.append(entry["action"], entry["actor"], entry["details"], session=session, at=entry["at"])
+
+        done = self.store.write(batch.reads, batch.counts, batch.key, batch.passages, also=append if entries else None)
         self._reached()
         if done:
             self.status.flushed_batches += 1

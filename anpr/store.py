@@ -17,10 +17,14 @@ with its plate's reads when those are deleted on payment (`delete_plate`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import pwd
+import socket
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -41,7 +45,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import CursorResult, Engine, make_url
+from sqlalchemy.engine import URL, CursorResult, Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -54,7 +58,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql import Select
 
-from anpr.config import StoreSettings
+from anpr.config import DATABASE_TIMEOUT_SECONDS, StoreSettings
 from anpr.errors import StoreError, first_line
 from anpr.keys import Keys
 from anpr.policy.rules import RULES_BY_ID
@@ -63,9 +67,14 @@ from anpr.records import CountKey, Passage, PolicedRead, hour_bucket, new_key
 if TYPE_CHECKING:
     from anpr.audit import AuditEntry
 
-# A PostgreSQL server that does not answer fails a connection after this long, so an
-# outage costs a run seconds per attempt, not the operating system's TCP timeout.
-CONNECT_TIMEOUT_SECONDS = 3
+# What a PostgreSQL server applies itself, as shares of the bound (store.timeout_seconds): a
+# server that is alive but slow cancels the statement a little before the client would cut
+# the connection, which then stays usable; a wait for a lock ends sooner, so that its error
+# says that a lock was the cause.
+STATEMENT_SHARE, LOCK_SHARE = 0.75, 0.5
+# A connection left idle in the pool across a network cut is dropped by the kernel after
+# about 10 + 3 x 5 s without an answer, instead of hours later.
+KEEPALIVE_IDLE_SECONDS, KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT = 10, 5, 3
 # How long a batch key is kept after its batch was written. A key is needed only while a
 # copy of its batch may still be sent again: a spool file written because the commit's
 # acknowledgement was lost, flushed at the first write after the database comes back, or
@@ -250,13 +259,24 @@ def database_url(target: str | None) -> str:
 
 
 class ReadStore:
-    """The reads, passages and policy counters of one database."""
+    """The reads, passages and policy counters of one database.
 
-    def __init__(self, target: str | None, keys: Keys | Callable[[], Keys]) -> None:
+    Every call to the database is bounded by `timeout` seconds (store.timeout_seconds): a
+    database that does not answer within it raises DatabaseUnavailable, as one that is down
+    does. On PostgreSQL the server cancels a slow statement or lock wait itself, and a
+    round trip that gets no answer at all (a stopped server, a network cut without reset)
+    has its connection cut by the client (`_Watchdog`). On SQLite it is the busy timeout
+    (a write waiting for another writer's lock).
+    """
+
+    def __init__(
+        self, target: str | None, keys: Keys | Callable[[], Keys], timeout: float = DATABASE_TIMEOUT_SECONDS
+    ) -> None:
         """`keys`: the deployment's keys, or what loads them when first needed (so that a
         database that cannot be opened is reported before a missing key file)."""
         self.url = database_url(target)
         self._keys = keys
+        self.timeout = timeout
         try:
             url = make_url(self.url)
             if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
@@ -266,14 +286,7 @@ class ReadStore:
                 self._sqlite_file: Path | None = Path(url.database)
             else:
                 self._sqlite_file = None
-            connect_args = {}
-            if (
-                url.get_backend_name() == "postgresql"
-                and url.get_driver_name() in ("psycopg", "psycopg2")
-                and "connect_timeout" not in url.query
-            ):
-                connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
-            self._engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+            self._engine: Engine = bounded_engine(url, timeout)
             if url.get_backend_name() == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_secure_delete)
         except (ArgumentError, ImportError, ValueError) as exc:
@@ -294,7 +307,7 @@ class ReadStore:
                     if column.name not in {c["name"] for c in existing.get_columns(table.name)}
                 ]
             except SQLAlchemyError as exc:
-                raise _error(exc)(f"cannot open database {self.safe_url}: {first_line(exc)}") from None
+                raise database_error(exc)(f"cannot open database {self.safe_url}: {first_line(exc)}") from None
             if missing:  # create_all adds tables, never columns
                 listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
                 raise StoreError(
@@ -316,10 +329,34 @@ class ReadStore:
     def check(self, create: bool = True) -> None:
         """Connect and create the schema now: a bad URL fails before any frame is read.
         Without `create`, a SQLite file that does not exist is an error (a query or a
-        purge of a mistyped path must not leave an empty database behind)."""
+        purge of a mistyped path must not leave an empty database behind). With it (a run),
+        the database must also take a write (see `_check_writable`)."""
         if not create and self._sqlite_file is not None and not self._sqlite_file.is_file():
             raise StoreError(f"database not found: {self._sqlite_file}")
         self._ensure_schema()
+        if create:
+            self._check_writable()
+
+    def _check_writable(self) -> None:
+        """Write a batch key and roll it back. A database that can be read but not written
+        (a read-only SQLite file, or a read-only folder for its journal; a read-only role or
+        server) would otherwise pass the checks and fail at the first write, mid-run."""
+        try:
+            with Session(self._engine) as session:
+                session.begin()
+                session.add(WrittenBatchRow(key=new_key(), written_at=0))
+                session.flush()
+                session.rollback()
+        except SQLAlchemyError as exc:
+            raise database_error(exc)(f"cannot write to database {self.safe_url}: {first_line(exc)}") from None
+
+    @contextmanager
+    def _failures(self, what: str) -> Iterator[None]:
+        """A database failure as the one-line error it is (database_error)."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise database_error(exc)(f"{what} {self.safe_url}: {first_line(exc)}") from None
 
     @property
     def engine(self) -> Engine:
@@ -332,16 +369,18 @@ class ReadStore:
         counts: Mapping[CountKey, int] | None = None,
         key: str | None = None,
         passages: Sequence[Passage] = (),
+        also: Callable[[Session], object] | None = None,
     ) -> bool:
         """Store a batch of reads and passages and add to the policy counters, in one transaction.
 
         `key` identifies the batch (a new one if not given): a batch whose key is already
         recorded, or one of whose reads or passages is already stored, is skipped whole.
-        Whether it was written (False: it already was, or it holds nothing). Raises
+        `also` writes more in the same transaction (the spool's audit entries). Whether it
+        was written (False: it already was, or it holds nothing). Raises
         DatabaseUnavailable when the database cannot be reached (the batch may or may not
         have been committed), StoreError when it refuses the batch.
         """
-        if not reads and not counts and not passages:
+        if not reads and not counts and not passages and also is None:
             return False
         self._ensure_schema()
         batch_key = key or new_key()
@@ -366,6 +405,8 @@ class ReadStore:
                         session.add(PolicyCountRow(**counter.to_dict(), count=number))
                     else:
                         row.count += number
+                if also is not None:
+                    also(session)
         except IntegrityError as exc:
             # Another writer (a second run flushing the same spool) may have stored this
             # very batch between our check and our commit.
@@ -373,7 +414,7 @@ class ReadStore:
                 return False
             raise StoreError(f"cannot write to database {self.safe_url}: {first_line(exc)}") from None
         except SQLAlchemyError as exc:
-            raise _error(exc)(f"cannot write to database {self.safe_url}: {first_line(exc)}") from None
+            raise database_error(exc)(f"cannot write to database {self.safe_url}: {first_line(exc)}") from None
         return True
 
     @staticmethod
@@ -437,7 +478,7 @@ class ReadStore:
                     for table in KEPT_TABLES:
                         conn.exec_driver_sql(f"VACUUM {table.__tablename__}")
         except SQLAlchemyError as exc:
-            raise _error(exc)(f"cannot clean up deleted rows in {self.safe_url}: {first_line(exc)}") from None
+            raise database_error(exc)(f"cannot clean up deleted rows in {self.safe_url}: {first_line(exc)}") from None
 
     def _delete(
         self,
@@ -455,7 +496,7 @@ class ReadStore:
                     result = cast("CursorResult[Any]", session.execute(delete(table).where(condition)))
                     deleted += result.rowcount or 0
         except SQLAlchemyError as exc:
-            raise _error(exc)(f"cannot delete from database {self.safe_url}: {first_line(exc)}") from None
+            raise database_error(exc)(f"cannot delete from database {self.safe_url}: {first_line(exc)}") from None
         return deleted
 
     def count(self) -> int:
@@ -466,7 +507,7 @@ class ReadStore:
 
     def _count(self, table: type[KeptRow]) -> int:
         self._ensure_schema()
-        with Session(self._engine) as session:
+        with self._failures("cannot query database"), Session(self._engine) as session:
             return session.scalar(select(func.count()).select_from(table)) or 0
 
     def reads(
@@ -479,7 +520,7 @@ class ReadStore:
         """The reads stored, in order, of the source, plate and purpose given; with
         `alive_at`, only those whose deadline is after it (a query never sees an expired read)."""
         query = self._select(ReadRow, source, plate, purpose, alive_at)
-        with Session(self._engine) as session:
+        with self._failures("cannot query database"), Session(self._engine) as session:
             return [row.to_record() for row in session.scalars(query)]
 
     def passages(
@@ -491,7 +532,7 @@ class ReadStore:
     ) -> list[Passage]:
         """As `reads`, for passages."""
         query = self._select(PassageRow, source, plate, purpose, alive_at)
-        with Session(self._engine) as session:
+        with self._failures("cannot query database"), Session(self._engine) as session:
             return [row.to_record() for row in session.scalars(query)]
 
     def _select(
@@ -518,7 +559,7 @@ class ReadStore:
                 found = conn.execute(text("SELECT to_regproc(:name) IS NOT NULL"), {"name": SEARCH_FUNCTION})
                 return bool(found.scalar())
         except SQLAlchemyError as exc:
-            raise _error(exc)(f"cannot reach database {self.safe_url}: {first_line(exc)}") from None
+            raise database_error(exc)(f"cannot reach database {self.safe_url}: {first_line(exc)}") from None
 
     def search_function(
         self, entry: AuditEntry, plate: str, purpose: str, procedure: str | None, passages: bool
@@ -548,9 +589,9 @@ class ReadStore:
                 raise StaleAuditEntry(message) from None
             if state == REFUSED:
                 raise SearchRefused(message) from None
-            raise _error(exc)(f"cannot query database {self.safe_url}: {first_line(exc)}") from None
+            raise database_error(exc)(f"cannot query database {self.safe_url}: {first_line(exc)}") from None
         except SQLAlchemyError as exc:
-            raise _error(exc)(f"cannot query database {self.safe_url}: {first_line(exc)}") from None
+            raise database_error(exc)(f"cannot query database {self.safe_url}: {first_line(exc)}") from None
         withheld = int(found["withheld"])
         if passages:
             return [PassageRow(**_from_json(PassageRow, row)).to_record() for row in found["rows"]], withheld
@@ -559,7 +600,7 @@ class ReadStore:
     def binding(self) -> DeploymentBindingRow | None:
         """The deployment this database serves (None before its first run)."""
         self._ensure_schema()
-        with Session(self._engine, expire_on_commit=False) as session:
+        with self._failures("cannot query database"), Session(self._engine, expire_on_commit=False) as session:
             return session.scalars(
                 select(DeploymentBindingRow).order_by(DeploymentBindingRow.id.desc()).limit(1)
             ).first()
@@ -573,11 +614,11 @@ class ReadStore:
             with self._engine.connect() as conn:
                 return str(conn.exec_driver_sql("SELECT session_user").scalar())
         except SQLAlchemyError as exc:
-            raise _error(exc)(f"cannot reach database {self.safe_url}: {first_line(exc)}") from None
+            raise database_error(exc)(f"cannot reach database {self.safe_url}: {first_line(exc)}") from None
 
     def policy_counts(self) -> list[tuple[CountKey, int]]:
         self._ensure_schema()
-        with Session(self._engine) as session:
+        with self._failures("cannot query database"), Session(self._engine) as session:
             rows = session.scalars(select(PolicyCountRow).order_by(PolicyCountRow.id))
             return [
                 (CountKey.from_dict({c.key: getattr(r, c.key) for c in r.__table__.columns}), r.count) for r in rows
@@ -615,8 +656,9 @@ def _sqlite_secure_delete(connection, _record) -> None:
     connection.execute("PRAGMA secure_delete = ON")
 
 
-# SQLite reports a schema mismatch as an OperationalError too: that is no outage.
-_SQLITE_REFUSALS = ("no such table", "no such column", "has no column named", "syntax error")
+# SQLite reports a schema mismatch, and a file it may not write, as an OperationalError
+# too: that is no outage.
+_SQLITE_REFUSALS = ("no such table", "no such column", "has no column named", "syntax error", "readonly database")
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -631,5 +673,133 @@ def is_unavailable(exc: BaseException) -> bool:
     return not any(text in str(exc) for text in _SQLITE_REFUSALS)
 
 
-def _error(exc: BaseException) -> type[StoreError]:
+def database_error(exc: BaseException) -> type[StoreError]:
+    """The error a database failure is, for the store, the spool and the audit log alike:
+    DatabaseUnavailable when the database cannot be reached now or did not answer in time
+    (the run goes on, its reads spooled), StoreError when it refused."""
     return DatabaseUnavailable if is_unavailable(exc) else StoreError
+
+
+# --- bounded calls to PostgreSQL -------------------------------------------------------------
+
+
+def bounded_engine(url: URL, timeout: float = DATABASE_TIMEOUT_SECONDS) -> Engine:
+    """An engine for `url` whose every call to the database gives up after about `timeout`
+    seconds (see ReadStore); bound parameters given in the URL are left as they are."""
+    connect_args: dict[str, Any] = {}
+    libpq = url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2")
+    if libpq:
+        connect_args = {k: v for k, v in _libpq_bounds(timeout).items() if k not in url.query}
+    elif url.get_backend_name() == "sqlite":
+        connect_args["timeout"] = timeout  # the busy timeout: how long a write waits for another's lock
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    if libpq and url.get_driver_name() == "psycopg":
+        _bound_psycopg(engine, timeout)
+    return engine
+
+
+def _libpq_bounds(timeout: float) -> dict[str, Any]:
+    """The connection parameters that bound a PostgreSQL connection's calls to `timeout` s."""
+    statement_ms, lock_ms = (round(timeout * share * 1000) for share in (STATEMENT_SHARE, LOCK_SHARE))
+    return {
+        # libpq counts whole seconds, at least 2.
+        "connect_timeout": max(2, math.ceil(timeout)),
+        "options": f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}",
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
+        "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
+        "keepalives_count": KEEPALIVE_COUNT,
+    }
+
+
+class _Watchdog:
+    """One thread that cuts the connection of a database round trip that outlasts its deadline.
+
+    A server that is stopped (SIGSTOP, a hung host) or cut off without a reset answers
+    nothing, while its kernel, or none at all, leaves the client's socket waiting in peace:
+    the server's statement_timeout never runs, keepalives and tcp_user_timeout see a healthy
+    peer or take minutes. Only the client can give up: shutting the socket down wakes the
+    waiting call, which fails as for a lost connection (and SQLAlchemy drops the pool's
+    other connections to that server with it).
+    """
+
+    def __init__(self) -> None:
+        self._armed: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._changed = threading.Condition()
+        self._tokens = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, cut: Callable[[], None]) -> int:
+        """Call `cut` in `seconds` unless disarmed first; a token for `disarm`."""
+        deadline = time.monotonic() + seconds
+        with self._changed:
+            earliest = min((d for d, _ in self._armed.values()), default=math.inf)
+            self._tokens += 1
+            self._armed[self._tokens] = (deadline, cut)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="anpr-database-watchdog", daemon=True)
+                self._thread.start()
+            elif deadline < earliest:
+                self._changed.notify()
+            return self._tokens
+
+    def disarm(self, token: int) -> bool:
+        """Whether the round trip ended before its deadline (False: its connection was cut)."""
+        with self._changed:
+            return self._armed.pop(token, None) is not None
+
+    def _watch(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, cut) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[token]
+                        cut()
+                earliest = min((d for d, _ in self._armed.values()), default=None)
+                self._changed.wait(None if earliest is None else earliest - now)
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _bound_psycopg(engine: Engine, timeout: float) -> None:
+    """Make `engine` open psycopg connections whose every round trip is bounded to
+    `timeout` s by the watchdog (the connection itself is bounded by connect_timeout)."""
+    import psycopg
+
+    class NoAnswer(psycopg.OperationalError):
+        """The server did not answer in time: the watchdog cut the connection."""
+
+    class BoundedConnection(psycopg.Connection[Any]):
+        # psycopg runs every exchange with the server (statements, fetches, commit,
+        # rollback, SQLAlchemy's ping) through `wait`.
+        def wait(self, *args: Any, **kwargs: Any) -> Any:
+            token = _WATCHDOG.arm(timeout, self._cut)
+            try:
+                return super().wait(*args, **kwargs)
+            except psycopg.OperationalError:
+                if not _WATCHDOG.disarm(token):
+                    raise NoAnswer(f"no answer within {timeout:g} s (store.timeout_seconds)") from None
+                raise
+            finally:
+                _WATCHDOG.disarm(token)
+
+        def _cut(self) -> None:
+            try:
+                with socket.socket(fileno=os.dup(self.pgconn.socket)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, psycopg.Error):
+                pass  # already closed: the wait ends by itself
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        return BoundedConnection.connect(*cargs, **cparams)
+
+    @event.listens_for(engine, "handle_error")
+    def no_second_try(context: Any) -> None:
+        # SQLAlchemy reconnects at once when its ping finds a connection lost: after a
+        # ping that got no answer, that would wait for a second bound (connect_timeout)
+        # in the same call. The error goes up instead, and the next call reconnects.
+        if context.is_pre_ping and isinstance(context.original_exception, NoAnswer):
+            context.is_disconnect = False

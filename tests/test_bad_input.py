@@ -61,13 +61,21 @@ class Clip:
 
 
 @dataclass(frozen=True)
+class BoundDatabase:
+    """An anpr database bound to configs/paris-fps.yaml, as its first run leaves it."""
+
+
+@dataclass(frozen=True)
 class Case:
     name: str
     args: tuple[str, ...]  # after `python -m anpr`; {tmp} {db} {image} {paris} {port} {http} are filled in
     status: int  # expected exit status
     says: str = ""  # in the `anpr: error:` line (status 2, 3), or in an `anpr: warning:` line (status 0)
     also: str = ""  # anywhere in stderr (e.g. the reason printed above a refusal)
-    files: dict[str, str | bytes | Photo | Clip | None] = field(default_factory=dict)  # None: a folder
+    files: dict[str, str | bytes | Photo | Clip | BoundDatabase | None] = field(default_factory=dict)  # None: a folder
+    # Files made read-only (0444) and folders made unwritable (0555) for the run, which then
+    # runs without root's power to write them regardless (CAP_DAC_OVERRIDE).
+    read_only: tuple[str, ...] = ()
     db_after: str = ""  # "none", "reads" (reads stored) or "audit" (only the audit log); default by status
     reads_of: tuple[int, ...] = ()  # photos/passages whose plate must be among the stored reads
     true_frames: bool = False  # stored reads carry the frame number and media time of the clip's frame
@@ -458,6 +466,23 @@ CASES: list[Case] = [
         "file is not a database",
         files={"notes.sqlite": "my notes\n"},
     ),
+    # A video source: its decoding thread, left running by a late failure, aborted the process.
+    Case(
+        "--db a read-only database file",
+        ("run", "{tmp}/v.mkv", "--config", "{paris}", "--db", "{tmp}/old.sqlite"),
+        2,
+        "attempt to write a readonly database",
+        files={"v.mkv": Clip("mkv"), "old.sqlite": BoundDatabase()},
+        read_only=("old.sqlite",),
+    ),
+    Case(
+        "--db a database in a read-only folder",
+        ("run", "{tmp}/v.mkv", "--config", "{paris}", "--db", "{tmp}/old/reads.sqlite"),
+        2,
+        "attempt to write a readonly database",
+        files={"v.mkv": Clip("mkv"), "old/reads.sqlite": BoundDatabase()},
+        read_only=("old",),
+    ),
     # ---- other commands ----
     Case(
         "eval on a folder without annotations",
@@ -614,23 +639,7 @@ class Outcome:
 
 
 def _run_case(case: Case, tmp: Path, few_photos, clips: Clips | None, port: int, http_base: str) -> Outcome:
-    inputs: dict[Path, bytes] = {}
-    for name, content in case.files.items():
-        path = tmp / name
-        if content is None:
-            path.mkdir(parents=True, exist_ok=True)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, Photo):
-            data = few_photos[content.index][0].read_bytes()
-        elif isinstance(content, Clip):
-            data = _clip_bytes(content, clips[content.container])
-        elif isinstance(content, str):
-            data = content.replace("{port}", str(port)).replace("{tmp}", str(tmp)).encode()
-        else:
-            data = content
-        path.write_bytes(data)
-        inputs[path] = data
+    inputs = _write_inputs(case, tmp, few_photos, clips, port)
     db = tmp / "reads.sqlite"
     values = {
         "{tmp}": str(tmp),
@@ -648,17 +657,61 @@ def _run_case(case: Case, tmp: Path, few_photos, clips: Clips | None, port: int,
     if args[0] == "run" and "--db" not in args:
         args += ["--db", str(db)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "anpr", *args]
+    if case.read_only and os.geteuid() == 0:
+        command = ["setpriv", "--bounding-set", "-dac_override", *command]
+    for name in case.read_only:
+        (tmp / name).chmod(0o555 if (tmp / name).is_dir() else 0o444)
     started = time.time()
-    result = subprocess.run(
-        [sys.executable, "-m", "anpr", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=tmp,
-        timeout=120,
-        env=env,
-    )
+    try:
+        result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp, timeout=120, env=env)
+    finally:
+        for name in case.read_only:
+            (tmp / name).chmod(0o755 if (tmp / name).is_dir() else 0o644)
     return Outcome(result, tmp, db, inputs, started, time.time())
+
+
+def _write_inputs(case: Case, tmp: Path, few_photos, clips: Clips | None, port: int) -> dict[Path, bytes]:
+    """The case's files, written under `tmp`; what each holds (folders left out)."""
+    inputs: dict[Path, bytes] = {}
+    for name, content in case.files.items():
+        path = tmp / name
+        if content is None:
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Photo):
+            data = few_photos[content.index][0].read_bytes()
+        elif isinstance(content, Clip):
+            data = _clip_bytes(content, clips[content.container])
+        elif isinstance(content, BoundDatabase):
+            data = _bound_database(path)
+        elif isinstance(content, str):
+            data = content.replace("{port}", str(port)).replace("{tmp}", str(tmp)).encode()
+        else:
+            data = content
+        path.write_bytes(data)
+        inputs[path] = data
+    return inputs
+
+
+def _bound_database(path: Path) -> bytes:
+    from support.keys import TEST_KEYS
+
+    from anpr.audit import AuditLog
+    from anpr.config import load_settings
+    from anpr.policy.binding import require_binding
+    from anpr.store import ReadStore
+
+    deployment = load_settings(REPO / "configs" / "paris-fps.yaml").deployment
+    assert deployment is not None
+    store = ReadStore(str(path), TEST_KEYS)
+    try:
+        store.check()
+        require_binding(store, AuditLog(store.engine, TEST_KEYS), deployment, "earlier-run", bind_if_new=True)
+    finally:
+        store.close()
+    return path.read_bytes()
 
 
 def _problems(case: Case, outcome: Outcome, passages: list[dict]) -> list[str]:
