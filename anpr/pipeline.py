@@ -44,6 +44,16 @@ class RunStats:
     reads: int = 0
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
+    # Seconds from each frame's capture to the end of its round (its reads stored), kept
+    # only when this is a list (`anpr bench --streams`): a long run would grow it forever.
+    latencies: list[float] | None = None
+
+    def count(self, batch: FrameBatch, reads: Sequence[PlateRead], done: float) -> None:
+        """A batch processed, its round done at `done` (time.monotonic())."""
+        self.frames += len(batch)
+        self.reads += len(reads)
+        if self.latencies is not None:
+            self.latencies += [done - frame.captured for frame in batch.frames]
 
     @property
     def seconds(self) -> float:
@@ -347,9 +357,9 @@ def run_lanes(
             worked = bool(work)
             if work:
                 reads = process_round([(lane.pipeline, batch) for lane, batch in work])
+                done = time.monotonic()
                 for (lane, batch), camera_reads in zip(work, reads, strict=True):
-                    lane.stats.frames += len(batch)
-                    lane.stats.reads += len(camera_reads)
+                    lane.stats.count(batch, camera_reads, done)
             now = time.monotonic()
             if progress and (worked or now - last_progress >= PROGRESS_SECONDS):
                 progress(lanes)
