@@ -8,6 +8,11 @@ frames/s and its peak memory are its own and one phase's models do not weigh on 
   (same weights) on one frame at a time, EasyOCR `readtext` on each detected plate.
 - anpr: this project's loop end to end, built from a deployment config like `anpr run`
   (anpr/assemble.py), with the policy gate and reads stored in a temporary SQLite.
+
+`--streams N` measures a site instead: N copies of the video as N live cameras of one run
+(`streams_phase`), paced at the clip's frame rate, through the real run path (lanes built
+by `build_lanes`, the policy gate, the spool, a temporary SQLite); `auto` searches for the
+largest N that holds real time.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from anpr.config import load_settings
 from anpr.errors import AnprError
@@ -109,6 +116,194 @@ def anpr_phase(video: str, config: str, overrides: str) -> dict[str, Any]:
     }
 
 
+# --- a site: N cameras ---------------------------------------------------------------------
+
+# A run holds real time when no frame is dropped and 99 % of frames are stored within this
+# long of their capture: one that keeps up holds a frame for about a batch's filling time
+# plus a round; one that falls behind holds each frame longer than the one before.
+REAL_TIME_LATENCY = 2.0
+MAX_STREAMS = 64  # `auto` looks no further
+
+
+class PacedClip:
+    """A video file as a live camera: its frames released at the clip's frame rate, each
+    captured (`Frame.captured`) when it is due, so a decoder that falls behind counts in
+    the latency; a pipeline that falls behind makes the reader drop frames, as a camera's
+    would. Unpaced, frames come as fast as they decode, and none is dropped (the decoder
+    waits, as for a file)."""
+
+    def __init__(self, path: str, name: str, paced: bool = True, seconds: float | None = None) -> None:
+        from anpr.source import VideoSource
+
+        self._video = VideoSource(path, live=False)
+        self.name, self.live, self.status = name, paced, self._video.status
+        self.fps = self._video.fps or 25.0
+        self.limit = round(seconds * self.fps) if seconds else None
+        self.captured: dict[int, float] = {}  # frame index -> capture time
+
+    def frames(self) -> Iterator[Any]:
+        from anpr.source import Frame
+
+        started = time.monotonic()
+        for frame in self._video.frames():
+            if self.limit is not None and frame.index >= self.limit:
+                break
+            captured = time.monotonic()
+            if self.live:
+                captured = started + frame.index / self.fps
+                if captured > time.monotonic():
+                    time.sleep(captured - time.monotonic())
+            self.captured[frame.index] = captured
+            yield Frame(self.name, frame.index, time.time(), frame.image, captured)
+
+    def close(self) -> None:
+        self._video.close()
+
+
+class _StoredLatency:
+    """A sink after the policy gate: when its `write` is called, the gate has stored the reads."""
+
+    def __init__(self, captured: dict[int, float]) -> None:
+        self.captured, self.latencies = captured, list[float]()
+
+    def write(self, reads: Sequence[Any]) -> None:
+        now = time.monotonic()
+        self.latencies += [now - self.captured[read.frame] for read in reads]
+
+    def end_tracks(self, source: str, ends: Sequence[Any]) -> None:
+        pass
+
+
+def _ms(values: Sequence[float], quantile: float) -> float | None:
+    return round(float(np.quantile(values, quantile)) * 1000, 1) if len(values) else None
+
+
+def streams_phase(
+    video: str, streams: int, paced: bool, seconds: float | None, config: str, overrides: str
+) -> dict[str, Any]:
+    from anpr.assemble import CameraSource, build_lanes, load_models, require_deployment
+    from anpr.keys import load_keys
+    from anpr.policy.engine import Policy
+    from anpr.spool import SpooledStore
+    from anpr.store import ReadStore
+
+    settings = load_settings(Path(config), json.loads(overrides))
+    deployment = require_deployment(settings)
+    camera = deployment.cameras[0]
+    models = load_models(settings)  # before the cameras start: loading is no part of the run
+    with tempfile.TemporaryDirectory() as work:
+        store = ReadStore(str(Path(work) / "bench.sqlite"), load_keys(Path(work) / "anpr.key", create=True))
+        spool = SpooledStore(store, Path(work) / "spool", settings.store.spool_max_mb * 2**20)
+        names = [f"cam{i + 1}" for i in range(streams)]
+        sources = [PacedClip(video, name, paced, seconds) for name in names]
+        cameras = [CameraSource(camera.model_copy(update={"id": name}), name) for name in names]
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu, wall = usage.ru_utime + usage.ru_stime, time.perf_counter()
+        lanes = build_lanes(settings, Policy(deployment), cameras, sources, models, spool)  # decoding starts
+        stored = []
+        for lane, source in zip(lanes.lanes, sources, strict=True):
+            lane.stats.latencies = []
+            stored.append(_StoredLatency(source.captured))
+            lane.pipeline.sinks.append(stored[-1])
+        lanes.run()
+        wall = time.perf_counter() - wall
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - cpu
+        spool.flush()
+        reads_stored = store.count()
+        spool.close()
+        store.close()
+    cameras_report: list[dict[str, Any]] = [
+        {
+            "camera": lane.name,
+            "frames": lane.stats.frames,
+            "fps": round(lane.stats.fps, 2),
+            "dropped": lane.reader.dropped,
+            "reads": lane.stats.reads,
+            "latency_median_ms": _ms(sink.latencies, 0.5),
+            "latency_p99_ms": _ms(sink.latencies, 0.99),
+            "frame_latency_median_ms": _ms(lane.stats.latencies or [], 0.5),
+            "frame_latency_p99_ms": _ms(lane.stats.latencies or [], 0.99),
+        }
+        for lane, sink in zip(lanes.lanes, stored, strict=True)
+    ]
+    frames = sum(c["frames"] for c in cameras_report)
+    frame_p99 = [c["frame_latency_p99_ms"] for c in cameras_report]
+    return {
+        "streams": streams,
+        "paced": paced,
+        "clip_fps": round(sources[0].fps, 2),
+        "seconds": round(wall, 2),
+        "frames": frames,
+        "fps": round(frames / wall, 2),
+        "dropped": sum(c["dropped"] for c in cameras_report),
+        "reads_stored": reads_stored,
+        "cpu_seconds": round(cpu, 2),
+        "cpu_ms_per_frame": round(1000 * cpu / frames, 2) if frames else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "holds_real_time": paced
+        and all(c["dropped"] == 0 for c in cameras_report)
+        and all(p is not None and p <= 1000 * REAL_TIME_LATENCY for p in frame_p99),
+        "cameras": cameras_report,
+    }
+
+
+def bench_streams(
+    video: Path,
+    streams: int | None,
+    config: Path = BENCH_DEPLOYMENT,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    paced: bool = True,
+    seconds: float | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """`streams` copies of `video` as live cameras of one run (`streams_phase`, in a process
+    of its own); with `streams` None, the largest number that holds real time: doubling
+    from 1 until one fails, then halving the gap (each try a run of its own)."""
+    load_settings(config, overrides)  # bad values fail here, before any phase runs
+    if not video.is_file():
+        raise AnprError(f"no such video: {video}")
+    if streams is None and not paced:
+        raise AnprError("--streams auto searches for what holds real time: it needs paced cameras (no --unpaced)")
+
+    def trial(n: int) -> dict[str, Any]:
+        progress(f"{n} camera(s), {'paced' if paced else 'unpaced'} ...")
+        args = [str(video), str(n), "paced" if paced else "unpaced", str(seconds or 0), str(config)]
+        result = run_phase("streams", *args, json.dumps(overrides or {}))
+        progress(
+            f"{n} camera(s): {result['fps']:.1f} frames/s in all, {result['dropped']} dropped, "
+            f"{'holds' if result['holds_real_time'] else 'does not hold'} real time"
+        )
+        return result
+
+    if streams is not None:
+        return trial(streams)
+    tries: dict[int, dict[str, Any]] = {}
+    good, bad = 0, None
+    n = 1
+    while n <= MAX_STREAMS:
+        tries[n] = trial(n)
+        if not tries[n]["holds_real_time"]:
+            bad = n
+            break
+        good, n = n, n * 2
+    while bad is not None and bad - good > 1:
+        n = (good + bad) // 2
+        tries[n] = trial(n)
+        good, bad = (n, bad) if tries[n]["holds_real_time"] else (good, n)
+    best = tries.get(good) or tries[min(tries)]
+    return {
+        **best,
+        "max_real_time_streams": good,
+        "tries": [
+            {k: tries[n][k] for k in ("streams", "fps", "dropped", "holds_real_time")}
+            | {"frame_latency_p99_ms": max((c["frame_latency_p99_ms"] or 0) for c in tries[n]["cameras"])}
+            for n in sorted(tries)
+        ],
+    }
+
+
 def run_phase(*args: str) -> dict[str, Any]:
     env = {**os.environ, "YOLO_VERBOSE": "False", "OPENCV_LOG_LEVEL": "OFF"}
     result = subprocess.run([sys.executable, "-m", "anpr.bench", *args], capture_output=True, text=True, env=env)
@@ -170,6 +365,7 @@ PHASES: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "decode": lambda a: decode_phase(a[0]),
     "naive": lambda a: naive_phase(a[0], int(a[1]), a[2]),
     "anpr": lambda a: anpr_phase(a[0], a[1], a[2]),
+    "streams": lambda a: streams_phase(a[0], int(a[1]), a[2] == "paced", float(a[3]) or None, a[4], a[5]),
 }
 if __name__ == "__main__":
     import warnings

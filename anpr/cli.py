@@ -400,9 +400,25 @@ def bench(
             "--motion", help=f"Skip still frames (mean grey change; default {_PIPELINE.motion_threshold:g}: off)."
         ),
     ] = None,
+    streams: Annotated[
+        str | None,
+        typer.Option(
+            "--streams",
+            help="Measure a site instead: N copies of VIDEO as N live cameras of one run, paced at its frame "
+            "rate; `auto`: the largest N that holds real time.",
+        ),
+    ] = None,
+    unpaced: Annotated[
+        bool, typer.Option("--unpaced", help="With --streams N: frames as fast as they decode, none dropped.")
+    ] = False,
+    seconds: Annotated[
+        float | None,
+        typer.Option("--seconds", min=0.1, help="With --streams: each camera reads this much of VIDEO (default all)."),
+    ] = None,
 ) -> None:
-    """Frames/s of decoding alone, of the naive pipeline and of anpr, measured in one run."""
-    from anpr.bench import BENCH_DEPLOYMENT, benchmark
+    """Frames/s of decoding alone, of the naive pipeline and of anpr, measured in one run;
+    with --streams, per camera frames/s, drops and latency of N cameras at once."""
+    from anpr.bench import BENCH_DEPLOYMENT, bench_streams, benchmark
 
     overrides = _flags(
         ocr,
@@ -412,18 +428,45 @@ def bench(
         pipeline={"stride": stride, "settle_reads": settle, "motion_threshold": motion},
         detector={"input_size": input_size},
     )
-    result = benchmark(
-        video,
-        config or BENCH_DEPLOYMENT,
-        overrides,
-        naive_frames=naive_frames,
-        progress=lambda m: print(f"anpr bench: {m}", file=sys.stderr, flush=True),
-    )
+
+    def progress(message: str) -> None:
+        print(f"anpr bench: {message}", file=sys.stderr, flush=True)
+
+    if streams is not None:
+        if streams != "auto" and not (streams.isdigit() and 1 <= int(streams) <= 256):
+            raise AnprError(f"--streams must be a number of cameras from 1 to 256, or auto: not {streams!r}")
+        count = None if streams == "auto" else int(streams)
+        site = bench_streams(
+            video, count, config or BENCH_DEPLOYMENT, overrides, paced=not unpaced, seconds=seconds, progress=progress
+        )
+        if as_json:
+            print(json.dumps(site))
+            return
+        _print_site(site)
+        return
+    result = benchmark(video, config or BENCH_DEPLOYMENT, overrides, naive_frames=naive_frames, progress=progress)
     if as_json:
         print(json.dumps(result))
         return
     for key, value in result.items():
         print(f"{key:<20} {value}")
+
+
+def _print_site(site: dict[str, Any]) -> None:
+    """`anpr bench --streams` as a table: the run's figures, then one row per camera (and per try)."""
+    for key, value in site.items():
+        if key not in ("cameras", "tries"):
+            print(f"{key:<20} {value}")
+    columns = list(site["cameras"][0]) if site["cameras"] else []
+    rows = [columns] + [["-" if c[k] is None else str(c[k]) for k in columns] for c in site["cameras"]]
+    for key in ("tries",):
+        if key in site:
+            tried = list(site[key][0])
+            rows += [[]] + [tried] + [[str(t[k]) for k in tried] for t in site[key]]
+    widths = [max(len(row[i]) for row in rows if len(row) > i) for i in range(max(map(len, rows)))]
+    print()
+    for row in rows:
+        print("  ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ on whole batches instead of per-frame lists of objects.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -69,6 +69,110 @@ class PlateDetector(Protocol):
         """Plate boxes scoring at least `confidence` (None: the configured threshold), each
         image brought to `input_size` (None: the configured size)."""
         ...
+
+
+# --- detection plans: one network call for every camera's looks ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """Images a detector wants the network `network` to look at, at `confidence` and
+    `input_size` (None: the network's own)."""
+
+    network: PlateDetector
+    images: Sequence[np.ndarray]
+    confidence: float | None = None
+    input_size: int | None = None
+
+    @property
+    def key(self) -> tuple[int, float | None, int | None]:
+        """Looks with the same key can go through the network in one call."""
+        return id(self.network), self.confidence, self.input_size
+
+
+# A detection as a plan: a generator that yields, step by step, the looks it needs (all
+# the looks of one step at once), is sent what each look found (in the look's own image
+# positions), and returns its result. `run_plans` steps the plans of every camera side by
+# side, so the looks of one step of all of them go through the network in one call per
+# (network, confidence, input size).
+Result = TypeVar("Result")
+Steps = Generator[list[Look], list[Detections], Result]
+Plan = Steps[Detections]
+
+
+def detection_plan(
+    detector: PlateDetector,
+    images: Sequence[np.ndarray],
+    confidence: float | None = None,
+    input_size: int | None = None,
+) -> Plan:
+    """`detector`'s plan for `images`: a wrapper's own (its `plan`), else one look of the network itself."""
+    plan = getattr(detector, "plan", None)
+    if plan is not None:
+        planned: Detections = yield from plan(images, confidence, input_size)
+        return planned
+    if not len(images):
+        return Detections.empty()
+    found = yield [Look(detector, images, confidence, input_size)]
+    return found[0]
+
+
+def gather(plans: Sequence[Steps[Result]]) -> Steps[list[Result]]:
+    """The plans stepped side by side: each step yields the looks of every plan still running."""
+    results: dict[int, Result] = {}
+    pending: dict[int, list[Look]] = {}
+
+    def advance(i: int, found: list[Detections] | None) -> None:
+        try:
+            pending[i] = plans[i].send(found)  # type: ignore[arg-type]  # None starts a generator
+        except StopIteration as end:
+            results[i] = end.value
+            pending.pop(i, None)
+
+    for i in range(len(plans)):
+        advance(i, None)
+    while pending:
+        order = list(pending)
+        found = yield [look for i in order for look in pending[i]]
+        starts = np.cumsum([0] + [len(pending[i]) for i in order])
+        for i, start, end in zip(order, starts[:-1], starts[1:], strict=True):
+            advance(i, found[start:end])
+    return [results[i] for i in range(len(plans))]
+
+
+def run_plan(plan: Steps[Result], call_limit: int = 64) -> Result:
+    """What `plan` returns, its looks of each step through the network: one call per
+    (network, confidence, input size), of at most `call_limit` images (more are split
+    into several calls, to bound the input tensor's memory)."""
+    try:
+        looks = next(plan)
+        while True:
+            found = [Detections.empty()] * len(looks)
+            groups: dict[tuple[int, float | None, int | None], list[int]] = {}
+            for j, look in enumerate(looks):
+                if len(look.images):
+                    groups.setdefault(look.key, []).append(j)
+            for members in groups.values():
+                first = looks[members[0]]
+                network, confidence, input_size = first.network, first.confidence, first.input_size
+                images = [image for j in members for image in looks[j].images]
+                parts = []
+                for start in range(0, len(images), call_limit):
+                    part = network.detect(images[start : start + call_limit], confidence, input_size)
+                    parts.append(Detections(part.xyxy, part.confidence, (part.frame + start).astype(np.int32)))
+                combined = Detections.concatenate(parts)
+                starts = np.cumsum([0] + [len(looks[j].images) for j in members])
+                for j, start, end in zip(members, starts[:-1], starts[1:], strict=True):
+                    mine = (combined.frame >= start) & (combined.frame < end)
+                    found[j] = Detections(combined.xyxy[mine], combined.confidence[mine], combined.frame[mine] - start)
+            looks = plan.send(found)
+    except StopIteration as end:
+        return end.value
+
+
+def run_plans(plans: Sequence[Plan], call_limit: int = 64) -> list[Detections]:
+    """Every plan's Detections, the looks of each step of all of them batched together."""
+    return run_plan(gather(plans), call_limit)
 
 
 LETTERBOX_FILL = 114  # the grey Ultralytics pads with; the weights were trained on it
@@ -237,18 +341,24 @@ class SecondPass:
     def detect(
         self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
     ) -> Detections:
+        return run_plan(self.plan(images, confidence, input_size), self.batch)
+
+    def plan(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
+    ) -> Plan:
+        """Three steps (first pass, tiles, closer looks), each batched with other cameras' by `run_plans`."""
         threshold = self.confidence if confidence is None else confidence
-        first = self.detector.detect(images, threshold)
+        first = yield from detection_plan(self.detector, images, threshold)
         small = self._small_at_input(images, first)
         empty = [
             i for i in range(len(images)) if not (first.frame == i).any() and max(images[i].shape[:2]) > self.input_size
         ]
-        tiled = self._tiles(images, empty)
+        tiled = yield from self._tiles(images, empty)
         sure_tiles = (tiled.confidence >= threshold) & ((tiled.xyxy[:, 2] - tiled.xyxy[:, 0]) >= SMALL_AT_INPUT)
         proposals = Detections.concatenate([first[small], tiled[~sure_tiles]])
         origin = np.concatenate([np.flatnonzero(small), np.full(int((~sure_tiles).sum()), -1)])  # first-pass index
         chosen = _most_likely_per_frame(proposals, MAX_LOOKS)
-        looks, confirmed = self._look_closer(images, proposals[chosen], threshold)
+        looks, confirmed = yield from self._look_closer(images, proposals[chosen], threshold)
         replaced = origin[chosen][confirmed]
         kept = np.setdiff1d(np.arange(len(first)), replaced[replaced >= 0])
         combined = Detections.concatenate([first[kept], tiled[sure_tiles], looks])
@@ -264,25 +374,20 @@ class SecondPass:
         scale = np.minimum(1.0, self.input_size / np.maximum(longest, 1.0))
         return (found.xyxy[:, 2] - found.xyxy[:, 0]) * scale < SMALL_AT_INPUT
 
-    def _detect_windows(
-        self, images: Sequence[np.ndarray], windows: np.ndarray, frames: np.ndarray, confidence: float
-    ) -> Detections:
-        return detect_in_windows(self.detector, images, windows, frames, confidence, self.batch)
-
-    def _tiles(self, images: Sequence[np.ndarray], frames: list[int]) -> Detections:
+    def _tiles(self, images: Sequence[np.ndarray], frames: list[int]) -> Plan:
         """Proposals from tiles of the input size over each of `frames`, at PROPOSAL_CONFIDENCE."""
         if not frames:
             return Detections.empty()
         tiles = [(f, tile_windows(images[f].shape[1], images[f].shape[0], self.input_size)) for f in frames]
         windows = np.concatenate([w for _, w in tiles])
         owners = np.concatenate([np.full(len(w), f, np.int32) for f, w in tiles])
-        found = self._detect_windows(images, windows, owners, PROPOSAL_CONFIDENCE)
+        found = yield from windows_plan(self.detector, images, windows, owners, PROPOSAL_CONFIDENCE)
         found = Detections(found.xyxy, found.confidence, owners[found.frame])
         return found[per_frame_nms(found.xyxy, found.confidence, found.frame)]  # a plate in two tiles
 
     def _look_closer(
         self, images: Sequence[np.ndarray], proposals: Detections, confidence: float
-    ) -> tuple[Detections, np.ndarray]:
+    ) -> Steps[tuple[Detections, np.ndarray]]:
         """What a closer look at each proposal finds (in frame coordinates), and which proposals it confirmed."""
         if not len(proposals):
             return Detections.empty(), np.zeros(0, bool)
@@ -291,7 +396,7 @@ class SecondPass:
         side = np.minimum(LOOK_WIDTHS * (proposals.xyxy[:, 2] - proposals.xyxy[:, 0]), sizes.min(axis=1))
         top_left = np.clip(centres - side[:, None] / 2, 0, sizes - side[:, None])  # slid inside the frame
         windows = np.rint(np.hstack([top_left, top_left + side[:, None]])).astype(np.int32)
-        found = self._detect_windows(images, windows, proposals.frame, confidence)
+        found = yield from windows_plan(self.detector, images, windows, proposals.frame, confidence)
         confirmed = np.zeros(len(proposals), bool)
         confirmed[found.frame] = True
         return Detections(found.xyxy, found.confidence, proposals.frame[found.frame]), confirmed
@@ -307,15 +412,24 @@ def detect_in_windows(
     input_size: int | None = None,
 ) -> Detections:
     """Detections in (K, 4) windows x1 y1 x2 y2 of the frames `frames`, in frame
-    coordinates; `frame` of each box is the index of its window."""
+    coordinates; `frame` of each box is the index of its window. At most `batch` windows
+    per detector call."""
+    return run_plan(windows_plan(detector, images, windows, frames, confidence, input_size), batch)
+
+
+def windows_plan(
+    detector: PlateDetector,
+    images: Sequence[np.ndarray],
+    windows: np.ndarray,
+    frames: np.ndarray,
+    confidence: float | None,
+    input_size: int | None = None,
+) -> Plan:
+    """The plan of `detect_in_windows`: every window one image of one look."""
     crops = [images[int(f)][y1:y2, x1:x2] for f, (x1, y1, x2, y2) in zip(frames, windows, strict=True)]
-    parts = []
-    for start in range(0, len(crops), batch):
-        part = detector.detect(crops[start : start + batch], confidence, input_size)
-        window = part.frame + start
-        offset = np.tile(windows[window, :2], 2).astype(np.float32)
-        parts.append(Detections(part.xyxy + offset, part.confidence, window))
-    return Detections.concatenate(parts)
+    found = yield from detection_plan(detector, crops, confidence, input_size)
+    offset = np.tile(windows[found.frame, :2], 2).astype(np.float32)
+    return Detections(found.xyxy + offset, found.confidence, found.frame)
 
 
 # --- where things move ------------------------------------------------------------------
@@ -366,6 +480,15 @@ class MotionWindows:
     def detect(
         self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
     ) -> Detections:
+        return run_plan(self.plan(images, confidence, input_size), self.batch)
+
+    def plan(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, input_size: int | None = None
+    ) -> Plan:
+        """One step: the whole-frame looks and the window looks. Where things move is this
+        camera's own (its background model), found here, before any look; the looks
+        themselves are batched with other cameras' by `run_plans`: all cameras' whole
+        frames in one network call, all their windows in another (two input sizes)."""
         threshold = self.confidence if confidence is None else confidence
         whole: list[int] = []
         windows: list[np.ndarray] = []
@@ -382,18 +505,22 @@ class MotionWindows:
             else:
                 windows += list(moving)
                 owners += [position] * len(moving)
-        parts = []
-        if whole:
-            full = self.detector.detect([images[i] for i in whole], threshold, input_size or self.input_size)
-            parts.append(Detections(full.xyxy, full.confidence, np.asarray(whole, np.int32)[full.frame]))
-        if windows:
-            owner = np.asarray(owners, np.int32)
-            boxes = np.asarray(windows)
-            found = detect_in_windows(self.detector, images, boxes, owner, threshold, self.batch, self.window_input)
-            window_width = boxes[found.frame, 2] - boxes[found.frame, 0]
-            found = found[(found.xyxy[:, 2] - found.xyxy[:, 0]) <= MAX_WINDOW_SHARE * window_width]
-            parts.append(Detections(found.xyxy, found.confidence, owner[found.frame]))
-        combined = Detections.concatenate(parts)
+        owner = np.asarray(owners, np.int32)
+        boxes = np.asarray(windows, np.int32).reshape(-1, 4)
+        full, found = yield from gather(
+            [
+                detection_plan(self.detector, [images[i] for i in whole], threshold, input_size or self.input_size),
+                windows_plan(self.detector, images, boxes, owner, threshold, self.window_input),
+            ]
+        )
+        window_width = boxes[found.frame, 2] - boxes[found.frame, 0]
+        found = found[(found.xyxy[:, 2] - found.xyxy[:, 0]) <= MAX_WINDOW_SHARE * window_width]
+        combined = Detections.concatenate(
+            [
+                Detections(full.xyxy, full.confidence, np.asarray(whole, np.int32)[full.frame]),
+                Detections(found.xyxy, found.confidence, owner[found.frame]),
+            ]
+        )
         merged = combined[per_frame_nms(combined.xyxy, combined.confidence, combined.frame)]  # a plate in two windows
         return merged[np.argsort(merged.frame, kind="stable")]
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from anpr.config import PipelineSettings
-from anpr.detect import Detections, PlateDetector
+from anpr.detect import Detections, PlateDetector, detection_plan, run_plans
 from anpr.formats import shortest_layout
 from anpr.ocr import PlateRecogniser, TextReads, cut_plates
 from anpr.plates import choose_plate
@@ -44,6 +44,16 @@ class RunStats:
     reads: int = 0
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
+    # Seconds from each frame's capture to the end of its round (its reads stored), kept
+    # only when this is a list (`anpr bench --streams`): a long run would grow it forever.
+    latencies: list[float] | None = None
+
+    def count(self, batch: FrameBatch, reads: Sequence[PlateRead], done: float) -> None:
+        """A batch processed, its round done at `done` (time.monotonic())."""
+        self.frames += len(batch)
+        self.reads += len(reads)
+        if self.latencies is not None:
+            self.latencies += [done - frame.captured for frame in batch.frames]
 
     @property
     def seconds(self) -> float:
@@ -187,18 +197,22 @@ class Pipeline:
         return chosen
 
     def process(self, batch: FrameBatch) -> list[PlateRead]:
-        chosen = self._frames_to_detect(batch)
-        detected = FrameBatch([batch.frames[i] for i in chosen])
-        images = detected.images
-        detections = self.detector.detect(images)
-        tracks = self._track(detected, detections)
+        """One batch of this camera alone through the stages (`process_round` of one camera)."""
+        return process_round([(self, batch)])[0]
+
+    def _to_read(self, detections: Detections, tracks: np.ndarray | None) -> np.ndarray:
+        """Which detections to read: not those of a settled plate's track."""
         unread = ~self._settled.settled(tracks) if tracks is not None else np.ones(len(detections), bool)
         self.skipped["settled"] += int((~unread).sum())
-        to_read = detections[unread]
-        texts = self.recogniser.recognise(cut_plates(images, to_read))
+        return unread
+
+    def _emit(
+        self, batch: FrameBatch, detected: FrameBatch, found: Detections, texts: TextReads, tracks: np.ndarray | None
+    ) -> list[PlateRead]:
+        """The reads of the detections `found` (read as `texts`) to the sinks; tracks that ended, too."""
         per_detection = assemble_reads(
             detected,
-            to_read,
+            found,
             texts,
             self.detector.identifier,
             self.recogniser.identifier,
@@ -207,13 +221,13 @@ class Pipeline:
             self.rejected,
             self.recogniser.reject_below,
             self.recogniser.lookalike_swaps,
-            tracks[unread] if tracks is not None else None,
+            tracks,
         )
         reads = [read for read in per_detection if read is not None]
         if tracks is not None:
             # Only a complete registration settles a plate: a clipped or partly read text,
             # typical of a plate still small, repeated, must not stop the reads that follow.
-            self._settled.add(tracks[unread], [read.plate if read and read.format else None for read in per_detection])
+            self._settled.add(tracks, [read.plate if read and read.format else None for read in per_detection])
         for sink in self.sinks:
             sink.write(reads)
         if self.tracker is not None and batch.frames:
@@ -256,6 +270,52 @@ class Pipeline:
             sink.end_tracks(self._source, ends)
 
 
+def process_round(work: Sequence[tuple[Pipeline, FrameBatch]]) -> list[list[PlateRead]]:
+    """The hot loop, once, over every camera that has a batch: each camera's reads, in order.
+
+    What is per camera stays per camera: the frames it skips (stride, motion gate), where
+    its detector looks (MotionWindows' background model, SecondPass's proposals), its
+    tracks and settled plates, its sinks. The models' work is shared: the looks of all
+    cameras go through the detector network together (`run_plans`: one call per input
+    size and step; one call in all when every camera looks at whole frames), and the
+    crops of all cameras through the recogniser in one call.
+    """
+    detected = [FrameBatch([batch.frames[i] for i in p._frames_to_detect(batch)]) for p, batch in work]
+    images = [frames.images for frames in detected]
+    call_limit = sum(p.batch_size for p, _ in work)  # a round's frames fit one call; windows beyond, several
+    detections = run_plans([detection_plan(p.detector, i) for (p, _), i in zip(work, images, strict=True)], call_limit)
+    tracks = [p._track(d, found) for (p, _), d, found in zip(work, detected, detections, strict=True)]
+    unread = [p._to_read(found, t) for (p, _), found, t in zip(work, detections, tracks, strict=True)]
+    to_read = [found[u] for found, u in zip(detections, unread, strict=True)]
+    texts = recognise_all(
+        [p.recogniser for p, _ in work], [cut_plates(i, r) for i, r in zip(images, to_read, strict=True)]
+    )
+    return [
+        p._emit(batch, d, r, text, t[u] if t is not None else None)
+        for (p, batch), d, r, text, t, u in zip(work, detected, to_read, texts, tracks, unread, strict=True)
+    ]
+
+
+def recognise_all(recognisers: Sequence[PlateRecogniser], crops: Sequence[list[np.ndarray]]) -> list[TextReads]:
+    """Each camera's crops read, one recogniser call for all cameras sharing a recogniser
+    (none when there is no crop)."""
+    texts = [TextReads([], []) for _ in crops]
+    shared: dict[int, list[int]] = {}
+    for i, recogniser in enumerate(recognisers):
+        shared.setdefault(id(recogniser), []).append(i)
+    for members in shared.values():
+        together = [crop for i in members for crop in crops[i]]
+        if not together:
+            continue
+        read = recognisers[members[0]].recognise(together)
+        start = 0
+        for i in members:
+            end = start + len(crops[i])
+            texts[i] = TextReads(read.raw[start:end], read.candidates[start:end])
+            start = end
+    return texts
+
+
 @dataclass
 class Lane:
     """One camera in a run: its frames, and the pipeline (tracks, policy gate) they go through."""
@@ -277,7 +337,8 @@ def run_lanes(
     progress: Callable[[Sequence[Lane]], None] | None = None,
     drain_seconds: float = DRAIN_SECONDS,
 ) -> None:
-    """The run loop: batches from every camera in turn until all have ended or `stop` is set.
+    """The run loop: in each round, a batch from every camera that has one, all of them
+    through the stages together (`process_round`), until all have ended or `stop` is set.
 
     A camera whose stream is down just has no frames; the others go on. When `stop` is
     set, decoding stops and the frames already queued still go through OCR, policy and
@@ -291,15 +352,14 @@ def run_lanes(
                 drain_until = time.monotonic() + drain_seconds
                 for lane in lanes:
                     lane.reader.stop_intake()
-            worked = False
-            for lane in lanes:
-                batch = lane.reader.take(lane.pipeline.batch_size)
-                if batch is None:
-                    continue
-                reads = lane.pipeline.process(batch)
-                lane.stats.frames += len(batch)
-                lane.stats.reads += len(reads)
-                worked = True
+            taken = [(lane, lane.reader.take(lane.pipeline.batch_size)) for lane in lanes]
+            work = [(lane, batch) for lane, batch in taken if batch is not None]
+            worked = bool(work)
+            if work:
+                reads = process_round([(lane.pipeline, batch) for lane, batch in work])
+                done = time.monotonic()
+                for (lane, batch), camera_reads in zip(work, reads, strict=True):
+                    lane.stats.count(batch, camera_reads, done)
             now = time.monotonic()
             if progress and (worked or now - last_progress >= PROGRESS_SECONDS):
                 progress(lanes)

@@ -41,12 +41,18 @@ MAX_BAD_READS = 250  # a file whose frames fail to decode for this long (10 s at
 STALLED_SHARE = 0.9
 
 
+_monotonic = time.monotonic  # in Frame's body, `time` is the field
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     source: str
     index: int
     time: float  # seconds: media time for files, Unix wall clock for live sources
     image: np.ndarray  # (H, W, 3) uint8 BGR
+    # When the frame was taken in (time.monotonic(): by default when it was made, as its
+    # source delivered it): latencies are measured from it.
+    captured: float = field(default_factory=_monotonic)
 
 
 class SourceState(StrEnum):

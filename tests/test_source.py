@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+from anpr.config import PipelineSettings
 from anpr.errors import SourceError
 from anpr.images import MAX_IMAGE_PIXELS, image_size, read_image
-from anpr.pipeline import Lane, run_lanes
+from anpr.pipeline import Lane, Pipeline, run_lanes
 from anpr.source import Frame, FrameReader, SourceStatus, VideoSource, open_source
 from benchmarks.clips import build_clip
 
@@ -46,19 +47,27 @@ def test_codecs_and_containers(tmp_path, few_photos, codec, container):
     assert [f.index for f in frames] == list(range(20))
 
 
-class _BatchCollector:
-    """Stands in for a Pipeline in the run loop: keeps the batches it is given."""
+class _NoModel:
+    """A detector that finds nothing and a recogniser never called: no weights."""
+
+    identifier = "none"
+    reject_below = 0.0
+    lookalike_swaps = False
+
+    def detect(self, images, confidence=None, input_size=None):
+        raise AssertionError("no frame should reach the detector")
+
+
+class _BatchCollector(Pipeline):
+    """A Pipeline in the run loop that keeps the batches it is given and detects none of their frames."""
 
     def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
+        super().__init__(_NoModel(), _NoModel(), [], PipelineSettings(batch=batch_size))
         self.batches = []
 
-    def process(self, batch):
+    def _frames_to_detect(self, batch):
         self.batches.append(batch)
         return []
-
-    def finish(self) -> None:
-        self.finished = True
 
 
 def _batches(reader: FrameReader, size: int) -> list:
