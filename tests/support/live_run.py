@@ -8,15 +8,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 
 class LiveRun:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, cwd: Path | None = None) -> None:
+        """`anpr run ARGS`, in `cwd` (default: a folder of its own, where the files a run
+        makes by default, key file, checkpoints and spool, go instead of the checkout)."""
         exe = shutil.which("anpr") or str(Path(sys.executable).parent / "anpr")
-        self.process = subprocess.Popen([exe, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.cwd = cwd or Path(tempfile.mkdtemp(prefix="anpr-live-run-"))
+        self.process = subprocess.Popen(
+            [exe, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.cwd
+        )
         self.objects: list[dict] = []  # every JSON line printed so far
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stderr: list[str] = []
