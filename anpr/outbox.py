@@ -545,6 +545,26 @@ class Outbox(Generic[B]):
         return sorted(names)
 
 
+class Backoff:
+    """When to try again an endpoint whose batches wait in an outbox (the database, a
+    webhook): every time while it answers; once it fails, not before `initial` seconds,
+    then twice as long after each failure, up to `maximum`, until it answers again."""
+
+    def __init__(self, monotonic: Callable[[], float], initial: float, maximum: float) -> None:
+        self.monotonic, self.initial, self.maximum = monotonic, initial, maximum
+        self._delay, self._retry_at = initial, 0.0
+
+    def may_try(self, up: bool) -> bool:
+        return up or self.monotonic() >= self._retry_at
+
+    def failed(self) -> None:
+        self._retry_at = self.monotonic() + self._delay
+        self._delay = min(self._delay * 2, self.maximum)
+
+    def answered(self) -> None:
+        self._delay, self._retry_at = self.initial, 0.0
+
+
 def expire_offline(kind: Kind[Any], directory: str | os.PathLike[str], now: float, *, busy: str) -> Expired:
     """Apply retention to a folder of `kind` without its run: drop every read and passage
     whose deadline has passed from its batch files, whatever they were written for, and

@@ -36,7 +36,18 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
 from anpr.errors import AnprError, ConfigError, StoreError
-from anpr.outbox import Batch, Kind, Outbox, OutboxInUse, expire_offline, shred, temp_name, write_all, write_private
+from anpr.outbox import (
+    Backoff,
+    Batch,
+    Kind,
+    Outbox,
+    OutboxInUse,
+    expire_offline,
+    shred,
+    temp_name,
+    write_all,
+    write_private,
+)
 from anpr.records import PolicedRead
 from anpr.redact import redact, redact_text
 from anpr.registry import SINK_TYPES
@@ -356,11 +367,12 @@ class Webhook:
         self.url = settings.url
         self.shown_url = redact(settings.url)
         self.clock, self.monotonic = clock, monotonic
-        self.initial_backoff, self.max_backoff, self.timeout = initial_backoff, max_backoff, timeout
+        self.timeout = timeout
         self._headers = {"Content-Type": "application/json", **_authorization(settings.auth_env)}
         self._opener = _opener(settings.ca_file)
         self.status = WebhookStatus()
-        self._backoff, self._retry_at, self._full_warned, self._closed = initial_backoff, 0.0, False, False
+        self._backoff = Backoff(monotonic, initial_backoff, max_backoff)
+        self._full_warned, self._closed = False, False
         folder = settings.queue_dir or WEBHOOK_QUEUE_PREFIX.rstrip("-")
         busy = "give each concurrent run its own queue_dir"
         self.queue = Outbox(
@@ -383,7 +395,7 @@ class Webhook:
         self.queue.expire(self.clock())
         if not reads:
             return
-        if self.status.up or self.monotonic() >= self._retry_at:
+        if self._backoff.may_try(self.status.up):
             self._send_queued(self.monotonic() + FLUSH_BUDGET_SECONDS)
             if not self.queue.entries:  # in order: a new batch never overtakes a queued one
                 try:
@@ -466,17 +478,16 @@ class Webhook:
         status.last_error = str(exc)
         if status.up:
             status.up, status.down_since = False, self.clock()
-            self._backoff = self.initial_backoff
             log.warning("%s; its batches wait in %s and are sent when it answers", exc, self.queue.directory)
-        self._retry_at = self.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self.max_backoff)
+        self._backoff.failed()
 
     def _reached(self) -> None:
         status = self.status
         if not status.up:
             outage = self.clock() - (status.down_since or self.clock())
             status.up, status.down_since = True, None
-            self._backoff, self._retry_at, self._full_warned = self.initial_backoff, 0.0, False
+            self._backoff.answered()
+            self._full_warned = False
             log.info("webhook %s answers again after %.0f s", self.shown_url, outage)
 
 

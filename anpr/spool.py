@@ -51,7 +51,7 @@ from sqlalchemy.orm import Session
 
 from anpr.audit import AuditLog
 from anpr.errors import StoreError
-from anpr.outbox import Batch, Expired, Kind, Outbox, OutboxInUse, expire_offline
+from anpr.outbox import Backoff, Batch, Expired, Kind, Outbox, OutboxInUse, expire_offline
 from anpr.records import CountKey, Passage, PolicedRead
 from anpr.store import DatabaseUnavailable, ReadStore
 
@@ -203,12 +203,9 @@ class SpooledStore:
         self.max_bytes = max_bytes
         self.clock = clock
         self.monotonic = monotonic
-        self.initial_backoff = initial_backoff
-        self.max_backoff = max_backoff
         self.flush_budget = flush_budget
         self.status = SpoolStatus()
-        self._backoff = initial_backoff
-        self._retry_at = 0.0
+        self._backoff = Backoff(monotonic, initial_backoff, max_backoff)
         self._full_warned = False
         busy = "give each concurrent run its own store.spool_dir"
         self._spool = Outbox(SPOOL, self.directory, max_bytes, tally=self.status, busy=busy, clock=clock)
@@ -330,7 +327,7 @@ class SpooledStore:
     # --- database state -------------------------------------------------------------------
 
     def _may_try(self) -> bool:
-        return self.status.database_up or self.monotonic() >= self._retry_at
+        return self._backoff.may_try(self.status.database_up)
 
     def _unreachable(self, exc: Exception) -> None:
         status = self.status
@@ -339,17 +336,16 @@ class SpooledStore:
         if status.database_up:
             status.database_up = False
             status.down_since = self.clock()
-            self._backoff = self.initial_backoff
             log.warning("%s; keeping allowed reads in %s until it returns", exc, self.directory)
-        self._retry_at = self.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self.max_backoff)
+        self._backoff.failed()
 
     def _reached(self) -> None:
         status = self.status
         if not status.database_up:
             outage = self.clock() - (status.down_since or self.clock())
             status.database_up, status.down_since = True, None
-            self._backoff, self._retry_at, self._full_warned = self.initial_backoff, 0.0, False
+            self._backoff.answered()
+            self._full_warned = False
             entries = self._spool.entries
             log.info(
                 "database %s reachable again after %.0f s%s",
