@@ -28,12 +28,13 @@ from sqlalchemy.exc import OperationalError
 from support.keys import TEST_KEYS
 from support.live_run import LiveRun
 from support.postgres import PostgresServer
+from support.reads import plate_read
 from support.rtsp import RtspServer
 
 from anpr.audit import AuditLog
 from anpr.config import DATABASE_TIMEOUT_SECONDS
 from anpr.errors import StoreError
-from anpr.records import CountKey, Outcome, PlateRead, PolicedRead
+from anpr.records import CountKey, Outcome, PolicedRead
 from anpr.spool import SpooledStore
 from anpr.store import DatabaseUnavailable, ReadStore
 
@@ -64,23 +65,7 @@ def slow_clip(tmp_path_factory, few_photos) -> Path:
 
 
 def kept(plate: str, frame: int) -> PolicedRead:
-    read = PlateRead(
-        "cam.mp4",
-        frame,
-        frame / 25,
-        plate,
-        plate.lower(),
-        0.8,
-        0.9,
-        0.88,
-        (10.0, 20.0, 110.5, 50.25),
-        "plate-yolov8n@abc",
-        "ppocrv4-rec@def",
-        ((plate, 0.9),),
-        "FR",
-        "LLDDDLL",
-    )
-    return PolicedRead(read, "cam", "parking_fps", "FR-FPS", time.time() + DAY, hit=False)
+    return PolicedRead(plate_read(plate, frame), "cam", "parking_fps", "FR-FPS", time.time() + DAY, hit=False)
 
 
 def blocked() -> CountKey:

@@ -20,12 +20,13 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from support.keys import TEST_KEYS
+from support.reads import plate_read
 
 from anpr.config import load_settings
 from anpr.errors import StoreError
 from anpr.policy.engine import Policy
 from anpr.policy.gate import PolicyGate
-from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead, new_key
+from anpr.records import CountKey, Outcome, Passage, PolicedRead, new_key
 from anpr.sinks import make_sinks
 from anpr.spool import LOCK_NAME, MARKER_NAME, ExpiredSpool, Pending, SpooledStore, SpoolInUse, expire_spool
 from anpr.store import BATCH_KEY_SECONDS, ReadStore, WrittenBatchRow
@@ -58,25 +59,6 @@ class stopped:
 
     def __exit__(self, *_exc) -> None:
         self.server.start()
-
-
-def plate_read(plate: str, frame: int) -> PlateRead:
-    return PlateRead(
-        "cam.mp4",
-        frame,
-        frame / 25,
-        plate,
-        plate.lower(),
-        0.8,
-        0.9,
-        0.88,
-        (10.0, 20.0, 110.5, 50.25),
-        "plate-yolov8n@abc",
-        "ppocrv4-rec@def",
-        ((plate, 0.9), (plate[:-1], 0.05)),
-        "FR",
-        "LLDDDLL",
-    )
 
 
 def kept(plate: str, frame: int, delete_after: float) -> PolicedRead:
