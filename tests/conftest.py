@@ -120,6 +120,20 @@ def postgres():
         yield server
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    """An empty database, once a SQLite file and once a real PostgreSQL one."""
+    from sqlalchemy import create_engine
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    engine = create_engine(url)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
 def anpr_cli(tmp_path_factory):
     """The installed `anpr` command, run in a subprocess as a user would; by default in a

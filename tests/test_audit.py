@@ -26,17 +26,6 @@ PAYLOAD = ("at", "actor", "action", "details")
 ALL_BUT_SEQ = (*PAYLOAD, "prev_hash", "entry_hash")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres").new_database()
-    engine = create_engine(url)
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture
 def sqlite_engine(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'audit.sqlite'}")
