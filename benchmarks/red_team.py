@@ -41,6 +41,13 @@ def verified(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}: " + "; ".join(f"`{line}`" for line in result.stdout.splitlines()[:6])
 
 
+def search(
+    work: Path, plate: str, purpose: str, config: Path, db: Path, *more: str
+) -> subprocess.CompletedProcess[str]:
+    """`anpr db search PLATE --purpose P --config C --db D ...` in `work`."""
+    return anpr("db", "search", plate, "--purpose", purpose, "--config", str(config), "--db", str(db), *more, cwd=work)
+
+
 def said(result: subprocess.CompletedProcess[str]) -> str:
     """The exit status and the first error or result line."""
     lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
@@ -123,30 +130,13 @@ def case_2(work: Path, db: Path, config: Path, plate: str) -> None:
         "2",
         "a hand-written config naming `mallory` as an agent, pointed at the deployment's database",
         f"anpr db search {plate} --purpose parking_fps --config mallory.yaml --db p.sqlite",
-        said(
-            anpr("db", "search", plate, "--purpose", "parking_fps", "--config", str(forged), "--db", str(db), cwd=work)
-        ),
+        said(search(work, plate, "parking_fps", forged, db)),
     )
     row(
         "2",
         "`--user` typed by whoever asks",
         f"anpr db search {plate} --purpose parking_fps --user adj-martin ...",
-        said(
-            anpr(
-                "db",
-                "search",
-                plate,
-                "--purpose",
-                "parking_fps",
-                "--user",
-                "adj-martin",
-                "--config",
-                str(config),
-                "--db",
-                str(db),
-                cwd=work,
-            )
-        ),
+        said(search(work, plate, "parking_fps", config, db, "--user", "adj-martin")),
     )
     plain = yaml.safe_load(config.read_text())
     del plain["purposes"]["parking_fps"]["safeguards"]["designated_agents"]
@@ -158,11 +148,7 @@ def case_2(work: Path, db: Path, config: Path, plate: str) -> None:
         "2",
         "a purpose with query rights and no `designated_agents`",
         f"anpr db search {plate} --purpose parking_fps --config no-agents.yaml",
-        said(
-            anpr(
-                "db", "search", plate, "--purpose", "parking_fps", "--config", str(nobody), "--db", str(fresh), cwd=work
-            )
-        ),
+        said(search(work, plate, "parking_fps", nobody, fresh)),
     )
     connection = sqlite3.connect(db)
     indexes = [
@@ -238,7 +224,7 @@ def _drop_and_start_again(work: Path, db: Path, config: Path, plate: str) -> Non
     connection.execute("drop table audit_log")
     connection.commit()
     connection.close()
-    anpr("db", "search", plate, "--purpose", "parking_fps", "--config", str(config), "--db", str(db), cwd=work)
+    search(work, plate, "parking_fps", config, db)
 
 
 def case_3(work: Path, db: Path, config: Path, plate: str) -> None:
@@ -309,20 +295,7 @@ def case_4_and_5(work: Path, db: Path, config: Path, plate: str) -> None:
         "4",
         "search for reads past their deadline, before any purge",
         f"anpr db search {plate} --purpose parking_fps --config ... --db expired.sqlite",
-        said(
-            anpr(
-                "db",
-                "search",
-                plate,
-                "--purpose",
-                "parking_fps",
-                "--config",
-                str(config),
-                "--db",
-                str(expired),
-                cwd=work,
-            )
-        ),
+        said(search(work, plate, "parking_fps", config, expired)),
     )
     result = anpr("run", "--config", str(config), "--db", str(work / "piped.sqlite"), cwd=work)
     row(
@@ -352,20 +325,7 @@ def case_4_and_5(work: Path, db: Path, config: Path, plate: str) -> None:
         f"exit {result.returncode}; `{next((x for x in result.stdout.splitlines() if 'export' in x), '')}`; "
         f"OLD111 left: {'OLD111' in left}, NEW222 left: {'NEW222' in left}",
     )
-    refused = anpr(
-        "db",
-        "search",
-        plate,
-        "--purpose",
-        "law_enforcement_request",
-        "--procedure",
-        "PV-2026-7",
-        "--config",
-        str(config),
-        "--db",
-        str(db),
-        cwd=work,
-    )
+    refused = search(work, plate, "law_enforcement_request", config, db, "--procedure", "PV-2026-7")
     last = sqlite3.connect(db).execute("select action, details from audit_log order by seq desc limit 1").fetchone()
     row(
         "5",
