@@ -432,8 +432,8 @@ def main() -> None:
     print(f"Run {time.strftime('%Y-%m-%d')} on {os.uname().nodename}: `python benchmarks/red_team.py`\n")
     print("| case | attack | command | result |")
     print("|---|---|---|---|")
-    for case, attack, command, result in ROWS:
-        cells = [c.replace("|", "\\|").replace("\n", " ") for c in (case, attack, f"`{command}`", result)]
+    for case, attack, command, outcome in ROWS:
+        cells = [c.replace("|", "\\|").replace("\n", " ") for c in (case, attack, f"`{command}`", outcome)]
         print("| " + " | ".join(cells) + " |")
 
 
