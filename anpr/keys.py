@@ -34,11 +34,10 @@ class Keys:
 
     plate: bytes
     audit: bytes
-    path: Path | None = None
 
     @classmethod
-    def from_secret(cls, secret: bytes, path: Path | None = None) -> Keys:
-        return cls(_derive(secret, b"anpr plate digest v1"), _derive(secret, b"anpr audit mac v1"), path)
+    def from_secret(cls, secret: bytes) -> Keys:
+        return cls(_derive(secret, b"anpr plate digest v1"), _derive(secret, b"anpr audit mac v1"))
 
     def plate_digest(self, plate: str) -> str:
         """The keyed hash of a (normalised) plate, 64 hex digits."""
@@ -76,7 +75,7 @@ def load_keys(path: str | os.PathLike[str], create: bool = False) -> Keys:
         raise ConfigError(f"key file {path} does not hold a key ({KEY_BYTES * 2} hex digits)")
     if path.stat().st_mode & 0o077:
         raise ConfigError(f"key file {path} can be read by other users: chmod 600 {path}")
-    return Keys.from_secret(secret, path)
+    return Keys.from_secret(secret)
 
 
 def _create(path: Path) -> None:

@@ -27,7 +27,7 @@ def require_binding(store: ReadStore, audit, deployment: Deployment, user: str, 
     if bound is None:
         if not bind_if_new:
             raise PolicyRefusal(f"database {store.safe_url} serves no deployment yet: nothing to query")
-        _bind(store, audit, deployment, user, "deployment.bind", None)
+        _bind(store, audit, deployment, fingerprint, user, "deployment.bind", None)
         return
     if bound.fingerprint != fingerprint:
         raise PolicyRefusal(
@@ -43,12 +43,13 @@ def migrate(store: ReadStore, audit, deployment: Deployment, user: str) -> tuple
     old = bound.fingerprint if bound else None
     new = deployment.fingerprint()
     if old != new:
-        _bind(store, audit, deployment, user, "deployment.migrate", old)
+        _bind(store, audit, deployment, new, user, "deployment.migrate", old)
     return old, new
 
 
-def _bind(store: ReadStore, audit, deployment: Deployment, user: str, action: str, old: str | None) -> None:
-    fingerprint = deployment.fingerprint()
+def _bind(
+    store: ReadStore, audit, deployment: Deployment, fingerprint: str, user: str, action: str, old: str | None
+) -> None:
     with Session(store.engine) as session, session.begin():
         session.add(
             DeploymentBindingRow(
