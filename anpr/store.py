@@ -467,7 +467,7 @@ class ReadStore:
         in the -wal file until a checkpoint: one is forced. PostgreSQL keeps deleted rows
         (and their index entries) as dead tuples until VACUUM, which is run on the kept
         tables; what its write-ahead log still holds is said in the README (Retention)."""
-        try:
+        with self._failures("cannot clean up deleted rows in"):
             if self._engine.dialect.name == "sqlite":
                 with self._engine.connect() as conn:
                     mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
@@ -477,8 +477,6 @@ class ReadStore:
                 with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                     for table in KEPT_TABLES:
                         conn.exec_driver_sql(f"VACUUM {table.__tablename__}")
-        except SQLAlchemyError as exc:
-            raise database_error(exc)(f"cannot clean up deleted rows in {self.safe_url}: {first_line(exc)}") from None
 
     def _delete(
         self,
@@ -488,15 +486,12 @@ class ReadStore:
         """Delete, in one transaction, the rows of each table that its condition selects; the number deleted."""
         self._ensure_schema()
         deleted = 0
-        try:
-            with Session(self._engine) as session, session.begin():
-                if batch_condition is not None:
-                    session.execute(delete(WrittenBatchRow).where(batch_condition))
-                for table, condition in conditions:
-                    result = cast("CursorResult[Any]", session.execute(delete(table).where(condition)))
-                    deleted += result.rowcount or 0
-        except SQLAlchemyError as exc:
-            raise database_error(exc)(f"cannot delete from database {self.safe_url}: {first_line(exc)}") from None
+        with self._failures("cannot delete from database"), Session(self._engine) as session, session.begin():
+            if batch_condition is not None:
+                session.execute(delete(WrittenBatchRow).where(batch_condition))
+            for table, condition in conditions:
+                result = cast("CursorResult[Any]", session.execute(delete(table).where(condition)))
+                deleted += result.rowcount or 0
         return deleted
 
     def count(self) -> int:
@@ -554,12 +549,9 @@ class ReadStore:
         if self._engine.dialect.name != "postgresql":
             return False
         self._ensure_schema()
-        try:
-            with self._engine.connect() as conn:
-                found = conn.execute(text("SELECT to_regproc(:name) IS NOT NULL"), {"name": SEARCH_FUNCTION})
-                return bool(found.scalar())
-        except SQLAlchemyError as exc:
-            raise database_error(exc)(f"cannot reach database {self.safe_url}: {first_line(exc)}") from None
+        with self._failures("cannot reach database"), self._engine.connect() as conn:
+            found = conn.execute(text("SELECT to_regproc(:name) IS NOT NULL"), {"name": SEARCH_FUNCTION})
+            return bool(found.scalar())
 
     def search_function(
         self, entry: AuditEntry, plate: str, purpose: str, procedure: str | None, passages: bool
@@ -610,11 +602,8 @@ class ReadStore:
         system account for a SQLite file (whose file permissions are its only access control)."""
         if self._engine.dialect.name == "sqlite":
             return pwd.getpwuid(os.geteuid()).pw_name
-        try:
-            with self._engine.connect() as conn:
-                return str(conn.exec_driver_sql("SELECT session_user").scalar())
-        except SQLAlchemyError as exc:
-            raise database_error(exc)(f"cannot reach database {self.safe_url}: {first_line(exc)}") from None
+        with self._failures("cannot reach database"), self._engine.connect() as conn:
+            return str(conn.exec_driver_sql("SELECT session_user").scalar())
 
     def policy_counts(self) -> list[tuple[CountKey, int]]:
         self._ensure_schema()
