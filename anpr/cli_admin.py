@@ -134,7 +134,6 @@ def db_purge(
     database is down, then in the database."""
     from anpr.errors import StoreError
     from anpr.policy.queries import purge
-    from anpr.sinks import JsonlExportSettings, WebhookSettings, expire_webhook_queue, purge_export
     from anpr.spool import SpoolInUse, expire_spool
 
     settings, policy = _deployment(config, db)
@@ -158,13 +157,12 @@ def db_purge(
         )
     for name, sink in policy.deployment.sinks.items():
         try:
-            if isinstance(sink, JsonlExportSettings):
-                print(f"purged {purge_export(sink.path, moment)} read(s) past their deadline from export {sink.path}")
-            elif isinstance(sink, WebhookSettings):
-                folder = sink.queue_folder(name)
-                print(f"purged {expire_webhook_queue(folder, moment)} read(s) past their deadline from queue {folder}")
+            purged = sink.purge_files(name, moment)
         except StoreError as exc:
             file_errors.append(exc)
+            continue
+        if purged is not None:
+            print(f"purged {purged[0]} read(s) past their deadline from {purged[1]}")
     try:
         with _database(settings) as (store, audit):
             deleted = purge(store, audit, store.user(), moment)

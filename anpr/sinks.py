@@ -87,6 +87,12 @@ class SinkSettings(BaseModel):
         """These settings with the defaults that depend on the sink's name filled in."""
         return self
 
+    def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
+        """Retention over what the sink called `name` keeps on disk outside the database
+        (`anpr db purge`, with or without the database): the number of reads removed and
+        where; None when it keeps nothing there. StoreError when it cannot be purged."""
+        return None
+
 
 class DatabaseSinkSettings(SinkSettings):
     type: Literal["database"]
@@ -98,6 +104,9 @@ class JsonlExportSettings(SinkSettings):
 
     def in_folder(self, folder: Path, stem: str) -> SinkSettings:
         return self.model_copy(update={"path": folder / f"{stem}.jsonl"})
+
+    def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
+        return purge_export(self.path, now), f"export {self.path}"
 
 
 class WebhookSettings(SinkSettings):
@@ -158,6 +167,10 @@ class WebhookSettings(SinkSettings):
     def queue_folder(self, name: str) -> str:
         """Where the batches of the sink called `name` wait: queue_dir, else a folder named after the sink."""
         return self.queue_dir or f"{WEBHOOK_QUEUE_PREFIX}{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"
+
+    def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
+        folder = self.queue_folder(name)
+        return expire_webhook_queue(folder, now), f"queue {folder}"
 
     def in_folder(self, folder: Path, stem: str) -> SinkSettings:
         return self.model_copy(update={"queue_dir": str(folder / f"{stem}-queue")})
