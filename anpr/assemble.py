@@ -35,7 +35,15 @@ from anpr.policy.engine import Policy, PurposeDecision
 from anpr.policy.gate import DatabaseSink, GateTally, PassageSink, PolicyGate
 from anpr.redact import printable, redact
 from anpr.sinks import PolicedSink, close_sinks, make_sinks
-from anpr.source import FrameReader, FrameSource, ImageSource, Reconnect, SourceState, open_source
+from anpr.source import (
+    FrameReader,
+    FrameSource,
+    ImageSource,
+    Reconnect,
+    SourceState,
+    decode_threads,
+    open_source,
+)
 from anpr.spool import SpooledStore
 from anpr.store import DatabaseUnavailable, ReadStore
 from anpr.track import PlateTracker
@@ -134,7 +142,8 @@ def open_sources(cameras: Sequence[CameraSource], stream: StreamSettings) -> lis
     the background (a dead camera must not keep the others from running); if none at all
     can be reached, that is a configuration problem and an error."""
     several = len(cameras) > 1
-    sources = [open_source(c.location, Reconnect.of(stream), wait_for_stream=several) for c in cameras]
+    threads = decode_threads(len(cameras))
+    sources = [open_source(c.location, Reconnect.of(stream), several, threads) for c in cameras]
     down = [
         (c.camera.id, s.status.last_error)
         for c, s in zip(cameras, sources, strict=True)
@@ -178,7 +187,7 @@ def read_lane(
     work = settings.pipeline.for_source(stills)
     tracker = None if stills else PlateTracker(settings.detector.confidence, work.frame_stride)
     pipeline = Pipeline(detector, models.recogniser, sinks, work, tuple(regions), tracker)
-    return Lane(name, FrameReader(source, settings.pipeline.queue), pipeline)
+    return Lane(name, FrameReader(source, settings.pipeline.queue, work.frame_stride), pipeline)
 
 
 @dataclass

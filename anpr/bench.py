@@ -26,12 +26,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anpr.config import load_settings
 from anpr.errors import AnprError
+
+if TYPE_CHECKING:
+    from anpr.source import Stride
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DEPLOYMENT = REPO / "configs" / "paris-fps.yaml"  # an allowed purpose that stores every read
@@ -132,20 +135,22 @@ class PacedClip:
     would. Unpaced, frames come as fast as they decode, and none is dropped (the decoder
     waits, as for a file)."""
 
-    def __init__(self, path: str, name: str, paced: bool = True, seconds: float | None = None) -> None:
+    def __init__(
+        self, path: str, name: str, paced: bool = True, seconds: float | None = None, threads: int = 0
+    ) -> None:
         from anpr.source import VideoSource
 
-        self._video = VideoSource(path, live=False)
+        self._video = VideoSource(path, live=False, threads=threads)
         self.name, self.live, self.status = name, paced, self._video.status
         self.fps = self._video.fps or 25.0
         self.limit = round(seconds * self.fps) if seconds else None
         self.captured: dict[int, float] = {}  # frame index -> capture time
 
-    def frames(self) -> Iterator[Any]:
+    def frames(self, stride: Stride | None = None) -> Iterator[Any]:
         from anpr.source import Frame
 
         started = time.monotonic()
-        for frame in self._video.frames():
+        for frame in self._video.frames(stride):
             if self.limit is not None and frame.index >= self.limit:
                 break
             captured = time.monotonic()
@@ -154,7 +159,7 @@ class PacedClip:
                 if captured > time.monotonic():
                     time.sleep(captured - time.monotonic())
             self.captured[frame.index] = captured
-            yield Frame(self.name, frame.index, time.time(), frame.image, captured)
+            yield Frame(self.name, frame.index, time.time(), frame.image, frame.covers, captured)
 
     def close(self) -> None:
         self._video.close()
@@ -184,6 +189,7 @@ def streams_phase(
     from anpr.assemble import CameraSource, build_lanes, load_models, require_deployment
     from anpr.keys import load_keys
     from anpr.policy.engine import Policy
+    from anpr.source import decode_threads
     from anpr.spool import SpooledStore
     from anpr.store import ReadStore
 
@@ -195,7 +201,7 @@ def streams_phase(
         store = ReadStore(str(Path(work) / "bench.sqlite"), load_keys(Path(work) / "anpr.key", create=True))
         spool = SpooledStore(store, Path(work) / "spool", settings.store.spool_max_mb * 2**20)
         names = [f"cam{i + 1}" for i in range(streams)]
-        sources = [PacedClip(video, name, paced, seconds) for name in names]
+        sources = [PacedClip(video, name, paced, seconds, decode_threads(streams)) for name in names]
         cameras = [CameraSource(camera.model_copy(update={"id": name}), name) for name in names]
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu, wall = usage.ru_utime + usage.ru_stime, time.perf_counter()

@@ -50,7 +50,7 @@ class RunStats:
 
     def count(self, batch: FrameBatch, reads: Sequence[PlateRead], done: float) -> None:
         """A batch processed, its round done at `done` (time.monotonic())."""
-        self.frames += len(batch)
+        self.frames += sum(frame.covers for frame in batch.frames)  # with those the stride passed over
         self.reads += len(reads)
         if self.latencies is not None:
             self.latencies += [done - frame.captured for frame in batch.frames]
@@ -144,8 +144,10 @@ def is_cut(before: np.ndarray, after: np.ndarray) -> bool:
 
 
 class Pipeline:
-    """One camera's way through the stages. The work it may skip (stride, motion gate,
-    settled plates) is in its settings; all off, every frame is detected and read.
+    """One camera's way through the stages. The work it may skip (motion gate, settled
+    plates) is in its settings; all off, every frame it is given is detected and read. The
+    stride is applied before, by the camera's FrameReader: frames it passes over are never
+    made into images.
 
     With a `tracker` (video and streams), each box gets the id of the plate's track, and
     the sinks hear when a track ends; still images are not tracked."""
@@ -177,9 +179,7 @@ class Pipeline:
     def _frames_to_detect(self, batch: FrameBatch) -> list[int]:
         chosen = []
         for position, frame in enumerate(batch.frames):
-            if frame.index % self.settings.frame_stride:
-                self.skipped["stride"] += 1
-                continue
+            self.skipped["stride"] += frame.covers - 1  # passed over by the source (FrameReader's stride)
             if self.settings.motion_threshold > 0:
                 small = cv2.cvtColor(
                     cv2.resize(frame.image, MOTION_SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
@@ -273,7 +273,7 @@ class Pipeline:
 def process_round(work: Sequence[tuple[Pipeline, FrameBatch]]) -> list[list[PlateRead]]:
     """The hot loop, once, over every camera that has a batch: each camera's reads, in order.
 
-    What is per camera stays per camera: the frames it skips (stride, motion gate), where
+    What is per camera stays per camera: the frames it skips (motion gate), where
     its detector looks (MotionWindows' background model, SecondPass's proposals), its
     tracks and settled plates, its sinks. The models' work is shared: the looks of all
     cameras go through the detector network together (`run_plans`: one call per input
@@ -374,6 +374,7 @@ def run_lanes(
         for lane in lanes:
             lane.stats.finished = time.perf_counter()
             lane.reader.close()
+            lane.stats.frames += lane.reader.stride.passed  # the last frames, passed over by the stride
     # Only on a clean end (input over, or stopped and drained): after an error the
     # tracks' passages would be voted over reads that may not all have been stored.
     for lane in lanes:

@@ -16,7 +16,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -50,6 +50,9 @@ class Frame:
     index: int
     time: float  # seconds: media time for files, Unix wall clock for live sources
     image: np.ndarray  # (H, W, 3) uint8 BGR
+    # Frames of the source this one stands for: itself and those the stride skipped before
+    # it, which were decoded only as far as the codec needs and never made into images.
+    covers: int = 1
     # When the frame was taken in (time.monotonic(): by default when it was made, as its
     # source delivered it): latencies are measured from it.
     captured: float = field(default_factory=_monotonic)
@@ -121,15 +124,42 @@ class Reconnect:
 
 
 class FrameSource(Protocol):
-    """Something that yields frames in order; `frames()` ends at end of input."""
+    """Something that yields frames in order; `frames()` ends at end of input.
+
+    With a `stride` (`Stride`), it yields only every stride-th frame: the others
+    cost what the codec needs to go on (an H.264 frame is decoded, as later ones refer to
+    it, but never converted to a BGR image, nor queued), are counted in `status.received`
+    and in the `covers` of the next frame yielded."""
 
     name: str
     live: bool  # True: frames arrive in real time and may be dropped
     status: SourceStatus
 
-    def frames(self) -> Iterator[Frame]: ...
+    def frames(self, stride: Stride | None = None) -> Iterator[Frame]: ...
 
     def close(self) -> None: ...
+
+
+class Stride:
+    """Which frame numbers a source delivers: the first, then each one at least `every`
+    after the last delivered (a damaged file's numbers may jump past a multiple)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = max(1, every)
+        self._next = 0  # the first frame number due
+        self.passed = 0  # frames passed over since the last delivered (at the end: after it)
+
+    def due(self, index: int) -> bool:
+        """Whether frame `index` is delivered; if not, it is counted as passed over."""
+        if index < self._next:
+            self.passed += 1
+            return False
+        return True
+
+    def delivered(self, index: int) -> int:
+        """Frame `index` is delivered: how many frames it covers (itself and those passed over)."""
+        covers, self.passed, self._next = self.passed + 1, 0, index + self.every
+        return covers
 
 
 class VideoSource:
@@ -143,7 +173,12 @@ class VideoSource:
     """
 
     def __init__(
-        self, location: str, live: bool, reconnect: Reconnect | None = None, wait_for_stream: bool = False
+        self,
+        location: str,
+        live: bool,
+        reconnect: Reconnect | None = None,
+        wait_for_stream: bool = False,
+        threads: int = 0,
     ) -> None:
         # The name travels into every read, export, log line and message; only the
         # capture is given the credentials.
@@ -151,6 +186,7 @@ class VideoSource:
         self._location = location
         self.live = live
         self.reconnect = reconnect or Reconnect.of()
+        self.threads = threads  # FFmpeg's decoding threads (0: its own choice, one per core)
         self.status = SourceStatus()
         self._closing = threading.Event()
         self._reading = False
@@ -182,23 +218,21 @@ class VideoSource:
 
     def _open(self) -> tuple[cv2.VideoCapture, np.ndarray] | str:
         """The capture and its first frame, or why not."""
-        params = (
-            [
+        params = [cv2.CAP_PROP_N_THREADS, self.threads] if self.threads else []
+        if self.live:
+            params += [
                 cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
                 STREAM_OPEN_TIMEOUT_MS,
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC,
                 int(self.reconnect.stall_seconds * 1000),
             ]
-            if self.live
-            else []
-        )
         if self.live:
             if not _is_utf8(self._location):  # OpenCV crashes on it (see open_video_file)
                 return "stream URL is not valid UTF-8 (percent-encode its bytes)"
             capture = cv2.VideoCapture(self._location, cv2.CAP_FFMPEG, params)
         else:
             try:
-                capture = open_video_file(self._location)
+                capture = open_video_file(self._location, params)
             except OSError as exc:
                 return f"cannot open video ({exc.strerror or exc})"
         if not capture.isOpened():
@@ -210,33 +244,28 @@ class VideoSource:
             return "stream sent no frame" if self.live else "video has no decodable frame (corrupt or empty)"
         return capture, first
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, stride: Stride | None = None) -> Iterator[Frame]:
         # The capture is released on the thread that reads it: FFmpeg does not take a
         # release from another thread while a read is blocked in it.
         self._reading = True
+        chosen = stride or Stride(1)
         try:
-            image, index = self._first, 0
-            if image is None and self.live:
-                image = self._reopen()
-            while image is not None and not self._closing.is_set():
-                if self.live:
-                    stamp = time.time()
-                else:
-                    # The frame number (kept on media time below) over the nominal rate;
-                    # without a rate, the media time of the frame just read.
-                    stamp = index / self.fps if self.fps > 0 else self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            # `ready`: the frame's image when getting to it decoded it whole (opening a
+            # capture reads its first frame); otherwise it is grabbed and retrieved only if due.
+            at_frame, ready, index = self._first is not None, self._first, 0
+            if not at_frame and self.live:
+                ready = self._reopen()
+                at_frame = ready is not None
+            while at_frame and not self._closing.is_set():
                 self.status.received += 1
                 self.status.last_frame_time = time.time()
-                yield Frame(self.name, index, stamp, image)
+                if chosen.due(index):
+                    image = ready if ready is not None else self._retrieve()
+                    if image is not None:
+                        yield Frame(self.name, index, self._stamp(index), image, chosen.delivered(index))
                 index += 1
-                if self.live:
-                    read = self._read_live()
-                    image = self._reopen(read) if isinstance(read, str) else read
-                else:
-                    ok, image = self._capture.read()
-                    if not ok or image is None:
-                        image = self._skip_damage()
-                if image is not None and not self.live and self.fps > 0:
+                at_frame, ready = self._advance()
+                if at_frame and not self.live and self.fps > 0:
                     # A damaged file loses frames, sometimes without a failed read (FFmpeg drops
                     # what it cannot decode): number each frame by its media time, not by count.
                     index = max(index, self._media_index() - self._index_offset)
@@ -244,28 +273,49 @@ class VideoSource:
             self.status.set(SourceState.ENDED)
             self._capture.release()
 
-    def _skip_damage(self) -> np.ndarray | None:
-        """After a failed read of a file: the next frame that decodes, or None at its end.
+    def _stamp(self, index: int) -> float:
+        """Frame `index`'s time: the wall clock for a stream; for a file, its number over the
+        nominal rate, or without a rate, the media time of the frame just grabbed."""
+        if self.live:
+            return time.time()
+        return index / self.fps if self.fps > 0 else self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+
+    def _advance(self) -> tuple[bool, np.ndarray | None]:
+        """On to the next frame, decoded but not yet converted to an image: whether there is
+        one, and its image when getting there took a reopening (which reads a frame whole)."""
+        if not self.live:
+            return self._capture.grab() or self._skip_damage(), None
+        why = self._grab_live()
+        if why is None:
+            return True, None
+        first = self._reopen(why)
+        return first is not None, first
+
+    def _retrieve(self) -> np.ndarray | None:
+        """The grabbed frame as a BGR image (None if it cannot be converted: the frame is skipped)."""
+        ok, image = self._capture.retrieve()
+        return image if ok and image is not None else None
+
+    def _skip_damage(self) -> bool:
+        """After a failed grab in a file: whether a later frame decodes (False at its end).
 
         A file damaged in the middle fails a few reads and then decodes again; stopping
         at the first failure would silently drop the rest of it."""
         for _ in range(MAX_BAD_READS):
-            ok, image = self._capture.read()
-            if ok and image is not None:
+            if self._capture.grab():
                 self.status.damaged_stretches += 1
-                return image
-        return None
+                return True
+        return False
 
-    def _read_live(self) -> np.ndarray | str:
-        """The stream's next frame, or what happened instead."""
+    def _grab_live(self) -> str | None:
+        """None when the stream's next frame is grabbed, else what happened instead."""
         asked = time.monotonic()
-        if not self._capture.grab():
-            waited = time.monotonic() - asked
-            if waited >= STALLED_SHARE * self.reconnect.stall_seconds:
-                return f"stream stalled: no frame for {waited:.0f} s"
-            return "stream ended: the server closed it or the connection dropped"
-        ok, image = self._capture.retrieve()
-        return image if ok and image is not None else "a frame of the stream could not be decoded"
+        if self._capture.grab():
+            return None
+        waited = time.monotonic() - asked
+        if waited >= STALLED_SHARE * self.reconnect.stall_seconds:
+            return f"stream stalled: no frame for {waited:.0f} s"
+        return "stream ended: the server closed it or the connection dropped"
 
     def _reopen(self, why: str | None = None) -> np.ndarray | None:
         """Reopen a stream that went down (`why`), backing off; its first frame, or None once closed."""
@@ -301,8 +351,9 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def open_video_file(path: str) -> cv2.VideoCapture:
-    """An FFmpeg capture of the video file at `path`, whatever its name; raises OSError.
+def open_video_file(path: str, params: Sequence[int] = ()) -> cv2.VideoCapture:
+    """An FFmpeg capture of the video file at `path`, whatever its name, opened with
+    `params` (OpenCV's property, value pairs); raises OSError.
 
     FFmpeg is handed the file Python opened (`/proc/self/fd/N`), never its name: OpenCV's
     binding crashes the process on a name that is not UTF-8, and FFmpeg takes a name with
@@ -310,10 +361,10 @@ def open_video_file(path: str) -> cv2.VideoCapture:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if os.path.isdir(FD_FOLDER):
-            return cv2.VideoCapture(f"{FD_FOLDER}/{fd}", cv2.CAP_FFMPEG, [])
+            return cv2.VideoCapture(f"{FD_FOLDER}/{fd}", cv2.CAP_FFMPEG, list(params))
         if not _is_utf8(path):
             raise OSError(errno.EINVAL, "its name is not UTF-8, which OpenCV cannot open here")
-        return cv2.VideoCapture(os.path.abspath(path), cv2.CAP_FFMPEG, [])
+        return cv2.VideoCapture(os.path.abspath(path), cv2.CAP_FFMPEG, list(params))
     finally:
         os.close(fd)  # FFmpeg opened the file again for itself
 
@@ -371,8 +422,11 @@ class ImageSource:
             name, problem = self.status.skipped[0]
             raise SourceError(f"folder holds no readable image: {self.name} ({name}: {problem})")
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, stride: Stride | None = None) -> Iterator[Frame]:
+        chosen = stride or Stride(1)
         for index, path in self._images:
+            if not chosen.due(index):
+                continue  # not read at all
             try:
                 taken = path.stat().st_mtime
             except OSError as exc:
@@ -384,20 +438,30 @@ class ImageSource:
                 continue
             self.status.received += 1
             self.status.last_frame_time = time.time()
-            yield Frame(self.name, index, taken, image)
+            yield Frame(self.name, index, taken, image, chosen.delivered(index))
         self.status.set(SourceState.ENDED)
 
     def close(self) -> None:
         pass
 
 
-def open_source(location: str, reconnect: Reconnect | None = None, wait_for_stream: bool = False) -> FrameSource:
+def decode_threads(cameras: int) -> int:
+    """Decoding threads for each of `cameras` video sources: the cores shared among them.
+    FFmpeg's default, a thread per core for every decoder, oversubscribes the cores as soon
+    as there are two cameras, and the models' threads compete with all of them."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, cameras))
+
+
+def open_source(
+    location: str, reconnect: Reconnect | None = None, wait_for_stream: bool = False, threads: int = 0
+) -> FrameSource:
     """The source for a path or URL; raises SourceError with a one-line reason.
 
     With `wait_for_stream`, a stream that cannot be reached yet is retried in the
-    background instead (its status says so) rather than raising."""
+    background instead (its status says so) rather than raising. `threads`: a video's
+    decoding threads (`decode_threads`; 0: FFmpeg's choice)."""
     if location.lower().startswith(STREAM_SCHEMES):
-        return VideoSource(location, live=True, reconnect=reconnect, wait_for_stream=wait_for_stream)
+        return VideoSource(location, live=True, reconnect=reconnect, wait_for_stream=wait_for_stream, threads=threads)
     path = Path(location)
     if not path.exists():
         raise SourceError(f"no such file or folder: {redact(location)}")
@@ -405,7 +469,7 @@ def open_source(location: str, reconnect: Reconnect | None = None, wait_for_stre
         return ImageSource(path)
     if path.stat().st_size == 0:
         raise SourceError(f"video file is empty (0 bytes): {redact(location)}")
-    return VideoSource(str(path), live=False)
+    return VideoSource(str(path), live=False, threads=threads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,11 +489,13 @@ class FrameReader:
     batches of frames.
 
     The queue holds at most `capacity` frames. For a live source a full queue drops its
-    oldest frame (counted in `dropped`); for a file the decoder waits.
+    oldest frame (counted in `dropped`); for a file the decoder waits. Only every
+    `stride`-th frame is made into an image and queued (`FrameSource.frames`).
     """
 
-    def __init__(self, source: FrameSource, capacity: int | None = None) -> None:
+    def __init__(self, source: FrameSource, capacity: int | None = None, stride: int = 1) -> None:
         self.source = source
+        self.stride = Stride(stride)
         self.capacity = max(2, capacity or PipelineSettings().queue)
         self.dropped = 0
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=self.capacity)
@@ -464,7 +530,7 @@ class FrameReader:
 
     def _decode(self) -> None:
         try:
-            for frame in self.source.frames():
+            for frame in self.source.frames(self.stride):
                 if self._stop.is_set():
                     break
                 self._put(frame)

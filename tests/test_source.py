@@ -18,7 +18,7 @@ from anpr.config import PipelineSettings
 from anpr.errors import SourceError
 from anpr.images import MAX_IMAGE_PIXELS, image_size, read_image
 from anpr.pipeline import Lane, Pipeline, run_lanes
-from anpr.source import Frame, FrameReader, SourceStatus, VideoSource, open_source
+from anpr.source import Frame, FrameReader, SourceStatus, Stride, VideoSource, open_source
 from benchmarks.clips import build_clip
 
 SAMPLE = REPO / "samples" / "sample.mp4"  # 180 frames, 1920x1080
@@ -83,6 +83,15 @@ def test_reader_batches_keep_every_frame_of_a_file_in_order(clip_h264):
     indices = [f.index for b in batches for f in b.frames]
     assert indices == list(range(150))
     assert all(len(b) == 7 for b in batches[:-1]) and reader.dropped == 0
+
+
+def test_stride_delivers_every_nth_frame_covering_those_passed_over(clip_h264, small_dataset):
+    frames = list(open_source(str(clip_h264)).frames(Stride(4)))
+    assert [f.index for f in frames] == list(range(0, 150, 4))
+    assert [f.covers for f in frames] == [1] + [4] * 37  # frame 148 covers 145-148
+    assert all(f.image.shape == (1080, 1920, 3) for f in frames)
+    photos = list(open_source(str(small_dataset)).frames(Stride(2)))
+    assert [f.index for f in photos] == list(range(0, len(photos) * 2, 2))[: len(photos)]
 
 
 def test_image_folder_and_single_image(small_dataset, caplog):
@@ -262,7 +271,7 @@ class _FastLiveSource:
         self.produced = threading.Event()
         self.status = SourceStatus()
 
-    def frames(self):
+    def frames(self, stride=None):
         image = np.zeros((8, 8, 3), np.uint8)
         for index in range(self.count):
             yield Frame(self.name, index, time.time(), image)

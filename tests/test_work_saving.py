@@ -1,4 +1,4 @@
-"""The loop's work savings: stride, motion gate, settled plates. Real models, real frames."""
+"""The loop's work savings: stride (the reader's), motion gate, settled plates. Real models, real frames."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import cv2
 from conftest import PARKING_CONFIG
 
 from anpr.config import PipelineSettings
-from anpr.pipeline import Pipeline
-from anpr.source import Frame, FrameBatch
+from anpr.pipeline import Lane, Pipeline, run_lanes
+from anpr.source import Frame, FrameBatch, FrameReader, open_source
 
 
 class _Collect:
@@ -37,11 +37,20 @@ def test_motion_gate_skips_a_still_scene(detector, ppocr, few_photos):
     assert sorted({r.frame for r in sink.reads}) == [0, 6]
 
 
-def test_stride_detects_every_nth_frame(detector, ppocr, few_photos):
+def test_stride_makes_images_of_every_nth_frame_only_and_counts_the_rest(detector, ppocr, clip_h264):
+    """The stride is the reader's: frames it passes over are grabbed (the codec needs them)
+    but never converted nor queued; the run still counts them, and the pipeline knows why
+    they were not detected."""
     sink = _Collect()
-    pipeline = Pipeline(detector, ppocr, [sink], PipelineSettings(stride=3))
-    pipeline.process(FrameBatch(_frames(few_photos, still=7)))
-    assert {r.frame for r in sink.reads} <= {0, 3, 6} and pipeline.skipped["stride"] == 6
+    pipeline = Pipeline(detector, ppocr, [sink], PipelineSettings(stride=3, settle_reads=0))
+    reader = FrameReader(open_source(str(clip_h264)), capacity=8, stride=3)
+    lane = Lane("test", reader, pipeline)
+    run_lanes([lane])
+    assert reader.status.received == 150  # every frame of the clip was decoded ...
+    assert lane.stats.frames == 150  # ... and counted as processed (the last two too: passed over at the end)
+    # 2 of every 3 never became an image: 98 before the last detected frame (147), 2 after it
+    assert (pipeline.skipped["stride"], reader.stride.passed) == (98, 2)
+    assert sink.reads and {r.frame % 3 for r in sink.reads} == {0}
 
 
 def test_settled_plates_are_not_read_again_and_passages_stay_right(anpr_cli, clip_h264, tmp_path):
