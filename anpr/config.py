@@ -9,7 +9,7 @@ Run settings (all optional):
     pipeline:
       batch: 8               # frames per detector call (1-256)
       ocr: ppocr             # one of registry.RECOGNISERS (anpr run --help lists them)
-      queue: 64              # frames decoded ahead of the detector (2-4096)
+      queue: 64              # frames decoded ahead of the detector (2-4096), of those the stride keeps
       min_confidence: 0.0    # reads below this combined confidence are not emitted
       stride: auto           # detect on every n-th frame (1-100); auto: 3 for video and streams, 1 for images
       motion_threshold: 0.0  # skip detection when the frame changed less than this (mean grey level, 0: off)
@@ -176,7 +176,8 @@ class StreamSettings(_Section):
 
 # Every call to the database is cut off after this long, and the database then counts as
 # down (its batches go to the spool). While the run loop waits, a live camera's frames pile
-# up in the frame queue (pipeline.queue, 64 frames: 2.6 s of a 25 fps stream), so the bound
+# up in the frame queue (pipeline.queue, 64 frames the stride keeps: 2.6 s of a 25 fps
+# stream at stride 1, 7.7 s at the default stride of 3), so the bound
 # must stay below that. 2 s is also the shortest connection timeout libpq honours, so a
 # reconnection attempt is held to the same bound.
 DATABASE_TIMEOUT_SECONDS = 2.0
