@@ -187,7 +187,11 @@ def read_lane(
     work = settings.pipeline.for_source(stills)
     tracker = None if stills else PlateTracker(settings.detector.confidence, work.frame_stride)
     pipeline = Pipeline(detector, models.recogniser, sinks, work, tuple(regions), tracker)
-    return Lane(name, FrameReader(source, settings.pipeline.queue, work.frame_stride), pipeline)
+    # A live camera's queue absorbs the loop's pauses (a slow database call) without losing
+    # frames; a file waits for the loop instead, so two batches ahead keep the detector fed,
+    # and a longer queue would only hold decoded frames in memory (6 MB each at 1080p).
+    queue = settings.pipeline.queue if source.live else min(settings.pipeline.queue, 2 * work.batch)
+    return Lane(name, FrameReader(source, queue, work.frame_stride), pipeline)
 
 
 @dataclass

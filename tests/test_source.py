@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from anpr.config import PipelineSettings
+from anpr.assemble import Models, read_lane
+from anpr.config import PipelineSettings, load_settings
 from anpr.errors import SourceError
 from anpr.images import MAX_IMAGE_PIXELS, image_size, read_image
 from anpr.pipeline import Lane, Pipeline, run_lanes
@@ -279,6 +280,19 @@ class _FastLiveSource:
 
     def close(self) -> None:
         pass
+
+
+def test_a_file_is_decoded_two_batches_ahead_and_a_stream_a_whole_queue_ahead(clip_h264):
+    """A file's decoder waits for the loop: more frames ahead would only hold memory; a live
+    camera's queue absorbs the loop's pauses."""
+    settings = load_settings(overrides={"pipeline": {"batch": 4, "queue": 50}})
+    no_models = Models(_NoModel(), _NoModel())  # type: ignore[arg-type]  # nothing is detected here
+    file_lane = read_lane("file", open_source(str(clip_h264)), settings, no_models, [])
+    live_lane = read_lane("live", _FastLiveSource(10), settings, no_models, [])
+    for lane in (file_lane, live_lane):
+        lane.reader.close()
+    assert (file_lane.reader.capacity, live_lane.reader.capacity) == (8, 50)
+    assert file_lane.reader.stride.every == live_lane.reader.stride.every == 3  # video: every third frame
 
 
 def test_live_source_drops_oldest_frames_instead_of_growing():
