@@ -7,7 +7,7 @@ defaults < the file given by `--config` < command-line flags.
 Run settings (all optional):
 
     pipeline:
-      batch: 8               # frames per detector call (1-256)
+      batch: 8               # frames of a source per batch (1-256); the detector sees those the stride keeps
       ocr: ppocr             # one of registry.RECOGNISERS (anpr run --help lists them)
       queue: 64              # frames decoded ahead of the detector (2-4096), of those the stride keeps
       min_confidence: 0.0    # reads below this combined confidence are not emitted

@@ -165,7 +165,10 @@ class Pipeline:
         self.recogniser = recogniser
         self.sinks = list(sinks)
         self.settings = settings or PipelineSettings()
-        self.batch_size = self.settings.batch
+        # A batch spans `batch` frames of the source, of which the reader keeps every
+        # stride-th: a longer one would read a vehicle's plate many times over before the
+        # batch's end lets it settle (`settle_reads`), and hold its frames longer.
+        self.batch_size = -(-self.settings.batch // self.settings.frame_stride)
         self._last_motion: np.ndarray | None = None
         self.tracker = tracker
         self._source: str | None = None  # the frames' source, as the reads name it

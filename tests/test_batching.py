@@ -104,9 +104,9 @@ def test_two_cameras_read_as_each_alone_with_one_call_per_input_size_and_round(c
     assert all(detector <= 2 and recogniser <= 1 for detector, recogniser, _ in rounds)
     assert all(len({size for _, size in calls}) == len(calls) for _, _, calls in rounds)
     # The first round holds both cameras' first batches: their whole frames in one call.
-    # A batch is 8 frames the reader kept (stride 3: frames 0, 3, ..., 21), all looked at
-    # whole while the background model learns the scene.
-    assert rounds[0][2][0][0] == 8 + 8
+    # A batch spans 8 frames of a source, of which the reader keeps 3 (stride 3: frames 0,
+    # 3 and 6), all looked at whole while the background model learns the scene.
+    assert rounds[0][2][0][0] == 3 + 3
     assert sum(r[0] for r in rounds) < sum(r[0] for r in rounds_a) + sum(r[0] for r in rounds_b)
 
 
@@ -117,4 +117,4 @@ def test_whole_frame_search_is_one_detector_call_per_round_for_all_cameras(clip_
     assert alone[0] and together[1] == alone[0]
     assert all(detector == 1 and recogniser <= 1 for detector, recogniser, _ in rounds)
     assert sum(recogniser for _, recogniser, _ in rounds) > 0
-    assert max(calls[0][0] for _, _, calls in rounds) == 8 + 8  # both cameras' batches of 8 kept frames in one call
+    assert max(calls[0][0] for _, _, calls in rounds) == 3 + 3  # both cameras' frames in one call
