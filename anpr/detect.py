@@ -180,7 +180,20 @@ STRIDE = 32
 NMS_IOU = 0.5
 
 
-# Registered before "torch": `auto` takes the first backend that runs on the device, so ONNX on CPU.
+# Registered first: `auto` takes the first backend that runs on the device, so on CPU the
+# INT8 weights: FP32's detection recall for 0.5 to 0.8 of its CPU time (models/README.md,
+# benchmarks/RESULTS.md, issue 15).
+@DETECTORS.register(
+    "onnx-int8",
+    devices=("cpu",),
+    help="the ONNX weights quantized to INT8 (training/quantize_detector.py), through ONNX Runtime (CPU)",
+)
+def int8_plate_detector(settings: DetectorSettings | None = None, threads: int = 0) -> OnnxPlateDetector:
+    """The ONNX detector with the INT8 weights: the same pre- and post-processing."""
+    return OnnxPlateDetector(settings, model_file("plate-yolov8n-int8"), threads)
+
+
+# Registered before "torch", so ONNX on CPU when the INT8 weights are not chosen.
 @DETECTORS.register("onnx", devices=("cpu",), help="the same weights exported to ONNX, through ONNX Runtime (CPU)")
 class OnnxPlateDetector:
     """The same YOLO weights exported to ONNX, run by ONNX Runtime: the fast path on CPU.

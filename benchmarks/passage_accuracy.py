@@ -27,13 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from clips import annotated_vehicles, build_clip, build_traffic_clip, crop_vehicles, dataset_photos
+from clips import DEV_SEED, annotated_vehicles, build_clip, build_traffic_clip, dataset_photos, dev_vehicles
 
 from anpr.eval import score_passages
 
 REPO = Path(__file__).resolve().parent.parent
-DEV_SEED = 7  # the development clip's draw: another than the measured clip's (clips.SEED)
 
 
 def main() -> None:
@@ -53,13 +51,7 @@ def main() -> None:
     if args.traffic and args.dev:
         clip = args.clip or data / "traffic-dev.mp4"
         if not clip.exists():
-            crops = args.dataset.parent
-            vehicles = [
-                *crop_vehicles(crops / "openalpr-us-crops", count=60),
-                *crop_vehicles(crops / "openalpr-br-crops", count=60),
-            ]
-            order = np.random.default_rng(DEV_SEED).permutation(len(vehicles))
-            build_traffic_clip([vehicles[i] for i in order], clip, seed=DEV_SEED)
+            build_traffic_clip(dev_vehicles(args.dataset.parent), clip, seed=DEV_SEED)
     elif args.traffic:
         clip = args.clip or data / f"traffic-{args.count or 'all'}.mp4"
         if not clip.exists():

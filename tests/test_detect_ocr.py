@@ -47,7 +47,7 @@ def test_onnx_detector_agrees_with_the_torch_one(detector, few):
     from anpr.detect import OnnxPlateDetector, make_detector
 
     annotations, images = few
-    onnx = make_detector(DetectorSettings(backend="auto", device="cpu"))
+    onnx = make_detector(DetectorSettings(backend="onnx", device="cpu"))
     assert isinstance(onnx, OnnxPlateDetector) and onnx.identifier.startswith("plate-yolov8n-onnx@")
     torch_boxes, onnx_boxes = detector.detect(images), onnx.detect(images)
     for position, annotation in enumerate(annotations):
@@ -56,6 +56,27 @@ def test_onnx_detector_agrees_with_the_torch_one(detector, few):
         assert _iou(annotation.box, mine).max() >= MATCH_IOU, annotation.image.name
         best = theirs[_iou(annotation.box, theirs).argmax()]
         assert _iou(best, mine).max() >= 0.8, annotation.image.name  # the same plate box, give or take
+
+
+@pytest.mark.system  # the real weights, FP32 and INT8
+def test_int8_detector_finds_the_plates_the_fp32_one_finds_and_is_the_cpu_default(few):
+    from anpr.config import DetectorSettings
+    from anpr.detect import make_detector
+
+    annotations, images = few
+    fp32 = make_detector(DetectorSettings(backend="onnx"))
+    int8 = make_detector(DetectorSettings(backend="onnx-int8"))
+    listed = json.loads((weights.MODELS_DIR / "manifest.json").read_text())["plate-yolov8n-int8"]
+    assert int8.identifier == f"plate-yolov8n-int8@{listed['sha256'][:12]}"
+    assert make_detector(DetectorSettings(backend="auto", device="cpu")).identifier == int8.identifier
+    theirs, mine = fp32.detect(images), int8.detect(images)
+    for position, annotation in enumerate(annotations):
+        fp32_boxes = theirs.xyxy[theirs.frame == position]
+        int8_boxes = mine.xyxy[mine.frame == position]
+        assert _iou(annotation.box, fp32_boxes).max() >= MATCH_IOU, annotation.image.name
+        assert _iou(annotation.box, int8_boxes).max() >= MATCH_IOU, annotation.image.name
+        best = fp32_boxes[_iou(annotation.box, fp32_boxes).argmax()]
+        assert _iou(best, int8_boxes).max() >= 0.8, annotation.image.name  # the same plate box, give or take
 
 
 def test_pairwise_iou():
@@ -196,10 +217,10 @@ def test_isolate_characters_drops_a_side_emblem():
     assert text_width <= cut.shape[1] <= text_width + 30  # every character is kept
 
 
-def _copy_models(tmp_path, corrupt: bool):
+def _copy_models(tmp_path, corrupt: bool, model: str = "plate-yolov8n"):
     shutil.copy(weights.MODELS_DIR / "manifest.json", tmp_path / "manifest.json")
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    target = tmp_path / manifest["plate-yolov8n"]["file"]
+    target = tmp_path / manifest[model]["file"]
     target.write_bytes(b"not the weights" if corrupt else (weights.MODELS_DIR / target.name).read_bytes())
     return target
 
@@ -221,6 +242,23 @@ def test_weights_are_checked_at_load(tmp_path, monkeypatch, corrupt):
         weights.model_file.cache_clear()
         with pytest.raises(ModelError, match="missing"):
             weights.model_file("plate-yolov8n")
+    finally:
+        weights._manifest.cache_clear()
+        weights.model_file.cache_clear()
+
+
+@pytest.mark.system  # copies the real manifest
+def test_int8_detector_weights_are_checked_at_load(tmp_path, monkeypatch):
+    from anpr.config import DetectorSettings
+    from anpr.detect import make_detector
+
+    target = _copy_models(tmp_path, corrupt=True, model="plate-yolov8n-int8")
+    monkeypatch.setattr(weights, "MODELS_DIR", tmp_path)
+    weights._manifest.cache_clear()
+    weights.model_file.cache_clear()
+    try:
+        with pytest.raises(ModelError, match=str(target)):
+            make_detector(DetectorSettings(backend="onnx-int8"))
     finally:
         weights._manifest.cache_clear()
         weights.model_file.cache_clear()

@@ -110,14 +110,19 @@ def export(network: PlateNet, path: Path) -> None:
     )
 
 
-def update_manifest(models: Path, name: str, file: str, digest: str, source: str) -> None:
+PLATENET_LICENCE = "AGPL-3.0-or-later (trained by this project on AGPL-3.0 data; models/README.md)"
+
+
+def update_manifest(
+    models: Path, name: str, file: str, digest: str, source: str, licence: str = PLATENET_LICENCE
+) -> None:
     manifest_path = models / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest[name] = {
         "location": "models",
         "file": file,
         "sha256": digest,
-        "licence": "AGPL-3.0-or-later (trained by this project on AGPL-3.0 data; models/README.md)",
+        "licence": licence,
         "source": source,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
