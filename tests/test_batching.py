@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import PARKING_CONFIG
+from support.reads import CollectedReads
 
 from anpr.assemble import Models, load_models, read_lane
 from anpr.config import load_settings
@@ -37,17 +38,6 @@ class _Counting:
         return self._model.recognise(crops)
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.reads = []
-
-    def write(self, reads) -> None:
-        self.reads.extend(reads)
-
-    def end_tracks(self, source, ends) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def other_clip(tmp_path_factory, few_photos):
     """720p, other photos than clip_h264's first ones, in another order: 75 frames."""
@@ -67,7 +57,7 @@ def _run(clips, models, overrides=None):
     settings = load_settings(PARKING_CONFIG, overrides)
     detector, recogniser = _Counting(models.detector), _Counting(models.recogniser)
     counted = Models(detector, recogniser)  # type: ignore[arg-type]
-    sinks = [_Collect() for _ in clips]
+    sinks = [CollectedReads() for _ in clips]
     lanes = [
         read_lane(f"cam{i}", open_source(str(clip)), settings, counted, [sink], ("FR",))
         for i, (clip, sink) in enumerate(zip(clips, sinks, strict=True))

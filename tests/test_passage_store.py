@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import yaml
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 from support.keys import TEST_KEYS, write_key_file
+from support.reads import plate_read
 
 from anpr.audit import AuditLog
 from anpr.config import Settings, load_settings
@@ -39,22 +41,9 @@ LAPI = ("criminal_investigation", "FR-LAPI-1")
 
 
 def kept_read(plate: str, frame: int, delete_after: float, kind: tuple[str, str] = FPS, hit: bool = False):
-    read = PlateRead(
-        "cam.mp4",
-        frame,
-        T0 + frame / 25,
-        plate,
-        plate.lower(),
-        0.8123456789,
-        0.9,
-        0.88,
-        (10.0, 20.0, 110.5, 50.25),
-        "plate-yolov8n@abc",
-        "ppocrv4-rec@def",
-        ((plate, 0.9), (plate[:-1], 0.05)),
-        "FR",
-        "LLDDDLL",
-    )  # untracked: the reads table keeps no track (the passages table links a plate's reads)
+    # Untracked, as `plate_read` makes it: the reads table keeps no track (the passages
+    # table links a plate's reads). Its time is counted from T0, this file's "now".
+    read = replace(plate_read(plate, frame), time=T0 + frame / 25, confidence=0.8123456789)
     return PolicedRead(read, "cam", kind[0], kind[1], delete_after, hit)
 
 

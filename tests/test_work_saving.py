@@ -6,21 +6,11 @@ import json
 
 import cv2
 from conftest import PARKING_CONFIG
+from support.reads import CollectedReads
 
 from anpr.config import PipelineSettings
 from anpr.pipeline import Lane, Pipeline, run_lanes
 from anpr.source import Frame, FrameBatch, FrameReader, open_source
-
-
-class _Collect:
-    def __init__(self) -> None:
-        self.reads = []
-
-    def write(self, reads) -> None:
-        self.reads.extend(reads)
-
-    def end_tracks(self, source, tracks) -> None:
-        pass
 
 
 def _frames(few_photos, still: int) -> list[Frame]:
@@ -30,7 +20,7 @@ def _frames(few_photos, still: int) -> list[Frame]:
 
 
 def test_motion_gate_skips_a_still_scene(detector, ppocr, few_photos):
-    sink = _Collect()
+    sink = CollectedReads()
     pipeline = Pipeline(detector, ppocr, [sink], PipelineSettings(motion_threshold=2.0))
     pipeline.process(FrameBatch(_frames(few_photos, still=6)))
     assert pipeline.skipped["still"] == 6  # 5 repeats of the first photo, 1 of the second
@@ -41,7 +31,7 @@ def test_stride_makes_images_of_every_nth_frame_only_and_counts_the_rest(detecto
     """The stride is the reader's: frames it passes over are grabbed (the codec needs them)
     but never converted nor queued; the run still counts them, and the pipeline knows why
     they were not detected."""
-    sink = _Collect()
+    sink = CollectedReads()
     pipeline = Pipeline(detector, ppocr, [sink], PipelineSettings(stride=3, settle_reads=0))
     reader = FrameReader(open_source(str(clip_h264)), capacity=8, stride=3)
     lane = Lane("test", reader, pipeline)

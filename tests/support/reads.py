@@ -21,3 +21,16 @@ def plate_read(plate: str, frame: int) -> PlateRead:
         "FR",
         "LLDDDLL",
     )
+
+
+class CollectedReads:
+    """A sink that keeps every read it is given (and ignores track ends)."""
+
+    def __init__(self) -> None:
+        self.reads: list[PlateRead] = []
+
+    def write(self, reads) -> None:
+        self.reads.extend(reads)
+
+    def end_tracks(self, source, ends) -> None:
+        pass
