@@ -201,7 +201,8 @@ def streams_phase(
         store = ReadStore(str(Path(work) / "bench.sqlite"), load_keys(Path(work) / "anpr.key", create=True))
         spool = SpooledStore(store, Path(work) / "spool", settings.store.spool_max_mb * 2**20)
         names = [f"cam{i + 1}" for i in range(streams)]
-        sources = [PacedClip(video, name, paced, seconds, decode_threads(streams)) for name in names]
+        threads = decode_threads(streams)
+        sources = [PacedClip(video, name, paced, seconds, threads) for name in names]
         cameras = [CameraSource(camera.model_copy(update={"id": name}), name) for name in names]
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu, wall = usage.ru_utime + usage.ru_stime, time.perf_counter()

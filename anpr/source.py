@@ -126,10 +126,11 @@ class Reconnect:
 class FrameSource(Protocol):
     """Something that yields frames in order; `frames()` ends at end of input.
 
-    With a `stride` (`Stride`), it yields only every stride-th frame: the others
-    cost what the codec needs to go on (an H.264 frame is decoded, as later ones refer to
-    it, but never converted to a BGR image, nor queued), are counted in `status.received`
-    and in the `covers` of the next frame yielded."""
+    With a `stride` (`Stride`), it yields only every stride-th frame; the others are
+    counted in the `covers` of the next frame yielded. A video's cost only what the codec
+    needs to go on (an H.264 frame is decoded, as later ones refer to it, and counted in
+    `status.received`, but never converted to a BGR image, nor queued); a folder's images
+    are not read at all."""
 
     name: str
     live: bool  # True: frames arrive in real time and may be dropped
@@ -226,7 +227,6 @@ class VideoSource:
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC,
                 int(self.reconnect.stall_seconds * 1000),
             ]
-        if self.live:
             if not _is_utf8(self._location):  # OpenCV crashes on it (see open_video_file)
                 return "stream URL is not valid UTF-8 (percent-encode its bytes)"
             capture = cv2.VideoCapture(self._location, cv2.CAP_FFMPEG, params)
