@@ -7,6 +7,9 @@
 #       qtdemux + rtph264pay -> gstreamer1.0-plugins-good
 #       h264parse            -> gstreamer1.0-plugins-bad
 #   - postgresql (server) for the database tests.
+#   - mosquitto (MQTT broker) for the MQTT sink's tests.
+#   - chromium (headless) for the compliance report's rendering test.
+#   - ffmpeg (ffprobe) to check the annotated video's frames and duration.
 set -euo pipefail
 
 PACKAGES=(
@@ -18,6 +21,9 @@ PACKAGES=(
   gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad
   postgresql
+  mosquitto
+  chromium
+  ffmpeg
 )
 
 missing=()
