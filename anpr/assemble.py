@@ -28,7 +28,7 @@ from anpr.detect import MotionWindows, PlateDetector, SecondPass, make_detector
 from anpr.errors import ConfigError, PolicyRefusal, SourceError
 from anpr.keys import load_keys
 from anpr.ocr import PlateRecogniser, make_recogniser
-from anpr.pipeline import Lane, Pipeline, ReadSink, run_lanes
+from anpr.pipeline import Lane, Pipeline, ReadSink, StageTimes, run_lanes
 from anpr.policy.binding import require_binding
 from anpr.policy.deployment import Camera, Deployment
 from anpr.policy.engine import Policy, PurposeDecision
@@ -201,12 +201,13 @@ class Lanes:
     lanes: list[Lane]
     gates: list[PolicyGate]
     sinks: Mapping[str, PolicedSink] = field(default_factory=dict)  # the deployment's, shared by the gates
+    times: StageTimes = field(default_factory=StageTimes)  # seconds in each stage, all cameras together
 
     def tally(self) -> GateTally:
         return GateTally.combined([gate.tally for gate in self.gates])
 
     def run(self, stop: Event | None = None, progress: Progress | None = None) -> None:
-        run_lanes(self.lanes, stop=stop, progress=progress)
+        run_lanes(self.lanes, stop=stop, progress=progress, times=self.times)
 
 
 def build_lanes(

@@ -116,6 +116,7 @@ def anpr_phase(video: str, config: str, overrides: str) -> dict[str, Any]:
         "fps": stats.fps,
         "reads_stored": stored,
         "peak_rss_mb": _peak_rss_mb(),
+        "stage_seconds": {str(stage): seconds for stage, seconds in lanes.times.seconds.items()},
     }
 
 
@@ -365,6 +366,15 @@ def benchmark(
         "fraction_of_decode": round(ours["fps"] / decode["fps"], 4),
         "peak_rss_mb": round(ours["peak_rss_mb"], 1),
         "naive_peak_rss_mb": round(naive["peak_rss_mb"], 1),
+        # Each stage's frames/s had it run alone (the video's frames over its seconds), and
+        # the seconds the loop waited on decoding: where the time of the `fps` above went.
+        "stage_fps": {
+            stage: round(ours["frames"] / seconds, 2)
+            for stage, seconds in ours["stage_seconds"].items()
+            if stage != "wait"
+            and seconds > 0  # pipeline.Stage.WAIT (not imported: it would load the models' libraries)
+        },
+        "wait_seconds": round(ours["stage_seconds"].get("wait", 0.0), 2),
     }
 
 

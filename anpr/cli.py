@@ -20,6 +20,7 @@ signal aborts with status 130.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -268,17 +269,25 @@ def _report_spool(spool: Any, store_url: str) -> None:
 
 @app.command("eval")
 def evaluate_command(
-    dataset: Annotated[
-        Path,
-        typer.Argument(help="Annotated folder: scenes (NAME.jpg + NAME.txt, openalpr layout) or crops (labels.csv)."),
+    datasets: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Annotated folder(s): scenes (NAME.jpg + NAME.txt, openalpr layout) or crops (labels.csv); "
+            "several are measured one after the other with the same models."
+        ),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print exactly one JSON object (with several sets: {'sets': [...]}).")
+    ] = False,
     split: Annotated[
         str, typer.Option("--split", help="Crop sets: the split to measure, test (default), train or all.")
     ] = "test",
     errors: Annotated[
         Path | None,
-        typer.Option("--errors", help="Write one JSON line per image: expected, read, candidates, confidence."),
+        typer.Option(
+            "--errors",
+            help="Write one JSON line per image: expected, read, candidates, confidence (and dataset, with several).",
+        ),
     ] = None,
     region: Annotated[
         list[str] | None,
@@ -288,17 +297,20 @@ def evaluate_command(
             "repeat for several. Default: the config's deployment region, else every layout.",
         ),
     ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write a PNG chart: accuracy per set and the top character confusions."),
+    ] = None,
     ocr: OcrOption = None,
     batch: BatchOption = None,
     device: DeviceOption = None,
     detector_backend: DetectorOption = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML settings file.")] = None,
 ) -> None:
-    """Measure exact-plate accuracy (and, on scenes, plate detection recall) on an annotated folder."""
-    from anpr.assemble import load_models, load_recogniser, with_second_pass
+    """Measure exact-plate accuracy (and, on scenes, plate detection recall) on annotated folders."""
     from anpr.config import load_settings
     from anpr.errors import ConfigError, DatasetError
-    from anpr.eval import SPLITS, evaluate, evaluate_crops, is_crop_set, load_annotations, load_crop_labels
+    from anpr.eval import SPLITS, EvalReport, check_sets, evaluate_sets
     from anpr.policy.deployment import region_codes
 
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend))
@@ -306,43 +318,47 @@ def evaluate_command(
         regions = tuple(region_codes(region) if region else settings.deployment.region if settings.deployment else ())
     except ValueError as exc:
         raise ConfigError(f"--region: {exc}") from None
-    crops = is_crop_set(dataset)
     if split not in (*SPLITS, "all"):
         raise DatasetError(f"--split must be {', '.join(SPLITS)} or all, not {split!r}")
     chosen_split = None if split == "all" else split
-    # A malformed dataset fails before the models load.
-    if crops:
-        load_crop_labels(dataset, chosen_split)
-    else:
-        load_annotations(dataset)
-    output = _open_for_writing(errors) if errors else None
+    crops = check_sets(datasets, chosen_split)  # a malformed set fails before the models load
+    if plot is not None:
+        _check_writable(plot)
+    summaries: list[dict[str, Any]] = []
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
-            sys.stderr.write(f"\r  images {done}/{total}")
+            sys.stderr.write(f"\r  images {done}/{total}" + ("\n" if done == total else ""))
             sys.stderr.flush()
 
-    if crops:
-        report = evaluate_crops(
-            dataset, load_recogniser(settings), chosen_split, settings.pipeline.batch, progress, regions
-        )
-    else:
-        models = load_models(settings)
-        detector = with_second_pass(models.detector, settings.detector, stills=True)
-        report = evaluate(dataset, detector, models.recogniser, settings.pipeline.batch, progress, regions)
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
-    if output:
-        with output:
-            output.writelines(json.dumps(result.to_dict()) + "\n" for result in report.results)
-    summary = report.summary()
+    with _open_for_writing(errors) if errors else contextlib.nullcontext() as output:
+
+        def measured(dataset: Path, report: EvalReport) -> None:
+            if output:
+                extra = {"dataset": str(dataset)} if len(datasets) > 1 else {}
+                output.writelines(json.dumps(result.to_dict() | extra) + "\n" for result in report.results)
+            set_split = split if crops[dataset] else None
+            summaries.append({"dataset": str(dataset), "split": set_split, **report.summary()})
+
+        evaluate_sets(datasets, settings, chosen_split, regions, progress, measured)
+    if plot is not None:
+        from anpr.plots import plot_eval
+
+        plot_eval(summaries, plot)
     if as_json:
-        print(json.dumps(summary))
+        one = {k: v for k, v in summaries[0].items() if k not in ("dataset", "split")}
+        print(json.dumps(one if len(summaries) == 1 else {"sets": summaries}))
         return
+    for summary in summaries:
+        _print_eval(summary, settings.pipeline.ocr, regions)
+
+
+def _print_eval(summary: dict[str, Any], ocr: str, regions: tuple[str, ...]) -> None:
     recall = summary["detection_recall"]
     confused = ", ".join(f"{a or '-'}>{b or '-'} {n}" for a, b, n in summary["confusions"]) or "-"
-    print(f"dataset           {dataset}" + (f" (crops, split {split})" if crops else ""))
-    print(f"ocr backend       {settings.pipeline.ocr}")
+    split = summary["split"]
+    print(f"dataset           {summary['dataset']}" + (f" (crops, split {split})" if split else ""))
+    print(f"ocr backend       {ocr}")
     print(f"region            {', '.join(regions) or 'any (every layout)'}")
     print(f"images            {summary['images']}")
     print(
@@ -352,6 +368,16 @@ def evaluate_command(
     print(f"right in top 3    {summary['top3']:.3f}")
     print(f"ms per image      {summary['ms_per_image']:.1f}")
     print(f"confusions        {confused}  (expected>read, '-' nothing)")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before the work when an output file could not be written (its folder missing, say)."""
+    from anpr.errors import ConfigError
+
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a folder")
 
 
 def _open_for_writing(path: Path) -> Any:
@@ -415,6 +441,10 @@ def bench(
         float | None,
         typer.Option("--seconds", min=0.1, help="With --streams: each camera reads this much of VIDEO (default all)."),
     ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write a PNG chart: frames/s of each stage against the decode limit."),
+    ] = None,
 ) -> None:
     """Frames/s of decoding alone, of the naive pipeline and of anpr, measured in one run;
     with --streams, per camera frames/s, drops and latency of N cameras at once."""
@@ -432,6 +462,10 @@ def bench(
     def progress(message: str) -> None:
         print(f"anpr bench: {message}", file=sys.stderr, flush=True)
 
+    if plot is not None:
+        if streams is not None:
+            raise AnprError("--plot charts the stages of one video: it does not go with --streams")
+        _check_writable(plot)
     if streams is not None:
         if streams != "auto" and not (streams.isdigit() and 1 <= int(streams) <= 256):
             raise AnprError(f"--streams must be a number of cameras from 1 to 256, or auto: not {streams!r}")
@@ -445,6 +479,10 @@ def bench(
         _print_site(site)
         return
     result = benchmark(video, config or BENCH_DEPLOYMENT, overrides, naive_frames=naive_frames, progress=progress)
+    if plot is not None:
+        from anpr.plots import plot_bench
+
+        plot_bench(result, plot)
     if as_json:
         print(json.dumps(result))
         return

@@ -331,3 +331,44 @@ def score_passages(truth: list[dict], reported: list[dict]) -> dict[str, object]
         "missed": sum(not found for found in owners.values()),
         "wrong": [(truth[i]["plate"], [f["plate"] for f in owners[i]]) for i, ok in enumerate(right) if not ok],
     }
+
+
+def check_sets(datasets: Sequence[Path], split: str | None) -> dict[Path, bool]:
+    """Each set read and checked (whether it is a crop set), so a malformed one fails before
+    any model loads. DatasetError names the first bad one."""
+    crops = {dataset: is_crop_set(dataset) for dataset in datasets}
+    for dataset, is_crops in crops.items():
+        if is_crops:
+            load_crop_labels(dataset, split)
+        else:
+            load_annotations(dataset)
+    return crops
+
+
+def evaluate_sets(
+    datasets: Sequence[Path],
+    settings: Any,  # config.RunSettings: the models and batch `anpr eval` measures
+    split: str | None,
+    regions: tuple[str, ...],
+    progress: Callable[[int, int], None] | None = None,
+    done: Callable[[Path, EvalReport], None] | None = None,
+) -> list[EvalReport]:
+    """Each set measured with the same models, in order (scenes: detector and recogniser;
+    crop sets: the recogniser alone); `done` hears each set's report as it is made."""
+    from anpr.assemble import load_models, load_recogniser, with_second_pass
+
+    crops = check_sets(datasets, split)
+    reports: list[EvalReport] = []
+    models = None
+    for dataset in datasets:
+        if crops[dataset]:
+            recogniser = models.recogniser if models else load_recogniser(settings)
+            report = evaluate_crops(dataset, recogniser, split, settings.pipeline.batch, progress, regions)
+        else:
+            models = models or load_models(settings)
+            detector = with_second_pass(models.detector, settings.detector, stills=True)
+            report = evaluate(dataset, detector, models.recogniser, settings.pipeline.batch, progress, regions)
+        if done is not None:
+            done(dataset, report)
+        reports.append(report)
+    return reports

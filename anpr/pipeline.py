@@ -64,6 +64,30 @@ class RunStats:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+class Stage(StrEnum):
+    """The parts of a round that `StageTimes` tells apart."""
+
+    DETECT = "detect"  # motion gate, where to look, the detector network
+    TRACK = "track"  # plates joined to tracks, cuts
+    READ = "read"  # crops cut and read by the recogniser
+    KEEP = "keep"  # reads assembled and passed to the sinks: policy gate, database, outputs
+    WAIT = "wait"  # no camera had a batch ready: waiting on decoding (or on a live camera)
+
+
+@dataclass
+class StageTimes:
+    """Seconds a run spent in each stage (`anpr bench` shows each stage's frames/s alone).
+    Timed per round, not per item, so that keeping them costs nothing measurable."""
+
+    seconds: dict[Stage, float] = field(default_factory=lambda: dict.fromkeys(Stage, 0.0))
+
+    def add(self, stage: Stage, since: float) -> float:
+        """Count the time from `since` (time.perf_counter()) to now in `stage`; now."""
+        now = time.perf_counter()
+        self.seconds[stage] += now - since
+        return now
+
+
 class Rejection(StrEnum):
     """Why a detection's text was not emitted as a read (counted in the run summary)."""
 
@@ -273,7 +297,9 @@ class Pipeline:
             sink.end_tracks(self._source, ends)
 
 
-def process_round(work: Sequence[tuple[Pipeline, FrameBatch]]) -> list[list[PlateRead]]:
+def process_round(
+    work: Sequence[tuple[Pipeline, FrameBatch]], times: StageTimes | None = None
+) -> list[list[PlateRead]]:
     """The hot loop, once, over every camera that has a batch: each camera's reads, in order.
 
     What is per camera stays per camera: the frames it skips (motion gate), where
@@ -283,20 +309,27 @@ def process_round(work: Sequence[tuple[Pipeline, FrameBatch]]) -> list[list[Plat
     size and step; one call in all when every camera looks at whole frames), and the
     crops of all cameras through the recogniser in one call.
     """
+    times = times or StageTimes()
+    started = time.perf_counter()
     detected = [FrameBatch([batch.frames[i] for i in p._frames_to_detect(batch)]) for p, batch in work]
     images = [frames.images for frames in detected]
     call_limit = sum(p.batch_size for p, _ in work)  # a round's frames fit one call; windows beyond, several
     detections = run_plans([detection_plan(p.detector, i) for (p, _), i in zip(work, images, strict=True)], call_limit)
+    started = times.add(Stage.DETECT, started)
     tracks = [p._track(d, found) for (p, _), d, found in zip(work, detected, detections, strict=True)]
     unread = [p._to_read(found, t) for (p, _), found, t in zip(work, detections, tracks, strict=True)]
     to_read = [found[u] for found, u in zip(detections, unread, strict=True)]
+    started = times.add(Stage.TRACK, started)
     texts = recognise_all(
         [p.recogniser for p, _ in work], [cut_plates(i, r) for i, r in zip(images, to_read, strict=True)]
     )
-    return [
+    started = times.add(Stage.READ, started)
+    reads = [
         p._emit(batch, d, r, text, t[u] if t is not None else None)
         for (p, batch), d, r, text, t, u in zip(work, detected, to_read, texts, tracks, unread, strict=True)
     ]
+    times.add(Stage.KEEP, started)
+    return reads
 
 
 def recognise_all(recognisers: Sequence[PlateRecogniser], crops: Sequence[list[np.ndarray]]) -> list[TextReads]:
@@ -339,6 +372,7 @@ def run_lanes(
     stop: threading.Event | None = None,
     progress: Callable[[Sequence[Lane]], None] | None = None,
     drain_seconds: float = DRAIN_SECONDS,
+    times: StageTimes | None = None,
 ) -> None:
     """The run loop: in each round, a batch from every camera that has one, all of them
     through the stages together (`process_round`), until all have ended or `stop` is set.
@@ -346,7 +380,9 @@ def run_lanes(
     A camera whose stream is down just has no frames; the others go on. When `stop` is
     set, decoding stops and the frames already queued still go through OCR, policy and
     storage (for at most `drain_seconds`), so nothing that was taken in is half-done.
+    `times`, when given, gathers the seconds spent in each stage.
     """
+    times = times or StageTimes()
     drain_until: float | None = None
     last_progress = 0.0
     try:
@@ -359,7 +395,7 @@ def run_lanes(
             work = [(lane, batch) for lane, batch in taken if batch is not None]
             worked = bool(work)
             if work:
-                reads = process_round([(lane.pipeline, batch) for lane, batch in work])
+                reads = process_round([(lane.pipeline, batch) for lane, batch in work], times)
                 done = time.monotonic()
                 for (lane, batch), camera_reads in zip(work, reads, strict=True):
                     lane.stats.count(batch, camera_reads, done)
@@ -372,7 +408,9 @@ def run_lanes(
             if drain_until is not None and (not worked or now > drain_until):
                 break  # drained: what is left was never taken in
             if not worked:
+                idle = time.perf_counter()
                 time.sleep(IDLE_WAIT_SECONDS)
+                times.add(Stage.WAIT, idle)
     finally:
         for lane in lanes:
             lane.stats.finished = time.perf_counter()

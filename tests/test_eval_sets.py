@@ -16,6 +16,21 @@ from anpr.errors import DatasetError
 from anpr.eval import ImageResult, confusions, is_crop_set, load_crop_labels
 
 US_CROPS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "openalpr-us-crops"
+BR_CROPS = US_CROPS.parent / "openalpr-br-crops"
+
+
+def _copy_crops(source: Path, folder: Path, test: int, train: int = 0) -> list[list[str]]:
+    """The first `test` crops of the test split (and `train` of the train split) of a crop
+    set, copied into `folder` with their own labels.csv; the rows copied."""
+    with (source / "labels.csv").open(newline="") as file:
+        rows = list(csv.reader(file))[1:]
+    chosen = [r for r in rows if r[3] == "test"][:test] + [r for r in rows if r[3] == "train"][:train]
+    folder.mkdir()
+    for row in chosen:
+        shutil.copy(source / row[0], folder / row[0])
+    with (folder / "labels.csv").open("w", newline="") as file:
+        csv.writer(file).writerows([["image", "region", "plate", "split"], *chosen])
+    return chosen
 
 
 def _result(expected: str, read: str | None) -> ImageResult:
@@ -76,15 +91,8 @@ def test_a_crop_named_but_missing_is_an_error(tmp_path):
 
 @pytest.mark.system  # the real recogniser, on real US crops
 def test_eval_on_a_crop_set_writes_one_error_line_per_crop(anpr_cli, tmp_path):
-    with (US_CROPS / "labels.csv").open(newline="") as file:
-        rows = list(csv.reader(file))[1:]
-    chosen = [r for r in rows if r[3] == "test"][:6] + [r for r in rows if r[3] == "train"][:2]
     folder = tmp_path / "crops"
-    folder.mkdir()
-    for row in chosen:
-        shutil.copy(US_CROPS / row[0], folder / row[0])
-    with (folder / "labels.csv").open("w", newline="") as file:
-        csv.writer(file).writerows([["image", "region", "plate", "split"], *chosen])
+    chosen = _copy_crops(US_CROPS, folder, test=6, train=2)
     errors = tmp_path / "errors.jsonl"
     result = anpr_cli("eval", str(folder), "--json", "--errors", str(errors))
     assert result.returncode == 0, result.stderr
@@ -100,3 +108,34 @@ def test_eval_on_a_crop_set_writes_one_error_line_per_crop(anpr_cli, tmp_path):
         assert line["confidence"] == line["candidates"][0][1]
     everything = anpr_cli("eval", str(folder), "--json", "--split", "all")
     assert json.loads(everything.stdout)["images"] == 8
+
+
+@pytest.mark.system  # the real recogniser, on real US and Brazilian crops
+def test_eval_of_several_sets_measures_each_and_charts_them(anpr_cli, tmp_path):
+    us, br = tmp_path / "us", tmp_path / "br"
+    _copy_crops(US_CROPS, us, test=5)
+    _copy_crops(BR_CROPS, br, test=4)
+    errors, chart = tmp_path / "errors.jsonl", tmp_path / "eval.png"
+    result = anpr_cli("eval", str(us), str(br), "--json", "--errors", str(errors), "--plot", str(chart))
+    assert result.returncode == 0, result.stderr
+    sets = json.loads(result.stdout)["sets"]
+    assert [(s["dataset"], s["split"], s["images"]) for s in sets] == [(str(us), "test", 5), (str(br), "test", 4)]
+    lines = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert [line["dataset"] for line in lines] == [str(us)] * 5 + [str(br)] * 4
+    for measured in sets:  # each set's figures are its own lines'
+        own = [line for line in lines if line["dataset"] == measured["dataset"]]
+        assert measured["exact"] == pytest.approx(sum(line["right"] for line in own) / len(own), abs=1e-4)
+    alone = json.loads(anpr_cli("eval", str(br), "--json").stdout)
+    assert {k: v for k, v in sets[1].items() if k not in ("dataset", "split", "ms_per_image")} == {
+        k: v for k, v in alone.items() if k != "ms_per_image"
+    }
+    image = cv2.imread(str(chart))
+    assert image is not None and image.shape[1] > 600 and image.std() > 10  # a drawn chart, not a blank page
+
+
+def test_eval_plot_into_a_missing_folder_fails_before_any_model(anpr_cli, tmp_path):
+    folder = _crop_set(tmp_path / "set", [["a.png", "CA", "ABC123", "test"]])
+    result = anpr_cli("eval", str(folder), "--plot", str(tmp_path / "no" / "eval.png"))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"anpr: error: cannot write {tmp_path / 'no' / 'eval.png'}: folder {tmp_path / 'no'} does not exist"
+    )
