@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import PARKING_CONFIG, REPO
 from support.live_run import LiveRun
@@ -163,6 +164,7 @@ def test_sigterm_drains_the_frames_in_flight_and_stores_every_reported_read(clip
     assert max(frame for _, frame, _ in stored) < 149
 
 
+@pytest.mark.system  # the run loads the real weights unless the signal comes first
 def test_sigterm_while_the_run_is_set_up_ends_it_cleanly(tmp_path):
     """SIGTERM as soon as the run has announced its purposes: it is still opening the
     source, the database and the models. The run ends with status 0, not killed (143), and
