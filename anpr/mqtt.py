@@ -236,8 +236,8 @@ class _Link:
             self._changed.wait_for(lambda: self._connack is not None or self.lost is not None, timeout)
         connack = self._connack
         if connack is None or connack.is_failure:
+            why = f"refused: {connack}" if connack is not None else self.lost or f"no answer within {timeout:g} s"
             self.drop()
-            why = f"refused: {connack}" if connack is not None else self.lost or f"no answer within {timeout:.0f} s"
             raise MqttFailed(f"{self.shown} failed: {why}")
         self.publish(availability, ONLINE, retain=True)
 
@@ -481,7 +481,7 @@ class MqttSink:
         reads_acked, passages_acked = acked[: len(batch.reads)], acked[len(batch.reads) :]
         batch.reads = [r for r, done in zip(batch.reads, reads_acked, strict=True) if not done]
         batch.passages = [p for p, done in zip(batch.passages, passages_acked, strict=True) if not done]
-        why = link.lost or f"{len(acked) - sum(acked)} message(s) not acknowledged within {self.timeout:.0f} s"
+        why = link.lost or f"{len(acked) - sum(acked)} message(s) not acknowledged within {self.timeout:g} s"
         raise failure or MqttFailed(f"{self.shown} failed: {why}")
 
     def _enqueue(self, batch: Batch) -> None:

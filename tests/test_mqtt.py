@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -266,6 +267,20 @@ def test_a_full_queue_loses_messages_with_one_warning_and_never_stops_the_run(tm
         sink.close()
     assert sink.status.lost_messages == 6000 and sink.status.queued_messages == 0
     assert sum("cannot queue a message" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_broker_that_does_not_answer_counts_as_down_and_the_run_goes_on(tmp_path, caplog):
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="anpr.mqtt"):
+            sink = MqttSink(_settings(port, tmp_path / "q"), timeout=0.5)
+            sink.write_passages([_passage("AA111AA")])
+            sink.close()
+    assert sink.status.last_error == f"MQTT broker 127.0.0.1:{port} failed: no answer within 0.5 s"
+    assert [[p["plate"] for p in batch["passages"]] for batch in _queued(tmp_path / "q")] == [["AA111AA"]]
+    assert sum("failed" in r.getMessage() for r in caplog.records) == 1
 
 
 # --- the gate ----------------------------------------------------------------------------------
