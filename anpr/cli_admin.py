@@ -130,7 +130,7 @@ def db_purge(
     now: Annotated[float | None, typer.Option("--now", help="Unix time to purge as of (default: now).")] = None,
 ) -> None:
     """Delete every read and passage whose retention deadline has passed: in the spool folder
-    (store.spool_dir), the export files and the webhook queues first, even while the
+    (store.spool_dir), the export files and the webhook and MQTT queues first, even while the
     database is down, then in the database."""
     from anpr.errors import StoreError
     from anpr.policy.queries import purge
@@ -162,7 +162,7 @@ def db_purge(
             file_errors.append(exc)
             continue
         if purged is not None:
-            print(f"purged {purged[0]} read(s) past their deadline from {purged[1]}")
+            print(f"purged {purged[0]} read(s) and passage(s) past their deadline from {purged[1]}")
     try:
         with _database(settings) as (store, audit):
             deleted = purge(store, audit, store.user(), moment)

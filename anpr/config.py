@@ -312,8 +312,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
                     purpose[key] = str(base / purpose[key])
     sinks = data.get("sinks")
     for sink in sinks.values() if isinstance(sinks, dict) else ():
-        if isinstance(sink, dict) and isinstance(sink.get("ca_file"), str):  # a webhook's CA certificates
-            sink["ca_file"] = str(base / sink["ca_file"])
+        for key in ("ca_file", "cert_file", "key_file"):  # a webhook's or MQTT sink's certificates
+            if isinstance(sink, dict) and isinstance(sink.get(key), str):
+                sink[key] = str(base / sink[key])
     return data
 
 

@@ -1,7 +1,7 @@
 """Folders of batches of kept reads waiting on disk to be sent: the database's outage spool
-(anpr/spool.py) and each webhook's queue (anpr/sinks.py) are each an `Outbox`, told apart
-by a `Kind` (marker, words of the messages, what a batch holds and its file format). Also
-the private writes of export files.
+(anpr/spool.py), each webhook's queue (anpr/sinks.py) and each MQTT sink's (anpr/mqtt.py)
+are each an `Outbox`, told apart by a `Kind` (marker, words of the messages, what a batch
+holds and its file format). Also the private writes of export files.
 
 What such a folder may hold: one JSON file per batch, holding reads a purpose kept, each
 with its deletion deadline and key (a spool's batches also hold passages, plate-free
@@ -16,8 +16,8 @@ batches are picked up.
 
 The folder is anpr's alone, and anpr touches nothing else in it:
 
-- It is marked by a file of its kind (`.anpr-spool`, `.anpr-webhook-queue`): one kind's
-  folder is never taken for the other's. A folder anpr creates is made with mode 0700,
+- It is marked by a file of its kind (`.anpr-spool`, `.anpr-webhook-queue`,
+  `.anpr-mqtt-queue`): one kind's folder is never taken for another's. A folder anpr creates is made with mode 0700,
   marked as made by anpr, and removed once nothing but its marker is left (at close, or
   after an offline expiry). An existing empty folder is adopted (marked), its mode left as
   it is (a warning if other users may enter it), and never removed. An existing folder
@@ -78,7 +78,7 @@ class OutboxInUse(StoreError):
 
 @dataclass
 class Batch:
-    """What one batch file holds. A webhook's batches hold reads only."""
+    """What one batch file holds. A webhook's batches hold reads only; an MQTT sink's, reads or passages."""
 
     reads: list[PolicedRead]
     counts: dict[CountKey, int] = field(default_factory=dict)
@@ -155,6 +155,7 @@ class Entry:
     reads: int
     size: int
     first_deadline: float  # the earliest delete_after of its reads and passages (inf if none)
+    passages: int = 0
 
 
 class _NoFolder(Exception):
@@ -201,6 +202,10 @@ class Outbox(Generic[B]):
     def reads(self) -> int:
         return sum(e.reads for e in self.entries)
 
+    @property
+    def passages(self) -> int:
+        return sum(e.passages for e in self.entries)
+
     # --- the batches ---------------------------------------------------------------------------
 
     def pick_up(self, belongs: Callable[[B], bool] = lambda batch: True) -> list[B]:
@@ -223,7 +228,7 @@ class Outbox(Generic[B]):
             if not belongs(batch):
                 foreign.append(batch)
                 continue
-            self.entries.append(Entry(name, len(batch.reads), size, batch.first_deadline))
+            self.entries.append(Entry(name, len(batch.reads), size, batch.first_deadline, len(batch.passages)))
             self.bytes += size
         return foreign
 
@@ -248,14 +253,16 @@ class Outbox(Generic[B]):
         except OSError as exc:
             self._lose(len(batch.reads))
             raise OSError(exc.errno, f"cannot write to {outbox} ({_why(exc)})") from None
-        self.entries.append(Entry(name, len(batch.reads), len(data), batch.first_deadline))
+        self.entries.append(Entry(name, len(batch.reads), len(data), batch.first_deadline, len(batch.passages)))
         self.bytes += len(data)
         return True
 
     def send(self, deliver: Callable[[B], object], now: float, more: Callable[[], bool]) -> None:
         """Hand the batches to `deliver`, oldest first, without what has passed its deadline,
         deleting each once delivered, while `more()` (at least one). An exception from
-        `deliver` stops it and is raised; that batch stays."""
+        `deliver` stops it and is raised; that batch stays, less the reads and passages
+        `deliver` removed from it before it failed (those it did deliver): only the rest is
+        sent again."""
         for number, entry in enumerate(list(self.entries)):
             if number and not more():
                 return
@@ -264,8 +271,30 @@ class Outbox(Generic[B]):
                 continue
             self.tally.expired_reads += batch.drop_expired(now)[0]
             if not batch.empty:
-                deliver(batch)
+                held = (len(batch.reads), len(batch.passages))
+                try:
+                    deliver(batch)
+                except BaseException:
+                    if (len(batch.reads), len(batch.passages)) != held:
+                        self._keep_rest(entry, batch)
+                    raise
             self._remove(entry)
+
+    def _keep_rest(self, entry: Entry, batch: B) -> None:
+        """Write back what is left of a batch partly delivered; if it cannot be, the file stays as
+        it was, and what was delivered from it will be sent again (a key tells the copies apart)."""
+        if batch.empty:
+            self._remove(entry)
+            return
+        try:
+            self._rewrite(entry, batch)
+        except OSError as exc:
+            log.warning(
+                "cannot rewrite %s file %s (%s); what was sent from it will be sent again",
+                self.kind.noun,
+                self._path(entry.name),
+                _why(exc),
+            )
 
     def expire(self, now: float) -> Expired:
         """Drop what has passed its deadline from the batch files, rewriting each in place."""
@@ -281,9 +310,8 @@ class Outbox(Generic[B]):
                 self._remove(entry)
                 batches += 1
                 continue
-            data = self.kind.encode(batch, self.clock())
             try:
-                _replace_at(self._dir, entry.name, data)
+                self._rewrite(entry, batch)
             except OSError as exc:
                 # The expired reads must not stay on disk: the batch goes rather than them.
                 log.warning(
@@ -297,10 +325,15 @@ class Outbox(Generic[B]):
                 self._lose(len(batch.reads))
                 self._remove(entry)
                 batches, lost = batches + 1, lost + len(batch.reads)
-                continue
-            self.bytes += len(data) - entry.size
-            entry.size, entry.reads, entry.first_deadline = len(data), len(batch.reads), batch.first_deadline
         return Expired(reads, passages, batches, lost)
+
+    def _rewrite(self, entry: Entry, batch: B) -> None:
+        """Replace a batch file with `batch` (what is left of it), in place; OSError if it cannot be."""
+        data = self.kind.encode(batch, self.clock())
+        _replace_at(self._dir, entry.name, data)
+        self.bytes += len(data) - entry.size
+        entry.size, entry.first_deadline = len(data), batch.first_deadline
+        entry.reads, entry.passages = len(batch.reads), len(batch.passages)
 
     def _load(self, entry: Entry) -> B | None:
         """An indexed batch; None (and no longer indexed) when it cannot be read any more."""

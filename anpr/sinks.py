@@ -12,6 +12,12 @@ environment, never follows a redirect, and keeps the batches it cannot deliver i
 private on-disk queue instead of stopping the run (an outbox, anpr/outbox.py, marked
 `.anpr-webhook-queue`); an export file is created 0600. Retention reaches both:
 `purge_export` and `expire_webhook_queue` remove what is past its deadline.
+
+An MQTT sink (its client in anpr/mqtt.py, imported only by a run that has one) publishes
+passages, and reads if asked, over TLS unless told otherwise, with credentials from the
+environment, and queues what the broker has not acknowledged in an outbox of its own
+(`.anpr-mqtt-queue`). A sink that takes passages has `write_passages`; the gate gives it
+the passages of the purposes that name it (anpr/policy/gate.py).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
 from anpr.errors import AnprError, ConfigError, StoreError
 from anpr.outbox import (
@@ -68,9 +74,22 @@ log = logging.getLogger(__name__)
 
 class PolicedSink(Protocol):
     """Receives the reads a purpose keeps, one batch at a time (what it returns is not used).
-    A sink may also have `close()`, called once when the run ends (`close_sinks`)."""
+    A sink may also have `close()`, called once when the run ends (`close_sinks`), and
+    `write_passages(passages)`, given the purpose's passages as their tracks end."""
 
     def write(self, reads: Sequence[PolicedRead]) -> object: ...
+
+
+def _variable_name(value: str | None) -> str | None:
+    """A setting that names an environment variable (whose value is a secret kept out of the config)."""
+    if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError("must be the name of an environment variable (letters, digits and _)")
+    return value
+
+
+def _safe_name(name: str) -> str:
+    """A sink's name as part of a folder name or an MQTT client id."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 class SinkSettings(BaseModel):
@@ -89,8 +108,8 @@ class SinkSettings(BaseModel):
 
     def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
         """Retention over what the sink called `name` keeps on disk outside the database
-        (`anpr db purge`, with or without the database): the number of reads removed and
-        where; None when it keeps nothing there. StoreError when it cannot be purged."""
+        (`anpr db purge`, with or without the database): the number of reads and passages
+        removed and where; None when it keeps nothing there. StoreError when it cannot be purged."""
         return None
 
 
@@ -154,23 +173,100 @@ class WebhookSettings(SinkSettings):
             )
         return value
 
-    @field_validator("auth_env")
-    @classmethod
-    def _variable_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError("must be the name of an environment variable (letters, digits and _)")
-        return value
+    _variable_name = field_validator("auth_env")(_variable_name)
 
     def for_sink(self, name: str) -> SinkSettings:
         return self.model_copy(update={"queue_dir": self.queue_folder(name)})
 
     def queue_folder(self, name: str) -> str:
         """Where the batches of the sink called `name` wait: queue_dir, else a folder named after the sink."""
-        return self.queue_dir or f"{WEBHOOK_QUEUE_PREFIX}{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"
+        return self.queue_dir or f"{WEBHOOK_QUEUE_PREFIX}{_safe_name(name)}"
 
     def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
         folder = self.queue_folder(name)
         return expire_webhook_queue(folder, now), f"queue {folder}"
+
+    def in_folder(self, folder: Path, stem: str) -> SinkSettings:
+        return self.model_copy(update={"queue_dir": str(folder / f"{stem}-queue")})
+
+
+MQTT_QUEUE_PREFIX = "anpr-mqtt-"
+_TOPIC_FORBIDDEN = re.compile(r"[+#\x00-\x1f\x7f]")  # wildcards and control characters
+
+
+class MqttSettings(SinkSettings):
+    type: Literal["mqtt"]
+    host: str = Field(min_length=1)  # the broker's host name or IP address
+    tls: bool = True  # plain MQTT only when set to false (a broker on the same machine or network segment)
+    port: StrictInt | None = Field(None, ge=1, le=65535)  # default 8883, or 1883 without TLS
+    topic_prefix: str = "anpr"  # <prefix>/<camera>/passage, <prefix>/<camera>/read, <prefix>/availability/<client id>
+    reads: bool = False  # publish each kept read too, not only passages
+    client_id: str | None = Field(None, min_length=1, max_length=128)  # default anpr-NAME
+    username_env: str | None = None  # environment variables holding the credentials (their names, not their values)
+    password_env: str | None = None
+    ca_file: Path | None = None  # PEM certificates to trust instead of the system's (a private CA)
+    cert_file: Path | None = None  # a client certificate (PEM), for brokers that authenticate clients by certificate
+    key_file: Path | None = None  # its private key, when not in cert_file
+    # Where unacknowledged messages wait (default anpr-mqtt-NAME): a folder of the queue's own,
+    # as a webhook's queue_dir.
+    queue_dir: str | None = Field(None, min_length=1)
+    queue_max_mb: StrictInt = Field(256, ge=1, le=1_048_576)
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        if "://" in value or "/" in value or "@" in value:
+            raise ValueError("must be a host name or IP address, not a URL (port and TLS have keys of their own)")
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("must not contain spaces or control characters")
+        return value.strip("[]")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        if not value or value.startswith(("/", "$")) or value.endswith("/") or "//" in value:
+            raise ValueError("must be topic levels such as anpr or site/anpr (no empty level, no leading $)")
+        if _TOPIC_FORBIDDEN.search(value):
+            raise ValueError("must not contain the wildcards + or #, or control characters")
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str | None) -> str | None:
+        if value is not None and (_TOPIC_FORBIDDEN.search(value) or "/" in value or not value.isprintable()):
+            raise ValueError("must not contain /, + or #, or control characters (it names the availability topic)")
+        return value
+
+    _variable_name = field_validator("username_env", "password_env")(_variable_name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if self.password_env is not None and self.username_env is None:
+            raise ValueError("password_env needs username_env: MQTT sends a password only with a user name")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file, cert_file and key_file are for TLS, which tls: false turns off")
+        return self
+
+    @property
+    def broker_port(self) -> int:
+        return self.port if self.port is not None else 8883 if self.tls else 1883
+
+    def for_sink(self, name: str) -> SinkSettings:
+        return self.model_copy(
+            update={"queue_dir": self.queue_folder(name), "client_id": self.client_id or f"anpr-{_safe_name(name)}"}
+        )
+
+    def queue_folder(self, name: str) -> str:
+        """Where the messages of the sink called `name` wait: queue_dir, else a folder named after the sink."""
+        return self.queue_dir or f"{MQTT_QUEUE_PREFIX}{_safe_name(name)}"
+
+    def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
+        from anpr.mqtt import expire_mqtt_queue
+
+        folder = self.queue_folder(name)
+        return expire_mqtt_queue(folder, now), f"MQTT queue {folder}"
 
     def in_folder(self, folder: Path, stem: str) -> SinkSettings:
         return self.model_copy(update={"queue_dir": str(folder / f"{stem}-queue")})
@@ -514,6 +610,23 @@ def expire_webhook_queue(folder: str | os.PathLike[str], now: float) -> int:
     except OutboxInUse:
         log.info("webhook queue %s is in use by a run, which applies retention itself", folder)
         return 0
+
+
+# --- MQTT (the client: anpr/mqtt.py) ----------------------------------------------------------
+
+
+def _run_mqtt(settings: MqttSettings, database: PolicedSink | None = None) -> PolicedSink:
+    from anpr.mqtt import MqttSink  # the MQTT client is loaded only by a run that has an MQTT sink
+
+    return MqttSink(settings)
+
+
+SINK_TYPES.register(
+    "mqtt",
+    settings=MqttSettings,
+    help="publishes each passage (and each read, with `reads: true`) as JSON to an MQTT broker, QoS 1; "
+    "what it cannot deliver waits on disk",
+)(_run_mqtt)
 
 
 def make_sinks(sinks: Mapping[str, SinkSettings], database: PolicedSink) -> dict[str, PolicedSink]:

@@ -16,7 +16,7 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 
 # Two kinds of test (markers registered in pyproject.toml):
 # - system: real model weights, the annotated photos, encoded clips, the `anpr` command in a
-#   subprocess, an RTSP or PostgreSQL server: what `make test` runs besides the unit tests;
+#   subprocess, an RTSP, PostgreSQL or MQTT server: what `make test` runs besides the unit tests;
 # - unit: none of those; `make test-unit` runs them in well under a minute, with the model
 #   folder pointed at an empty one, so a unit test that loads weights fails.
 # A test is a system test when it uses one of these fixtures (or a PostgreSQL parameter), or is
@@ -29,6 +29,7 @@ SYSTEM_FIXTURES = frozenset(
         "anpr_cli",
         "postgres",
         "server",
+        "mqtt_broker",
         "dataset",
         "few_photos",
         "small_dataset",

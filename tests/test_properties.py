@@ -40,6 +40,7 @@ VOCABULARY = sorted(
         "database",
         "jsonl_export",
         "webhook",
+        "mqtt",
         "store",
         "ppocr",
         "easyocr",

@@ -65,7 +65,12 @@ def test_config_accepts_exactly_the_registered_names():
 
 
 def test_every_registered_sink_type_has_its_own_config_keys(tmp_path):
-    examples = {"database": {}, "jsonl_export": {"path": str(tmp_path / "x.jsonl")}, "webhook": {"url": "https://x"}}
+    examples = {
+        "database": {},
+        "jsonl_export": {"path": str(tmp_path / "x.jsonl")},
+        "webhook": {"url": "https://x"},
+        "mqtt": {"host": "broker.example"},
+    }
     assert set(SINK_TYPES.names()) == set(examples)  # a new sink type adds its example here
     for name, keys in examples.items():
         deployment = Settings.model_validate(_deployment(extra={"type": name, **keys})).deployment

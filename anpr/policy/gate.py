@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from anpr.policy.deployment import Camera
 from anpr.policy.engine import Policy
@@ -39,8 +39,10 @@ class DatabaseSink(Protocol):
     def purge(self, now: float) -> int: ...
 
 
+@runtime_checkable
 class PassageSink(Protocol):
-    """Receives the passages of a camera's purposes as their tracks end (--jsonl --passages)."""
+    """Receives passages as their tracks end: the operator's view (--jsonl --passages), every
+    purpose's; a sink that takes passages (an MQTT sink), those of the purposes that name it."""
 
     def write_passages(self, passages: Sequence[Passage]) -> None: ...
 
@@ -76,7 +78,8 @@ class PolicyGate:
 
     Each purpose's kept reads of one track become a passage when the track ends: stored
     beside the reads when the purpose stores to the database, under the same rule and no
-    longer than its reads. A denied purpose keeps no read, so it has no passage either."""
+    longer than its reads, and given to the purpose's other sinks that take passages
+    (`write_passages`). A denied purpose keeps no read, so it has no passage either."""
 
     def __init__(
         self,
@@ -103,6 +106,11 @@ class PolicyGate:
         self._passages = {code: PassageBuilder(regions, dropped=self.tally.dropped_tracks) for code in camera.purposes}
         self._stores_passages = {
             code: any(self.sinks[name] is self.database for name in names) for code, names in self._sink_names.items()
+        }
+        # A purpose's other sinks that take passages (an MQTT sink): the database got them above.
+        self._passage_sinks: dict[str, list[PassageSink]] = {
+            code: [s for s in (self.sinks[n] for n in names) if s is not database and isinstance(s, PassageSink)]
+            for code, names in self._sink_names.items()
         }
 
     def write(self, reads: Sequence[PlateRead]) -> None:
@@ -147,6 +155,7 @@ class PolicyGate:
         """Tracks of the camera ended: each purpose's reads of each become its passage."""
         stored: list[Passage] = []
         made: list[Passage] = []
+        routed: dict[int, tuple[PassageSink, list[Passage]]] = {}  # by id: a sink two purposes name gets one call
         for purpose, builder in self._passages.items():
             passages = builder.close(source, ends)
             if passages:
@@ -154,8 +163,13 @@ class PolicyGate:
             made += passages
             if self._stores_passages[purpose]:
                 stored += passages
+            for taker in self._passage_sinks[purpose]:
+                routed.setdefault(id(taker), (taker, []))[1].extend(passages)
         if stored:
             self.database.write([], passages=stored)
+        for sink, passages in routed.values():
+            if passages:
+                sink.write_passages(passages)
         if made:
             for output in self.passage_outputs:
                 output.write_passages(made)

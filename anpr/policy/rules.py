@@ -107,8 +107,9 @@ LAPI_RETENTION = Retention(
     summary="no hit: 15 days, queryable only for a named procedure; hit: 1 month (30 days) after the hit",
 )
 LAPI_SOURCE = "CSI L233-1, L233-2; arrêté of 18 May 2009; CNIL deliberation 2023-026"
-# The authority's own systems (its database, an export or a feed to its investigators).
-LAPI_SINKS = frozenset({"database", "jsonl_export", "webhook"})
+# The authority's own systems (its database, an export or a feed to its investigators: a
+# webhook, an MQTT broker).
+LAPI_SINKS = frozenset({"database", "jsonl_export", "webhook", "mqtt"})
 # Rules whose text sets no period still get a bound, so that no deployment keeps reads
 # indefinitely by asking for it: the project's choice, not the law's (labelled so).
 PROJECT_MAX_DAYS = 30.0
