@@ -379,3 +379,29 @@ def test_chart_scales_and_labels_days():
     assert ">2026-01-01</text>" in svg and ">2026-01-04</text>" in svg  # every third day labelled
     assert ">2026-01-02</text>" not in svg
     assert ">60</text>" in svg  # the top tick covers the largest figure
+
+
+@pytest.mark.system
+def test_report_of_a_tampered_audit_log_shows_what_audit_verify_finds(made, tmp_path):
+    # A copy: the checkpoints name the original's path, and are left behind.
+    for name in ("anpr.sqlite", "anpr.key", "mixed.yaml"):
+        shutil.copy(made.folder / name, tmp_path / name)
+    db = tmp_path / "anpr.sqlite"
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(text("drop trigger audit_log_no_update"))
+        conn.execute(text("update audit_log set actor = 'nobody' where action = 'purge'"))
+    engine.dispose()
+    verify = _anpr(tmp_path, "audit", "verify", "--db", str(db), "--json")
+    assert verify.returncode == 1
+    verified = json.loads(verify.stdout)
+    assert {p["kind"] for p in verified["problems"]} == {"edited", "unprotected"}
+    report = _anpr(tmp_path, "report", "--config", "mixed.yaml", "--db", str(db), "--md", "r.md")
+    assert report.returncode == 0
+    assert f"the audit log has {len(verified['problems'])} problem(s)" in report.stderr
+    md = (tmp_path / "r.md").read_text()
+    assert f"**{len(verified['problems'])} PROBLEM(S)**" in md
+    for problem in verified["problems"]:
+        assert f"| {problem['seq']} | {problem['kind']} | {problem['message']} |" in md
+    assert "| chain | 1 edited |" in md and "| append-only triggers | missing or disabled |" in md
+    assert "| checkpoints | no checkpoint file given |" in md
