@@ -497,14 +497,18 @@ def read_checkpoints(path: Path) -> list[Checkpoint]:
     return points
 
 
+def checkpoints_of(path: Path, database: str) -> list[Checkpoint]:
+    """The distinct checkpoints of `database` in the file at `path`."""
+    # The same entry is checkpointed again by every command that adds none: once is enough.
+    return list({(p.seq, p.entry_hash, p.mac): p for p in read_checkpoints(path) if p.database == database}.values())
+
+
 def check_checkpoints(entries: Sequence[AuditEntry], keys: Keys, path: Path, database: str) -> list[AuditProblem]:
     """The log (its entries) against the checkpoints of `database` in the file at `path`."""
-    points = read_checkpoints(path)
     by_seq = {entry.seq: entry for entry in entries}
     last = entries[-1].seq if entries else 0
     problems = []
-    # The same entry is checkpointed again by every command that adds none: once is enough.
-    mine = list({(p.seq, p.entry_hash, p.mac): p for p in points if p.database == database}.values())
+    mine = checkpoints_of(path, database)
     if not mine:
         return [AuditProblem(0, "checkpoint", f"{path} holds no checkpoint of database {database}")]
     for point in mine:
@@ -534,10 +538,66 @@ def check_checkpoints(entries: Sequence[AuditEntry], keys: Keys, path: Path, dat
     return problems
 
 
+@dataclass(frozen=True)
+class AuditState:
+    """What `anpr audit verify` finds in a database: its log's entries (in seq order), every
+    problem (AuditProblem; none: intact), and the checkpoint file checked against, with the
+    number of distinct checkpoints of this database it holds."""
+
+    entries: list[AuditEntry]
+    problems: list[AuditProblem]
+    checkpoints: Path | None = None
+    checkpointed: int = 0
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+    @property
+    def last_seq(self) -> int:
+        return self.entries[-1].seq if self.entries else 0
+
+    def summary(self) -> str:
+        """The verdict in one line, as `anpr audit verify` ends."""
+        entries = f"{len(self.entries)} entries"
+        if self.problems:
+            return f"{entries}, {len(self.problems)} problem(s)"
+        against = (
+            f", and agrees with the {self.checkpointed} checkpoint(s) in {self.checkpoints}"
+            if self.checkpoints
+            else " (no checkpoint file given)"
+        )
+        return f"{entries}, chain intact, triggers in place{against}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entries": len(self.entries),
+            "last_seq": self.last_seq,
+            "intact": self.intact,
+            "problems": [{"seq": p.seq, "kind": p.kind, "message": p.message} for p in self.problems],
+            "checkpoints": None if self.checkpoints is None else str(self.checkpoints),
+            "checkpointed": self.checkpointed,
+        }
+
+
+def checkpoint_file(given: str | Path | None, configured: str | Path) -> Path | None:
+    """The checkpoint file to verify against: the one given, else the config's
+    (store.audit_checkpoints) when it exists, else none."""
+    if given is not None:
+        return Path(given)
+    return Path(configured) if Path(configured).is_file() else None
+
+
 def verify_database(
     url: str, keys: Keys | Callable[[], Keys], checkpoints: str | Path | None = None
 ) -> list[AuditProblem]:
     """Verify the audit log of a database given as a SQLAlchemy URL or a SQLite file path
+    (chain, triggers, and the checkpoint file if given): its problems (inspect_database)."""
+    return inspect_database(url, keys, checkpoints).problems
+
+
+def inspect_database(url: str, keys: Keys | Callable[[], Keys], checkpoints: str | Path | None = None) -> AuditState:
+    """The audit log of a database given as a SQLAlchemy URL or a SQLite file path, verified
     (chain, triggers, and the checkpoint file if given). `keys` may be what loads them,
     called once the database is found to hold a log.
 
@@ -559,11 +619,18 @@ def verify_database(
             if not has_log and checkpoints is None:
                 raise StoreError(f"database {_safe(engine)} has no audit log (table {TABLE})")
             keys = keys if isinstance(keys, Keys) else keys()
-            if not has_log and checkpoints is not None:  # a dropped log: its checkpoints say what was there
-                return check_checkpoints([], keys, Path(checkpoints), _identity(engine))
-            with Session(engine) as session:
-                entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
-        return _problems(engine, entries, keys, checkpoints)
+            entries: list[AuditEntry] = []
+            if has_log:
+                with Session(engine) as session:
+                    entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
+        if not has_log:  # a dropped log: its checkpoints say what was there
+            problems = check_checkpoints([], keys, Path(str(checkpoints)), _identity(engine))
+        else:
+            problems = _problems(engine, entries, keys, checkpoints)
+        if checkpoints is None:
+            return AuditState(entries, problems)
+        checkpointed = len(checkpoints_of(Path(checkpoints), _identity(engine)))
+        return AuditState(entries, problems, Path(checkpoints), checkpointed)
     finally:
         engine.dispose()
 

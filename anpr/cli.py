@@ -6,7 +6,9 @@
     anpr demo                             the sample clip under every config in configs/
     anpr policy check|explain CONFIG      what a deployment may and may not do, and why
     anpr db purge|mark-paid|record-finding|search     retention and gated queries
+    anpr db summary --config DEPLOYMENT   the report's figures: reads per day, deletions, queries
     anpr audit verify                     check the audit log's hash chain
+    anpr report --config DEPLOYMENT --html OUT.html   compliance report (also --md)
 
 What runs is built by anpr/assemble.py from the settings; backend and sink names come
 from anpr/registry.py, defaults from the settings models of anpr/config.py. The
@@ -547,8 +549,9 @@ def demo(
     _say(f"databases in {workdir}")
 
 
-from anpr.cli_admin import audit_app, db_app, policy_app  # noqa: E402
+from anpr.cli_admin import audit_app, db_app, policy_app, report  # noqa: E402
 
+app.command("report")(report)
 app.add_typer(policy_app, name="policy")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")

@@ -1,4 +1,5 @@
-"""`anpr policy`, `anpr db` and `anpr audit`: what a deployment may do, retention, queries, audit."""
+"""`anpr policy`, `anpr db`, `anpr audit` and `anpr report`: what a deployment may do, retention, queries,
+audit, and the compliance report."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ log = logging.getLogger(__name__)
 
 ConfigArgument = Annotated[Path, typer.Argument(help="Deployment config (YAML).")]
 ConfigOption = Annotated[Path, typer.Option("--config", help="Deployment config (YAML).")]
-KEPT = {"aggregate": "aggregate counts only, no plate text", "none": "reads"}  # by the rule's minimisation
 DbOption = Annotated[
     str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path (default: the config's, else anpr.sqlite).")
 ]
@@ -59,7 +59,7 @@ def policy_explain(
 ) -> None:
     """Per purpose: verdict, rule, legal reference, retention, missing safeguards, verified or not."""
     from anpr.policy.engine import describe_safeguard
-    from anpr.policy.rules import CONTROLLER_TYPES
+    from anpr.policy.rules import CONTROLLER_TYPES, KEPT
 
     _, policy = _deployment(config)
     deployment = policy.deployment
@@ -100,11 +100,11 @@ def policy_explain(
 
 
 @contextmanager
-def _database(settings) -> Iterator[tuple[Any, Any]]:
+def _database(settings, checkpoint: bool = True) -> Iterator[tuple[Any, Any]]:
     """The config's database (which must exist) and its audit log, with the key file (which
-    must exist too: only a run makes one). At the end a checkpoint of the log is written:
-    the entries of a query or a deletion are anchored outside the database at once, not
-    at the next run's end."""
+    must exist too: only a run makes one). At the end a checkpoint of the log is written
+    (unless not `checkpoint`: a command that adds no entry): the entries of a query or a
+    deletion are anchored outside the database at once, not at the next run's end."""
     from anpr.audit import AuditLog
     from anpr.errors import StoreError
     from anpr.keys import load_keys
@@ -117,8 +117,9 @@ def _database(settings) -> Iterator[tuple[Any, Any]]:
         try:
             yield store, audit
         finally:
-            with suppress(StoreError):  # a checkpoint missed here is made at the next one
-                audit.checkpoint()
+            if checkpoint:
+                with suppress(StoreError):  # a checkpoint missed here is made at the next one
+                    audit.checkpoint()
     finally:
         store.close()
 
@@ -255,6 +256,83 @@ def db_search(
     print(f"{len(result.rows)} row(s); {result.reason}", file=sys.stderr)
 
 
+CheckpointsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoints",
+        help="Check the audit log against this checkpoint file (default: store.audit_checkpoints, if it exists).",
+    ),
+]
+
+
+def _report_data(config: Path, db: str | None, checkpoints: Path | None):
+    """The report of a deployment and its database (report.gather): read only, no audit entry."""
+    from anpr.audit import checkpoint_file
+    from anpr.report import gather
+
+    settings, policy = _deployment(config, db)
+    with _database(settings, checkpoint=False) as (store, audit):
+        return gather(config, policy, store, audit, checkpoint_file(checkpoints, settings.store.audit_checkpoints))
+
+
+@db_app.command("summary")
+def db_summary(
+    config: ConfigOption,
+    db: DbOption = None,
+    checkpoints: CheckpointsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """The figures of `anpr report`: reads per day, deletions, queries, the audit log's state.
+
+    Reads kept, blocked, counted only and not stored per day (UTC) and per camera and purpose,
+    the deletions and queries of the audit log, and the log's state as `anpr audit verify`
+    finds it. Counts only, never a plate; writes nothing."""
+    from anpr.report import figures, summary_lines
+
+    data = _report_data(config, db, checkpoints)
+    if as_json:
+        print(json.dumps(figures(data), ensure_ascii=False))
+        return
+    for line in summary_lines(data):
+        print(line)
+
+
+def report(
+    config: ConfigOption,
+    db: DbOption = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Write the report as one HTML file.")] = None,
+    md: Annotated[Path | None, typer.Option("--md", help="Write the report as Markdown.")] = None,
+    checkpoints: CheckpointsOption = None,
+) -> None:
+    """Compliance report of a deployment and its database, as HTML (--html) or Markdown (--md).
+
+    The controller; each camera and purpose with its verdict, rule, legal references, whether
+    the rule's text is verified, and safeguards; retention in force; reads kept, blocked and
+    counted only per day (with a chart); deletions; queries; the audit log's state. Aggregates
+    only, never a plate; files written 0600; writes nothing to the database."""
+    from anpr.errors import ConfigError
+    from anpr.report import render_html, render_markdown, write_report
+
+    if html is None and md is None:
+        raise ConfigError("nothing to write: give --html OUT.html, --md OUT.md, or both")
+    if html is not None and md is not None and html.resolve() == md.resolve():
+        raise ConfigError(f"--html and --md name the same file: {html}")
+    data = _report_data(config, db, checkpoints)
+    for path, render in ((html, render_html), (md, render_markdown)):
+        if path is not None:
+            write_report(path, render(data))
+            print(path)
+    totals = data.totals
+    print(
+        f"{totals.kept} read(s) held, {totals.blocked} blocked, {totals.counted} counted only, "
+        f"{totals.not_stored} not stored; {len(data.deletions)} deletion(s), {len(data.queries)} query(ies); "
+        f"audit log: {data.audit.summary()}",
+        file=sys.stderr,
+    )
+    if data.audit.problems:
+        log.warning("the audit log has %d problem(s): see the report", len(data.audit.problems))
+
+
 # Paragraphs: the help shows each as one, wrapped to the terminal.
 INIT_ROLES_HELP = "\n\n".join(
     [
@@ -330,28 +408,26 @@ def policy_migrate(
 def audit_verify(
     db: Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Take the database from this config.")] = None,
-    checkpoints: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoints",
-            help="Check the log against this checkpoint file (default: store.audit_checkpoints, if it exists).",
-        ),
-    ] = None,
+    checkpoints: CheckpointsOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: entries, intact, problems, checkpoints.")
+    ] = False,
 ) -> None:
     """Check the audit log: its authenticated chain, its append-only triggers and its
     checkpoints; names every edited, deleted, reordered, truncated or rewritten entry (exit 1)."""
-    from anpr.audit import verify_database
+    from anpr.audit import checkpoint_file, inspect_database
     from anpr.config import load_settings
     from anpr.keys import load_keys
 
     store = load_settings(config, {"store": {"url": db}}).store
-    if checkpoints is None and Path(store.audit_checkpoints).is_file():
-        checkpoints = Path(store.audit_checkpoints)
-    problems = verify_database(store.url, lambda: load_keys(store.key_file), checkpoints)
-    for problem in problems:
-        print(f"{problem.kind}: {problem.message}")
-    if problems:
-        print(f"audit log: {len(problems)} problem(s)", file=sys.stderr)
+    state = inspect_database(
+        store.url, lambda: load_keys(store.key_file), checkpoint_file(checkpoints, store.audit_checkpoints)
+    )
+    if as_json:
+        print(json.dumps(state.to_dict(), ensure_ascii=False))
+    else:
+        for problem in state.problems:
+            print(f"{problem.kind}: {problem.message}")
+    print(f"audit log: {state.summary()}", file=sys.stderr)
+    if state.problems:
         raise typer.Exit(1)
-    against = f", and agrees with the checkpoints in {checkpoints}" if checkpoints else " (no checkpoint file given)"
-    print(f"audit log: chain intact, triggers in place{against}", file=sys.stderr)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -37,6 +38,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     delete,
     event,
@@ -235,6 +237,19 @@ class PolicyCountRow(Base):
     rule_id: Mapped[str] = mapped_column(String(32))
     outcome: Mapped[str] = mapped_column(String(16))
     count: Mapped[int] = mapped_column(Integer)
+
+
+@dataclass(frozen=True, slots=True)
+class KeptCount:
+    """How many rows of reads (or passages) a database holds for one camera, purpose and
+    rule, of those stored on one day: a count, never which."""
+
+    day: str  # YYYY-MM-DD (UTC) of `stored_at`
+    camera: str
+    purpose: str
+    rule_id: str
+    rows: int
+    overdue: int  # of them, past their deadline and not purged yet (no query returns them)
 
 
 class DeploymentBindingRow(Base):
@@ -504,6 +519,21 @@ class ReadStore:
         self._ensure_schema()
         with self._failures("cannot query database"), Session(self._engine) as session:
             return session.scalar(select(func.count()).select_from(table)) or 0
+
+    def kept_counts(self, now: float, passages: bool = False) -> list[KeptCount]:
+        """The reads (with `passages`, the passages) held now, counted per day stored,
+        camera, purpose and rule; `overdue`: those whose deadline is at or before `now`."""
+        self._ensure_schema()
+        table: type[KeptRow] = PassageRow if passages else ReadRow
+        day = func.date(table.stored_at)
+        groups = (day, table.camera, table.purpose, table.rule_id)
+        overdue = func.sum(case((table.delete_after <= now, 1), else_=0))
+        query = select(*groups, func.count(), overdue).group_by(*groups).order_by(*groups)
+        with self._failures("cannot query database"), Session(self._engine) as session:
+            return [
+                KeptCount(str(day), camera, purpose, rule_id, int(rows), int(late or 0))
+                for day, camera, purpose, rule_id, rows, late in session.execute(query)
+            ]
 
     def reads(
         self,

@@ -57,6 +57,10 @@ class Minimisation(StrEnum):
     AGGREGATE = "aggregate"  # only a count per camera and hour; no plate text, no hash
 
 
+# What an allowed purpose keeps, by its rule's minimisation (`anpr policy explain`, the report).
+KEPT = {Minimisation.AGGREGATE: "aggregate counts only, no plate text", Minimisation.NONE: "reads"}
+
+
 @dataclass(frozen=True, slots=True)
 class Retention:
     """How long a stored read may be kept."""
