@@ -327,20 +327,14 @@ def _reencode(location: str, out: IO[bytes], spans: list[_Span], painter: _Paint
         video.thread_type = "AUTO"
         rate = video.average_rate or video.guessed_rate
         encoded = cast(VideoStream, target.add_stream(ENCODER, rate=rate, options=ENCODER_OPTIONS))
-        encoded.width, encoded.height = video.codec_context.width, video.codec_context.height
         encoded.pix_fmt, encoded.time_base = "yuv420p", video.time_base
-        numbers = _FrameNumbers(float(rate or 0))
-        active: list[_Span] = []
-        waiting = iter(spans)
-        upcoming = next(waiting, None)
+        numbers, shown = _FrameNumbers(float(rate or 0)), _Showing(spans)
         frames, end = 0, 0.0
         for frame in _decoded(source, video):
             index = numbers.of(frame)
-            while upcoming is not None and upcoming.first <= index:
-                active.append(upcoming)
-                upcoming = next(waiting, None)
-            active = [span for span in active if span.last >= index]
-            image = painter.paint(frame.to_ndarray(format="bgr24"), active, index)
+            image = painter.paint(_upright(frame), shown.at(index), index)
+            if not frames:  # the size as shown: a turned video's frames are turned upright
+                encoded.height, encoded.width = image.shape[:2]
             painted = av.VideoFrame.from_ndarray(image, format="bgr24")
             painted.pts, painted.time_base, painted.duration = frame.pts, frame.time_base, frame.duration
             for packet in encoded.encode(painted):
@@ -351,6 +345,30 @@ def _reencode(location: str, out: IO[bytes], spans: list[_Span], painter: _Paint
         for packet in encoded.encode():
             target.mux(packet)
     return frames, end
+
+
+def _upright(frame: Any) -> np.ndarray:
+    """The frame as BGR, turned as its display matrix says (as OpenCV's reader turns it, so the
+    run's boxes fit); the annotated video is written upright, with no rotation of its own."""
+    turns = round(frame.rotation / 90) % 4
+    image = frame.to_ndarray(format="bgr24")
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+class _Showing:
+    """The spans shown in each frame, frame after frame (`spans` by their first frame)."""
+
+    def __init__(self, spans: list[_Span]) -> None:
+        self._waiting = iter(spans)
+        self._next = next(self._waiting, None)
+        self._active: list[_Span] = []
+
+    def at(self, index: int) -> list[_Span]:
+        while self._next is not None and self._next.first <= index:
+            self._active.append(self._next)
+            self._next = next(self._waiting, None)
+        self._active = [span for span in self._active if span.last >= index]
+        return self._active
 
 
 @contextlib.contextmanager

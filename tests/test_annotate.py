@@ -311,3 +311,25 @@ def test_a_video_that_cannot_be_written_leaves_no_file(tmp_path):
     with pytest.raises(AnprError, match="annotated video"):
         annotation.render()
     assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]
+
+
+@pytest.mark.system  # ffmpeg makes the clip
+def test_a_turned_video_is_annotated_upright_where_the_run_saw_its_plates(tmp_path):
+    clip = tmp_path / "turned.mp4"  # stored 320x240, shown turned a quarter (as phones record)
+    stored = tmp_path / "stored.mp4"
+    made = ["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-frames:v", "10", "-c:v", "libx264", "-crf", "12"]
+    subprocess.run(["ffmpeg", "-v", "error", *made, str(stored)], check=True)
+    turned = ["-c", "copy", "-metadata:s:v:0", "rotate=90"]
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(stored), *turned, str(clip)], check=True)
+    annotation = VideoAnnotation(tmp_path / "out.mp4", Mask.NONE, "cam", str(clip))
+    box = (40.0, 200.0, 200.0, 240.0)  # where the run (OpenCV, which turns the frames) saw a plate
+    for frame in range(10):
+        annotation.seen(frame, np.array([box]), np.array([UNTRACKED]))
+    video = annotation.render()
+    assert (video.frames, video.seconds) == (10, 0.4)
+    before, after = _frames(clip, {5}), _frames(tmp_path / "out.mp4", {5})
+    assert before[5].shape == after[5].shape == (320, 240, 3)
+    plate = _region(before[5].shape, box)
+    assert _sharpness(after[5], plate) < 0.1 * _sharpness(before[5], plate)
+    elsewhere = ~_region(before[5].shape, box, grow=PRIVATE_MARGIN + 0.05)
+    assert np.abs(after[5][elsewhere].astype(int) - before[5][elsewhere]).mean() < 4
