@@ -191,12 +191,12 @@ class VideoAnnotation:
     ) -> _Span:
         by_frame = dict(sorted(sightings))
         frames = np.array(list(by_frame), np.int64)
-        after = looked[looked > frames[-1]]
-        last = float(after[0] - 1) if len(after) else float("inf")
+        following = int(np.searchsorted(looked, frames[-1], side="right"))  # `looked` is sorted
+        last = float(looked[following] - 1) if following < len(looked) else float("inf")
         first = int(frames[0])
         if label is None:  # blurred from the frame after the last one looked at without it
-            before = looked[looked < first]
-            first = int(before[-1]) + 1 if len(before) else 0
+            preceding = int(np.searchsorted(looked, first))
+            first = int(looked[preceding - 1]) + 1 if preceding else 0
         return _Span(track, frames, np.array(list(by_frame.values()), float), first, last, label)
 
     def render(self) -> AnnotatedVideo:
