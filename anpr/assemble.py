@@ -28,7 +28,7 @@ from anpr.detect import MotionWindows, PlateDetector, SecondPass, make_detector
 from anpr.errors import ConfigError, PolicyRefusal, SourceError
 from anpr.keys import load_keys
 from anpr.ocr import PlateRecogniser, make_recogniser
-from anpr.pipeline import Lane, Pipeline, ReadSink, StageTimes, run_lanes
+from anpr.pipeline import BoxObserver, Lane, Pipeline, ReadSink, StageTimes, run_lanes
 from anpr.policy.binding import require_binding
 from anpr.policy.deployment import Camera, Deployment
 from anpr.policy.engine import Policy, PurposeDecision
@@ -178,15 +178,17 @@ def read_lane(
     models: Models,
     sinks: Sequence[ReadSink],
     regions: Sequence[str] = (),
+    observer: BoxObserver | None = None,
 ) -> Lane:
     """A camera's frames through the pipeline into `sinks`, with no policy gate (for reads
     that are gated later, as `anpr demo` does); `regions` are the deployment's plate regions.
-    Video and streams are tracked (passages); still images are not."""
+    Video and streams are tracked (passages), and `observer` sees the tracked boxes; still
+    images are not tracked."""
     stills = isinstance(source, ImageSource)
     detector = with_second_pass(models.detector, settings.detector, stills=stills)
     work = settings.pipeline.for_source(stills)
     tracker = None if stills else PlateTracker(settings.detector.confidence, work.frame_stride)
-    pipeline = Pipeline(detector, models.recogniser, sinks, work, tuple(regions), tracker)
+    pipeline = Pipeline(detector, models.recogniser, sinks, work, tuple(regions), tracker, observer)
     # A live camera's queue absorbs the loop's pauses (a slow database call) without losing
     # frames; a file waits for the loop instead, so two batches ahead keep the detector fed,
     # and a longer queue would only hold decoded frames in memory (6 MB each at 1080p).
@@ -219,9 +221,11 @@ def build_lanes(
     database: DatabaseSink,
     outputs: Sequence[PolicedSink] = (),
     passage_outputs: Sequence[PassageSink] = (),
+    observers: Mapping[str, BoxObserver] | None = None,
 ) -> Lanes:
     """Per camera: its reader, a pipeline with the shared models, and a policy gate that
-    writes to the deployment's sinks (the database sinks through `database`)."""
+    writes to the deployment's sinks (the database sinks through `database`); `observers`:
+    by camera id, what sees that camera's tracked boxes (the annotated video)."""
     sinks = make_sinks(policy.deployment.sinks, database)
     lanes: list[Lane] = []
     gates = []
@@ -229,7 +233,10 @@ def build_lanes(
         for camera, source in zip(cameras, sources, strict=True):
             gate = PolicyGate(policy, camera.camera, database, sinks, outputs=outputs, passage_outputs=passage_outputs)
             gates.append(gate)
-            lanes.append(read_lane(camera.camera.id, source, settings, models, [gate], policy.deployment.region))
+            observer = (observers or {}).get(camera.camera.id)
+            lanes.append(
+                read_lane(camera.camera.id, source, settings, models, [gate], policy.deployment.region, observer)
+            )
     except BaseException:
         # Each lane's reader is decoding in a thread of its own already.
         for lane in lanes:
@@ -275,8 +282,10 @@ class DeploymentRun:
         *,
         config: Path | None = None,
         demo: bool = False,
+        observers: Mapping[str, BoxObserver] | None = None,
     ) -> None:
-        """`decisions`: each camera's purpose decisions, as announced before the run (audited as such)."""
+        """`decisions`: each camera's purpose decisions, as announced before the run (audited as such);
+        `observers`: by camera id, what sees its tracked boxes (`build_lanes`)."""
         self.settings, self.policy, self.decisions, self.cameras = settings, policy, decisions, list(cameras)
         self.config, self.demo = config, demo
         self.sources = open_sources(self.cameras, settings.stream)
@@ -312,7 +321,15 @@ class DeploymentRun:
                 self.spool.flush()
             self.models = load_models(settings)
             self.lanes = build_lanes(
-                settings, policy, self.cameras, self.sources, self.models, self.spool, outputs, passage_outputs
+                settings,
+                policy,
+                self.cameras,
+                self.sources,
+                self.models,
+                self.spool,
+                outputs,
+                passage_outputs,
+                observers,
             )
         except BaseException:
             self.close()

@@ -58,6 +58,8 @@ def _quiet_libraries() -> None:
 # read when it loads.
 _quiet_libraries()
 
+from anpr.annotate import Mask  # noqa: E402 (it imports OpenCV)
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -185,10 +187,27 @@ def run(
             help="End with the table of plates read (default: only on a terminal; a service's journal gets counts).",
         ),
     ] = None,  # None: decided by whether stdout is a terminal
+    annotate: Annotated[
+        Path | None,
+        typer.Option(
+            "--annotate",
+            help="Also write the video (a video file SOURCE) to this .mp4, each tracked plate boxed and labelled "
+            "with its voted plate, for the reads a purpose kept.",
+        ),
+    ] = None,
+    mask: Annotated[
+        Mask,
+        typer.Option(
+            "--mask",
+            help="With --annotate, what is blurred: everything but the labelled plates (outside), every plate "
+            "(plates), or only the plates no purpose kept (none; they are blurred in every mask).",
+        ),
+    ] = Mask.OUTSIDE,
 ) -> None:
     """Read plates under a deployment's policy: SOURCE as one camera, or, without SOURCE,
     every camera of the config at once. Files are read to their end; streams until Ctrl-C
     or SIGTERM, reconnecting when they drop."""
+    from anpr.annotate import VideoAnnotation
     from anpr.assemble import DeploymentRun, cameras_to_run, refuse_denied_camera, require_deployment
     from anpr.config import load_settings
     from anpr.errors import SourceError
@@ -203,6 +222,7 @@ def run(
         summary_lines,
     )
     from anpr.policy.engine import Policy
+    from anpr.policy.gate import PassageSink
     from anpr.sinks import PolicedSink
 
     # First: SIGTERM's default action kills the process at once (status 143), and a service
@@ -211,6 +231,8 @@ def run(
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend, store={"url": db}))
     policy = Policy(require_deployment(settings))
     cameras = cameras_to_run(policy.deployment, source, camera_id, config)
+    # Checked before anything is opened: a wrong OUT must not cost a whole run.
+    annotation = VideoAnnotation.for_run(annotate, mask, cameras, policy.deployment.region) if annotate else None
     decisions = {}  # announced, checked and audited once
     for camera in cameras:
         decisions[camera.camera.id] = policy.camera_decisions(camera.camera.id)
@@ -223,9 +245,13 @@ def run(
     tally = PlateTally()
     passage_output = PassageOutput(sys.stdout if jsonl else None) if passages else None
     outputs: list[PolicedSink] = [tally, *([JsonLines()] if jsonl and not passages else [])]
-    passage_outputs = [passage_output] if passage_output else []
+    passage_outputs: list[PassageSink] = [passage_output] if passage_output else []
+    if annotation:  # it is shown the tracked boxes, and only the reads and passages the gate lets through
+        outputs.append(annotation)
+        passage_outputs.append(annotation)
+    observers = {cameras[0].camera.id: annotation} if annotation else None
     with DeploymentRun(
-        settings, policy, decisions, cameras, outputs, passage_outputs, config=config, demo=demo
+        settings, policy, decisions, cameras, outputs, passage_outputs, config=config, demo=demo, observers=observers
     ) as deployment_run:
         progress = ProgressLine(deployment_run.frame_count, status_log)
         if status_log:
@@ -245,6 +271,11 @@ def run(
         _report_spool(report.spool, report.store_url)
         if not report.frames_received and not stop.is_set():
             raise SourceError("no frame could be decoded from " + ", ".join(c.shown for c in cameras))
+    if annotation and stop.is_set():
+        _say("stopped: the annotated video was not written (it needs the run to read the whole file)")
+    elif annotation:
+        video = annotation.render()
+        _say(f"annotated video {video.path}: {video.frames} frames, {video.seconds:.2f} s, mask {video.mask.value}")
 
 
 def _report_spool(spool: Any, store_url: str) -> None:

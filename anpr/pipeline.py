@@ -38,6 +38,13 @@ class ReadSink(Protocol):
     def end_tracks(self, source: str, ends: Sequence[TrackEnd]) -> None: ...
 
 
+class BoxObserver(Protocol):
+    """Sees where the tracker put the plates of every frame it looked at: the boxes and their
+    track ids (UNTRACKED: none), never a text (the annotated video, anpr/annotate.py)."""
+
+    def seen(self, frame: int, boxes: np.ndarray, tracks: np.ndarray) -> None: ...
+
+
 @dataclass
 class RunStats:
     frames: int = 0
@@ -174,7 +181,8 @@ class Pipeline:
     made into images.
 
     With a `tracker` (video and streams), each box gets the id of the plate's track, and
-    the sinks hear when a track ends; still images are not tracked."""
+    the sinks hear when a track ends; still images are not tracked. An `observer` is shown
+    each tracked frame's boxes."""
 
     def __init__(
         self,
@@ -184,6 +192,7 @@ class Pipeline:
         settings: PipelineSettings | None = None,
         regions: tuple[str, ...] = (),
         tracker: PlateTracker | None = None,
+        observer: BoxObserver | None = None,
     ) -> None:
         self.detector = detector
         self.recogniser = recogniser
@@ -195,6 +204,7 @@ class Pipeline:
         self.batch_size = -(-self.settings.batch // self.settings.frame_stride)
         self._last_motion: np.ndarray | None = None
         self.tracker = tracker
+        self.observer = observer
         self._source: str | None = None  # the frames' source, as the reads name it
         self._last_thumbnail: np.ndarray | None = None
         self._cut_tracks: list[TrackEnd] = []  # ended by a cut in the batch being processed
@@ -276,6 +286,8 @@ class Pipeline:
             tracks[mine] = self.tracker.update(
                 frame.index, frame.time, detections.xyxy[mine], detections.confidence[mine]
             )
+            if self.observer is not None:
+                self.observer.seen(frame.index, detections.xyxy[mine], tracks[mine])
         return tracks
 
     def _is_cut(self, image: np.ndarray) -> bool:
