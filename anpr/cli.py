@@ -196,13 +196,13 @@ def run(
         ),
     ] = None,
     mask: Annotated[
-        Mask,
+        Mask | None,
         typer.Option(
             "--mask",
-            help="With --annotate, what is blurred: everything but the labelled plates (outside), every plate "
-            "(plates), or only the plates no purpose kept (none; they are blurred in every mask).",
+            help="With --annotate, what is blurred: everything but the labelled plates (outside, the default), "
+            "every plate (plates), or only the plates no purpose kept (none; they are blurred in every mask).",
         ),
-    ] = Mask.OUTSIDE,
+    ] = None,
 ) -> None:
     """Read plates under a deployment's policy: SOURCE as one camera, or, without SOURCE,
     every camera of the config at once. Files are read to their end; streams until Ctrl-C
@@ -228,11 +228,15 @@ def run(
     # First: SIGTERM's default action kills the process at once (status 143), and a service
     # manager may send it while the run is still being set up.
     stop = _install_stop_handler()
+    if mask is not None and annotate is None:
+        raise AnprError("--mask says what --annotate blurs: give --annotate OUT.mp4 too")
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend, store={"url": db}))
     policy = Policy(require_deployment(settings))
     cameras = cameras_to_run(policy.deployment, source, camera_id, config)
     # Checked before anything is opened: a wrong OUT must not cost a whole run.
-    annotation = VideoAnnotation.for_run(annotate, mask, cameras, policy.deployment.region) if annotate else None
+    annotation = (
+        VideoAnnotation.for_run(annotate, mask or Mask.OUTSIDE, cameras, policy.deployment.region) if annotate else None
+    )
     decisions = {}  # announced, checked and audited once
     for camera in cameras:
         decisions[camera.camera.id] = policy.camera_decisions(camera.camera.id)

@@ -483,6 +483,14 @@ CASES: list[Case] = [
         files={"v.mkv": Clip("mkv"), "old/reads.sqlite": BoundDatabase()},
         read_only=("old",),
     ),
+    Case(
+        "--mask without --annotate",
+        ("run", "{tmp}/v.mkv", "--config", "{paris}", "--db", "{db}", "--mask", "none"),
+        2,
+        "--mask says what --annotate blurs",
+        files={"v.mkv": Clip("mkv")},
+        db_after="none",
+    ),
     # ---- other commands ----
     Case(
         "eval on a folder without annotations",
