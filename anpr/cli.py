@@ -182,10 +182,19 @@ def run(
             help="End with the table of plates read (default: only on a terminal; a service's journal gets counts).",
         ),
     ] = None,  # None: decided by whether stdout is a terminal
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="Spread the cameras over a Ray cluster: its address (HOST:PORT of the head), or auto (the local "
+            "Ray instance, started if none runs). Needs pip install 'anpr[cluster]', live streams and PostgreSQL.",
+        ),
+    ] = None,
 ) -> None:
     """Read plates under a deployment's policy: SOURCE as one camera, or, without SOURCE,
     every camera of the config at once. Files are read to their end; streams until Ctrl-C
-    or SIGTERM, reconnecting when they drop."""
+    or SIGTERM, reconnecting when they drop. With --cluster, the cameras run on the nodes
+    of a Ray cluster, and a lost node's cameras start again on the others."""
     from anpr.assemble import DeploymentRun, cameras_to_run, refuse_denied_camera, require_deployment
     from anpr.config import load_settings
     from anpr.errors import SourceError
@@ -216,6 +225,11 @@ def run(
     if stop.is_set():  # before anything is opened: nothing to drain, nothing to write
         _say("stopped before the run started: nothing was read or written")
         return
+    if cluster is not None:
+        _run_on_cluster(
+            settings, policy, decisions, cameras, cluster, stop, jsonl, passages, log_json, show_plates, config, demo
+        )
+        return
     status_log = StatusLog(log_json) if log_json else None
     tally = PlateTally()
     passage_output = PassageOutput(sys.stdout if jsonl else None) if passages else None
@@ -242,6 +256,63 @@ def run(
         _report_spool(report.spool, report.store_url)
         if not report.frames_received and not stop.is_set():
             raise SourceError("no frame could be decoded from " + ", ".join(c.shown for c in cameras))
+
+
+def _run_on_cluster(
+    settings: Any,
+    policy: Any,
+    decisions: dict[str, Any],
+    cameras: list[Any],
+    address: str,
+    stop: threading.Event,
+    jsonl: bool,
+    passages: bool,
+    log_json: Path | None,
+    show_plates: bool | None,
+    config: Path | None,
+    demo: bool,
+) -> None:
+    """`anpr run --cluster`: the cameras on a Ray cluster's nodes (anpr/cluster.py), shown here."""
+    from anpr.cluster import ClusterRun
+    from anpr.errors import StoreError
+    from anpr.outputs import JsonLines, PassageOutput, ProgressLine, StatusLog, cluster_summary_lines
+
+    status_log = StatusLog(log_json) if log_json else None
+    reads = JsonLines() if jsonl and not passages else None
+    passage_output = PassageOutput(sys.stdout if jsonl else None) if passages else None
+    with ClusterRun(
+        settings,
+        policy,
+        decisions,
+        cameras,
+        address,
+        reads=reads,
+        passages=passage_output,
+        status_log=status_log,
+        config=config,
+        demo=demo,
+    ) as cluster_run:
+        progress = ProgressLine(None)
+        report = cluster_run.run(stop, progress)
+        progress.done()
+    if status_log:
+        status_log.event(
+            "run.end",
+            cameras=report.cameras,
+            nodes=report.nodes,
+            restarts=report.restarts,
+            database=report.spool.as_json(),
+        )
+    plates_shown = sys.stdout.isatty() if show_plates is None else show_plates
+    if passage_output and not jsonl and plates_shown:
+        print("\n".join(passage_output.lines()))
+    _say(cluster_summary_lines(report.tally, report.cameras, report.nodes, report.restarts, report.store_url))
+    _report_spool(report.spool, report.store_url)
+    lost = sum((node.get("database") or {}).get("lost_reads", 0) for node in report.nodes.values())
+    if lost:
+        raise StoreError(
+            f"{lost} read(s) lost on the nodes: a spool was full or not writable (store.spool_max_mb, store.spool_dir)"
+        )
 
 
 def _report_spool(spool: Any, store_url: str) -> None:
