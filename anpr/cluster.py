@@ -99,11 +99,13 @@ from anpr.registry import DETECTORS
 from anpr.sinks import PolicedSink
 from anpr.source import STREAM_SCHEMES, Reconnect, decode_threads, open_source
 from anpr.spool import SpooledStore, SpoolInUse
-from anpr.store import ReadStore, database_url
+from anpr.store import DatabaseUnavailable, ReadStore, database_url
 
 log = logging.getLogger("anpr")
 
 RAY_MISSING = "--cluster needs Ray, which is not installed: pip install 'anpr[cluster]'"
+RAY_DEFAULT_PORT = 6379  # where `ray start --head` listens unless told otherwise
+HEAD_TIMEOUT_SECONDS = 5.0  # to open a connection to the head's port
 ACTOR_CPUS = 1  # what a node's actor asks Ray for: a node with less gets no cameras
 POLL_SECONDS = 1.0  # the driver asks every node for its status this often
 SNAPSHOT_SECONDS = 0.5  # a node's loop writes down its status at most this often
@@ -151,6 +153,20 @@ def check_cluster_run(settings: Settings, cameras: Sequence[CameraSource]) -> No
             f"--cluster writes to the deployment's database only, and sink(s) {', '.join(other)} are not of type "
             f"database: their files and queues are one machine's"
         )
+
+
+def head_reachable(address: str) -> None:
+    """A head that nobody answers at `address` is an error now: Ray itself waits minutes for it."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = address, str(RAY_DEFAULT_PORT)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=HEAD_TIMEOUT_SECONDS).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot reach the Ray head at {host}:{port} ({exc.strerror or exc}): start it with "
+            f"`ray start --head --port={port}`, or give its address as HOST:PORT"
+        ) from None
 
 
 # --- where cameras go ---------------------------------------------------------------------
@@ -339,7 +355,10 @@ class NodeRun:
         settings = self.plan.settings
         store = ReadStore(settings.store.url, self.plan.keys, settings.store.timeout_seconds)
         try:
-            store.check()
+            try:
+                store.check()
+            except DatabaseUnavailable as exc:  # down for now (the driver reached it): the spool takes the reads
+                log.warning("%s; keeping allowed reads in the spool until it returns", exc)
             spool = open_node_spool(store, settings, self.plan.spool_base)
         except BaseException:
             store.close()
@@ -547,6 +566,7 @@ class ClusterRun:
         handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.address != "auto":
+                head_reachable(self.address)
                 ray.init(address=self.address, **options)
             else:
                 try:

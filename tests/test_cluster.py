@@ -121,6 +121,19 @@ def test_without_ray_the_cluster_option_says_how_to_install_it(monkeypatch):
         require_ray()
 
 
+def test_a_head_nobody_answers_is_an_error_at_once():
+    import socket
+
+    from anpr.cluster import head_reachable
+    from anpr.errors import ClusterError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(ClusterError, match=f"cannot reach the Ray head at 127.0.0.1:{port}"):
+            head_reachable(f"127.0.0.1:{port}")
+
+
 def test_cameras_go_to_the_nodes_with_the_fewest_cameras_per_cpu():
     from anpr.cluster import Node, spread
 
