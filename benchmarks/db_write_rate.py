@@ -12,9 +12,10 @@ with its own connection. The server runs with `fsync` off (as the tests run it) 
 on (a production server's default: each commit waits for this machine's disk).
 
 Prints one JSON line per measurement: transactions and records (reads or passages) per
-second, and the CPU milliseconds each transaction cost the writers (anpr's side) and
-the server (all its processes). Client and server share this machine's cores, so the
-rates are a floor for a server of its own; the CPU costs say what a server's cores take.
+second, the CPU milliseconds each transaction cost the writers (anpr's side) and the
+server (all its processes), and the bytes a stored row takes (its table and indexes).
+Client and server share this machine's cores, so the rates are a floor for a server of
+its own; the CPU costs say what a server's cores take.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from sqlalchemy import text  # noqa: E402
 from support.postgres import PostgresServer  # noqa: E402
 
 from anpr.keys import Keys  # noqa: E402
@@ -111,6 +113,8 @@ def write(url: str, camera: str, reads: int, passages: bool, seconds: float, sta
 def measure(
     server: PostgresServer, url: str, writers: int, reads: int, passages: bool, seconds: float
 ) -> dict[str, object]:
+    schema = ReadStore(url, Keys.from_secret(os.urandom(32)))
+    schema.check()  # the tables made once, as a cluster's driver makes them before its nodes start
     results: multiprocessing.Queue = multiprocessing.Queue()
     start = time.time() + 3  # every writer connected and its schema checked before the clock starts
     processes = [
@@ -128,6 +132,10 @@ def measure(
     server_cpu = server_cpu_seconds(server) - server_cpu
     transactions, records = sum(t[0] for t in totals), sum(t[1] for t in totals)
     client_cpu = sum(t[2] for t in totals)
+    table = "passages" if passages else "reads"
+    with schema.engine.connect() as connection:  # its table, indexes included, per row stored
+        size = connection.execute(text(f"select pg_total_relation_size('{table}') / count(*) from {table}")).scalar()
+    schema.close()
     return {
         "writers": writers,
         "what": "passages" if passages else "reads",
@@ -137,6 +145,7 @@ def measure(
         "records_per_s": round(records / seconds, 1),
         "client_cpu_ms_per_transaction": round(1000 * client_cpu / transactions, 2),
         "server_cpu_ms_per_transaction": round(1000 * server_cpu / transactions, 2),
+        "bytes_per_row": int(size),
     }
 
 
