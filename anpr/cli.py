@@ -295,19 +295,19 @@ def _run_on_cluster(
         progress = ProgressLine(None)
         report = cluster_run.run(stop, progress)
         progress.done()
-    if status_log:
-        status_log.event(
-            "run.end",
-            cameras=report.cameras,
-            nodes=report.nodes,
-            restarts=report.restarts,
-            database=report.spool.as_json(),
-        )
-    plates_shown = sys.stdout.isatty() if show_plates is None else show_plates
-    if passage_output and not jsonl and plates_shown:
-        print("\n".join(passage_output.lines()))
-    _say(cluster_summary_lines(report.tally, report.cameras, report.nodes, report.restarts, report.store_url))
-    _report_spool(report.spool, report.store_url)
+        if status_log:
+            status_log.event(
+                "run.end",
+                cameras=report.cameras,
+                nodes=report.nodes,
+                restarts=report.restarts,
+                database=report.spool.as_json(),
+            )
+        plates_shown = sys.stdout.isatty() if show_plates is None else show_plates
+        if passage_output and not jsonl and plates_shown:
+            print("\n".join(passage_output.lines()))
+        _say(cluster_summary_lines(report.tally, report.cameras, report.nodes, report.restarts, report.store_url))
+        _report_spool(report.spool, report.store_url)
     lost = sum((node.get("database") or {}).get("lost_reads", 0) for node in report.nodes.values())
     if lost:
         raise StoreError(
