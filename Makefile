@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[test,lint,train]"
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[test,lint,train,cluster]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -7,8 +7,8 @@ retention) -> store (database), spool and sinks.
 
 records.py defines what travels between them; registry.py names the swappable parts;
 config.py holds the validated settings; pipeline.py is the loop that joins the stages;
-assemble.py builds a run from the settings; outputs.py is what the operator sees; cli.py
-parses and prints.
+assemble.py builds a run from the settings; cluster.py spreads a run's cameras over the
+machines of a Ray cluster; outputs.py is what the operator sees; cli.py parses and prints.
 """
 
 __version__ = "0.1.0"

@@ -259,6 +259,73 @@ class RunReport:
     frames_received: int = 0
 
 
+@dataclass(frozen=True)
+class DeploymentDatabase:
+    """A deployment's database as a run opens it: bound to the deployment, with its audit
+    log, and the outage spool the run writes through."""
+
+    store: ReadStore
+    user: str  # who runs, as the database knows them
+    audit: AuditLog
+    spool: SpooledStore
+
+
+def open_database(settings: RunSettings, policy: Policy) -> DeploymentDatabase:
+    """The run's database (a wrong URL, or one that cannot be written, fails here), bound to
+    the deployment, and its spool, whose leftovers from an earlier run are sent first.
+    Closed again on any error."""
+    store = ReadStore(
+        settings.store.url, load_keys(settings.store.key_file, create=True), settings.store.timeout_seconds
+    )
+    spool: SpooledStore | None = None
+    try:
+        store.check()
+        user = store.user()
+        audit = AuditLog(store.engine, store.keys, settings.store.audit_checkpoints)
+        # A database serves the deployment it was first run for; another is refused here,
+        # before any frame is read (policy/binding.py).
+        require_binding(store, audit, policy.deployment, user, bind_if_new=True)
+        # The gate writes through the spool: if the database goes away mid-run, allowed
+        # reads wait on disk (with their deadlines) and are sent when it is back.
+        spool = SpooledStore(store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20, audit=audit)
+        if spool.pending.batches:
+            log.info(
+                "%d read(s) left in %s by an earlier run while the database was down: sending them first",
+                spool.pending.reads,
+                spool.directory,
+            )
+            # Before this run's first audit entry and before any frame is read: an
+            # earlier run's end, kept in the spool, goes into the audit log in its place.
+            spool.flush()
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        store.close()
+        raise
+    return DeploymentDatabase(store, user, audit, spool)
+
+
+def record_run_end(audit: AuditLog, spool: SpooledStore, details: dict[str, object]) -> None:
+    """The run's end in the audit log, then a checkpoint; with the database down, the entry
+    waits in the spool for the next run with this database."""
+    ended = time.time()
+    try:
+        audit.append("run.end", "pipeline", details, at=ended)
+    except DatabaseUnavailable as exc:
+        # The run's report must not be lost with the database: it waits with the reads.
+        kept = spool.append_audit_later("run.end", "pipeline", details, ended)
+        log.warning(
+            "the run's end (audit entry run.end) is not in the audit log yet: %s; %s",
+            exc,
+            f"it waits in {spool.directory} for the next run with this database" if kept else "it is lost",
+        )
+        return
+    try:
+        audit.checkpoint()  # the anchor outside the database (audit.py)
+    except DatabaseUnavailable as exc:
+        log.warning("no audit checkpoint at the run's end: %s", exc)
+
+
 class DeploymentRun:
     """A deployment's cameras read into its database: sources, store, spool, models, audit.
 
@@ -291,34 +358,13 @@ class DeploymentRun:
         self.sources = open_sources(self.cameras, settings.stream)
         self.spool: SpooledStore | None = None
         try:
-            self.store = ReadStore(
-                settings.store.url, load_keys(settings.store.key_file, create=True), settings.store.timeout_seconds
-            )
+            database = open_database(settings, policy)
         except BaseException:
             for source in self.sources:
                 source.close()
             raise
+        self.store, self.user, self.audit, self.spool = database.store, database.user, database.audit, database.spool
         try:
-            self.store.check()
-            self.user = self.store.user()
-            self.audit = AuditLog(self.store.engine, self.store.keys, settings.store.audit_checkpoints)
-            # A database serves the deployment it was first run for; another is refused here,
-            # before any frame is read (policy/binding.py).
-            require_binding(self.store, self.audit, policy.deployment, self.user, bind_if_new=True)
-            # The gate writes through the spool: if the database goes away mid-run, allowed
-            # reads wait on disk (with their deadlines) and are sent when it is back.
-            self.spool = SpooledStore(
-                self.store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20, audit=self.audit
-            )
-            if self.spool.pending.batches:
-                log.info(
-                    "%d read(s) left in %s by an earlier run while the database was down: sending them first",
-                    self.spool.pending.reads,
-                    self.spool.directory,
-                )
-                # Before this run's first audit entry and before any frame is read: an
-                # earlier run's end, kept in the spool, goes into the audit log in its place.
-                self.spool.flush()
             self.models = load_models(settings)
             self.lanes = build_lanes(
                 settings,
@@ -388,22 +434,7 @@ class DeploymentRun:
             "counted": {f"{p}/{r}/{o.value}": n for (p, r, o), n in tally.counted.items()},
             "spool": {k: v for k, v in self.spool.status.as_json().items() if k.endswith(("_batches", "_reads"))},
         }
-        ended = time.time()
-        try:
-            self.audit.append("run.end", "pipeline", details, at=ended)
-        except DatabaseUnavailable as exc:
-            # The run's report must not be lost with the database: it waits with the reads.
-            kept = self.spool.append_audit_later("run.end", "pipeline", details, ended)
-            log.warning(
-                "the run's end (audit entry run.end) is not in the audit log yet: %s; %s",
-                exc,
-                f"it waits in {self.spool.directory} for the next run with this database" if kept else "it is lost",
-            )
-            return report
-        try:
-            self.audit.checkpoint()  # the anchor outside the database (audit.py)
-        except DatabaseUnavailable as exc:
-            log.warning("no audit checkpoint at the run's end: %s", exc)
+        record_run_end(self.audit, self.spool, details)
         return report
 
     def close(self) -> None:

@@ -203,10 +203,19 @@ def run(
             "every plate (plates), or only the plates no purpose kept (none; they are blurred in every mask).",
         ),
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="Spread the cameras over a Ray cluster: its address (HOST:PORT of the head), or auto (the local "
+            "Ray instance, started if none runs). Needs pip install 'anpr[cluster]', live streams and PostgreSQL.",
+        ),
+    ] = None,
 ) -> None:
     """Read plates under a deployment's policy: SOURCE as one camera, or, without SOURCE,
     every camera of the config at once. Files are read to their end; streams until Ctrl-C
-    or SIGTERM, reconnecting when they drop."""
+    or SIGTERM, reconnecting when they drop. With --cluster, the cameras run on the nodes
+    of a Ray cluster, and a lost node's cameras start again on the others."""
     from anpr.annotate import VideoAnnotation
     from anpr.assemble import DeploymentRun, cameras_to_run, refuse_denied_camera, require_deployment
     from anpr.config import load_settings
@@ -228,8 +237,7 @@ def run(
     # First: SIGTERM's default action kills the process at once (status 143), and a service
     # manager may send it while the run is still being set up.
     stop = _install_stop_handler()
-    if mask is not None and annotate is None:
-        raise AnprError("--mask says what --annotate blurs: give --annotate OUT.mp4 too")
+    _check_run_options(annotate, mask, cluster)
     settings = load_settings(config, _flags(ocr, batch, device, detector_backend, store={"url": db}))
     policy = Policy(require_deployment(settings))
     cameras = cameras_to_run(policy.deployment, source, camera_id, config)
@@ -244,6 +252,11 @@ def run(
         refuse_denied_camera(camera.camera.id, decisions[camera.camera.id], demo)
     if stop.is_set():  # before anything is opened: nothing to drain, nothing to write
         _say("stopped before the run started: nothing was read or written")
+        return
+    if cluster is not None:
+        _run_on_cluster(
+            settings, policy, decisions, cameras, cluster, stop, jsonl, passages, log_json, show_plates, config, demo
+        )
         return
     status_log = StatusLog(log_json) if log_json else None
     tally = PlateTally()
@@ -280,6 +293,71 @@ def run(
     elif annotation:
         video = annotation.render()
         _say(f"annotated video {video.path}: {video.frames} frames, {video.seconds:.2f} s, mask {video.mask.value}")
+
+
+def _check_run_options(annotate: Path | None, mask: Mask | None, cluster: str | None) -> None:
+    """Options of `anpr run` that only go together, checked before anything is opened."""
+    if mask is not None and annotate is None:
+        raise AnprError("--mask says what --annotate blurs: give --annotate OUT.mp4 too")
+    if annotate is not None and cluster is not None:
+        raise AnprError("--annotate reads a video file again after the run: it does not go with --cluster")
+
+
+def _run_on_cluster(
+    settings: Any,
+    policy: Any,
+    decisions: dict[str, Any],
+    cameras: list[Any],
+    address: str,
+    stop: threading.Event,
+    jsonl: bool,
+    passages: bool,
+    log_json: Path | None,
+    show_plates: bool | None,
+    config: Path | None,
+    demo: bool,
+) -> None:
+    """`anpr run --cluster`: the cameras on a Ray cluster's nodes (anpr/cluster.py), shown here."""
+    from anpr.cluster import ClusterRun
+    from anpr.errors import StoreError
+    from anpr.outputs import JsonLines, PassageOutput, ProgressLine, StatusLog, cluster_summary_lines
+
+    status_log = StatusLog(log_json) if log_json else None
+    reads = JsonLines() if jsonl and not passages else None
+    passage_output = PassageOutput(sys.stdout if jsonl else None) if passages else None
+    with ClusterRun(
+        settings,
+        policy,
+        decisions,
+        cameras,
+        address,
+        reads=reads,
+        passages=passage_output,
+        status_log=status_log,
+        config=config,
+        demo=demo,
+    ) as cluster_run:
+        progress = ProgressLine(None)
+        report = cluster_run.run(stop, progress)
+        progress.done()
+        if status_log:
+            status_log.event(
+                "run.end",
+                cameras=report.cameras,
+                nodes=report.nodes,
+                restarts=report.restarts,
+                database=report.spool.as_json(),
+            )
+        plates_shown = sys.stdout.isatty() if show_plates is None else show_plates
+        if passage_output and not jsonl and plates_shown:
+            print("\n".join(passage_output.lines()))
+        _say(cluster_summary_lines(report.tally, report.cameras, report.nodes, report.restarts, report.store_url))
+        _report_spool(report.spool, report.store_url)
+    lost = sum((node.get("database") or {}).get("lost_reads", 0) for node in report.nodes.values())
+    if lost:
+        raise StoreError(
+            f"{lost} read(s) lost on the nodes: a spool was full or not writable (store.spool_max_mb, store.spool_dir)"
+        )
 
 
 def _report_spool(spool: Any, store_url: str) -> None:

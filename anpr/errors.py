@@ -33,6 +33,10 @@ class DatasetError(AnprError):
     """An annotated dataset folder is malformed."""
 
 
+class ClusterError(AnprError):
+    """A run on a cluster cannot start or go on (no Ray, no node, a node that cannot run)."""
+
+
 class PolicyRefusal(AnprError):
     """The deployment's policy forbids what was asked (a run, a query)."""
 

@@ -44,7 +44,14 @@ class Keys:
         return hmac.new(self.plate, plate.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def audit_mac(self, payload: str) -> str:
+        if not self.audit:
+            raise ConfigError("these keys hold no audit key (a cluster node's): they cannot authenticate the audit log")
         return hmac.new(self.audit, payload.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def plates_only(self) -> Keys:
+        """These keys without the audit subkey: what a process that stores reads but never
+        writes the audit log needs (a cluster node, anpr/cluster.py)."""
+        return Keys(self.plate, b"")
 
 
 def _derive(secret: bytes, label: bytes) -> bytes:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -99,6 +99,7 @@ def lane_status(lanes: Sequence[Lane]) -> dict[str, dict[str, Any]]:
         lane.name: {
             **lane.reader.status.as_json(),
             "processed": lane.stats.frames,
+            "fps": round(lane.stats.fps, 2),
             "reads": lane.stats.reads,
             "dropped": lane.reader.dropped,
             "rejected": sum(lane.pipeline.rejected.values()),
@@ -158,25 +159,41 @@ class ProgressLine:
     def __call__(self, lanes: Sequence[Lane]) -> None:
         if self.status_log:
             self.status_log.update(lanes)
-        if not self.enabled:
-            return
-        parts = []
-        for lane in lanes:
-            status, stats = lane.reader.status, lane.stats
-            of_total = f"/{self.total}" if self.total and len(lanes) == 1 else ""
-            state = "" if status.state.value == "connected" else f" {status.state.value.upper()}"
-            again = f" reconnects {status.reconnects}" if status.reconnects else ""
-            dropped = f" dropped {lane.reader.dropped}" if lane.reader.dropped else ""
-            name = f"{lane.name}:" if len(lanes) > 1 else ""
-            parts.append(
-                f"{name}{state} frames {stats.frames}{of_total} {stats.fps:5.1f}/s reads {stats.reads}{again}{dropped}"
+        if self.enabled:
+            total = self.total if len(lanes) == 1 else None
+            named = len(lanes) > 1
+            self._show(
+                " | ".join(camera_progress(name if named else None, c, total) for name, c in lane_status(lanes).items())
             )
-        sys.stderr.write("\r  " + " | ".join(parts) + "   ")
+
+    def show_nodes(self, nodes: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+        """A cluster's cameras, by node (`lane_status` dictionaries, as the nodes report them)."""
+        if self.enabled:
+            self._show(
+                "  ".join(
+                    f"{node}[" + " | ".join(camera_progress(name, c) for name, c in cameras.items()) + "]"
+                    for node, cameras in nodes.items()
+                )
+            )
+
+    def _show(self, line: str) -> None:
+        sys.stderr.write("\r  " + line + "   ")
         sys.stderr.flush()
 
     def done(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
+
+
+def camera_progress(name: str | None, camera: Mapping[str, Any], total: int | None = None) -> str:
+    """One camera's part of the progress line, from its `lane_status` dictionary."""
+    state = "" if camera["state"] == "connected" else f" {str(camera['state']).upper()}"
+    again = f" reconnects {camera['reconnects']}" if camera["reconnects"] else ""
+    dropped = f" dropped {camera['dropped']}" if camera["dropped"] else ""
+    of_total = f"/{total}" if total else ""
+    label = f"{name}:" if name else ""
+    frames = f"frames {camera['processed']}{of_total} {camera['fps']:5.1f}/s"
+    return f"{label}{state} {frames} reads {camera['reads']}{again}{dropped}"
 
 
 def decision_lines(decisions: Sequence[PurposeDecision], camera: str | None = None) -> list[str]:
@@ -202,6 +219,15 @@ def decision_lines(decisions: Sequence[PurposeDecision], camera: str | None = No
 
 def summary_lines(gate_tally: GateTally, lanes: Sequence[Lane], store_url: str) -> list[str]:
     """The end of a run, per purpose and per camera (warnings prefixed `warning: `)."""
+    lines = purpose_lines(gate_tally)
+    for lane in lanes:
+        lines += _camera_lines(lane, f"camera {lane.name}: " if len(lanes) > 1 else "")
+    lines.append(f"{gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}")
+    return lines
+
+
+def purpose_lines(gate_tally: GateTally) -> list[str]:
+    """Per purpose: the reads kept and passages made, the reads only counted; tracks that made no passage."""
     lines = [
         f"{purpose}: {number} reads kept, {gate_tally.passages[purpose]} passages"
         for purpose, number in sorted(gate_tally.stored.items())
@@ -213,27 +239,69 @@ def summary_lines(gate_tally: GateTally, lanes: Sequence[Lane], store_url: str) 
         f"{purpose}: {number} reads {outcome.value.replace('_', ' ')} ({rule}); only the count is kept"
         for (purpose, rule, outcome), number in sorted(gate_tally.counted.items())
     ]
-    for lane in lanes:
-        stats, status = lane.stats, lane.reader.status
-        name = f"camera {lane.name}: " if len(lanes) > 1 else ""
+    return lines
+
+
+def _camera_lines(lane: Lane, name: str) -> list[str]:
+    stats, status = lane.stats, lane.reader.status
+    lines = [
+        f"{name}{stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s)"
+        + (f", {lane.reader.dropped} frames dropped" if lane.reader.dropped else "")
+        + (f", {status.reconnects} reconnections" if status.reconnects else "")
+    ]
+    if lane.pipeline.rejected:
+        reasons = ", ".join(f"{n} {reason.value}" for reason, n in sorted(lane.pipeline.rejected.items()))
+        lines.append(f"{name}{sum(lane.pipeline.rejected.values())} texts rejected as no plate ({reasons})")
+    if status.damaged_stretches:
         lines.append(
-            f"{name}{stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s)"
-            + (f", {lane.reader.dropped} frames dropped" if lane.reader.dropped else "")
-            + (f", {status.reconnects} reconnections" if status.reconnects else "")
+            f"warning: {name}{lane.reader.source.name} is damaged: {status.damaged_stretches} "
+            f"stretch(es) of undecodable frames skipped"
         )
-        if lane.pipeline.rejected:
-            reasons = ", ".join(f"{n} {reason.value}" for reason, n in sorted(lane.pipeline.rejected.items()))
-            lines.append(f"{name}{sum(lane.pipeline.rejected.values())} texts rejected as no plate ({reasons})")
-        if status.damaged_stretches:
+    if status.skipped:
+        lines.append(
+            f"warning: {name}{len(status.skipped)} image(s) skipped: "
+            + "; ".join(f"{image}: {why}" for image, why in status.skipped[:5])
+            + (" ..." if len(status.skipped) > 5 else "")
+        )
+    return lines
+
+
+def cluster_summary_lines(
+    gate_tally: GateTally,
+    cameras: Mapping[str, Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, Any]],
+    restarts: Sequence[Mapping[str, Any]],
+    store_url: str,
+) -> list[str]:
+    """The end of a cluster run (anpr/cluster.py): per purpose, per camera with the nodes
+    that ran it, the cameras started again after a node was lost, and each node's spool
+    (warnings prefixed `warning: `). A lost node's figures are those of its last answer."""
+    lines = purpose_lines(gate_tally)
+    for camera, figures in cameras.items():
+        lines.append(
+            f"camera {camera}: {figures['processed']} frames on node(s) {', '.join(figures['nodes'])}"
+            + (f", {figures['dropped']} frames dropped" if figures["dropped"] else "")
+            + (f", {figures['reconnects']} reconnections" if figures["reconnects"] else "")
+            + (f", {figures['rejected']} texts rejected as no plate" if figures["rejected"] else "")
+        )
+    lines += [
+        f"camera {r['camera']}: ran again on node {r['node']} {r['seconds']:.1f} s after node {r['lost_node']} "
+        f"was found lost ({r['since_last_answer']:.1f} s after its last answer)"
+        for r in restarts
+    ]
+    for node, state in nodes.items():
+        database = state.get("database") or {}
+        if state["state"] == "lost":
+            lines.append(f"warning: node {node} was lost: its figures above are those of its last answer")
+        if database.get("spooled_batches") or database.get("flushed_batches"):
             lines.append(
-                f"warning: {name}{lane.reader.source.name} is damaged: {status.damaged_stretches} "
-                f"stretch(es) of undecodable frames skipped"
+                f"node {node}: the database was unreachable for part of the run: "
+                f"{database['spooled_reads']} read(s) spooled, {database['flushed_reads']} sent later"
             )
-        if status.skipped:
+        if database.get("pending_batches"):
             lines.append(
-                f"warning: {name}{len(status.skipped)} image(s) skipped: "
-                + "; ".join(f"{image}: {why}" for image, why in status.skipped[:5])
-                + (" ..." if len(status.skipped) > 5 else "")
+                f"warning: node {node}: {database['pending_reads']} read(s) kept in {database['spool_dir']} on "
+                f"that machine: the next cluster run there sends them (each is deleted when its retention ends)"
             )
     lines.append(f"{gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}")
     return lines

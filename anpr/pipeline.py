@@ -379,12 +379,26 @@ IDLE_WAIT_SECONDS = 0.005  # nothing queued anywhere: look again after this long
 PROGRESS_SECONDS = 1.0  # progress is reported at least this often, frames or not
 
 
+def _round(lanes: Sequence[Lane], times: StageTimes) -> bool:
+    """A batch from every camera that has one, through the stages together: whether any had one."""
+    taken = [(lane, lane.reader.take(lane.pipeline.batch_size)) for lane in lanes]
+    work = [(lane, batch) for lane, batch in taken if batch is not None]
+    if not work:
+        return False
+    reads = process_round([(lane.pipeline, batch) for lane, batch in work], times)
+    done = time.monotonic()
+    for (lane, batch), camera_reads in zip(work, reads, strict=True):
+        lane.stats.count(batch, camera_reads, done)
+    return True
+
+
 def run_lanes(
     lanes: Sequence[Lane],
     stop: threading.Event | None = None,
     progress: Callable[[Sequence[Lane]], None] | None = None,
     drain_seconds: float = DRAIN_SECONDS,
     times: StageTimes | None = None,
+    joining: Callable[[], Sequence[Lane]] | None = None,
 ) -> None:
     """The run loop: in each round, a batch from every camera that has one, all of them
     through the stages together (`process_round`), until all have ended or `stop` is set.
@@ -392,25 +406,25 @@ def run_lanes(
     A camera whose stream is down just has no frames; the others go on. When `stop` is
     set, decoding stops and the frames already queued still go through OCR, policy and
     storage (for at most `drain_seconds`), so nothing that was taken in is half-done.
-    `times`, when given, gathers the seconds spent in each stage.
+    `times`, when given, gathers the seconds spent in each stage. `joining`, asked before
+    each round, gives cameras that join the run from then on (a cluster node taking over the
+    cameras of a node that was lost, anpr/cluster.py).
     """
     times = times or StageTimes()
+    lanes = list(lanes)
     drain_until: float | None = None
     last_progress = 0.0
     try:
         while True:
+            joined = list(joining()) if joining is not None else []
+            lanes += joined
             if stop is not None and stop.is_set() and drain_until is None:
                 drain_until = time.monotonic() + drain_seconds
-                for lane in lanes:
+                joined = lanes
+            if drain_until is not None:
+                for lane in joined:  # every camera when the stop comes; a camera joining later at once
                     lane.reader.stop_intake()
-            taken = [(lane, lane.reader.take(lane.pipeline.batch_size)) for lane in lanes]
-            work = [(lane, batch) for lane, batch in taken if batch is not None]
-            worked = bool(work)
-            if work:
-                reads = process_round([(lane.pipeline, batch) for lane, batch in work], times)
-                done = time.monotonic()
-                for (lane, batch), camera_reads in zip(work, reads, strict=True):
-                    lane.stats.count(batch, camera_reads, done)
+            worked = _round(lanes, times)
             now = time.monotonic()
             if progress and (worked or now - last_progress >= PROGRESS_SECONDS):
                 progress(lanes)

@@ -196,6 +196,7 @@ class SpooledStore:
         initial_backoff: float = INITIAL_BACKOFF_SECONDS,
         max_backoff: float = MAX_BACKOFF_SECONDS,
         flush_budget: float = FLUSH_BUDGET_SECONDS,  # seconds of sending per write, once the database is back
+        purge_database: bool = True,  # False: `purge` applies retention to the spool alone (a cluster node's)
     ) -> None:
         self.store = store
         self.audit = audit
@@ -204,6 +205,7 @@ class SpooledStore:
         self.clock = clock
         self.monotonic = monotonic
         self.flush_budget = flush_budget
+        self.purge_database = purge_database
         self.status = SpoolStatus()
         self._backoff = Backoff(monotonic, initial_backoff, max_backoff)
         self._full_warned = False
@@ -272,12 +274,13 @@ class SpooledStore:
     def purge(self, now: float) -> int:
         """Apply retention to the spool, then to the database if it can be reached: the
         number of rows (reads and passages) deleted from the database (0 while it is down;
-        never raises for that)."""
+        never raises for that). Without `purge_database`, to the spool alone: the
+        database is purged by one process for all of a cluster's nodes (anpr/cluster.py)."""
         return self._timed(self._purge, now)
 
     def _purge(self, now: float) -> int:
         self._spool.expire(now)
-        if not self._may_try():
+        if not self.purge_database or not self._may_try():
             return 0
         try:
             deleted = self.store.purge(now)

@@ -32,7 +32,9 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, fsync: bool = False) -> None:
+        """`fsync`: commits wait for the disk, as a production server's do (the tests need not)."""
+        self.fsync = fsync
         self.bin = _bin_dir()
         self.port = _free_port()
         self.root = Path(tempfile.mkdtemp(prefix="anpr-pg-"))
@@ -77,7 +79,7 @@ class PostgresServer:
             "-l",
             str(self.root / "log"),
             "-o",
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync={'on' if self.fsync else 'off'}",
             "start",
         )
         return self
