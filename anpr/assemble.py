@@ -288,15 +288,7 @@ def open_database(settings: RunSettings, policy: Policy) -> DeploymentDatabase:
         # The gate writes through the spool: if the database goes away mid-run, allowed
         # reads wait on disk (with their deadlines) and are sent when it is back.
         spool = SpooledStore(store, settings.store.spool_dir, settings.store.spool_max_mb * 2**20, audit=audit)
-        if spool.pending.batches:
-            log.info(
-                "%d read(s) left in %s by an earlier run while the database was down: sending them first",
-                spool.pending.reads,
-                spool.directory,
-            )
-            # Before this run's first audit entry and before any frame is read: an
-            # earlier run's end, kept in the spool, goes into the audit log in its place.
-            spool.flush()
+        spool.send_left_over()
     except BaseException:
         if spool is not None:
             spool.close()

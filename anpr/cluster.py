@@ -364,13 +364,7 @@ class NodeRun:
             store.close()
             raise
         try:
-            if spool.pending.batches:
-                log.info(
-                    "%d read(s) left in %s by an earlier run while the database was down: sending them first",
-                    spool.pending.reads,
-                    spool.directory,
-                )
-                spool.flush()
+            spool.send_left_over()
             self._models = load_models(settings)
         except BaseException:
             spool.close()

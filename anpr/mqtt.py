@@ -43,7 +43,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from anpr.errors import ConfigError
-from anpr.outbox import Backoff, Batch, Kind, Outbox, OutboxInUse, expire_offline
+from anpr.outbox import Backoff, Batch, Kind, Outbox, OutboxInUse, Reachability, expire_offline
 from anpr.records import Passage, PolicedRead
 from anpr.redact import redact_text
 from anpr.sinks import MQTT_QUEUE_PREFIX, MqttSettings
@@ -69,13 +69,9 @@ class MqttFailed(Exception):
 
 
 @dataclass
-class MqttStatus:
+class MqttStatus(Reachability):
     """The broker's state as the sink sees it, and what went through it in this run."""
 
-    up: bool = True
-    down_since: float | None = None  # Unix time the current outage was first seen
-    last_error: str | None = None
-    failed_attempts: int = 0
     connections: int = 0
     sent_messages: int = 0  # acknowledged by the broker, at once or from the queue
     queued_messages: int = 0  # put in the queue by this run
@@ -501,19 +497,13 @@ class MqttSink:
         if self._link is not None:
             self._link.drop()  # its unacknowledged messages are queued: it must never send them
             self._link = None
-        status = self.status
-        status.failed_attempts += 1
-        status.last_error = str(exc)
-        if status.up:
-            status.up, status.down_since = False, self.clock()
+        if self.status.failed(str(exc), self.clock()):
             log.warning("%s; its messages wait in %s and are sent when it answers", exc, self.queue.directory)
         self._backoff.failed()
 
     def _reached(self) -> None:
-        status = self.status
-        if not status.up:
-            outage = self.clock() - (status.down_since or self.clock())
-            status.up, status.down_since = True, None
+        outage = self.status.answered(self.clock())
+        if outage is not None:
             self._backoff.answered()
             self._full_warned = False
             log.info("%s answers again after %.0f s", self.shown, outage)

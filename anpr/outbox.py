@@ -598,6 +598,34 @@ class Backoff:
         self._delay, self._retry_at = self.initial, 0.0
 
 
+@dataclass
+class Reachability:
+    """Whether the far end of a sink that queues (a webhook, an MQTT broker) answers, as the
+    sink has seen it. The sinks' own status records add what went through them."""
+
+    up: bool = True
+    down_since: float | None = None  # Unix time the current outage was first seen
+    last_error: str | None = None
+    failed_attempts: int = 0
+
+    def failed(self, error: str, now: float) -> bool:
+        """An attempt failed with `error`; whether that began an outage (warn once per outage)."""
+        self.failed_attempts += 1
+        self.last_error = error
+        if not self.up:
+            return False
+        self.up, self.down_since = False, now
+        return True
+
+    def answered(self, now: float) -> float | None:
+        """An attempt went through; the seconds of the outage it ended, None when there was none."""
+        if self.up:
+            return None
+        outage = now - (self.down_since or now)
+        self.up, self.down_since = True, None
+        return outage
+
+
 def expire_offline(kind: Kind[Any], directory: str | os.PathLike[str], now: float, *, busy: str) -> Expired:
     """Apply retention to a folder of `kind` without its run: drop every read and passage
     whose deadline has passed from its batch files, whatever they were written for, and

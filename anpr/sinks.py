@@ -48,6 +48,7 @@ from anpr.outbox import (
     Kind,
     Outbox,
     OutboxInUse,
+    Reachability,
     expire_offline,
     shred,
     temp_name,
@@ -380,13 +381,9 @@ class WebhookFailed(Exception):
 
 
 @dataclass
-class WebhookStatus:
+class WebhookStatus(Reachability):
     """The endpoint's state as the webhook sees it, and what went through its queue in this run."""
 
-    up: bool = True
-    down_since: float | None = None  # Unix time the current outage was first seen
-    last_error: str | None = None
-    failed_attempts: int = 0
     sent_batches: int = 0  # delivered, at once or from the queue
     queued_batches: int = 0  # put in the queue by this run
     queued_reads: int = 0
@@ -582,19 +579,13 @@ class Webhook:
         self.status.queued_reads += len(reads)
 
     def _unreachable(self, exc: WebhookFailed) -> None:
-        status = self.status
-        status.failed_attempts += 1
-        status.last_error = str(exc)
-        if status.up:
-            status.up, status.down_since = False, self.clock()
+        if self.status.failed(str(exc), self.clock()):
             log.warning("%s; its batches wait in %s and are sent when it answers", exc, self.queue.directory)
         self._backoff.failed()
 
     def _reached(self) -> None:
-        status = self.status
-        if not status.up:
-            outage = self.clock() - (status.down_since or self.clock())
-            status.up, status.down_since = True, None
+        outage = self.status.answered(self.clock())
+        if outage is not None:
             self._backoff.answered()
             self._full_warned = False
             log.info("webhook %s answers again after %.0f s", self.shown_url, outage)

@@ -298,6 +298,18 @@ class SpooledStore:
         first sign that the database is still down."""
         return self._flush(self.clock() if now is None else now)
 
+    def send_left_over(self) -> None:
+        """Before a run's first audit entry and first frame: send what an earlier run left
+        while the database was down (an earlier run's end, kept here, goes into the audit
+        log in its place)."""
+        if self.pending.batches:
+            log.info(
+                "%d read(s) left in %s by an earlier run while the database was down: sending them first",
+                self.pending.reads,
+                self.directory,
+            )
+            self.flush()
+
     @property
     def pending(self) -> Pending:
         return Pending(len(self._spool.entries), self._spool.reads, self._spool.bytes)
