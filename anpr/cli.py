@@ -455,7 +455,7 @@ def evaluate_command(
             set_split = split if crops[dataset] else None
             summaries.append({"dataset": str(dataset), "split": set_split, **report.summary()})
 
-        evaluate_sets(datasets, settings, chosen_split, regions, progress, measured)
+        evaluate_sets(datasets, crops, settings, chosen_split, regions, progress, measured)
     if plot is not None:
         from anpr.plots import plot_eval
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
@@ -337,8 +337,8 @@ def check_sets(datasets: Sequence[Path], split: str | None) -> dict[Path, bool]:
     """Each set read and checked (whether it is a crop set), so a malformed one fails before
     any model loads. DatasetError names the first bad one."""
     crops = {dataset: is_crop_set(dataset) for dataset in datasets}
-    for dataset, is_crops in crops.items():
-        if is_crops:
+    for dataset in datasets:
+        if crops[dataset]:
             load_crop_labels(dataset, split)
         else:
             load_annotations(dataset)
@@ -347,17 +347,18 @@ def check_sets(datasets: Sequence[Path], split: str | None) -> dict[Path, bool]:
 
 def evaluate_sets(
     datasets: Sequence[Path],
+    crops: Mapping[Path, bool],
     settings: Any,  # config.RunSettings: the models and batch `anpr eval` measures
     split: str | None,
     regions: tuple[str, ...],
     progress: Callable[[int, int], None] | None = None,
     done: Callable[[Path, EvalReport], None] | None = None,
 ) -> list[EvalReport]:
-    """Each set measured with the same models, in order (scenes: detector and recogniser;
-    crop sets: the recogniser alone); `done` hears each set's report as it is made."""
+    """Each set measured with the same models, in order: scenes by the detector and the
+    recogniser, crop sets (`crops`, as `check_sets` found them) by the recogniser alone;
+    `done` hears each set's report as it is made."""
     from anpr.assemble import load_models, load_recogniser, with_second_pass
 
-    crops = check_sets(datasets, split)
     reports: list[EvalReport] = []
     models = None
     for dataset in datasets:
