@@ -37,7 +37,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
@@ -129,7 +129,28 @@ class JsonlExportSettings(SinkSettings):
         return purge_export(self.path, now), f"export {self.path}"
 
 
-class WebhookSettings(SinkSettings):
+class QueuedSinkSettings(SinkSettings):
+    """A sink whose undelivered output waits on disk in a queue of its own (an Outbox):
+    `queue_dir` (default QUEUE_PREFIX + the sink's name), bounded by `queue_max_mb`; a
+    non-empty folder that is not such a queue is refused (anpr/outbox.py)."""
+
+    QUEUE_PREFIX: ClassVar[str]
+    queue_dir: str | None = Field(None, min_length=1)
+    queue_max_mb: StrictInt = Field(256, ge=1, le=1_048_576)
+
+    def for_sink(self, name: str) -> SinkSettings:
+        return self.model_copy(update={"queue_dir": self.queue_folder(name)})
+
+    def queue_folder(self, name: str) -> str:
+        """Where the queue of the sink called `name` is: queue_dir, else a folder named after the sink."""
+        return self.queue_dir or f"{self.QUEUE_PREFIX}{_safe_name(name)}"
+
+    def in_folder(self, folder: Path, stem: str) -> SinkSettings:
+        return self.model_copy(update={"queue_dir": str(folder / f"{stem}-queue")})
+
+
+class WebhookSettings(QueuedSinkSettings):
+    QUEUE_PREFIX = WEBHOOK_QUEUE_PREFIX  # undelivered batches wait in anpr-webhook-NAME
     type: Literal["webhook"]
     # Hosts that may be sent reads over plain http:// (a receiver on the same machine or
     # network segment); every other host must be https://. Declared before `url`, whose
@@ -137,10 +158,6 @@ class WebhookSettings(SinkSettings):
     allow_http_hosts: tuple[str, ...] = ()
     url: str = Field(min_length=1)  # where each batch is POSTed as JSON
     auth_env: str | None = None  # the environment variable whose value is sent as the Authorization header
-    # Where undelivered batches wait (default anpr-webhook-NAME): a folder of the queue's own;
-    # a non-empty folder that is not a webhook queue is refused (anpr/outbox.py).
-    queue_dir: str | None = Field(None, min_length=1)
-    queue_max_mb: StrictInt = Field(256, ge=1, le=1_048_576)
     ca_file: Path | None = None  # PEM certificates to trust instead of the system's (a private CA)
 
     @field_validator("allow_http_hosts", mode="before")
@@ -176,26 +193,17 @@ class WebhookSettings(SinkSettings):
 
     _variable_name = field_validator("auth_env")(_variable_name)
 
-    def for_sink(self, name: str) -> SinkSettings:
-        return self.model_copy(update={"queue_dir": self.queue_folder(name)})
-
-    def queue_folder(self, name: str) -> str:
-        """Where the batches of the sink called `name` wait: queue_dir, else a folder named after the sink."""
-        return self.queue_dir or f"{WEBHOOK_QUEUE_PREFIX}{_safe_name(name)}"
-
     def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
         folder = self.queue_folder(name)
         return expire_webhook_queue(folder, now), f"queue {folder}"
-
-    def in_folder(self, folder: Path, stem: str) -> SinkSettings:
-        return self.model_copy(update={"queue_dir": str(folder / f"{stem}-queue")})
 
 
 MQTT_QUEUE_PREFIX = "anpr-mqtt-"
 _TOPIC_FORBIDDEN = re.compile(r"[+#\x00-\x1f\x7f]")  # wildcards and control characters
 
 
-class MqttSettings(SinkSettings):
+class MqttSettings(QueuedSinkSettings):
+    QUEUE_PREFIX = MQTT_QUEUE_PREFIX  # unacknowledged messages wait in anpr-mqtt-NAME
     type: Literal["mqtt"]
     host: str = Field(min_length=1)  # the broker's host name or IP address
     tls: bool = True  # plain MQTT only when set to false (a broker on the same machine or network segment)
@@ -208,10 +216,6 @@ class MqttSettings(SinkSettings):
     ca_file: Path | None = None  # PEM certificates to trust instead of the system's (a private CA)
     cert_file: Path | None = None  # a client certificate (PEM), for brokers that authenticate clients by certificate
     key_file: Path | None = None  # its private key, when not in cert_file
-    # Where unacknowledged messages wait (default anpr-mqtt-NAME): a folder of the queue's own,
-    # as a webhook's queue_dir.
-    queue_dir: str | None = Field(None, min_length=1)
-    queue_max_mb: StrictInt = Field(256, ge=1, le=1_048_576)
 
     @field_validator("host")
     @classmethod
@@ -255,22 +259,14 @@ class MqttSettings(SinkSettings):
         return self.port if self.port is not None else 8883 if self.tls else 1883
 
     def for_sink(self, name: str) -> SinkSettings:
-        return self.model_copy(
-            update={"queue_dir": self.queue_folder(name), "client_id": self.client_id or f"anpr-{_safe_name(name)}"}
-        )
-
-    def queue_folder(self, name: str) -> str:
-        """Where the messages of the sink called `name` wait: queue_dir, else a folder named after the sink."""
-        return self.queue_dir or f"{MQTT_QUEUE_PREFIX}{_safe_name(name)}"
+        queued = super().for_sink(name)
+        return queued.model_copy(update={"client_id": self.client_id or f"anpr-{_safe_name(name)}"})
 
     def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
         from anpr.mqtt import expire_mqtt_queue
 
         folder = self.queue_folder(name)
         return expire_mqtt_queue(folder, now), f"MQTT queue {folder}"
-
-    def in_folder(self, folder: Path, stem: str) -> SinkSettings:
-        return self.model_copy(update={"queue_dir": str(folder / f"{stem}-queue")})
 
 
 def _run_database(settings: DatabaseSinkSettings, database: PolicedSink) -> PolicedSink:
