@@ -2,7 +2,7 @@
 # `make test` runs the test suite. Each creates the virtual environment it needs.
 # `make lint` runs the linter, the format check and the type checker (CI runs it first);
 # `make test-unit` runs the unit tests alone (no model weights, no servers: under a minute).
-# `make train-ocr` retrains the plate recogniser (models/platenet.onnx) from the crop sets' train splits.
+# `make train-ocr` retrains the plate reader (models/platereader.onnx) from the crop sets' train splits.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -38,9 +38,10 @@ format: $(STAMP)
 eval: $(STAMP)
 	$(VENV)/bin/anpr eval ../shared/datasets/openalpr-eu
 
-# Retrains the plate recogniser into models/platenet.onnx (about 35 min on 2 cores; models/README.md).
+# Fine-tunes the plate reader into models/platereader.onnx (about 100 min on 2 cores, resumable:
+# `python -m training.reader --steps 2800 --resume`; models/README.md). PlateNet: python -m training.train.
 train-ocr: $(STAMP)
-	$(VENV)/bin/python -m training.train
+	$(VENV)/bin/python -m training.reader --steps 2800
 
 clean:
 	rm -rf $(VENV) anpr.sqlite

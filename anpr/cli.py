@@ -416,6 +416,14 @@ def evaluate_command(
         Path | None,
         typer.Option("--plot", help="Write a PNG chart: accuracy per set and the top character confusions."),
     ] = None,
+    scenes: Annotated[
+        Path | None,
+        typer.Option(
+            "--scenes",
+            help="Crop sets: also read each crop through the detector, set into a scene of this scene set "
+            "(in place of its plate, at a camera's size, tilt and blur; seeded), and report both.",
+        ),
+    ] = None,
     ocr: OcrOption = None,
     batch: BatchOption = None,
     device: DeviceOption = None,
@@ -436,7 +444,7 @@ def evaluate_command(
     if split not in (*SPLITS, "all"):
         raise DatasetError(f"--split must be {', '.join(SPLITS)} or all, not {split!r}")
     chosen_split = None if split == "all" else split
-    crops = check_sets(datasets, chosen_split)  # a malformed set fails before the models load
+    crops = check_sets(datasets, chosen_split, scenes)  # a malformed set fails before the models load
     if plot is not None:
         _check_writable(plot)
     summaries: list[dict[str, Any]] = []
@@ -448,20 +456,21 @@ def evaluate_command(
 
     with _open_for_writing(errors) if errors else contextlib.nullcontext() as output:
 
-        def measured(dataset: Path, report: EvalReport) -> None:
+        def measured(dataset: Path, how: str, report: EvalReport) -> None:
+            several = len(datasets) > 1 or scenes is not None
             if output:
-                extra = {"dataset": str(dataset)} if len(datasets) > 1 else {}
+                extra = {"dataset": str(dataset), "via": how} if several else {}
                 output.writelines(json.dumps(result.to_dict() | extra) + "\n" for result in report.results)
             set_split = split if crops[dataset] else None
-            summaries.append({"dataset": str(dataset), "split": set_split, **report.summary()})
+            summaries.append({"dataset": str(dataset), "split": set_split, "via": how, **report.summary()})
 
-        evaluate_sets(datasets, crops, settings, chosen_split, regions, progress, measured)
+        evaluate_sets(datasets, crops, settings, chosen_split, regions, progress, measured, scenes)
     if plot is not None:
         from anpr.plots import plot_eval
 
         plot_eval(summaries, plot)
     if as_json:
-        one = {k: v for k, v in summaries[0].items() if k not in ("dataset", "split")}
+        one = {k: v for k, v in summaries[0].items() if k not in ("dataset", "split", "via")}
         print(json.dumps(one if len(summaries) == 1 else {"sets": summaries}))
         return
     for summary in summaries:
@@ -473,6 +482,7 @@ def _print_eval(summary: dict[str, Any], ocr: str, regions: tuple[str, ...]) -> 
     confused = ", ".join(f"{a or '-'}>{b or '-'} {n}" for a, b, n in summary["confusions"]) or "-"
     split = summary["split"]
     print(f"dataset           {summary['dataset']}" + (f" (crops, split {split})" if split else ""))
+    print(f"read              {summary['via']}")
     print(f"ocr backend       {ocr}")
     print(f"region            {', '.join(regions) or 'any (every layout)'}")
     print(f"images            {summary['images']}")

@@ -190,6 +190,15 @@ def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
         yield items[start : start + size]
 
 
+@dataclass(frozen=True, slots=True)
+class Scene:
+    """One annotated plate in a scene, and how to get the scene: (image, the plate's box)."""
+
+    name: str
+    plate: str
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
 def evaluate(
     folder: Path,
     detector: PlateDetector,
@@ -198,30 +207,76 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     regions: tuple[str, ...] = (),
 ) -> EvalReport:
-    annotations = load_annotations(folder)
+    """Detection recall and exact plates on a scene set (openalpr layout)."""
+
+    def scene(annotation: Annotation) -> Scene:
+        return Scene(annotation.image.name, annotation.plate, lambda: (_read_image(annotation.image), annotation.box))
+
+    scenes = [scene(annotation) for annotation in load_annotations(folder)]
+    return evaluate_scenes(scenes, detector, recogniser, batch_size, progress, regions)
+
+
+def evaluate_scenes(
+    scenes: Sequence[Scene],
+    detector: PlateDetector,
+    recogniser: PlateRecogniser,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+    regions: tuple[str, ...] = (),
+) -> EvalReport:
+    """The detector on each scene, then the recogniser on the detection that overlaps the
+    annotated plate most (found at IoU >= MATCH_IOU), as the pipeline cuts and reads it."""
     results: list[ImageResult] = []
     started = time.perf_counter()
-    for batch in _batches(annotations, batch_size):
-        images = [_read_image(annotation.image) for annotation in batch]
-        detections = detector.detect(images)
-        matched: list[int] = []  # index into detections, per annotation (-1: not found)
+    for batch in _batches(list(scenes), batch_size):
+        images, boxes = zip(*(scene.load() for scene in batch), strict=True)
+        detections = detector.detect(list(images))
+        matched: list[int] = []  # index into detections, per scene (-1: not found)
         ious: list[float] = []
-        for position, annotation in enumerate(batch):
+        for position, box in enumerate(boxes):
             candidates = np.flatnonzero(detections.frame == position)
-            overlaps = pairwise_iou(annotation.box, detections.xyxy[candidates])[0] if len(candidates) else np.zeros(0)
+            overlaps = pairwise_iou(box, detections.xyxy[candidates])[0] if len(candidates) else np.zeros(0)
             best = int(overlaps.argmax()) if len(overlaps) else -1
             found = best >= 0 and overlaps[best] >= MATCH_IOU
             matched.append(int(candidates[best]) if found else -1)
             ious.append(float(overlaps[best]) if best >= 0 else 0.0)
         chosen = np.array([m for m in matched if m >= 0], np.int64)
-        reads = recogniser.recognise(cut_plates(images, detections[chosen])).candidates if len(chosen) else []
+        reads = recogniser.recognise(cut_plates(list(images), detections[chosen])).candidates if len(chosen) else []
         plates = (choose_plate(c, regions=regions, swaps=recogniser.lookalike_swaps) for c in reads)
         plate_of = dict(zip(chosen.tolist(), plates, strict=True))
-        for annotation, match, iou in zip(batch, matched, ious, strict=True):
-            results.append(_result(annotation.image.name, annotation.plate, plate_of.get(match), iou))
+        for scene, match, iou in zip(batch, matched, ious, strict=True):
+            results.append(_result(scene.name, scene.plate, plate_of.get(match), iou))
         if progress:
-            progress(len(results), len(annotations))
+            progress(len(results), len(scenes))
     return EvalReport(results, time.perf_counter() - started)
+
+
+def evaluate_transplanted(
+    folder: Path,
+    hosts_folder: Path,
+    detector: PlateDetector,
+    recogniser: PlateRecogniser,
+    split: str | None = "test",
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+    regions: tuple[str, ...] = (),
+) -> EvalReport:
+    """A crop set read through the detector: each crop set into a scene of `hosts_folder`
+    at a camera's size, tilt and blur (`anpr.transplant`), then detected, cut and read."""
+    from anpr.transplant import Host, host_for, transplant
+
+    hosts = [Host(a.image, a.box) for a in load_annotations(hosts_folder)]
+
+    def scene(index: int, label: CropLabel) -> Scene:
+        host, rng = host_for(index, hosts)
+
+        def load() -> tuple[np.ndarray, np.ndarray]:
+            return transplant(_read_image(label.image), _read_image(host.image), host.box, rng)
+
+        return Scene(f"{label.image.name}@{host.image.name}", label.plate, load)
+
+    scenes = [scene(i, label) for i, label in enumerate(load_crop_labels(folder, split))]
+    return evaluate_scenes(scenes, detector, recogniser, batch_size, progress, regions)
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -333,16 +388,28 @@ def score_passages(truth: list[dict], reported: list[dict]) -> dict[str, object]
     }
 
 
-def check_sets(datasets: Sequence[Path], split: str | None) -> dict[Path, bool]:
+def check_sets(datasets: Sequence[Path], split: str | None, scenes: Path | None = None) -> dict[Path, bool]:
     """Each set read and checked (whether it is a crop set), so a malformed one fails before
-    any model loads. DatasetError names the first bad one."""
+    any model loads; `scenes`, the hosts of crops read through the detector, must be a scene
+    set and comes with a crop set. DatasetError names the first bad one."""
     crops = {dataset: is_crop_set(dataset) for dataset in datasets}
     for dataset in datasets:
         if crops[dataset]:
             load_crop_labels(dataset, split)
         else:
             load_annotations(dataset)
+    if scenes is not None:
+        if is_crop_set(scenes):
+            raise DatasetError(f"--scenes: {scenes} is a crop set; the hosts must be scenes (NAME.jpg + NAME.txt)")
+        load_annotations(scenes)
+        if not any(crops.values()):
+            raise DatasetError("--scenes: no crop set given, nothing to read through the detector")
     return crops
+
+
+# How a set was read: a scene set through the detector, a crop set by hand crop, or a crop
+# set set into scenes and read through the detector (`evaluate_transplanted`).
+READ_SCENES, READ_HAND_CROPS, READ_THROUGH_DETECTOR = "scenes", "hand crops", "through the detector"
 
 
 def evaluate_sets(
@@ -352,24 +419,39 @@ def evaluate_sets(
     split: str | None,
     regions: tuple[str, ...],
     progress: Callable[[int, int], None] | None = None,
-    done: Callable[[Path, EvalReport], None] | None = None,
+    done: Callable[[Path, str, EvalReport], None] | None = None,
+    scenes: Path | None = None,
 ) -> list[EvalReport]:
     """Each set measured with the same models, in order: scenes by the detector and the
-    recogniser, crop sets (`crops`, as `check_sets` found them) by the recogniser alone;
-    `done` hears each set's report as it is made."""
-    from anpr.assemble import load_models, load_recogniser, with_second_pass
+    recogniser, crop sets (`crops`, as `check_sets` found them) by the recogniser alone and,
+    given host `scenes`, through the detector too; `done` hears each report as it is made,
+    with how the set was read (READ_*)."""
+    from anpr.assemble import Models, load_models, load_recogniser, with_second_pass
 
     reports: list[EvalReport] = []
-    models = None
+    models: Models | None = None
+    recogniser: PlateRecogniser | None = None
+    batch = settings.pipeline.batch
+
+    def detector_and_recogniser() -> tuple[PlateDetector, PlateRecogniser]:
+        nonlocal models
+        models = models or load_models(settings)
+        return with_second_pass(models.detector, settings.detector, stills=True), models.recogniser
+
     for dataset in datasets:
+        measured: list[tuple[str, EvalReport]] = []
         if crops[dataset]:
-            recogniser = models.recogniser if models else load_recogniser(settings)
-            report = evaluate_crops(dataset, recogniser, split, settings.pipeline.batch, progress, regions)
+            recogniser = recogniser or (models.recogniser if models else load_recogniser(settings))
+            measured.append((READ_HAND_CROPS, evaluate_crops(dataset, recogniser, split, batch, progress, regions)))
+            if scenes is not None:
+                detector, recogniser = detector_and_recogniser()
+                report = evaluate_transplanted(dataset, scenes, detector, recogniser, split, batch, progress, regions)
+                measured.append((READ_THROUGH_DETECTOR, report))
         else:
-            models = models or load_models(settings)
-            detector = with_second_pass(models.detector, settings.detector, stills=True)
-            report = evaluate(dataset, detector, models.recogniser, settings.pipeline.batch, progress, regions)
-        if done is not None:
-            done(dataset, report)
-        reports.append(report)
+            detector, recogniser = detector_and_recogniser()
+            measured.append((READ_SCENES, evaluate(dataset, detector, recogniser, batch, progress, regions)))
+        for how, report in measured:
+            if done is not None:
+                done(dataset, how, report)
+            reports.append(report)
     return reports

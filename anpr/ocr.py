@@ -493,11 +493,8 @@ def prepare_plate(crop: np.ndarray, size: tuple[int, int] = PLATE_NET_SIZE) -> n
     return (line.astype(np.float32) / 127.5 - 1.0)[None]
 
 
-@RECOGNISERS.register(
-    "platenet", help="the project's plate-trained CRNN (models/platenet.onnx) through ONNX Runtime, on the CPU"
-)
-class PlateNetRecogniser:
-    """A CRNN trained by the project on plate crops (`training/`, provenance in models/README.md).
+class OnnxPlateRecogniser:
+    """A plate network trained by the project (`training/`, provenance in models/README.md).
 
     It reads the whole crop, as it was trained to: no band removal, no row cutting, one
     model call for the batch, one view per plate. Its reads are not fitted to layouts by
@@ -505,10 +502,12 @@ class PlateNetRecogniser:
     (an all-digit 2368, read at 0.98, became 236B to fit Indiana's DDDL).
     """
 
+    model_name: str
+    input_size: tuple[int, int]  # width, height: every crop is stretched to it
     lookalike_swaps = False
 
     def __init__(self, device: str = "cpu", weights: ModelFile | None = None, threads: int = 0) -> None:
-        self.weights = weights or model_file("platenet")
+        self.weights = weights or model_file(self.model_name)
         self.identifier = self.weights.identifier
         self._session = onnx_session(self.weights, threads)
         self._input = self._session.get_inputs()[0].name
@@ -518,10 +517,36 @@ class PlateNetRecogniser:
     def recognise(self, crops: Sequence[np.ndarray]) -> TextReads:
         if not crops:
             return TextReads([], [])
-        batch = np.stack([prepare_plate(crop) for crop in crops])
+        batch = np.stack([prepare_plate(crop, self.input_size) for crop in crops])
         probabilities = self._session.run(None, {self._input: batch})[0]
         raw, _ = ctc_greedy_decode(probabilities, PLATE_CLASSES)
         return TextReads(raw, [ctc_beam_search(output, PLATE_CLASSES) for output in probabilities])
+
+
+@RECOGNISERS.register(
+    "platenet", help="the project's first plate-trained CRNN (models/platenet.onnx) through ONNX Runtime, on the CPU"
+)
+class PlateNetRecogniser(OnnxPlateRecogniser):
+    """A small CRNN trained from scratch on the crop sets and synthetic plates."""
+
+    model_name = "platenet"
+    input_size = PLATE_NET_SIZE
+
+
+# The plate reader's input: a grey crop stretched to 240x80 (training/model.py, PlateReader).
+PLATE_READER_SIZE = (240, 80)
+
+
+@RECOGNISERS.register(
+    "platereader",
+    help="the project's plate reader (models/platereader.onnx: EasyOCR english_g2 fine-tuned on plates, "
+    "one- and two-row) through ONNX Runtime, on the CPU",
+)
+class PlateReaderRecogniser(OnnxPlateRecogniser):
+    """EasyOCR's english_g2 fine-tuned on plates, reading the top band then the bottom band."""
+
+    model_name = "platereader"
+    input_size = PLATE_READER_SIZE
 
 
 def make_recogniser(name: str, device: str = "cpu") -> PlateRecogniser:

@@ -52,7 +52,15 @@ def plot_eval(summaries: Sequence[Mapping[str, Any]], path: Path) -> None:
     confusions of all sets together (expected -> read)."""
     plt = _pyplot()
     figure, (scores, confused) = plt.subplots(1, 2, figsize=(12, 0.6 * len(summaries) + 3.2))
-    names = [f"{Path(s['dataset']).name}" + (f" ({s['split']})" if s.get("split") else "") for s in summaries]
+    names = [
+        f"{Path(s['dataset']).name}"
+        + (
+            f" ({s['split']}" + (", detector" if s.get("via") == "through the detector" else "") + ")"
+            if s.get("split")
+            else ""
+        )
+        for s in summaries
+    ]
     measures = [("exact", "exact plate"), ("top3", "right in top 3"), ("detection_recall", "detection recall")]
     height = 0.8 / len(measures)
     for offset, (key, label) in enumerate(measures):

@@ -1,6 +1,6 @@
 """OCR cost per plate, batched, for each recogniser: the same real crops through each.
 
-    python benchmarks/ocr_cost.py [--backends platenet ppocr easyocr] [--batch 8] [--crops 142]
+    python benchmarks/ocr_cost.py [--backends platereader platenet ppocr easyocr] [--batch 8] [--crops 142]
 
 The crops are the `test` split of openalpr-us-crops (real plate crops of 50 states, 2:1,
 about 320x160 px). Each backend reads them in batches of `--batch` as the pipeline does
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["platenet", "ppocr", "easyocr"])
+    parser.add_argument("--backends", nargs="+", default=["platereader", "platenet", "ppocr", "easyocr"])
     parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "openalpr-us-crops")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crops", type=int, default=142)

@@ -207,3 +207,39 @@ def test_committed_platenet_provenance_matches_the_manifest():
     assert manifest["platenet"]["sha256"] == provenance["sha256"]
     assert provenance["split"] == "train" and not any("openalpr-eu" in s for s in provenance["sets"])
     assert Path(REPO / "models" / provenance["file"]).is_file()
+
+
+@pytest.mark.system
+def test_the_reader_training_resumes_from_its_checkpoint_and_its_model_loads(tmp_path):
+    import subprocess
+    import sys
+
+    from anpr.ocr import PlateReaderRecogniser
+    from anpr.weights import ModelFile, _sha256
+
+    out, checkpoint = tmp_path / "platereader.onnx", tmp_path / "platereader.pt"
+    command = [sys.executable, "-m", "training.reader", "--steps", "3", "--batch", "4", "--out", str(out)]
+    command += ["--checkpoint", str(checkpoint), "--checkpoint-minutes", "0", "--calibration-plates", "200"]
+    first = subprocess.run([*command[:4], "2", *command[5:]], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert first.returncode == 0, first.stderr
+    import torch
+
+    assert torch.load(checkpoint, weights_only=False)["step"] == 2
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert resumed.returncode == 2 and "is of a run of 2 steps" in resumed.stderr  # another run's checkpoint
+    again = subprocess.run([*command[:4], "2", *command[5:], "--resume"], capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0 and "resumed from" in again.stdout and "at step 2" in again.stdout, again.stderr
+    provenance = json.loads(out.with_suffix(".json").read_text())
+    assert provenance["sha256"] == _sha256(out) and provenance["steps"] == 2 and provenance["split"] == "train"
+    assert provenance["calibration_plates"] == 200 and provenance["real_train_crops"] > 1000
+    recogniser = PlateReaderRecogniser(weights=ModelFile("platereader", out, provenance["sha256"]))
+    reads = recogniser.recognise([image for image, _ in _crops("openalpr-br-crops", "test", 3)])
+    assert len(reads.candidates) == 3 and all(isinstance(r, str) for r in reads.raw)
+
+
+def test_committed_platereader_provenance_matches_the_manifest():
+    provenance = json.loads((REPO / "models" / "platereader.json").read_text())
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())
+    assert manifest["platereader"]["sha256"] == provenance["sha256"]
+    assert provenance["split"] == "train" and not any("openalpr-eu" in s for s in provenance["sets"])
+    assert Path(REPO / "models" / provenance["file"]).is_file()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anpr.ocr import PlateNetRecogniser
+from anpr.ocr import OnnxPlateRecogniser, PlateNetRecogniser
 from anpr.plates import choose_plate
 from anpr.weights import ModelFile, _sha256
 from training.augment import cut, degrade
@@ -33,16 +33,19 @@ METADATA_KEY = "reject_below"
 
 
 def measure(
-    path: Path, plates: int = CALIBRATION_PLATES, seed: int = CALIBRATION_SEED
+    path: Path,
+    plates: int = CALIBRATION_PLATES,
+    seed: int = CALIBRATION_SEED,
+    kind: type[OnnxPlateRecogniser] = PlateNetRecogniser,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence, right) of PlateNet's chosen read of each held-out synthetic plate."""
+    """(confidence, right) of the network's chosen read of each held-out synthetic plate."""
     rng = np.random.default_rng(seed)
     crops, texts = [], []
     for _ in range(plates):
         plate, text = render_plate(rng)
         crops.append(degrade(cut(plate, rng, surround=True), rng))
         texts.append(text)
-    recogniser = PlateNetRecogniser(weights=ModelFile("platenet", path, _sha256(path)))
+    recogniser = kind(weights=ModelFile(kind.model_name, path, _sha256(path)))
     confidence, right = [], []
     for start in range(0, plates, 64):
         reads = recogniser.recognise(crops[start : start + 64])
@@ -79,9 +82,11 @@ def write_threshold(path: Path, value: float) -> None:
     onnx.save(model, str(path))
 
 
-def calibrate(path: Path) -> dict[str, float]:
+def calibrate(
+    path: Path, kind: type[OnnxPlateRecogniser] = PlateNetRecogniser, plates: int = CALIBRATION_PLATES
+) -> dict[str, float]:
     """Measure, write the threshold into the model, and return what was measured."""
-    confidence, right = measure(path)
+    confidence, right = measure(path, plates, kind=kind)
     value = threshold(confidence, right)
     write_threshold(path, value)
     below = confidence < value

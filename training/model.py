@@ -50,3 +50,45 @@ class PlateNet(nn.Module):
         columns = self.features(images).squeeze(2).transpose(1, 2)  # N, T, C
         sequence, _ = self.sequence(columns)
         return self.classify(sequence).log_softmax(dim=2)
+
+
+# --- the plate reader: EasyOCR's english_g2 recogniser, fine-tuned, reading two rows ------
+
+# english_g2's classes after its CTC blank (easyocr.config, "english_g2"): the head of the
+# plate reader starts from the rows of these that are plate characters.
+G2_CHARACTERS = "0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ €ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+class PlateReader(nn.Module):
+    """EasyOCR's english_g2 CRNN (VGG features, two BiLSTMs) reading the whole plate crop.
+
+    A one-line reader pools the feature map's height to one row, which squashes the two
+    rows of a square plate into each other. Here the height is pooled to two bands, top
+    and bottom, and the columns of the top band are read before those of the bottom: a
+    two-row plate comes out top row then bottom row, and a one-row plate, which fills
+    both bands, is emitted once (CTC training decides where). The convolutions and LSTMs
+    start from english_g2's weights, the 37-class head from its rows for A-Z and 0-9.
+    """
+
+    def __init__(self, g2_state: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        from easyocr.model.vgg_model import Model
+
+        g2 = Model(input_channel=1, output_channel=256, hidden_size=256, num_class=1 + len(G2_CHARACTERS))
+        if g2_state is not None:
+            g2.load_state_dict({k.removeprefix("module."): v for k, v in g2_state.items()})
+        self.features = g2.FeatureExtraction
+        self.sequence = g2.SequenceModeling
+        self.classify = nn.Linear(256, CLASSES)
+        if g2_state is not None:
+            rows = [0] + [1 + G2_CHARACTERS.index(ch) for ch in PLATE_ALPHABET]
+            with torch.no_grad():
+                self.classify.weight.copy_(g2.Prediction.weight[rows])
+                self.classify.bias.copy_(g2.Prediction.bias[rows])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) in [-1, 1] -> (N, 2T, CLASSES) log-probabilities, top band's T columns first."""
+        features = self.features(images)  # N, C, h, T; h is 4 for 80 px of input height
+        bands = features.unflatten(2, (2, -1)).mean(3)  # N, C, 2, T: the mean of the top and bottom halves
+        columns = bands.permute(0, 2, 3, 1).flatten(1, 2)  # N, 2T, C: top band, then bottom band
+        return self.classify(self.sequence(columns)).log_softmax(dim=2)

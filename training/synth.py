@@ -296,13 +296,16 @@ def _eu_band(rng: np.random.Generator, draw: ImageDraw.ImageDraw, width: int, he
     return band
 
 
-def render_plate(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+TWO_ROW_SHARE = 0.12  # of plates with at least 4 characters: what PlateNet was trained with
+
+
+def render_plate(rng: np.random.Generator, two_row_share: float = TWO_ROW_SHARE) -> tuple[np.ndarray, str]:
     """One synthetic plate (BGR, with a little surround) and its registration."""
     text, groups = random_registration(rng)
     style = _style(rng)
     font_index = int(rng.integers(len(font_paths())))
-    two_lines = len(text) >= 4 and rng.random() < 0.12
-    eu_band = not two_lines and rng.random() < 0.3
+    two_lines = len(text) >= 4 and rng.random() < two_row_share
+    eu_band = rng.random() < 0.3  # two-row European plates carry the band too
     aspect = rng.uniform(3.8, 4.8) if eu_band else rng.uniform(1.7, 2.3) if rng.random() < 0.6 else rng.uniform(2.3, 5)
     if two_lines:
         aspect = rng.uniform(1.2, 2.0)

