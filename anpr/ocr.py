@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from anpr.detect import Detections
-from anpr.plates import PLATE_ALPHABET
+from anpr.plates import PLATE_ALPHABET, choose_plate
 from anpr.registry import RECOGNISERS
 from anpr.weights import ModelFile, model_file, onnx_session
 
@@ -547,6 +547,41 @@ class PlateReaderRecogniser(OnnxPlateRecogniser):
 
     model_name = "platereader"
     input_size = PLATE_READER_SIZE
+
+
+@RECOGNISERS.register(
+    "platereader+ppocr",
+    help="both the plate reader and PP-OCRv4 on every plate, their layout-fitted candidates pooled "
+    "(about the two readers' CPU time added)",
+)
+class PooledRecogniser:
+    """Two recognisers read every crop; their candidates are pooled into one distribution.
+
+    Each one's candidates are first fitted to the plate layouts with its own look-alike
+    policy (a general reader's 0/O guesses swapped to fit, a plate-trained reader's glyphs
+    kept), so the pool is rescored without swapping. A plate both read gets both shares;
+    where they disagree, the surer one wins.
+    """
+
+    lookalike_swaps = False  # the members' candidates come fitted
+    reject_below = 0.0  # the pool is not calibrated as a whole
+    members = ("platereader", "ppocr")
+
+    def __init__(self, device: str = "cpu") -> None:
+        self._members = [make_recogniser(name, device) for name in self.members]
+        self.identifier = "+".join(member.identifier for member in self._members)
+
+    def recognise(self, crops: Sequence[np.ndarray]) -> TextReads:
+        reads = [member.recognise(crops) for member in self._members]
+        candidates = []
+        for per_crop in zip(*(read.candidates for read in reads), strict=True):
+            pooled: dict[str, float] = {}
+            for member, member_candidates in zip(self._members, per_crop, strict=True):
+                fitted = choose_plate(member_candidates, swaps=member.lookalike_swaps).candidates
+                for text, probability in fitted:
+                    pooled[text] = pooled.get(text, 0.0) + probability / len(self._members)
+            candidates.append(sorted(pooled.items(), key=lambda kv: -kv[1]))
+        return TextReads(reads[0].raw, candidates)
 
 
 def make_recogniser(name: str, device: str = "cpu") -> PlateRecogniser:

@@ -164,12 +164,24 @@ class VotedPlate:
     format: str | None
 
 
+# A plate seen small is read worse: below this height (px in the frame) a read counts in
+# proportion to its height. 32 px is the top of the small plates `anpr eval --scenes`
+# draws (characters of 12 to 18 px); a priori, not fitted to any clip.
+READABLE_HEIGHT = 32.0
+
+
+def readability(read: PlateRead) -> float:
+    """How much a read of this size counts in its track's vote: 1 from READABLE_HEIGHT up."""
+    return min(1.0, max(0.0, read.box[3] - read.box[1]) / READABLE_HEIGHT)
+
+
 def vote(reads: Sequence[PlateRead], regions: tuple[str, ...] = ()) -> VotedPlate:
     """The passage's plate: every read's candidates pooled, then rescored by the plate formats.
 
     Each read's candidates (already format-rescored, so they sum to one per read) count
-    with the read's detector confidence: the OCR's own confidence is in the candidates'
-    probabilities, and counting it again would let one crisp misread outvote many. Pooling
+    with the read's detector confidence times its readability (its size): the OCR's own
+    confidence is in the candidates' probabilities, and counting it again would let one
+    crisp misread outvote many. Pooling
     lets a plate that is every read's second choice beat one read's first; the format
     rescoring of the pool lets a complete registration beat a frequent short read of it.
     The reads' candidates were fitted to the layouts (with look-alike swaps where their
@@ -178,7 +190,7 @@ def vote(reads: Sequence[PlateRead], regions: tuple[str, ...] = ()) -> VotedPlat
     pooled: dict[str, float] = defaultdict(float)
     for read in reads:
         for text, probability in read.candidates or ((read.plate, 1.0),):
-            pooled[text] += probability * read.detector_confidence
+            pooled[text] += probability * read.detector_confidence * readability(read)
     chosen = choose_plate(list(pooled.items()), TOP_CANDIDATES, regions, swaps=False)
     return VotedPlate(chosen.plate, chosen.confidence, chosen.candidates, chosen.country, chosen.format)
 

@@ -243,3 +243,22 @@ def test_committed_platereader_provenance_matches_the_manifest():
     assert manifest["platereader"]["sha256"] == provenance["sha256"]
     assert provenance["split"] == "train" and not any("openalpr-eu" in s for s in provenance["sets"])
     assert Path(REPO / "models" / provenance["file"]).is_file()
+
+
+@pytest.mark.system
+def test_the_pooled_recogniser_is_the_mean_of_its_members_fitted_candidates():
+    from anpr.ocr import PooledRecogniser
+
+    pooled = PooledRecogniser()
+    crops = [image for image, _ in _crops("openalpr-us-crops", "test", 6)]
+    reads = pooled.recognise(crops)
+    members = [member.recognise(crops) for member in pooled._members]
+    assert pooled.identifier.startswith("platereader@") and "+ppocr@" in pooled.identifier
+    for i, candidates in enumerate(reads.candidates):
+        expected: dict[str, float] = {}
+        for member, read in zip(pooled._members, members, strict=True):
+            for text, p in choose_plate(read.candidates[i], swaps=member.lookalike_swaps).candidates:
+                expected[text] = expected.get(text, 0.0) + p / 2
+        assert dict(candidates) == pytest.approx(expected)
+        assert [p for _, p in candidates] == sorted((p for _, p in candidates), reverse=True)
+        assert 0 < sum(p for _, p in candidates) <= 1.0001

@@ -6,7 +6,17 @@ import pytest
 from anpr.eval import score_passages
 from anpr.pipeline import is_cut, thumbnail
 from anpr.records import PlateRead, PolicedRead
-from anpr.track import UNTRACKED, PassageBuilder, PlateTracker, SettledPlates, TrackEnd, moved, vote
+from anpr.track import (
+    READABLE_HEIGHT,
+    UNTRACKED,
+    PassageBuilder,
+    PlateTracker,
+    SettledPlates,
+    TrackEnd,
+    moved,
+    readability,
+    vote,
+)
 
 
 def read(plate: str, frame: int, x: float = 100.0, confidence: float = 0.8, source: str = "cam") -> PlateRead:
@@ -26,7 +36,9 @@ def read(plate: str, frame: int, x: float = 100.0, confidence: float = 0.8, sour
     )
 
 
-def read_of(candidates: tuple[tuple[str, float], ...], frame: int, detector_confidence: float = 0.9) -> PlateRead:
+def read_of(
+    candidates: tuple[tuple[str, float], ...], frame: int, detector_confidence: float = 0.9, height: float = 30.0
+) -> PlateRead:
     plate = candidates[0][0]
     return PlateRead(
         "cam",
@@ -37,7 +49,7 @@ def read_of(candidates: tuple[tuple[str, float], ...], frame: int, detector_conf
         0.8,
         candidates[0][1],
         detector_confidence,
-        (100.0, 50.0, 220.0, 80.0),
+        (100.0, 50.0, 220.0, 50.0 + height),
         "d",
         "o",
         candidates=candidates,
@@ -66,6 +78,17 @@ def test_vote_weights_reads_by_detector_confidence():
     sure = read_of((("AB123CD", 1.0),), 0, detector_confidence=0.9)
     doubtful = [read_of((("AB128CD", 1.0),), f, detector_confidence=0.2) for f in (1, 2)]
     assert vote([sure, *doubtful]).plate == "AB123CD"
+
+
+def test_vote_weighs_reads_of_small_plates_by_their_size():
+    # Two reads of the plate seen 12 px high (far off) against one seen 40 px high (close by).
+    far = [read_of((("AB128CD", 1.0),), f, height=12.0) for f in (0, 1)]
+    close = read_of((("AB123CD", 1.0),), 2, height=40.0)
+    assert vote([*far, close]).plate == "AB123CD"
+    # From READABLE_HEIGHT up, size no longer counts: two reads outvote one, however large.
+    assert readability(read_of((("X", 1.0),), 0, height=READABLE_HEIGHT)) == 1.0
+    big = [read_of((("AB128CD", 1.0),), f, height=READABLE_HEIGHT) for f in (0, 1)]
+    assert vote([*big, read_of((("AB123CD", 1.0),), 2, height=200.0)]).plate == "AB128CD"
 
 
 def test_vote_weighs_fitted_candidates_and_does_not_swap_again():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anpr.ocr import OnnxPlateRecogniser, PlateNetRecogniser
+from anpr.ocr import OnnxPlateRecogniser, PlateNetRecogniser, PlateReaderRecogniser
 from anpr.plates import choose_plate
 from anpr.weights import ModelFile, _sha256
 from training.augment import cut, degrade
@@ -101,21 +101,23 @@ def calibrate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Calibrate a trained PlateNet again.")
+    parser = argparse.ArgumentParser(description="Calibrate a trained PlateNet or plate reader again.")
     parser.add_argument("model", type=Path, help="the ONNX file; its provenance JSON beside it is updated")
     args = parser.parse_args(argv)
     from training.train import MODELS, update_manifest
 
-    calibration = calibrate(args.model)
-    digest = _sha256(args.model)
     provenance_path = args.model.with_suffix(".json")
     provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+    name = provenance.get("model", "platenet")  # which network the file holds, as its training wrote
+    kind = {"platenet": PlateNetRecogniser, "platereader": PlateReaderRecogniser}[name]
+    calibration = calibrate(args.model, kind)
+    digest = _sha256(args.model)
     command = "python -m training.calibrate " + " ".join(sys.argv[1:] if argv is None else argv)
     provenance.update(calibration, sha256=digest, recalibrated_by=command.strip())
     provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
     if args.model.parent.resolve() == MODELS:
-        entry = json.loads((MODELS / "manifest.json").read_text())["platenet"]
-        update_manifest(MODELS, "platenet", args.model.name, digest, entry["source"])
+        entry = json.loads((MODELS / "manifest.json").read_text())[name]
+        update_manifest(MODELS, name, args.model.name, digest, entry["source"], entry["licence"])
     print(f"calibrated {args.model}: {calibration}, sha256 {digest}")
     return 0
 
