@@ -38,7 +38,7 @@ format: $(STAMP)
 eval: $(STAMP)
 	$(VENV)/bin/anpr eval ../shared/datasets/openalpr-eu
 
-# Fine-tunes the plate reader into models/platereader.onnx (about 100 min on 2 cores, resumable:
+# Fine-tunes the plate reader into models/platereader.onnx (120 min on 2 cores, resumable:
 # `python -m training.reader --steps 2800 --resume`; models/README.md). PlateNet: python -m training.train.
 train-ocr: $(STAMP)
 	$(VENV)/bin/python -m training.reader --steps 2800
