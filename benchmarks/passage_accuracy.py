@@ -101,7 +101,7 @@ def main() -> None:
         json.dumps(
             {
                 "clip": str(clip),
-                "pipeline": args.pipeline or "every frame",
+                "pipeline": args.pipeline or "defaults",
                 "input_size": args.input_size or 640,
                 **score_passages(truth, reported),
                 "seconds": round(seconds, 1),

@@ -119,14 +119,17 @@ def test_eval_of_several_sets_measures_each_and_charts_them(anpr_cli, tmp_path):
     result = anpr_cli("eval", str(us), str(br), "--json", "--errors", str(errors), "--plot", str(chart))
     assert result.returncode == 0, result.stderr
     sets = json.loads(result.stdout)["sets"]
-    assert [(s["dataset"], s["split"], s["images"]) for s in sets] == [(str(us), "test", 5), (str(br), "test", 4)]
+    assert [(s["dataset"], s["split"], s["via"], s["images"]) for s in sets] == [
+        (str(us), "test", "hand crops", 5),
+        (str(br), "test", "hand crops", 4),
+    ]
     lines = [json.loads(line) for line in errors.read_text().splitlines()]
     assert [line["dataset"] for line in lines] == [str(us)] * 5 + [str(br)] * 4
     for measured in sets:  # each set's figures are its own lines'
         own = [line for line in lines if line["dataset"] == measured["dataset"]]
         assert measured["exact"] == pytest.approx(sum(line["right"] for line in own) / len(own), abs=1e-4)
     alone = json.loads(anpr_cli("eval", str(br), "--json").stdout)
-    assert {k: v for k, v in sets[1].items() if k not in ("dataset", "split", "ms_per_image")} == {
+    assert {k: v for k, v in sets[1].items() if k not in ("dataset", "split", "via", "ms_per_image")} == {
         k: v for k, v in alone.items() if k != "ms_per_image"
     }
     image = cv2.imread(str(chart))

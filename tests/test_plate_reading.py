@@ -253,7 +253,7 @@ def test_the_pooled_recogniser_is_the_mean_of_its_members_fitted_candidates():
     crops = [image for image, _ in _crops("openalpr-us-crops", "test", 6)]
     reads = pooled.recognise(crops)
     members = [member.recognise(crops) for member in pooled._members]
-    assert pooled.identifier.startswith("platereader@") and "+ppocr@" in pooled.identifier
+    assert pooled.identifier.startswith("platereader@") and "+ppocrv4-rec@" in pooled.identifier
     for i, candidates in enumerate(reads.candidates):
         expected: dict[str, float] = {}
         for member, read in zip(pooled._members, members, strict=True):
