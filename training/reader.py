@@ -34,7 +34,7 @@ from anpr.ocr import PLATE_READER_SIZE
 from anpr.weights import _sha256
 from training.calibrate import CALIBRATION_PLATES, calibrate
 from training.model import PlateReader
-from training.train import DEFAULT_SETS, MODELS, PlateStream, collate, load_real, update_manifest
+from training.train import DEFAULT_SETS, MODELS, PlateStream, collate, export, load_real, update_manifest
 
 CHECKPOINT = Path("training/checkpoints/platereader.pt")
 TWO_ROW_SHARE = 0.3
@@ -52,32 +52,6 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
         return peak * (step + 1) / WARMUP_STEPS
     progress = (step - WARMUP_STEPS) / max(1, steps - WARMUP_STEPS)
     return peak * (FINAL_LR_SHARE + (1 - FINAL_LR_SHARE) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-class Probabilities(torch.nn.Module):
-    """What the ONNX file returns: per-column class probabilities (decoding wants them)."""
-
-    def __init__(self, network: PlateReader) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images).exp()
-
-
-def export(network: PlateReader, path: Path) -> None:
-    network.eval()
-    dummy = torch.zeros(1, 1, PLATE_READER_SIZE[1], PLATE_READER_SIZE[0])
-    torch.onnx.export(
-        Probabilities(network),
-        (dummy,),
-        str(path),
-        input_names=["image"],
-        output_names=["probabilities"],
-        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
 
 
 def g2_weights() -> dict[str, torch.Tensor]:
@@ -181,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (seconds_before + time.monotonic() - started) / 60
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    export(network.cpu(), args.out)
+    export(network.cpu(), args.out, PLATE_READER_SIZE)
     from anpr.ocr import PlateReaderRecogniser
 
     calibration = calibrate(args.out, PlateReaderRecogniser, args.calibration_plates)

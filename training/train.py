@@ -1,4 +1,4 @@
-"""Train PlateNet and export it to ONNX: `python -m training.train` (or `make train-ocr`).
+"""Train PlateNet and export it to ONNX: `python -m training.train` (the plate reader: `training.reader`).
 
 Data: the `train` split of every crop set given (never `test`, never openalpr-eu) and
 synthetic plates from `training.synth`, half and half in every batch, each crop cut and
@@ -102,7 +102,7 @@ def load_real(sets: list[Path]) -> list[list[tuple[np.ndarray, str]]]:
 class Probabilities(torch.nn.Module):
     """What the ONNX file returns: per-column class probabilities (decoding wants them)."""
 
-    def __init__(self, network: PlateNet) -> None:
+    def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
         self.network = network
 
@@ -110,9 +110,10 @@ class Probabilities(torch.nn.Module):
         return self.network(images).exp()
 
 
-def export(network: PlateNet, path: Path) -> None:
+def export(network: torch.nn.Module, path: Path, size: tuple[int, int] = PLATE_NET_SIZE) -> None:
+    """The network as ONNX, taking (N, 1, height, width) grey crops of `size` (width, height)."""
     network.eval()
-    dummy = torch.zeros(1, 1, PLATE_NET_SIZE[1], PLATE_NET_SIZE[0])
+    dummy = torch.zeros(1, 1, size[1], size[0])
     torch.onnx.export(
         Probabilities(network),
         (dummy,),
