@@ -29,7 +29,7 @@ from anpr.errors import ConfigError, PolicyRefusal, SourceError
 from anpr.keys import load_keys
 from anpr.ocr import PlateRecogniser, make_recogniser
 from anpr.pipeline import BoxObserver, Lane, Pipeline, ReadSink, StageTimes, run_lanes
-from anpr.policy.binding import require_binding
+from anpr.policy.binding import require_binding, require_key
 from anpr.policy.deployment import Camera, Deployment
 from anpr.policy.engine import Policy, PurposeDecision
 from anpr.policy.gate import DatabaseSink, GateTally, PassageSink, PolicyGate
@@ -274,16 +274,19 @@ def open_database(settings: RunSettings, policy: Policy) -> DeploymentDatabase:
     """The run's database (a wrong URL, or one that cannot be written, fails here), bound to
     the deployment, and its spool, whose leftovers from an earlier run are sent first.
     Closed again on any error."""
+    # The key is loaded (made, by a first run) once the database is found usable: its file
+    # is beside the database by default, and a database that cannot be used is the error to report.
     store = ReadStore(
-        settings.store.url, load_keys(settings.store.key_file, create=True), settings.store.timeout_seconds
+        settings.store.url, lambda: load_keys(settings.store.key_file, create=True), settings.store.timeout_seconds
     )
     spool: SpooledStore | None = None
     try:
         store.check()
         user = store.user()
         audit = AuditLog(store.engine, store.keys, settings.store.audit_checkpoints)
-        # A database serves the deployment it was first run for; another is refused here,
-        # before any frame is read (policy/binding.py).
+        # A database serves the deployment it was first run for, with the key it was first
+        # run with; another is refused here, before any frame is read (policy/binding.py).
+        require_key(store, audit, settings.store.key_file, bind_as=user)
         require_binding(store, audit, policy.deployment, user, bind_if_new=True)
         # The gate writes through the spool: if the database goes away mid-run, allowed
         # reads wait on disk (with their deadlines) and are sent when it is back.

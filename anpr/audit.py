@@ -35,6 +35,10 @@ Three layers protect the log:
    entry_hash) lines, authenticated with the key, appended to a file outside the
    database (`store.audit_checkpoints`) at the end of every run and every
    CHECKPOINT_EVERY entries. `verify --checkpoints FILE` checks the log against them.
+   A checkpoint names its database by the id stored in it (anpr/identity.py) and by
+   where it is (DatabaseName), so no other spelling of its URL escapes its checkpoints.
+   A line is appended whole or not at all (anpr/files.py); a damaged line (a crash
+   mid-write, or an edit) is reported as a problem, and the other lines still checked.
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ import hmac
 import json
 import math
 import os
+import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +61,10 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from anpr.errors import StoreError, first_line
+from anpr.files import append as append_lines
+from anpr.identity import database_identity
 from anpr.keys import Keys
-from anpr.store import Base, StaleAuditEntry, bounded_engine, database_error, database_url
+from anpr.store import Base, StaleAuditEntry, bounded_engine, database_error, database_url, shown_url
 
 GENESIS = "0" * 64
 TABLE = "audit_log"
@@ -252,14 +259,9 @@ class AuditLog:
     def _write_checkpoint(self, entry: AuditEntry) -> Checkpoint | None:
         if self.checkpoints is None:
             return None
-        point = Checkpoint.of(self.keys, _identity(self.engine), entry.seq, entry.entry_hash)
+        point = Checkpoint.of(self.keys, str(_identity(self.engine)), entry.seq, entry.entry_hash)
         try:
-            fd = os.open(self.checkpoints, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
-                os.write(fd, (json.dumps(point.to_dict()) + "\n").encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_lines(self.checkpoints, (json.dumps(point.to_dict()) + "\n").encode("utf-8"))
         except OSError as exc:
             raise StoreError(
                 f"cannot write audit checkpoint to {self.checkpoints}: {exc.strerror or exc} (store.audit_checkpoints)"
@@ -271,7 +273,7 @@ class AuditLog:
 class Checkpoint:
     """The newest entry of a database's audit log at one moment, authenticated with the key."""
 
-    database: str  # the database's URL, without login, password or options (_identity)
+    database: str  # str(DatabaseName) of its database (_identity)
     seq: int
     entry_hash: str
     at: float
@@ -285,6 +287,10 @@ class Checkpoint:
     @staticmethod
     def _payload(database: str, seq: int, entry_hash: str, at: float) -> str:
         return "\n".join(["checkpoint", database, str(seq), entry_hash, format(at, ".3f")])
+
+    @property
+    def named(self) -> DatabaseName:
+        return DatabaseName.parse(self.database)
 
     def authentic(self, keys: Keys) -> bool:
         expected = keys.audit_mac(self._payload(self.database, self.seq, self.entry_hash, self.at))
@@ -479,38 +485,73 @@ def check_triggers(engine: Engine) -> list[AuditProblem]:
     ]
 
 
-def read_checkpoints(path: Path) -> list[Checkpoint]:
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint file's checkpoints, and the numbers of its lines that are none."""
+
+    points: list[Checkpoint]
+    damaged: list[int]
+
+
+def read_checkpoints(path: Path) -> CheckpointFile:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().split(b"\n")
     except OSError as exc:
         raise StoreError(f"cannot read checkpoint file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise StoreError(f"checkpoint file {path} is not UTF-8 text") from None
-    points = []
+    points, damaged = [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            points.append(Checkpoint.from_dict(json.loads(line)))
-        except (ValueError, KeyError, TypeError):
-            raise StoreError(f"checkpoint file {path}: line {number} is not a checkpoint") from None
-    return points
+            points.append(Checkpoint.from_dict(json.loads(line.decode("utf-8"))))
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+            damaged.append(number)
+    return CheckpointFile(points, damaged)
 
 
-def checkpoints_of(path: Path, database: str) -> list[Checkpoint]:
+def checkpoints_of(path: Path, database: DatabaseName) -> list[Checkpoint]:
     """The distinct checkpoints of `database` in the file at `path`."""
+    return _distinct(p for p in read_checkpoints(path).points if database.names(p.named))
+
+
+def _distinct(points: Iterable[Checkpoint]) -> list[Checkpoint]:
     # The same entry is checkpointed again by every command that adds none: once is enough.
-    return list({(p.seq, p.entry_hash, p.mac): p for p in read_checkpoints(path) if p.database == database}.values())
+    return list({(p.seq, p.entry_hash, p.mac): p for p in points}.values())
 
 
-def check_checkpoints(entries: Sequence[AuditEntry], keys: Keys, path: Path, database: str) -> list[AuditProblem]:
+def check_checkpoints(
+    entries: Sequence[AuditEntry], keys: Keys, path: Path, database: DatabaseName
+) -> list[AuditProblem]:
     """The log (its entries) against the checkpoints of `database` in the file at `path`."""
     by_seq = {entry.seq: entry for entry in entries}
     last = entries[-1].seq if entries else 0
-    problems = []
-    mine = checkpoints_of(path, database)
+    read = read_checkpoints(path)
+    # A damaged line may be a checkpoint someone wanted gone: it cannot count as none.
+    problems = [
+        AuditProblem(
+            0,
+            "checkpoint",
+            f"{path}: line {number} is damaged, not a checkpoint (a write cut short, or an edit); "
+            f"the other lines were checked",
+        )
+        for number in read.damaged
+    ]
+    mine = _distinct(p for p in read.points if database.names(p.named))
+    replaced = [p for p in read.points if p.named.location == database.location and not database.names(p.named)]
+    replaced = [p for p in _distinct(replaced) if p.authentic(keys)]
+    if replaced:
+        newest = max(replaced, key=lambda p: p.seq)
+        problems.append(
+            AuditProblem(
+                newest.seq,
+                "rewritten",
+                f"{path} holds {len(replaced)} checkpoint(s) of another database at {database.location} "
+                f"(id {newest.named.id}, up to entry {newest.seq} at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(newest.at))} UTC): this one replaced it",
+            )
+        )
     if not mine:
-        return [AuditProblem(0, "checkpoint", f"{path} holds no checkpoint of database {database}")]
+        return [*problems, AuditProblem(0, "checkpoint", f"{path} holds no checkpoint of database {database.shown}")]
     for point in mine:
         if not point.authentic(keys):
             problems.append(
@@ -612,13 +653,14 @@ def inspect_database(url: str, keys: Keys | Callable[[], Keys], checkpoints: str
             raise StoreError(f"database not found: {parsed.database}")
         engine = bounded_engine(parsed)
     except (ArgumentError, ImportError, ValueError) as exc:
-        raise StoreError(f"invalid database URL {url!r}: {first_line(exc)}") from None
+        raise StoreError(f"invalid database URL {shown_url(url)!r}: {first_line(exc)}") from None
     try:
         with _errors("cannot open database", engine):
             has_log = inspect(engine).has_table(TABLE)
             if not has_log and checkpoints is None:
                 raise StoreError(f"database {_safe(engine)} has no audit log (table {TABLE})")
             keys = keys if isinstance(keys, Keys) else keys()
+            _require_key(engine, keys)
             entries: list[AuditEntry] = []
             if has_log:
                 with Session(engine) as session:
@@ -654,13 +696,72 @@ def _errors(what: str, engine: Any) -> Iterator[None]:
         raise database_error(exc)(f"{what} {_safe(engine)}: {first_line(exc)}") from None
 
 
-def _identity(engine: Engine) -> str:
-    """The database a checkpoint is of: its URL without the login, password and options,
-    since the pipeline, the agents and the auditor each connect with their own login."""
+def _require_key(engine: Engine, keys: Keys) -> None:
+    """Refuse a key that is not the one the database was bound with (anpr/identity.py): under
+    it, every entry would read as edited."""
+    bound = database_identity(engine)
+    if bound is not None and not hmac.compare_digest(bound.key_fingerprint, keys.fingerprint()):
+        raise StoreError(
+            f"the key file (store.key_file) is not the key of database {_safe(engine)}: it was first run with key "
+            f"{bound.key_fingerprint[:12]}, this is key {keys.fingerprint()[:12]}; give the key file it was run with"
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseName:
+    """What a checkpoint names its database by: where it is (its URL without the login,
+    password and options, since the pipeline, the agents and the auditor each connect with
+    their own login; a SQLite file by its real path) and, once bound, the id stored in it
+    (anpr/identity.py), which names it however its URL is spelled and wherever it moves.
+    Written "location#id" ("location" alone before the database was bound)."""
+
+    location: str
+    id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.location}#{self.id}" if self.id else self.location
+
+    @property
+    def shown(self) -> str:
+        return f"{self.location} (id {self.id})" if self.id else self.location
+
+    @classmethod
+    def parse(cls, text: str) -> DatabaseName:
+        named = _NAMED.fullmatch(text)  # a path may hold a "#" too: an id is 32 hex digits
+        return cls(_canonical(named[1]), named[2]) if named else cls(_canonical(text))
+
+    def names(self, other: DatabaseName) -> bool:
+        """Whether a checkpoint naming `other` is of this database: by id when both have one;
+        by location when either has none (a checkpoint from before the database was bound,
+        or a database that lost its identity, or another in its place: compared with it)."""
+        if self.id and other.id:
+            return self.id == other.id
+        return self.location == other.location
+
+
+_NAMED = re.compile(r"(.*)#([0-9a-f]{32})", re.DOTALL)
+
+
+def _canonical(location: str) -> str:
+    """A database's location spelled one way: a SQLite file by its real path (no `..`, `//`, link)."""
+    try:
+        url = make_url(location)
+    except ArgumentError:
+        return location
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=os.path.realpath(str(url.database)))
+    return url.render_as_string()
+
+
+def _identity(engine: Engine) -> DatabaseName:
+    """The database's name in checkpoints (DatabaseName)."""
     url = engine.url
-    return URL.create(url.drivername, host=url.host, port=url.port, database=url.database).render_as_string()
+    location = URL.create(url.drivername, host=url.host, port=url.port, database=url.database).render_as_string()
+    with _errors("cannot read the identity of database", engine):
+        bound = database_identity(engine)
+    return DatabaseName(_canonical(location), bound.database_id if bound else None)
 
 
 def _safe(engine: Any) -> str:
     url = getattr(engine, "url", None)
-    return url.render_as_string(hide_password=True) if url is not None else "(unknown)"
+    return shown_url(url) if url is not None else "(unknown)"

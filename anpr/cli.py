@@ -37,6 +37,7 @@ import typer
 
 from anpr.config import DetectorSettings, PipelineSettings
 from anpr.errors import AnprError
+from anpr.redact import printable
 from anpr.registry import DETECTORS, RECOGNISERS
 
 
@@ -106,15 +107,18 @@ def _flags(
 
 
 def _say(lines: str | Iterable[str]) -> None:
+    # A message quotes outside text (a file name, a purpose, a stream's error): a line break
+    # or an escape sequence in it must not forge a line of its own or rewrite the terminal.
     for line in [lines] if isinstance(lines, str) else lines:
-        print(f"anpr: {line}", file=sys.stderr, flush=True)
+        print(f"anpr: {printable(line)}", file=sys.stderr, flush=True)
 
 
 class _OperatorMessages(logging.Formatter):
     """The library's log records as the CLI's own lines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return ("anpr: warning: " if record.levelno >= logging.WARNING else "anpr: ") + record.getMessage()
+        prefix = "anpr: warning: " if record.levelno >= logging.WARNING else "anpr: "
+        return prefix + printable(record.getMessage())  # one line, as _say's
 
 
 def _show_library_messages() -> None:
@@ -284,7 +288,7 @@ def run(
             print("\n".join(passage_output.lines()))
         if not jsonl and not passages and tally.by_plate and plates_shown:
             print("\n".join(tally.lines()))
-        _say(summary_lines(report.tally, report.lanes, report.store_url))
+        _say(summary_lines(report.tally, report.lanes, report.store_url, report.spool.as_json()))
         _report_spool(report.spool, report.store_url)
         if not report.frames_received and not stop.is_set():
             raise SourceError("no frame could be decoded from " + ", ".join(c.shown for c in cameras))

@@ -8,11 +8,13 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from anpr.redact import printable
 
 policy_app = typer.Typer(no_args_is_help=True, help="What a deployment may and may not do, and why.")
 db_app = typer.Typer(no_args_is_help=True, help="Retention and gated queries on the read database.")
@@ -24,6 +26,13 @@ ConfigOption = Annotated[Path, typer.Option("--config", help="Deployment config 
 DbOption = Annotated[
     str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path (default: the config's, else anpr.sqlite).")
 ]
+
+
+def _echo(line: str, err: bool = False) -> None:
+    """One line of a command's output: it quotes outside text (a config's names, a purpose or
+    procedure typed by whoever asked, an audit entry), which must not break the line or
+    rewrite the terminal (redact.printable)."""
+    print(printable(line), file=sys.stderr if err else sys.stdout)
 
 
 def _deployment(config: Path, db: str | None = None):
@@ -43,14 +52,14 @@ def policy_check(config: ConfigArgument) -> None:
     _, policy = _deployment(config)
     for decision in policy.decisions.values():
         verdict = "allowed" if decision.allowed else "DENIED"
-        print(
+        _echo(
             f"{decision.purpose}: {verdict} by {decision.rule.id}: {'; '.join(decision.reasons)} "
             f"[{decision.legal_reference}]"
         )
     if not all(d.allowed for d in policy.decisions.values()):
-        print(f"{config}: non-compliant", file=sys.stderr)
+        _echo(f"{config}: non-compliant", err=True)
         raise typer.Exit(3)
-    print(f"{config}: compliant", file=sys.stderr)
+    _echo(f"{config}: compliant", err=True)
 
 
 @policy_app.command("explain")
@@ -65,7 +74,7 @@ def policy_explain(
     deployment = policy.deployment
     explained = policy.explain()
     if as_json:
-        print(
+        _echo(
             json.dumps(
                 {"config": str(config), "controller": deployment.controller.model_dump(), "purposes": explained},
                 ensure_ascii=False,
@@ -73,30 +82,30 @@ def policy_explain(
         )
         return
     controller = deployment.controller
-    print(f"{config}: {deployment.name or '(unnamed deployment)'}")
-    print(
+    _echo(f"{config}: {deployment.name or '(unnamed deployment)'}")
+    _echo(
         f"controller: {controller.name} ({controller.type}: "
         f"{CONTROLLER_TYPES.get(controller.type, 'unknown controller type')}), jurisdiction {controller.jurisdiction}"
     )
     for item in explained:
-        print()
-        print(f"purpose {item['purpose']} ({item['purpose_meaning']}), cameras: {', '.join(item['cameras']) or '-'}")
-        print(f"  verdict:    {item['verdict'].upper()} by rule {item['rule']}")
-        print(f"  why:        {'; '.join(item['reasons'])}")
-        print(f"  legal ref:  {item['legal_reference']}")
-        print(f"  rule text:  {'verified' if item['verified'] else 'UNVERIFIED (rests on secondary reporting)'}")
+        _echo("")
+        _echo(f"purpose {item['purpose']} ({item['purpose_meaning']}), cameras: {', '.join(item['cameras']) or '-'}")
+        _echo(f"  verdict:    {item['verdict'].upper()} by rule {item['rule']}")
+        _echo(f"  why:        {'; '.join(item['reasons'])}")
+        _echo(f"  legal ref:  {item['legal_reference']}")
+        _echo(f"  rule text:  {'verified' if item['verified'] else 'UNVERIFIED (rests on secondary reporting)'}")
         if item["verdict"] == "allow":
-            print(
+            _echo(
                 f"  retention:  {item['retention']}"
                 + (f"; here {item['retention_days']:g} days" if item["retention_days"] is not None else "")
             )
-            print(f"  keeps:      {KEPT[item['minimisation']]} -> {', '.join(item['sinks'])}")
+            _echo(f"  keeps:      {KEPT[item['minimisation']]} -> {', '.join(item['sinks'])}")
         for note in item["retention_notes"]:
-            print(f"  warning:    {note}")
+            _echo(f"  warning:    {note}")
         for name in item["missing_safeguards"]:
-            print(f"  missing:    {name} ({describe_safeguard(name)})")
-    print()
-    print("This is a model of the rules in LEGAL.md, not legal advice.")
+            _echo(f"  missing:    {name} ({describe_safeguard(name)})")
+    _echo("")
+    _echo("This is a model of the rules in LEGAL.md, not legal advice.")
 
 
 @contextmanager
@@ -108,18 +117,22 @@ def _database(settings, checkpoint: bool = True) -> Iterator[tuple[Any, Any]]:
     from anpr.audit import AuditLog
     from anpr.errors import StoreError
     from anpr.keys import load_keys
+    from anpr.policy.binding import require_key
     from anpr.store import ReadStore
 
     store = ReadStore(settings.store.url, lambda: load_keys(settings.store.key_file), settings.store.timeout_seconds)
     try:
         store.check(create=False)
         audit = AuditLog(store.engine, store.keys, settings.store.audit_checkpoints)
+        require_key(store, audit, settings.store.key_file, bind_as=None)  # bound by a run, whose login may write
         try:
             yield store, audit
         finally:
             if checkpoint:
-                with suppress(StoreError):  # a checkpoint missed here is made at the next one
+                try:
                     audit.checkpoint()
+                except StoreError as exc:  # made at the next one; said, not passed over
+                    log.warning("no audit checkpoint now: %s", exc)
     finally:
         store.close()
 
@@ -147,11 +160,11 @@ def db_purge(
     try:
         expired = expire_spool(spool_dir, moment)
     except SpoolInUse as exc:
-        print(f"spool: {exc}; not purged here")
+        _echo(f"spool: {exc}; not purged here")
     except StoreError as exc:
         file_errors.append(exc)
     else:
-        print(
+        _echo(
             f"purged {expired.reads} read(s) and {expired.passages} passage(s) past their deadline "
             f"from the spool {spool_dir} ({expired.batches} batch file(s) deleted)"
             + (f"; {expired.lost_reads} live read(s) lost with them" if expired.lost_reads else "")
@@ -163,11 +176,11 @@ def db_purge(
             file_errors.append(exc)
             continue
         if purged is not None:
-            print(f"purged {purged[0]} read(s) and passage(s) past their deadline from {purged[1]}")
+            _echo(f"purged {purged[0]} read(s) and passage(s) past their deadline from {purged[1]}")
     try:
         with _database(settings) as (store, audit):
             deleted = purge(store, audit, store.user(), moment)
-        print(f"purged {deleted} read(s) and passage(s) past their deadline from the database")
+        _echo(f"purged {deleted} read(s) and passage(s) past their deadline from the database")
     except StoreError:
         for error in file_errors:
             log.warning("%s", error)  # the database's error is the one raised: these are not lost
@@ -187,7 +200,7 @@ def _delete_fps(config: Path, db: str | None, plate: str, action: str) -> None:
         raise PolicyRefusal(f"{config}: no allowed purpose of this deployment deletes reads on payment or finding")
     with _database(settings) as (store, audit):
         deleted = delete_on_payment(store, policy, audit, plate, store.user(), action)
-    print(f"deleted {deleted} read(s) and passage(s)")
+    _echo(f"deleted {deleted} read(s) and passage(s)")
 
 
 @db_app.command("mark-paid")
@@ -243,17 +256,17 @@ def db_search(
         if as_json:
             print(json.dumps(row.to_dict()))
         elif isinstance(row, Passage):
-            print(
+            _echo(
                 f"{row.plate:<12} confidence {row.confidence:.2f} reads {row.reads:>4} "
                 f"time {row.first_time:>12.2f} to {row.last_time:>12.2f} camera {row.camera:<16} "
                 f"purpose {row.purpose} {'HIT ' if row.hit else ''}delete after {_utc(row.delete_after)}"
             )
         else:
-            print(
+            _echo(
                 f"{row.read.plate:<12} camera {row.camera:<16} frame {row.read.frame:>6} time {row.read.time:>12.2f} "
                 f"purpose {row.purpose} {'HIT ' if row.hit else ''}delete after {_utc(row.delete_after)}"
             )
-    print(f"{len(result.rows)} row(s); {result.reason}", file=sys.stderr)
+    _echo(f"{len(result.rows)} row(s); {result.reason}", err=True)
 
 
 CheckpointsOption = Annotated[
@@ -294,7 +307,7 @@ def db_summary(
         print(json.dumps(figures(data), ensure_ascii=False))
         return
     for line in summary_lines(data):
-        print(line)
+        _echo(line)
 
 
 def report(
@@ -321,13 +334,13 @@ def report(
     for path, render in ((html, render_html), (md, render_markdown)):
         if path is not None:
             write_report(path, render(data))
-            print(path)
+            _echo(str(path))
     totals = data.totals
-    print(
+    _echo(
         f"{totals.kept} read(s) held, {totals.blocked} blocked, {totals.counted} counted only, "
         f"{totals.not_stored} not stored; {len(data.deletions)} deletion(s), {len(data.queries)} query(ies); "
         f"audit log: {data.audit.summary()}",
-        file=sys.stderr,
+        err=True,
     )
     if data.audit.problems:
         log.warning("the audit log has %d problem(s): see the report", len(data.audit.problems))
@@ -372,12 +385,12 @@ def db_init_roles(
     with _database(settings) as (store, audit):
         report = init_roles(store, audit, policy, prefix, store.user())
     for role, name in report.roles.items():
-        print(f"{name}{' (created)' if name in report.created else ''}: {ROLES[role]}")
-    print(f"the writer may store reads of: {', '.join(report.kept) or 'no purpose'}")
+        _echo(f"{name}{' (created)' if name in report.created else ''}: {ROLES[role]}")
+    _echo(f"the writer may store reads of: {', '.join(report.kept) or 'no purpose'}")
     for purpose, agents in report.agents.items():
-        print(f"designated agents of {purpose}: {', '.join(agents) or 'none (nobody may query it)'}")
+        _echo(f"designated agents of {purpose}: {', '.join(agents) or 'none (nobody may query it)'}")
     for agent in report.not_ready:
-        print(f"to do: {agent} is no login granted {report.roles['query']} yet", file=sys.stderr)
+        _echo(f"to do: {agent} is no login granted {report.roles['query']} yet", err=True)
 
 
 def _utc(moment: float) -> str:
@@ -397,9 +410,9 @@ def policy_migrate(
     with _database(settings) as (store, audit):
         old, new = migrate(store, audit, policy.deployment, store.user())
     if old == new:
-        print(f"{store.safe_url} already serves this deployment ({new[:12]})")
+        _echo(f"{store.safe_url} already serves this deployment ({new[:12]})")
     else:
-        print(
+        _echo(
             f"{store.safe_url} now serves {policy.deployment.name or config} ({new[:12]}), was {(old or 'none')[:12]}"
         )
 
@@ -427,7 +440,7 @@ def audit_verify(
         print(json.dumps(state.to_dict(), ensure_ascii=False))
     else:
         for problem in state.problems:
-            print(f"{problem.kind}: {problem.message}")
-    print(f"audit log: {state.summary()}", file=sys.stderr)
+            _echo(f"{problem.kind}: {problem.message}")
+    _echo(f"audit log: {state.summary()}", err=True)
     if state.problems:
         raise typer.Exit(1)

@@ -62,6 +62,13 @@ again and its reads stored a second time under new keys.
 The database down behaves as on one machine, on every node: batches wait in the node's
 spool and are sent, once, when it is back.
 
+`--cluster auto` joins the local Ray instance if one runs, and leaves it running. If none
+does, it starts one of the run's own (`OwnInstance`), stopped at the run's end and leaving
+nothing of it behind: its files in a temporary folder of its own, removed then (not Ray's
+shared /tmp/ray), and the token Ray's authentication asks for held in the environment of
+the run and of Ray's processes, never written to ~/.ray/auth_token (where Ray would put
+it, and where every later cluster of this user would then look for it).
+
 Limits: the driver and the Ray head are single points of failure (when the driver ends,
 Ray ends its actors too; a new run picks up the spools); cameras are not moved back when
 a lost node returns, nor spread again when a node joins (a node that joins takes
@@ -70,12 +77,16 @@ cameras only while some wait for a node).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -116,6 +127,9 @@ FINISH_TIMEOUT_SECONDS = DRAIN_SECONDS + 60.0  # a node drains its frames and se
 ORPHAN_SECONDS = 10.0
 MAX_NODE_SPOOLS = 64  # spool folders tried per machine: more actors than that on one machine is a mistake
 MESSAGES_KEPT = 1000  # a node's log messages waiting for the driver; older ones go first
+# Ray's token authentication: the token (Ray reads it before ~/.ray/auth_token), and the
+# mode, which Ray sets in this process as it starts a local instance.
+RAY_TOKEN_VARIABLE, RAY_AUTH_MODE_VARIABLE = "RAY_AUTH_TOKEN", "RAY_AUTH_MODE"
 
 
 # --- before anything starts ---------------------------------------------------------------
@@ -167,6 +181,41 @@ def head_reachable(address: str) -> None:
             f"cannot reach the Ray head at {host}:{port} ({exc.strerror or exc}): start it with "
             f"`ray start --head --port={port}`, or give its address as HOST:PORT"
         ) from None
+
+
+@dataclass
+class OwnInstance:
+    """The local Ray instance that `--cluster auto` starts when none runs: the run's alone, and
+    gone with it. `ray.shutdown()` stops it; `remove` then puts back what it changed."""
+
+    folder: str  # Ray's temporary folder for it (sessions, logs, sockets), instead of /tmp/ray
+    environment: dict[str, str | None]  # the variables it set in this process, with their values before
+
+    @classmethod
+    def start(cls, ray: ModuleType, options: Mapping[str, Any]) -> OwnInstance:
+        # A token of its own, which Ray's processes inherit: without one, Ray writes the one it
+        # makes to ~/.ray/auth_token, and every later cluster of this user then expects it.
+        variables = (RAY_TOKEN_VARIABLE, RAY_AUTH_MODE_VARIABLE)
+        instance = cls(tempfile.mkdtemp(prefix="anpr-ray-"), {name: os.environ.get(name) for name in variables})
+        os.environ[RAY_TOKEN_VARIABLE] = secrets.token_hex(32)
+        try:
+            ray.init(address="local", include_dashboard=False, _temp_dir=instance.folder, **options)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # whatever it had started
+            instance.remove()
+            raise
+        log.info("no Ray instance ran on this machine: started one for this run, stopped at its end")
+        return instance
+
+    def remove(self) -> None:
+        """The environment as it was, and the folder removed (after `ray.shutdown()`)."""
+        for name, value in self.environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # --- where cameras go ---------------------------------------------------------------------
@@ -537,6 +586,7 @@ class ClusterRun:
         self.restarts: list[dict[str, Any]] = []
         self.refused: set[str] = set()  # nodes that could not take cameras: not tried again
         self.connected = False
+        self.own: OwnInstance | None = None  # the local instance this run started (`--cluster auto`)
         self._stdout: TextIO | None = None  # the real stdout, while Ray's messages go to stderr
         self.database = open_database(settings, policy)
         try:
@@ -565,8 +615,8 @@ class ClusterRun:
             else:
                 try:
                     ray.init(address="auto", **options)
-                except ConnectionError:  # no local instance running: start one
-                    ray.init(include_dashboard=False, **options)
+                except ConnectionError:  # no local instance running: start one of the run's own
+                    self.own = OwnInstance.start(ray, options)
         except Exception as exc:  # whatever Ray raises for an address it cannot join
             raise ClusterError(f"cannot join the Ray cluster at {self.address}: {first_line(exc)}") from None
         finally:
@@ -914,6 +964,9 @@ class ClusterRun:
                 self.ray.shutdown()
                 self.connected = False
         finally:
+            if self.own is not None:
+                self.own.remove()
+                self.own = None
             if self._stdout is not None:
                 sys.stdout, self._stdout = self._stdout, None
             self.database.spool.close()

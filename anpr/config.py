@@ -32,6 +32,8 @@ Run settings (all optional):
       spool_max_mb: 256      # spool size limit (1 or more): beyond it new batches are lost, with a warning
       key_file: anpr.key     # the secret key (plate hashes, audit authentication), outside the database
       audit_checkpoints: anpr-audit.checkpoints  # the audit log's checkpoints, appended at every run end
+                             # (these two, when relative: from the config's folder if set there, else
+                             # next to a SQLite database, else next to the config)
       timeout_seconds: 2     # a database that does not answer within this long counts as down (2-600)
 
 A deployment (required by `anpr run`, see configs/ and README "Deployment config"):
@@ -60,7 +62,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from anpr.errors import ConfigError
 from anpr.policy.deployment import DEPLOYMENT_KEYS, Count, Deployment, Number
-from anpr.redact import redact
+from anpr.redact import printable, redact
 from anpr.registry import DETECTORS, RECOGNISERS, SINK_TYPES
 
 
@@ -191,7 +193,8 @@ class StoreSettings(_Section):
     spool_dir: str = Field("anpr-spool", min_length=1)
     spool_max_mb: Count = Field(256, ge=1, le=1_048_576)
     # The deployment's secret key (keys.py), outside the database: keyed plate hashes and
-    # the audit log's authentication. Made by the first run; keep a copy elsewhere.
+    # the audit log's authentication. Made by the first run; keep a copy elsewhere. This
+    # and the checkpoints are found next to the database by default (_with_database_files).
     key_file: str = Field("anpr.key", min_length=1)
     # Authenticated checkpoints of the audit log, appended at every run end (audit.py):
     # keep this file where the database's administrators cannot rewrite it.
@@ -245,11 +248,10 @@ _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 80
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxset, _SHORT.maxtuple = 2, 4, 4, 4, 4
 MAX_PROBLEMS = 10  # listed in one message; the rest are counted
-
-
-def _one_line(text: str) -> str:
-    """Control characters and line breaks (of keys, camera ids...) shown escaped, so a message stays one line."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+# A config file is read whole and checked key by key, which costs about 10 s and 130 MB per
+# MiB: 1 MiB holds some ten thousand cameras, while a file of 100,000 took 41 s and 590 MB
+# to check, and /dev/zero would never end.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _location(loc: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -299,7 +301,7 @@ def _validate(data: dict[str, Any], origin: str) -> Settings:
         problems = [_describe(e) for e in exc.errors()]
         if len(problems) > MAX_PROBLEMS:
             problems[MAX_PROBLEMS:] = [f"and {len(problems) - MAX_PROBLEMS} more problem(s)"]
-        raise ConfigError(_one_line(f"{origin}: " + "; ".join(problems))) from None
+        raise ConfigError(printable(f"{origin}: " + "; ".join(problems))) from None
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -357,7 +359,14 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as file:
+                raw = file.read(MAX_CONFIG_BYTES + 1)
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise ConfigError(
+                    f"{path}: config file larger than {MAX_CONFIG_BYTES // 2**20} MiB ({MAX_CONFIG_BYTES} bytes), "
+                    f"the most anpr reads (some ten thousand cameras fit in it)"
+                )
+            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except UnicodeDecodeError as exc:
@@ -367,7 +376,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
         try:
             loaded = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
         except Exception as exc:  # whatever the parser raises on this text, the text is at fault
-            raise ConfigError(_one_line(f"{path}: not valid YAML: {_yaml_problem(exc)}")) from None
+            raise ConfigError(printable(f"{path}: not valid YAML: {_yaml_problem(exc)}")) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
         data = _resolve_paths(loaded or {}, path.parent)
@@ -378,4 +387,44 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
         for section, keys in flags.items():
             merged[section].update(keys)
         settings = _validate(merged, "command-line option")
-    return settings
+    return _with_database_files(settings, data.get("store"), path)
+
+
+# The files that belong with one database: found from the working folder, the same
+# database run from another folder would get a second key, and its checkpoints go astray.
+DATABASE_FILES = ("key_file", "audit_checkpoints")
+
+
+def _with_database_files(settings: Settings, given: Any, config: Path | None) -> Settings:
+    """store.key_file and store.audit_checkpoints anchored: one given relative in the config
+    file is relative to that file's folder (as its other files are); a default one is next
+    to the database when it is a SQLite file, else next to the config file, else in the
+    working folder. Absolute ones are left as they are."""
+    given = given if isinstance(given, dict) else {}
+    database = _sqlite_folder(settings.store.url)
+    anchored = {}
+    for key in DATABASE_FILES:
+        path = Path(getattr(settings.store, key)).expanduser()
+        if config is not None and key in given:
+            base: Path | None = config.parent
+        else:
+            base = database or (config.parent if config is not None else None)
+        if base is not None and not path.is_absolute():
+            anchored[key] = str(base / path)
+    return settings.model_copy(update={"store": settings.store.model_copy(update=anchored)}) if anchored else settings
+
+
+def _sqlite_folder(url: str) -> Path | None:
+    """The folder of the SQLite file `url` (store.url: a URL or a path) names; None for another database."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if "://" not in url:
+        return Path(url).expanduser().resolve().parent
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None  # reported where the database is opened
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser().resolve().parent

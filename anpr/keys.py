@@ -9,9 +9,14 @@ can neither look a plate up by its keyed hash nor forge the audit log:
 
 Each use has its own subkey, derived from the file's key, so that a value made for one
 use never verifies as another. The file holds 32 random bytes in hex; it is created
-(mode 0600, never overwritten) by the first run that needs it. Losing it loses the
-ability to look plates up and to verify the audit log: keep a copy where the
+(mode 0600, never overwritten) by the first run that needs it, and trusted only as
+anpr's private file (anpr/files.py: not a link, this user's, open to no other user):
+whoever else could write it could make every plate's hash theirs to reverse. Losing it
+loses the ability to look plates up and to verify the audit log: keep a copy where the
 database's administrators cannot write (README "Keys").
+
+The database records the key's fingerprint (`Keys.fingerprint`, which reveals nothing of
+the key) when first run with it, and refuses any other key (anpr/identity.py).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anpr.errors import ConfigError
+from anpr.files import UnsafeFile, read_private
+from anpr.files import create as create_file
 
 KEY_BYTES = 32
 
@@ -48,6 +55,11 @@ class Keys:
             raise ConfigError("these keys hold no audit key (a cluster node's): they cannot authenticate the audit log")
         return hmac.new(self.audit, payload.encode("utf-8"), hashlib.sha256).hexdigest()
 
+    def fingerprint(self) -> str:
+        """What names this key in a database (anpr/identity.py): a keyed hash of a fixed
+        label, from which neither the key nor a subkey can be found."""
+        return hmac.new(self.plate, b"anpr key fingerprint v1", hashlib.sha256).hexdigest()
+
     def plates_only(self) -> Keys:
         """These keys without the audit subkey: what a process that stores reads but never
         writes the audit log needs (a cluster node, anpr/cluster.py)."""
@@ -61,17 +73,17 @@ def _derive(secret: bytes, label: bytes) -> bytes:
 def load_keys(path: str | os.PathLike[str], create: bool = False) -> Keys:
     """The keys of the file at `path`; with `create`, a new file is made if there is none."""
     path = Path(path).expanduser()
-    if create and not path.exists():
+    if create:
         _create(path)
     try:
-        if path.is_symlink():
-            raise ConfigError(f"key file {path} is a symbolic link: give the file itself (store.key_file)")
-        text = path.read_text(encoding="ascii").strip()
+        text = read_private(path).decode("ascii").strip()
     except FileNotFoundError:
         raise ConfigError(
             f"key file not found: {path} (store.key_file): it is made by the first `anpr run`, "
             f"and without the one that run used, plates cannot be looked up nor the audit log verified"
         ) from None
+    except UnsafeFile as exc:
+        raise ConfigError(f"key file {path} {exc.reason} (store.key_file)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
@@ -80,22 +92,15 @@ def load_keys(path: str | os.PathLike[str], create: bool = False) -> Keys:
         secret = b""
     if len(secret) != KEY_BYTES:
         raise ConfigError(f"key file {path} does not hold a key ({KEY_BYTES * 2} hex digits)")
-    if path.stat().st_mode & 0o077:
-        raise ConfigError(f"key file {path} can be read by other users: chmod 600 {path}")
     return Keys.from_secret(secret)
 
 
 def _create(path: Path) -> None:
+    """A new key file at `path`, unless there is something there already (another run's
+    key, made first: that one is used)."""
     if not path.parent.is_dir():
         raise ConfigError(f"cannot create key file {path}: folder does not exist")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except FileExistsError:
-        return  # another run made it first: use that one
+        create_file(path, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
     except OSError as exc:
         raise ConfigError(f"cannot create key file {path}: {exc.strerror or exc}") from None
-    try:
-        os.write(fd, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)

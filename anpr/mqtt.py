@@ -1,10 +1,12 @@
 """The MQTT sink's client (config `type: mqtt`, settings `sinks.MqttSettings`).
 
 Each passage, and each kept read with `reads: true`, is published as its JSON object (the
-`--jsonl` fields, its `key` among them) on `<prefix>/<camera>/passage` or
-`<prefix>/<camera>/read`, QoS 1. `<prefix>/availability/<client id>` says `online`
+`--jsonl` fields, its `key` among them) on `<prefix>/passages/<camera>` or
+`<prefix>/reads/<camera>`, QoS 1. `<prefix>/availability/<client id>` says `online`
 (retained) once connected, and `offline` when the run closes the connection; the broker
-publishes `offline` itself (the connection's last will) when it is lost.
+publishes `offline` itself (the connection's last will) when it is lost. The level after
+the prefix says what a topic carries, so no camera id reaches another kind's topics or the
+availability; the camera level is its id percent-encoded (`topic_level`), one id per level.
 
 Durability is anpr's, not the client library's. Every connection is a paho client of its
 own that never reconnects by itself, and is dropped whole when the broker stops answering,
@@ -28,7 +30,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import ssl
 import threading
@@ -36,6 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -133,17 +135,25 @@ def expire_mqtt_queue(folder: str | os.PathLike[str], now: float) -> int:
 # --- messages --------------------------------------------------------------------------------
 
 
+# The level after the prefix: what the topics under it carry. A camera is the level after,
+# never this one, so a camera named `availability` cannot publish where the state is kept.
+READS, PASSAGES, AVAILABILITY = "reads", "passages", "availability"
+
+
 def topic_level(name: str) -> str:
-    """A camera id as one topic level: a /, a wildcard or a control character becomes _."""
-    return re.sub(r"[/+#\x00-\x1f\x7f]", "_", name) or "_"
+    """A camera id as one topic level, percent-encoded (RFC 3986): every character but the
+    unreserved ASCII ones (letters, digits, `-._~`) becomes %XX of its UTF-8 bytes, `%` itself
+    included, so `/`, wildcards, controls and line separators never reach a topic, two ids
+    never share a level, and `urllib.parse.unquote` gives the id back."""
+    return quote(name, safe="")
 
 
 def messages(prefix: str, batch: Batch) -> list[tuple[str, bytes]]:
     """The batch's reads, then its passages, as (topic, JSON payload)."""
-    records: list[tuple[str, PolicedRead | Passage]] = [("read", r) for r in batch.reads]
-    records += [("passage", p) for p in batch.passages]
+    records: list[tuple[str, PolicedRead | Passage]] = [(READS, r) for r in batch.reads]
+    records += [(PASSAGES, p) for p in batch.passages]
     return [
-        (f"{prefix}/{topic_level(record.camera)}/{kind}", json.dumps(record.to_dict()).encode("utf-8"))
+        (f"{prefix}/{kind}/{topic_level(record.camera)}", json.dumps(record.to_dict()).encode("utf-8"))
         for kind, record in records
     ]
 
@@ -346,7 +356,7 @@ class MqttSink:
     ) -> None:
         self.settings = settings
         self.prefix = settings.topic_prefix
-        self.availability = f"{self.prefix}/availability/{settings.client_id or 'anpr'}"
+        self.availability = f"{self.prefix}/{AVAILABILITY}/{settings.client_id or 'anpr'}"
         self.shown = f"MQTT broker {settings.host}:{settings.broker_port}"
         self.clock, self.monotonic, self.timeout = clock, monotonic, timeout
         self._credentials = _credentials(settings)

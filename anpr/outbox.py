@@ -1,7 +1,7 @@
 """Folders of batches of kept reads waiting on disk to be sent: the database's outage spool
 (anpr/spool.py), each webhook's queue (anpr/sinks.py) and each MQTT sink's (anpr/mqtt.py)
 are each an `Outbox`, told apart by a `Kind` (marker, words of the messages, what a batch
-holds and its file format). Also the private writes of export files.
+holds and its file format). Its files are made and written by anpr/files.py's primitives.
 
 What such a folder may hold: one JSON file per batch, holding reads a purpose kept, each
 with its deletion deadline and key (a spool's batches also hold passages, plate-free
@@ -18,22 +18,28 @@ The folder is anpr's alone, and anpr touches nothing else in it:
 
 - It is marked by a file of its kind (`.anpr-spool`, `.anpr-webhook-queue`,
   `.anpr-mqtt-queue`): one kind's folder is never taken for another's. A folder anpr creates is made with mode 0700,
-  marked as made by anpr, and removed once nothing but its marker is left (at close, or
-  after an offline expiry). An existing empty folder is adopted (marked), its mode left as
+  marked as made by anpr (both under a temporary name `.<name>.<random>.new` beside it,
+  then renamed into place: no other run ever finds it unmarked), and removed once nothing
+  but its marker is left (at close, or after an offline expiry: moved away to
+  `.<name>.<key>.gone` first, for the same reason). An existing empty folder is adopted (marked), its mode left as
   it is (a warning if other users may enter it), and never removed. An existing folder
   that holds anything but is not marked is refused, untouched; except one that holds
   nothing but batch files of an anpr from before the markers (and its old `.lock`), which
   is marked and picked up.
 - Only these names are ever read, written, renamed or deleted: batch files
   `<20 digits>-<32 hex digits>.json`, their temporary files `.<batch file name>.tmp`, the
-  marker, and the lock file `<marker>.lock` (deleted only by the run that created it,
-  while holding it). A batch or temporary file that cannot be decoded is not deleted but
+  marker, and the lock file `<marker>.lock` (deleted only by the run that holds it, before
+  it lets it go). A batch or temporary file that cannot be decoded is not deleted but
   renamed to `<name>.unreadable` (counted as lost, with a warning): anpr never looks at it
   again, and retention does not reach it, so whoever reads the warning must.
 - No symbolic link is followed: the folder itself must not be one, every file is opened
   relative to the folder's descriptor with O_NOFOLLOW, and a link with a batch file's name
   is skipped, neither followed nor deleted.
-- One process at a time: the folder is locked while in use.
+- One process at a time: the folder is locked while in use, with the kernel's lock
+  (flock) on the lock file, which goes with its process however it ends: a lock file left
+  by a killed run locks nothing, and the next run takes it over. A run refused because
+  another holds the folder has changed nothing in it: the folder is marked, or adopted,
+  only under the lock.
 
 Not thread-safe: one run loop uses an outbox. Warnings go to `logging` (logger `anpr.outbox`).
 """
@@ -48,13 +54,23 @@ import math
 import os
 import re
 import stat
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from anpr.errors import StoreError
+from anpr.files import OPEN_FLAGS as _OPEN_FLAGS
+from anpr.files import fsync_quietly as _fsync
+from anpr.files import install_at as _install_at
+from anpr.files import is_file_at as _is_file_at
+from anpr.files import lstat_at as _lstat_at
+from anpr.files import read_at as _read_at
+from anpr.files import replace_at as _replace_at
+from anpr.files import shred_at as _shred_at
+from anpr.files import write_whole as write_all
 from anpr.records import CountKey, Passage, PolicedRead, new_key
 
 UNREADABLE_SUFFIX = ".unreadable"
@@ -63,9 +79,6 @@ _MADE_BY_ANPR = b"; anpr made this folder and removes it once nothing else is le
 _BATCH_NAME = re.compile(r"[0-9]{20}-[0-9a-f]{32}\.json")
 _TEMP_NAME = re.compile(r"\.[0-9]{20}-[0-9a-f]{32}\.json\.tmp")
 _LEGACY_LOCK_NAME = ".lock"  # of anpr before the markers
-# O_NONBLOCK: a FIFO given a batch file's name must not hang the run (it is then refused
-# as not a regular file); on a regular file it changes nothing.
-_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _LOCK_ATTEMPTS = 5
 UNDECODABLE = (ValueError, KeyError, TypeError, AttributeError)
 
@@ -185,17 +198,18 @@ class Outbox(Generic[B]):
         self.made = False  # by anpr (its marker says so): only then may the folder be removed
         self._fd: int | None = None
         self._lock_fd: int | None = None
-        self._lock_created = False
         self._last_ns = 0
         for _ in range(_LOCK_ATTEMPTS):
             self._fd = self._open_folder(create)
             try:
-                if self._lock(busy):
+                # Marked only under the lock: a run refused here leaves the folder as it found it.
+                if self._lock(busy) and self._still_at_its_path():
+                    self._claim(self._dir, create)
                     return
             except BaseException:
                 self.close()
                 raise
-            self.close()  # its last holder removed the lock file as we took it: look again
+            self.close()  # its last holder removed the lock file, or the folder, as we took it: look again
         raise OutboxInUse(f"{self._what} is in use by another run: {busy}")
 
     @property
@@ -406,17 +420,10 @@ class Outbox(Generic[B]):
         return self.directory / name
 
     def _open_folder(self, create: bool) -> int:
-        """The folder's descriptor, once it is known to be of its kind (marked here if it may be)."""
-        created = False
+        """The folder's descriptor (the folder made first, if missing and `create`), once it is
+        known that it may be of its kind; nothing in it is changed here (see `_claim`)."""
         if create:
-            try:
-                self.directory.parent.mkdir(parents=True, exist_ok=True)
-                os.mkdir(self.directory, 0o700)
-                created = True
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise StoreError(f"cannot create {self._what}: {_why(exc)}") from None
+            self._make()
         try:
             fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -433,33 +440,72 @@ class Outbox(Generic[B]):
                 raise StoreError(f"{self._what} is not a folder: set {setting} to a folder") from None
             raise StoreError(f"cannot open {self._what}: {_why(exc)}") from None
         try:
-            self._claim(fd, created, create)
+            self._judge(fd, create)
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _claim(self, fd: int, created: bool, create: bool) -> None:
-        """Refuse a folder that is not of its kind, marking one that may be."""
+    def _make(self) -> None:
+        """Make the missing folder, already marked as made by anpr: it is built under a
+        temporary name beside it and renamed into place, so that no other run ever finds it
+        empty and unmarked, and adopts it (then it would never be removed)."""
+        parent = self.directory.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(self.directory):
+                return
+            temp = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.", suffix=".new", dir=parent))
+        except OSError as exc:
+            raise StoreError(f"cannot create {self._what}: {_why(exc)}") from None
+        try:
+            fd = os.open(temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o700)  # whatever the umask
+                _write_marker(fd, self.kind, made=True)
+            finally:
+                os.close(fd)
+            # Fails on a folder made meanwhile by another anpr (it holds its marker); would
+            # replace one that someone else made empty at this very instant.
+            os.rename(temp, self.directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp / self.kind.marker)
+            with contextlib.suppress(OSError):
+                os.rmdir(temp)
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # else: another run made it first
+                raise StoreError(f"cannot create {self._what}: {_why(exc)}") from None
+
+    def _judge(self, fd: int, create: bool) -> bool:
+        """Whether the folder is marked as of its kind (else it may be adopted, and is to be
+        marked); StoreError when it is not of its kind, _NoFolder when empty and not to be made.
+        Its lock file is no sign of anything: a run that took it may not have marked it yet."""
         kind = self.kind
         try:
-            names = os.listdir(fd)
+            names = [name for name in os.listdir(fd) if name != kind.lock]
             if _is_file_at(fd, kind.marker):
-                self.made = _read_at(fd, kind.marker).endswith(_MADE_BY_ANPR)
-            elif created and not names:
-                os.fchmod(fd, 0o700)  # mkdir's mode is masked by the umask; only a folder made here is set
-                self._mark(fd, made=True)
-                return
-            elif not names and not create:
+                return True
+            if not names and not create:
                 raise _NoFolder
-            elif not names or self._holds_old_batches(fd, names):
-                self._mark(fd, made=False)
-                log.info("%s marked as anpr's (%s)", self._what, kind.marker)
+            if not names or self._holds_old_batches(fd, names):
+                return False
+        except OSError as exc:
+            raise StoreError(f"cannot use {self._what}: {_why(exc)}") from None
+        raise StoreError(
+            f"{self._what} holds files but no {kind.marker} marker, so it is not an anpr {kind.noun} "
+            f"and is left untouched: set {kind.setting} to a dedicated folder"
+        )
+
+    def _claim(self, fd: int, create: bool) -> None:
+        """Under the lock: refuse a folder that is not of its kind, marking one that may be."""
+        kind = self.kind
+        marked = self._judge(fd, create)
+        try:
+            if marked:
+                self.made = _read_at(fd, kind.marker).endswith(_MADE_BY_ANPR)
             else:
-                raise StoreError(
-                    f"{self._what} holds files but no {kind.marker} marker, so it is not an anpr {kind.noun} "
-                    f"and is left untouched: set {kind.setting} to a dedicated folder"
-                )
+                _write_marker(fd, kind, made=False)
+                log.info("%s marked as anpr's (%s)", self._what, kind.marker)
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
         except OSError as exc:
             raise StoreError(f"cannot use {self._what}: {_why(exc)}") from None
@@ -483,30 +529,15 @@ class Outbox(Generic[B]):
             for name in names
         )
 
-    def _mark(self, fd: int, made: bool) -> None:
-        text = f"{self.kind.title} ({self.kind.setting}): anpr touches only its own batch files here".encode()
-        try:
-            marker = os.open(self.kind.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600, dir_fd=fd)
-        except FileExistsError:
-            if _is_file_at(fd, self.kind.marker):
-                return  # marked by another anpr at the same moment
-            raise
-        try:
-            write_all(marker, text + (_MADE_BY_ANPR if made else b"\n"))
-        finally:
-            os.close(marker)
-        self.made = made
-        _fsync(fd)
-
     def _lock(self, busy: str) -> bool:
-        """Take the folder's lock; False when its file was removed as it was taken (look again)."""
+        """Take the folder's lock; False when its file was removed as it was taken (look again).
+        The lock is the kernel's (flock), released when its process ends, however it ends: a
+        lock file left by a killed run is no lock, and the run that takes it next owns it."""
         fd, name = self._dir, self.kind.lock
-        created = True
         try:
             try:
                 lock_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600, dir_fd=fd)
             except FileExistsError:
-                created = False
                 lock_fd = os.open(name, os.O_RDWR | _OPEN_FLAGS, dir_fd=fd)
         except FileNotFoundError:
             return False
@@ -530,35 +561,45 @@ class Outbox(Generic[B]):
             with contextlib.suppress(OSError):
                 os.close(lock_fd)
             raise
-        self._lock_fd, self._lock_created = lock_fd, created
+        self._lock_fd = lock_fd
         return True
 
+    def _still_at_its_path(self) -> bool:
+        """Whether the folder locked is still the one at its path: the run that held it may
+        have moved it away to remove it (`close`) after it was opened here."""
+        at_path = _lstat_at(None, self.directory)
+        opened = os.fstat(self._dir)
+        return at_path is not None and (at_path.st_dev, at_path.st_ino) == (opened.st_dev, opened.st_ino)
+
     def close(self) -> None:
-        """Release the folder: its lock, deleting the lock file if this run created it; the
-        folder itself if anpr made it and nothing but the marker and this lock file is left.
-        Batches left in it wait for the next run."""
+        """Release the folder: its lock, deleting the lock file; the folder itself if anpr
+        made it and nothing but the marker and the lock file is left. Batches left in it
+        wait for the next run."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         marker, lock = self.kind.marker, self.kind.lock
-        remove = False
-        if self.made and self._lock_created:
+        gone: Path | None = None
+        if self.made and self._lock_fd is not None:
             with contextlib.suppress(OSError):
-                remove = sorted(os.listdir(fd)) == sorted([marker, lock])
-        if remove:
+                if sorted(os.listdir(fd)) == sorted([marker, lock]):
+                    # Moved away first, under the lock: a run starting now never finds the
+                    # folder at its path unmarked (it would adopt it), but makes a new one.
+                    moved = self.directory.with_name(f".{self.directory.name}.{new_key()}.gone")
+                    os.rename(self.directory, moved)
+                    gone = moved
+        if gone is not None:
             with contextlib.suppress(OSError):
                 os.unlink(marker, dir_fd=fd)
         if self._lock_fd is not None:
-            if self._lock_created:
-                # Before the lock is released: a run waiting on this file then finds it gone and looks again.
-                with contextlib.suppress(OSError):
-                    os.unlink(lock, dir_fd=fd)
+            # Before the lock is released: a run waiting on this file then finds it gone and looks again.
+            with contextlib.suppress(OSError):
+                os.unlink(lock, dir_fd=fd)
             os.close(self._lock_fd)
             self._lock_fd = None
         os.close(fd)
-        if remove:
-            with contextlib.suppress(OSError):  # something new in it: it stays
-                os.rmdir(self.directory)
+        if gone is not None:
+            _remove_moved_folder(gone)
 
     def _listing(self, pattern: re.Pattern[str]) -> list[str]:
         """The regular files whose names match `pattern`, sorted (oldest first)."""
@@ -576,6 +617,36 @@ class Outbox(Generic[B]):
                     continue
                 names.append(entry.name)
         return sorted(names)
+
+
+def _write_marker(fd: int, kind: Kind[Any], made: bool) -> None:
+    text = f"{kind.title} ({kind.setting}): anpr touches only its own batch files here".encode()
+    try:
+        marker = os.open(kind.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600, dir_fd=fd)
+    except FileExistsError:
+        if _is_file_at(fd, kind.marker):
+            return  # marked by another anpr at the same moment
+        raise
+    try:
+        write_all(marker, text + (_MADE_BY_ANPR if made else b"\n"))
+    finally:
+        os.close(marker)
+    _fsync(fd)
+
+
+def _remove_moved_folder(path: Path) -> None:
+    """Remove a folder `close` moved away once empty. A run that opened it before the move
+    may have put its lock file there for an instant: it finds the folder moved and takes
+    its lock file out again, so the removal is tried a few times."""
+    for attempt in range(_LOCK_ATTEMPTS):
+        try:
+            os.rmdir(path)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == _LOCK_ATTEMPTS - 1:
+                log.warning("cannot remove the empty folder %s (%s); remove it by hand", path, _why(exc))
+                return
+            time.sleep(0.01)
 
 
 class Backoff:
@@ -644,126 +715,6 @@ def expire_offline(kind: Kind[Any], directory: str | os.PathLike[str], now: floa
         return outbox.expire(now)
     finally:
         outbox.close()
-
-
-# --- files in a folder reached by its descriptor; an export file by its path --------------------
-
-
-def temp_name(path: Path) -> Path:
-    """Where `write_private` writes `path`'s next content before renaming it into place."""
-    return path.with_name(f".{path.name}.tmp")
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically, as a batch file is (`_replace_at`)."""
-    with _parent(path) as dir_fd:
-        _replace_at(dir_fd, path.name, data)
-
-
-def shred(path: Path) -> None:
-    """Zero a file, never through a symbolic link, then delete it (best effort)."""
-    with _parent(path) as dir_fd:
-        _shred_at(dir_fd, path.name)
-
-
-@contextlib.contextmanager
-def _parent(path: Path) -> Iterator[int]:
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _read_at(dir_fd: int, name: str) -> bytes:
-    fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=dir_fd)
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        return file.read()
-
-
-def _replace_at(dir_fd: int, name: str, data: bytes) -> None:
-    """Write `name` (new, or in place of the old one) through a 0600 temporary file, fsynced."""
-    temp = f".{name}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600, dir_fd=dir_fd)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _install_at(dir_fd, temp, name)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=dir_fd)
-        raise
-
-
-def _install_at(dir_fd: int, temp: str, name: str) -> None:
-    """Rename a complete temporary file to `name`, then zero what `name` held: after the
-    rename, so that a crash in between loses neither."""
-    old = None
-    if _is_file_at(dir_fd, name):
-        with contextlib.suppress(OSError):  # one that cannot be written is replaced all the same
-            old = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=dir_fd)
-    elif _lstat_at(dir_fd, name) is not None:
-        raise OSError(errno.EEXIST, "its name is taken by something else")
-    try:
-        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        if old is not None:
-            _zero(old)
-    finally:
-        if old is not None:
-            os.close(old)
-    _fsync(dir_fd)
-
-
-def _shred_at(dir_fd: int, name: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=dir_fd)
-        try:
-            _zero(fd)
-        finally:
-            os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=dir_fd)
-    _fsync(dir_fd)
-
-
-def _zero(fd: int) -> None:
-    """Overwrite a regular file's content with zeros, in place (best effort)."""
-    with contextlib.suppress(OSError):
-        info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode):
-            os.lseek(fd, 0, os.SEEK_SET)
-            size = info.st_size
-            while size > 0:
-                size -= os.write(fd, b"\0" * min(size, 1 << 16))
-            os.fsync(fd)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.fsync(fd)
-
-
-def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _is_file_at(dir_fd: int, name: str) -> bool:
-    info = _lstat_at(dir_fd, name)
-    return info is not None and stat.S_ISREG(info.st_mode)
 
 
 def _size(number: float) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from anpr.errors import ConfigError
+from anpr.files import open_file
 from anpr.pipeline import Lane
 from anpr.policy.engine import PurposeDecision
 from anpr.policy.gate import GateTally
@@ -109,10 +110,10 @@ def lane_status(lanes: Sequence[Lane]) -> dict[str, dict[str, Any]]:
 
 
 def _open_private(path: Path) -> IO[str]:
-    """`path` opened for appending, created 0600: the log names cameras, their sources and
-    their errors. (A link is followed: /dev/stdout is a fine place for it.)"""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    return os.fdopen(fd, "a", encoding="utf-8")
+    """`path` opened for appending as anpr's private file (anpr/files.py: created 0600, never
+    through a link, refused if another user's or open to others): the log names cameras,
+    their sources and their errors. `-` is the way to stderr."""
+    return os.fdopen(open_file(path, "append"), "a", encoding="utf-8")
 
 
 class StatusLog:
@@ -125,7 +126,8 @@ class StatusLog:
         try:
             self._out = sys.stderr if str(path) == "-" else _open_private(path)
         except OSError as exc:
-            raise ConfigError(f"cannot write the JSON log {path}: {exc.strerror or exc}") from None
+            hint = " (`-` for stderr)" if str(path).startswith("/dev/") else ""  # /dev/stdout is a link
+            raise ConfigError(f"cannot write the JSON log {path}: {exc.strerror or exc}{hint}") from None
         self._logged: dict[str, int] = {}  # camera -> state changes already written
         self._next_status = 0.0
         self.database: Any = None  # the spool, when the run has one: its as_json() is the database's state
@@ -217,13 +219,30 @@ def decision_lines(decisions: Sequence[PurposeDecision], camera: str | None = No
     return lines
 
 
-def summary_lines(gate_tally: GateTally, lanes: Sequence[Lane], store_url: str) -> list[str]:
-    """The end of a run, per purpose and per camera (warnings prefixed `warning: `)."""
+def summary_lines(
+    gate_tally: GateTally, lanes: Sequence[Lane], store_url: str, database: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The end of a run, per purpose and per camera (warnings prefixed `warning: `);
+    `database`: the spool's as_json(), for where the kept reads went."""
     lines = purpose_lines(gate_tally)
     for lane in lanes:
         lines += _camera_lines(lane, f"camera {lane.name}: " if len(lanes) > 1 else "")
-    lines.append(f"{gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}")
+    lines.append(kept_line(gate_tally, store_url, [database or {}]))
     return lines
+
+
+def kept_line(gate_tally: GateTally, store_url: str, spools: Sequence[Mapping[str, Any]]) -> str:
+    """The reads seen, and where those the policy kept went, by the spools' figures (as_json):
+    a read the spool could not take (full, not writable) is counted as lost, not as kept."""
+    allowed = sum(gate_tally.stored.values())
+    waiting = sum(int(spool.get("pending_reads", 0)) for spool in spools)
+    lost = sum(int(spool.get("lost_reads", 0)) for spool in spools)
+    if not waiting and not lost:
+        return f"{gate_tally.seen} reads seen, {allowed} kept in {store_url}"
+    parts = [f"{max(allowed - waiting - lost, 0)} kept in {store_url}"]
+    parts += [f"{waiting} waiting in the spool for it"] if waiting else []
+    parts += [f"{lost} lost (the spool was full or not writable)"] if lost else []
+    return f"{gate_tally.seen} reads seen, {allowed} allowed: " + ", ".join(parts)
 
 
 def purpose_lines(gate_tally: GateTally) -> list[str]:
@@ -303,5 +322,5 @@ def cluster_summary_lines(
                 f"warning: node {node}: {database['pending_reads']} read(s) kept in {database['spool_dir']} on "
                 f"that machine: the next cluster run there sends them (each is deleted when its retention ends)"
             )
-    lines.append(f"{gate_tally.seen} reads seen, {sum(gate_tally.stored.values())} kept in {store_url}")
+    lines.append(kept_line(gate_tally, store_url, [state.get("database") or {} for state in nodes.values()]))
     return lines

@@ -29,12 +29,13 @@ from typing import Any
 
 from anpr.audit import AuditEntry, AuditState, inspect_database
 from anpr.errors import ConfigError
-from anpr.outbox import write_private
+from anpr.files import write_private
 from anpr.outputs import decision_lines
 from anpr.policy.binding import require_binding
 from anpr.policy.engine import Policy, describe_safeguard
 from anpr.policy.rules import CONTROLLER_TYPES, KEPT
 from anpr.records import Outcome
+from anpr.redact import printable
 
 # The audit actions that delete kept rows, and what deleted them.
 DELETIONS = {
@@ -449,8 +450,16 @@ def write_report(path: Path, text: str) -> None:
 # --- Markdown --------------------------------------------------------------------------------------
 
 
+# Markdown's active characters in text from outside (names, a refused query's purpose): HTML
+# (`<script>`, `<img onerror>`, an autolink) as entities, which every renderer shows as text;
+# links, images, code and emphasis, and a table cell's end, backslash-escaped. An underscore
+# is left: inside a word (parking_fps) it is never emphasis, and elsewhere it only italicises.
+_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", **{ch: "\\" + ch for ch in "\\`*[]|"}})
+
+
 def _md_cell(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """`value` as Markdown text that renders as itself, on one line (redact.printable)."""
+    return printable(str(value)).translate(_MD_ESCAPES)
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -671,7 +680,7 @@ svg { width: 100%; max-width: 760px; height: auto; }
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _cell(value: Any) -> str:

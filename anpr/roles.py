@@ -64,7 +64,7 @@ PURPOSES_TABLE = "anpr_query_purposes"
 AGENTS_TABLE = "anpr_query_agents"
 KEPT_TABLES = ("reads", "passages")
 # Everything the roles may touch: each run revokes all they hold on these first.
-TABLES = (*KEPT_TABLES, "policy_counts", "written_batches", "deployment_bindings", "audit_log")
+TABLES = (*KEPT_TABLES, "policy_counts", "written_batches", "deployment_bindings", "database_identity", "audit_log")
 SEQUENCES = ("reads_id_seq", "passages_id_seq", "policy_counts_id_seq", "deployment_bindings_id_seq")
 # Of a kept row, what the store's writes and purge read (ReadStore._already_written, purge).
 KEPT_COLUMNS = "id, key, delete_after"
@@ -97,12 +97,14 @@ GRANTS = (
     Grant("writer", "SELECT, INSERT, UPDATE", "TABLE policy_counts"),
     Grant("writer", "SELECT, INSERT, DELETE", "TABLE written_batches"),
     Grant("writer", "SELECT, INSERT", "TABLE deployment_bindings, audit_log"),
+    # Its first run binds the database's key (anpr/identity.py: one row, never updated).
+    Grant("writer", "SELECT, INSERT", "TABLE database_identity"),
     Grant("writer", "USAGE", f"SEQUENCE {', '.join(SEQUENCES)}"),
     Grant("query", "EXECUTE", f"FUNCTION {SEARCH_SIGNATURE}"),
     # The client checks the binding before asking, and audits a refusal itself.
-    Grant("query", "SELECT", "TABLE deployment_bindings"),
+    Grant("query", "SELECT", "TABLE deployment_bindings, database_identity"),
     Grant("query", "SELECT, INSERT", "TABLE audit_log"),
-    Grant("auditor", "SELECT", "TABLE audit_log, deployment_bindings, policy_counts"),
+    Grant("auditor", "SELECT", "TABLE audit_log, deployment_bindings, policy_counts, database_identity"),
 )
 
 

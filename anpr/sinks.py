@@ -10,7 +10,8 @@ What leaves the machine or stays on disk is guarded here: a webhook posts over h
 (plain http only to hosts listed for it), authenticates with a header taken from the
 environment, never follows a redirect, and keeps the batches it cannot deliver in a
 private on-disk queue instead of stopping the run (an outbox, anpr/outbox.py, marked
-`.anpr-webhook-queue`); an export file is created 0600. Retention reaches both:
+`.anpr-webhook-queue`); an export file is anpr's private file (anpr/files.py: created
+0600; one that is a link, another user's or open to others is refused). Retention reaches both:
 `purge_export` and `expire_webhook_queue` remove what is past its deadline.
 
 An MQTT sink (its client in anpr/mqtt.py, imported only by a run that has one) publishes
@@ -42,19 +43,8 @@ from typing import Any, ClassVar, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
 from anpr.errors import AnprError, ConfigError, StoreError
-from anpr.outbox import (
-    Backoff,
-    Batch,
-    Kind,
-    Outbox,
-    OutboxInUse,
-    Reachability,
-    expire_offline,
-    shred,
-    temp_name,
-    write_all,
-    write_private,
-)
+from anpr.files import Use, append_whole, check_existing, open_file, shred, temp_name, write_private
+from anpr.outbox import Backoff, Batch, Kind, Outbox, OutboxInUse, Reachability, expire_offline
 from anpr.records import PolicedRead
 from anpr.redact import redact, redact_text
 from anpr.registry import SINK_TYPES
@@ -208,7 +198,7 @@ class MqttSettings(QueuedSinkSettings):
     host: str = Field(min_length=1)  # the broker's host name or IP address
     tls: bool = True  # plain MQTT only when set to false (a broker on the same machine or network segment)
     port: StrictInt | None = Field(None, ge=1, le=65535)  # default 8883, or 1883 without TLS
-    topic_prefix: str = "anpr"  # <prefix>/<camera>/passage, <prefix>/<camera>/read, <prefix>/availability/<client id>
+    topic_prefix: str = "anpr"  # <prefix>/passages/<camera>, <prefix>/reads/<camera>, <prefix>/availability/<client id>
     reads: bool = False  # publish each kept read too, not only passages
     client_id: str | None = Field(None, min_length=1, max_length=128)  # default anpr-NAME
     username_env: str | None = None  # environment variables holding the credentials (their names, not their values)
@@ -231,8 +221,8 @@ class MqttSettings(QueuedSinkSettings):
     def _topic_prefix(cls, value: str) -> str:
         if not value or value.startswith(("/", "$")) or value.endswith("/") or "//" in value:
             raise ValueError("must be topic levels such as anpr or site/anpr (no empty level, no leading $)")
-        if _TOPIC_FORBIDDEN.search(value):
-            raise ValueError("must not contain the wildcards + or #, or control characters")
+        if _TOPIC_FORBIDDEN.search(value) or not value.isprintable():  # C1 controls and U+2028 are not printable
+            raise ValueError("must not contain the wildcards + or #, or control characters or line separators")
         return value
 
     @field_validator("client_id")
@@ -286,27 +276,31 @@ SINK_TYPES.register(
 class JsonlExport:
     def __init__(self, settings: JsonlExportSettings, database: PolicedSink | None = None) -> None:
         self.path = settings.path
+        try:
+            check_existing(self.path)  # refused before the first frame, not at the first read
+        except OSError as exc:
+            raise StoreError(f"cannot write export {self.path}: {exc.strerror or exc}") from None
 
     def write(self, reads: Sequence[PolicedRead]) -> None:
         if not reads:
             return
         data = "".join(json.dumps(r.to_dict()) + "\n" for r in reads).encode("utf-8")
         try:
-            fd = _locked_export(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            fd = _locked_export(self.path, "append")
             try:
-                write_all(fd, data)
+                append_whole(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise StoreError(f"cannot write export {self.path}: {exc.strerror or exc}") from None
 
 
-def _locked_export(path: Path, flags: int) -> int:
-    """`path` opened (never through a symbolic link; created 0600) and locked against a
-    concurrent purge. A purge replaces the file: a descriptor of the file it replaced
-    is reopened, or lines written there would vanish with it."""
+def _locked_export(path: Path, use: Use) -> int:
+    """`path` opened as anpr's private file (anpr/files.py) and locked against a concurrent
+    purge. A purge replaces the file: a descriptor of the file it replaced is reopened, or
+    lines written there would vanish with it."""
     while True:
-        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+        fd = open_file(path, use)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino:
@@ -327,7 +321,7 @@ def purge_export(path: str | os.PathLike[str], now: float) -> int:
     `anpr.sinks`). A missing file has nothing to purge."""
     path = Path(path)
     try:
-        fd = _locked_export(path, os.O_RDWR)
+        fd = _locked_export(path, "rewrite")
     except FileNotFoundError:
         return 0
     except OSError as exc:

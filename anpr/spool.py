@@ -4,9 +4,10 @@
 DatabaseSink: `write(reads, counts, passages)` and `purge(now)`). While the database
 answers, a batch goes straight to it. When it cannot be reached (server down, connection
 lost, no answer within store.timeout_seconds: DatabaseUnavailable, see
-`anpr.store.database_error`), the batch goes to the spool folder (`store.spool_dir`) and
-is sent when the database returns, oldest first. A refused statement (integrity, schema,
-permission) is no outage: it stays an error.
+`anpr.store.database_error`; a SQLite file deleted or replaced while in use, which is gone
+for the rest of the run), the batch goes to the spool folder (`store.spool_dir`) and
+is sent when the database returns (or by the next run with that database), oldest first.
+A refused statement (integrity, schema, permission) is no outage: it stays an error.
 
 The spool holds what the gate let through for the database: allowed reads and the
 passages made of them, each with its deletion deadline and key, and plate-free policy

@@ -62,9 +62,11 @@ from sqlalchemy.sql import Select
 
 from anpr.config import DATABASE_TIMEOUT_SECONDS, StoreSettings
 from anpr.errors import StoreError, first_line
+from anpr.files import create as create_file
 from anpr.keys import Keys
 from anpr.policy.rules import RULES_BY_ID
 from anpr.records import CountKey, Passage, PolicedRead, hour_bucket, new_key
+from anpr.redact import redact, redact_query
 
 if TYPE_CHECKING:
     from anpr.audit import AuditEntry
@@ -273,6 +275,17 @@ def database_url(target: str | None) -> str:
     return f"sqlite:///{Path(target).expanduser().resolve()}"
 
 
+def shown_url(url: str | URL) -> str:
+    """A database URL as every message, log and spool batch shows it: the login, not the
+    password (as SQLAlchemy parses it, whose parse the driver gets), and no query value
+    that is not known to be harmless (`?password=`, `?sslpassword=`: redact.py's rule)."""
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+        return redact_query(parsed.render_as_string(hide_password=True))
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hidden as any location is
+        return redact(str(url))
+
+
 class ReadStore:
     """The reads, passages and policy counters of one database.
 
@@ -304,8 +317,10 @@ class ReadStore:
             self._engine: Engine = bounded_engine(url, timeout)
             if url.get_backend_name() == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_secure_delete)
+            if self._sqlite_file is not None:
+                _watch_file(self._engine, self._sqlite_file)
         except (ArgumentError, ImportError, ValueError) as exc:
-            raise StoreError(f"invalid database URL {self.url!r}: {exc}") from None
+            raise StoreError(f"invalid database URL {shown_url(self.url)!r}: {first_line(exc)}") from None
         self._ready = False
 
     def _ensure_schema(self) -> None:
@@ -339,7 +354,7 @@ class ReadStore:
 
     @property
     def safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        return shown_url(self.url)
 
     def check(self, create: bool = True) -> None:
         """Connect and create the schema now: a bad URL fails before any frame is read.
@@ -659,12 +674,10 @@ def _any_stored(session: Session, row: type[KeptRow], keys: list[str]) -> bool:
 
 
 def _create_private(path: Path) -> None:
-    """Create an empty SQLite file readable by its owner only (SQLite would follow the
-    umask); an existing file is left as it is."""
+    """Create an empty SQLite file as anpr's private file (anpr/files.py; SQLite would follow
+    the umask); an existing file is left as it is."""
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
-    except FileExistsError:
-        pass
+        create_file(path)
     except OSError as exc:
         raise StoreError(f"cannot create database {path}: {exc.strerror or exc}") from None
 
@@ -673,6 +686,50 @@ def _sqlite_secure_delete(connection, _record) -> None:
     # A deleted row otherwise stays readable in the file's free pages: retention would
     # delete the read in name only.
     connection.execute("PRAGMA secure_delete = ON")
+
+
+def _watch_file(engine: Engine, path: Path) -> None:
+    """Tell a SQLite file deleted or replaced while anpr uses it from a database that refuses a
+    write: SQLite then says only "attempt to write a readonly database" (its connections keep
+    the old file, which no path leads to any more). That database is gone for this process:
+    DatabaseUnavailable, so that a run keeps the rest of its reads in the spool for the next
+    run with a database at that path; and no new connection is made, which would create an
+    empty database there."""
+    opened: list[tuple[int, int] | None] = []  # the file's identity when first connected to
+
+    def gone() -> str | None:
+        try:
+            now = _identity(path)
+        except OSError:  # cannot be told (a folder no longer searchable): the error says what it is
+            return None
+        if not opened or now == opened[0]:
+            return None
+        what = "deleted" if now is None else "replaced by another file"
+        return f"database file {path} was {what} while anpr was using it"
+
+    @event.listens_for(engine, "do_connect")
+    def connecting(*_: Any) -> None:
+        if (reason := gone()) is not None:
+            raise DatabaseUnavailable(reason)
+
+    @event.listens_for(engine, "connect")
+    def connected(*_: Any) -> None:
+        if not opened:
+            opened.append(_identity(path))
+
+    @event.listens_for(engine, "handle_error")
+    def failed(context: Any) -> None:
+        if (reason := gone()) is not None:
+            raise DatabaseUnavailable(reason)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode; None if there is none."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 # SQLite reports a schema mismatch, and a file it may not write, as an OperationalError

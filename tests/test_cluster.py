@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy
 import yaml
 from support.live_run import LiveRun
-from support.ray_cluster import RayNode
+from support.ray_cluster import AUTH, RayNode
 from support.rtsp import RtspServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -220,7 +220,8 @@ def test_a_lost_node_s_cameras_run_again_elsewhere_and_every_reported_read_is_st
             RayNode.head({"node_a": 1}) as head,
             RayNode.joining(head.address, {"node_b": 1}) as node_b,
             LiveRun(
-                "--config", str(config), "--cluster", head.address, "--db", url, "--jsonl", "--log-json", str(log)
+                *("--config", str(config), "--cluster", head.address, "--db", url, "--jsonl", "--log-json", str(log)),
+                env=AUTH,
             ) as run,
         ):
             start = wait_for_event(log, lambda e: e["event"] == "run.start", 300, "run.start", run)

@@ -338,7 +338,15 @@ def test_the_database_down_at_the_end_of_a_run_leaves_the_spool_and_a_complete_r
     assert reported <= set(keys) and set(keys.values()) == {1}
     ends = [(entry.at, json.loads(entry.details)) for entry in entries if entry.action == "run.end"]
     # Sent before the second run began: the first run's end is in its place in the log.
-    assert [entry.action for entry in entries] == ["deployment.bind", "run.start", "run.end", "run.start", "run.end"]
+    # The database is bound to its key (database.bind) and its deployment before the first run starts.
+    assert [entry.action for entry in entries] == [
+        "database.bind",
+        "deployment.bind",
+        "run.start",
+        "run.end",
+        "run.start",
+        "run.end",
+    ]
     late_at, late = ends[0]
     assert late_at < ended and late["cameras"]["scan-car-07"]["frames"] == end["cameras"]["scan-car-07"]["processed"]
     assert late["spool"]["spooled_reads"] == len(spooled)

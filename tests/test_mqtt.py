@@ -173,7 +173,7 @@ def test_each_message_is_the_records_json_on_its_cameras_topic():
     passage, read = _passage("AB123CD", camera="gate/1+#"), _read("ZZ999ZZ")
     batch = Batch([read], passages=[passage])
     (read_topic, read_payload), (passage_topic, passage_payload) = messages("site/anpr", batch)
-    assert (read_topic, passage_topic) == ("site/anpr/cam/read", "site/anpr/gate_1__/passage")
+    assert (read_topic, passage_topic) == ("site/anpr/reads/cam", "site/anpr/passages/gate%2F1%2B%23")
     assert json.loads(passage_payload) == passage.to_dict() and json.loads(read_payload) == read.to_dict()
     assert json.loads(passage_payload)["key"] == passage.key and json.loads(passage_payload)["camera"] == "gate/1+#"
 
@@ -345,13 +345,13 @@ def test_passages_and_reads_are_published_with_the_availability(mqtt_broker, tmp
     topics = [m.topic for m in subscriber.received]
     assert topics == [
         "site/anpr/availability/anpr-test",
-        "site/anpr/cam/read",
-        "site/anpr/cam/read",
-        "site/anpr/cam/passage",
+        "site/anpr/reads/cam",
+        "site/anpr/reads/cam",
+        "site/anpr/passages/cam",
         "site/anpr/availability/anpr-test",
     ]
     assert [m.payload for m in subscriber.on("availability/anpr-test")] == [b"online", b"offline"]
-    assert [m.json()["frame"] for m in subscriber.on("/read")] == [0, 3]
+    assert [m.json()["frame"] for m in subscriber.on("reads/cam")] == [0, 3]
     assert sink.status.sent_messages == 3 and not (tmp_path / "q").exists()
     with Subscriber(mqtt_broker, client_id="late") as late:  # the availability is retained
         late.wait_for(lambda r: r, 10, "the retained availability")
@@ -379,12 +379,12 @@ def test_a_broker_down_from_the_start_gets_the_queue_at_the_next_run_in_order_an
     with broker, Subscriber(broker) as subscriber:
         next_run = _sink(broker.port, queue, clock)  # sends what it finds at once
         subscriber.barrier()
-        assert _plates(subscriber.on("/passage")) == ["AA111AA", "BB222BB", "CC333CC"]
+        assert _plates(subscriber.on("passages/cam")) == ["AA111AA", "BB222BB", "CC333CC"]
         assert list(queue.glob("*.json")) == []
         next_run.write_passages([_passage("DD444DD")])
         next_run.close()
         subscriber.barrier()
-    assert _plates(subscriber.on("/passage")) == ["AA111AA", "BB222BB", "CC333CC", "DD444DD"]
+    assert _plates(subscriber.on("passages/cam")) == ["AA111AA", "BB222BB", "CC333CC", "DD444DD"]
     assert not queue.exists()
 
 
@@ -393,7 +393,7 @@ def test_a_broker_restarted_between_writes_gets_every_message_once(mqtt_broker, 
     with Subscriber(mqtt_broker) as subscriber:
         sink = _sink(mqtt_broker.port, tmp_path / "q", clock)
         sink.write_passages([_passage("AA111AA")])
-        subscriber.wait_for(lambda r: subscriber.on("/passage"), 10, "the first passage")
+        subscriber.wait_for(lambda r: subscriber.on("passages/cam"), 10, "the first passage")
         mqtt_broker.stop()
         with caplog.at_level(logging.INFO, logger="anpr.mqtt"):
             sink.write_passages([_passage("BB222BB")])  # the lost connection is noticed: queued
@@ -405,7 +405,7 @@ def test_a_broker_restarted_between_writes_gets_every_message_once(mqtt_broker, 
         assert list((tmp_path / "q").glob("*.json")) == []
         sink.close()
         subscriber.barrier()
-    first_copies = [m for m in subscriber.on("/passage") if not m.dup]  # a dup is the broker's own redelivery
+    first_copies = [m for m in subscriber.on("passages/cam") if not m.dup]  # a dup is the broker's own redelivery
     assert _plates(first_copies) == ["AA111AA", "BB222BB", "CC333CC", "DD444DD"]
     assert any("answers again" in r.getMessage() for r in caplog.records)
     assert sink.status.connections == 2 and sink.status.queued_messages == 2 and sink.status.sent_messages == 4
@@ -432,7 +432,7 @@ def test_credentials_come_from_the_environment(tmp_path, monkeypatch, caplog):
         assert "Not authorized" in (refused.status.last_error or "")
         assert len(list((tmp_path / "q2").glob("*.json"))) == 1
         refused.close()
-    assert _plates(subscriber.on("/passage")) == ["AA111AA"]
+    assert _plates(subscriber.on("passages/cam")) == ["AA111AA"]
     assert not any("s3cret" in r.getMessage() or "wrong-pw" in r.getMessage() for r in caplog.records)
 
 
@@ -461,7 +461,7 @@ def test_tls_with_a_private_ca(tmp_path):
             trusted.write_passages([_passage("BB222BB")])
             trusted.close()
             subscriber.barrier()
-    assert _plates(subscriber.on("/passage")) == ["BB222BB"]
+    assert _plates(subscriber.on("passages/cam")) == ["BB222BB"]
     assert len(list((tmp_path / "q1").glob("*.json"))) == 1
     with pytest.raises(ConfigError, match="cannot read ca_file"):
         _sink(broker.port, tmp_path / "q3", clock, tls=True, ca_file=tmp_path / "none.pem")
@@ -522,7 +522,7 @@ def test_anpr_run_with_the_broker_restarted_mid_run_publishes_each_passage_once(
         args = (str(SAMPLE), "--config", str(tmp_path / "config.yaml"), "--db", str(db), "--jsonl", "--passages")
         with LiveRun(*args, cwd=anpr_cli.cwd) as run:
             run.wait_for(lambda o: True, 180, "a first passage")
-            subscriber.wait_for(lambda r: subscriber.on("/passage"), 30, "the first passage on the broker")
+            subscriber.wait_for(lambda r: subscriber.on("passages/a2-pk142"), 30, "the first passage on the broker")
             mqtt_broker.stop()
             made_while_down = run.wait_for(lambda o: True, 120, "a passage made while the broker is down")
             received_before_restart = len(subscriber.received)
@@ -535,17 +535,18 @@ def test_anpr_run_with_the_broker_restarted_mid_run_publishes_each_passage_once(
     keys = {key for key, *_ in rows}
     assert len(rows) >= 4 and {purpose for *_, purpose in rows} == {"criminal_investigation"}
     assert [o["key"] for o in run.objects] == [key for key, *_ in rows]  # the run printed what it stored
-    published = [m.json() for m in subscriber.on("/passage") if not m.dup]  # a dup is the broker's own redelivery
+    # A dup is the broker's own redelivery.
+    published = [m.json() for m in subscriber.on("passages/a2-pk142") if not m.dup]
     counted = Counter(p["key"] for p in published)
     assert set(counted) == keys and set(counted.values()) == {1}, counted  # every passage exactly once
     # The passage made during the outage waited on disk: it reached the broker only after the restart.
-    before_restart = [m.json()["key"] for m in subscriber.received[:received_before_restart] if "/passage" in m.topic]
+    before_restart = [m.json()["key"] for m in subscriber.received[:received_before_restart] if "/passages/" in m.topic]
     assert made_while_down["key"] in keys and made_while_down["key"] not in before_restart
     for passage in published:
         assert (passage["key"], passage["plate"], passage["reads"], passage["purpose"]) in rows
     # Nothing of the denied purpose: no message, no topic but the passages' and the availability.
     topics = {m.topic for m in subscriber.received}
-    assert topics == {"anpr-test/a2-pk142/passage", "anpr-test/availability/anpr-acceptance"}
+    assert topics == {"anpr-test/passages/a2-pk142", "anpr-test/availability/anpr-acceptance"}
     assert not any(b"law_enforcement_request" in m.payload or b"FR-MUN-REQ" in m.payload for m in subscriber.received)
     blocked = (
         sqlite3.connect(db)
@@ -560,7 +561,7 @@ def test_anpr_run_with_the_broker_restarted_mid_run_publishes_each_passage_once(
     assert "answers again" in stderr, stderr
     assert [m.payload for m in subscriber.on("availability/anpr-acceptance")][-1] == b"offline"
     assert not queue.exists()  # everything delivered: the queue folder anpr made is gone
-    redelivered = len(subscriber.on("/passage")) - len(published)
+    redelivered = len(subscriber.on("passages/a2-pk142")) - len(published)
     print(
         f"\nMQTT acceptance: {len(rows)} passages stored for criminal_investigation, each published exactly once "
         f"({redelivered} redelivery by the broker to the subscriber ignored); law_enforcement_request: {blocked} "

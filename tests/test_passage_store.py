@@ -405,14 +405,14 @@ def test_cli_db_search_passages(anpr_cli, tmp_path):
     found = passage("AB123CD", 1, late, camera="scan-car-07")
     store.write([read], passages=[found, passage("XY987ZT", 2, late, camera="scan-car-07")])
     # The database serves a deployment naming this test's OS account as its agent; the
-    # CLI finds its key where a run would have made it (its working folder).
+    # CLI finds its key where a run would have made it (next to the database).
     deployment = yaml.safe_load(PARIS.read_text())
     deployment["purposes"]["parking_fps"]["safeguards"]["designated_agents"] = [ME]
     config = tmp_path / "paris-agents.yaml"
     config.write_text(yaml.safe_dump(deployment))
     require_binding(store, AuditLog(store.engine, TEST_KEYS), load_settings(config).deployment, ME, bind_if_new=True)
     store.close()
-    write_key_file(anpr_cli.cwd)
+    write_key_file(tmp_path)
     query = ["db", "search", "ab-123-cd", "--purpose", "parking_fps", "--config", str(config), "--db", str(db)]
 
     text = anpr_cli(*query, "--passages")

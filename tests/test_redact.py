@@ -33,13 +33,13 @@ SECRET = "s3cret"
         ("rtsp://admin:pa/s3cret@cam/x", "rtsp://admin:***@cam/x"),  # an unencoded / in the password
         (
             "https://hooks.example/in?token=s3cret&site=7&API-KEY=s3cret",
-            "https://hooks.example/in?token=***&site=7&API-KEY=***",
+            "https://hooks.example/in?token=***&site=***&API-KEY=***",  # a name not known harmless: hidden
         ),
         (
             "https://b.example/o?X-Amz-Signature=s3cret&client_secret=s3cret&Sig=s3cret&pwd=s3cret",
             "https://b.example/o?X-Amz-Signature=***&client_secret=***&Sig=***&pwd=***",
         ),
-        ("https://a.example/cb#access_token=s3cret&state=1", "https://a.example/cb#access_token=***&state=1"),
+        ("https://a.example/cb#access_token=s3cret&state=1", "https://a.example/cb#access_token=***&state=***"),
         ("http://cam/mjpg?passwd=s3cret;auth=s3cret", "http://cam/mjpg?passwd=***;auth=***"),
         ("rtsp://cam.local/stream?channel=1&subtype=0", "rtsp://cam.local/stream?channel=1&subtype=0"),
         ("samples/sample.mp4", "samples/sample.mp4"),

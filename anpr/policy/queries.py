@@ -9,9 +9,13 @@ has no one who may. Every query, answered or refused, is written to the audit lo
 the user, the purpose, the procedure and the number of rows returned; the plate asked
 for is recorded as its keyed hash (keys.py), and a query for a denied purpose records
 nothing derived from the plate at all: that list of requests is itself what the law
-forbids keeping. A query never sees a row past its deadline, even before the purge.
+forbids keeping. For the same reason a purpose typed that is neither the deployment's nor
+the rules' is recorded by its length only (`recorded_purpose`). A query never sees a row
+past its deadline, even before the purge.
 Deletions are audited with their counts only: keeping the plate there would undo the
-deletion.
+deletion. How many rows a deletion took says whether the plate was seen: `record-finding`,
+an agent's act, is refused (and audited) to anyone who is not a designated agent of a
+purpose whose reads go once paid or fined, before the database is looked at.
 
 On PostgreSQL, once `anpr db init-roles` has set the database's roles (roles.py), a query
 goes through the database's search function instead, which checks the same things
@@ -28,7 +32,9 @@ from anpr.errors import PolicyRefusal
 from anpr.plates import normalise
 from anpr.policy.binding import require_binding
 from anpr.policy.engine import Policy
+from anpr.policy.rules import PURPOSES
 from anpr.records import Passage, PolicedRead
+from anpr.redact import printable
 from anpr.store import SearchRefused
 
 Row = TypeVar("Row", PolicedRead, Passage)
@@ -42,10 +48,24 @@ class QueryResult:
     withheld: int = 0  # rows that exist but this query may not see (no-hit rows without a procedure)
 
 
-def _refusal(policy: Policy, purpose: str, user: str) -> str | None:
+def recorded_purpose(policy: Policy, purpose: str) -> str:
+    """`purpose` as the audit log keeps it: as typed when it names a purpose of the
+    deployment or of the rules, else only its length. Anyone may type anything there, a
+    plate included, and the log keeps it for good. A keyed digest would not do: plates are
+    few enough to try every one with the key, so it would still say which was asked for."""
+    if purpose in policy.deployment.purposes or purpose in PURPOSES:
+        return purpose
+    return f"(not a known purpose: {len(purpose)} characters)"
+
+
+def _refusal(policy: Policy, purpose: str, user: str, shown: str | None = None) -> str | None:
+    """Why `user` may not query `purpose` (None: they may), naming the purpose as `shown`."""
     decision = policy.purpose(purpose)
     if not decision.allowed:
-        return f"purpose '{purpose}' is denied for this deployment ({decision.rule.id}: {decision.legal_reference})"
+        return (
+            f"purpose '{shown or purpose}' is denied for this deployment "
+            f"({decision.rule.id}: {decision.legal_reference})"
+        )
     if not decision.stores_reads:
         return f"purpose '{purpose}' keeps no plates, only aggregate counts ({decision.rule.id})"
     agents = policy.deployment.purposes[purpose].safeguards.designated_agents
@@ -70,12 +90,14 @@ def search(
     """The reads of `plate` kept for `purpose` that `user` may see (its passages with
     `passages`), or a refusal; audited either way."""
     plate = normalise(plate)
+    procedure = None if procedure is None else printable(procedure)  # kept for good: no escape sequence
     refusal = _refusal(policy, purpose, user)
-    details: dict[str, object] = {"purpose": purpose}
+    recorded = recorded_purpose(policy, purpose)
+    details: dict[str, object] = {"purpose": recorded}
     if policy.purpose(purpose).allowed:  # of a denied purpose's request, only that it was made
         details.update(plate_key=store.keys.plate_digest(plate), procedure=procedure, passages=passages)
     if refusal:
-        audit.append("query.refused", user, {**details, "reason": refusal})
+        audit.append("query.refused", user, {**details, "reason": _refusal(policy, purpose, user, recorded)})
         return QueryResult(False, refusal, [])
     try:
         require_binding(store, audit, policy.deployment, user, bind_if_new=False)
@@ -141,12 +163,49 @@ def payment_rules(policy: Policy) -> list[str]:
     return [d.rule.id for d in policy.decisions.values() if d.allowed and d.rule.retention.delete_on_payment]
 
 
+def payment_agents(policy: Policy) -> frozenset[str]:
+    """The designated agents of the allowed purposes whose reads go once paid or fined: the
+    only users who may learn whether a plate was seen there, since they may query it. How
+    many rows a deletion took says just that, and "deleted 0" that it was not seen."""
+    purposes = policy.deployment.purposes
+    return frozenset(
+        agent
+        for d in policy.decisions.values()
+        if d.allowed and d.rule.retention.delete_on_payment
+        for agent in purposes[d.purpose].safeguards.designated_agents
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentDeletion:
+    """Who may ask for a deletion on payment or finding."""
+
+    agents_only: bool  # else whoever may write the database (its owner: who can read every row anyway)
+
+
+PAYMENT_DELETIONS = {
+    # A payment system matches payments: it is no agent, and the law wants those reads gone.
+    "mark-paid": PaymentDeletion(agents_only=False),
+    # Only an agent records a finding: anyone else asking is probing whether the plate was seen.
+    "record-finding": PaymentDeletion(agents_only=True),
+}
+
+
 def delete_on_payment(store, policy: Policy, audit, plate: str, user: str, action: str) -> int:
     """Parking check (FPS): delete a plate's reads and passages once matched to a payment
     (`mark-paid`) or once an agent has recorded the finding (`record-finding`); the number
-    of rows deleted."""
-    require_binding(store, audit, policy.deployment, user, bind_if_new=False)
+    of rows deleted. PolicyRefusal, audited (with nothing of the plate) and before the
+    database is looked at, when `action` is for the designated agents and `user` is none."""
     rules = payment_rules(policy)
+    if PAYMENT_DELETIONS[action].agents_only and user not in payment_agents(policy):
+        reason = (
+            f"user '{user}' is not a designated agent of a purpose whose reads go once paid or fined, and only they may"
+            if payment_agents(policy)
+            else "no purpose whose reads go once paid or fined names designated_agents, and only they may"
+        )
+        audit.append(f"{action}.refused", user, {"rules": rules, "reason": reason})
+        raise PolicyRefusal(f"{action} refused: {reason}")
+    require_binding(store, audit, policy.deployment, user, bind_if_new=False)
     deleted = sum(store.delete_plate(normalise(plate), rule) for rule in rules)
     audit.append(action, user, {"rules": rules, "deleted": deleted})
     return int(deleted)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import signal
@@ -15,13 +16,19 @@ from pathlib import Path
 
 
 class LiveRun:
-    def __init__(self, *args: str, cwd: Path | None = None) -> None:
+    def __init__(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
         """`anpr run ARGS`, in `cwd` (default: a folder of its own, where the files a run
-        makes by default, key file, checkpoints and spool, go instead of the checkout)."""
+        makes by default, key file, checkpoints and spool, go instead of the checkout), with
+        `env` added to this process's environment."""
         exe = shutil.which("anpr") or str(Path(sys.executable).parent / "anpr")
         self.cwd = cwd or Path(tempfile.mkdtemp(prefix="anpr-live-run-"))
         self.process = subprocess.Popen(
-            [exe, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.cwd
+            [exe, "run", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.cwd,
+            env={**os.environ, **(env or {})},
         )
         self.objects: list[dict] = []  # every JSON line printed so far
         self._lines: queue.Queue[str | None] = queue.Queue()

@@ -8,6 +8,11 @@ in a session (process group) of its own, as separate machines would be.
 Ray's workers run in process groups of their own, children of the node's raylet, so
 `kill` takes the node's whole process tree, not only its group. Nothing here uses
 `ray stop`, which stops every Ray process of the machine (other runs' too).
+
+The cluster has token authentication (Ray's default for a new cluster) with a token of its
+own, `AUTH`, in the environment of its nodes and of the driver (`LiveRun(..., env=AUTH)`):
+Ray reads it before ~/.ray/auth_token, so a token a local `ray.init()` once left in the
+home folder cannot split the head from its nodes (issue 26, case 17).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import json
 import os
 import queue
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 READY = "will now block forever"
 START_TIMEOUT_S = 120.0
 OBJECT_STORE_BYTES = 80 * 2**20  # Ray's smallest is 75 MiB: the tests pass no large objects
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _free_port() -> int:
@@ -78,7 +85,7 @@ class RayNode:
             "--disable-usage-stats",
             *args,
         ]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", **AUTH}
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
