@@ -237,6 +237,38 @@ def test_the_reader_training_resumes_from_its_checkpoint_and_its_model_loads(tmp
     assert len(reads.candidates) == 3 and all(isinstance(r, str) for r in reads.raw)
 
 
+@pytest.mark.system
+def test_a_second_stage_starts_from_the_published_reader_exactly(tmp_path):
+    import subprocess
+    import sys
+
+    import onnxruntime
+    import torch
+
+    from training.model import PlateReader, load_exported
+
+    published = REPO / "models" / "platereader.onnx"
+    network = PlateReader()
+    load_exported(network, published)  # the export's folded BatchNorms, unfolded as identities
+    images = np.random.default_rng(7).uniform(-1, 1, (3, 1, 80, 240)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(published), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {session.get_inputs()[0].name: images})[0]
+    with torch.no_grad():
+        loaded = network.eval()(torch.from_numpy(images)).exp().numpy()
+    assert np.abs(exported - loaded).max() < 1e-4
+
+    out, checkpoint = tmp_path / "platereader.onnx", tmp_path / "platereader.pt"
+    command = [sys.executable, "-m", "training.reader", "--steps", "2", "--batch", "4", "--out", str(out)]
+    command += ["--checkpoint", str(checkpoint), "--calibration-plates", "200"]
+    missing = subprocess.run([*command, "--init", str(tmp_path / "none.pt")], capture_output=True, text=True, cwd=REPO)
+    assert missing.returncode == 2 and "no checkpoint or model to start from" in missing.stderr
+    second = subprocess.run([*command, "--init", str(published)], capture_output=True, text=True, cwd=REPO)
+    assert second.returncode == 0, second.stderr
+    provenance = json.loads(out.with_suffix(".json").read_text())
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())
+    assert provenance["init"] == {"model": str(published), "sha256": manifest["platereader"]["sha256"]}
+
+
 def test_committed_platereader_provenance_matches_the_manifest():
     provenance = json.loads((REPO / "models" / "platereader.json").read_text())
     manifest = json.loads((REPO / "models" / "manifest.json").read_text())

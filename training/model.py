@@ -10,6 +10,8 @@ CTC blank, then `anpr.plates.PLATE_ALPHABET`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -92,3 +94,63 @@ class PlateReader(nn.Module):
         bands = features.unflatten(2, (2, -1)).mean(3)  # N, C, 2, T: the mean of the top and bottom halves
         columns = bands.permute(0, 2, 3, 1).flatten(1, 2)  # N, 2T, C: top band, then bottom band
         return self.classify(self.sequence(columns)).log_softmax(dim=2)
+
+
+def load_exported(network: PlateReader, path: Path) -> None:
+    """Set a plate reader's weights from its ONNX export (`training.train.export_onnx`).
+
+    A second stage can then start from a published model (`models/platereader.onnx`) when
+    the first stage's checkpoint is not at hand. The export folds each BatchNorm into the
+    convolution before it, and its statistics cannot be taken apart again: the fold stays in
+    the convolution and the BatchNorm becomes an identity plus the folded bias. That is exact
+    while the BatchNorm uses its running statistics, so a stage started from an export keeps
+    them frozen (`freeze_batch_norm`). ONNX orders an LSTM's gates i, o, f, c; PyTorch i, f, g, o.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weights = {item.name: torch.from_numpy(numpy_helper.to_array(item).copy()) for item in graph.initializer}
+    state = {name.removeprefix("network."): value for name, value in weights.items() if name.startswith("network.")}
+    nodes = {kind: [n for n in graph.node if n.op_type == kind] for kind in ("Conv", "LSTM", "MatMul")}
+    layers = list(network.features.ConvNet)
+    convolutions = [(i, m) for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
+    if len(convolutions) != len(nodes["Conv"]):
+        raise ValueError(f"{path}: {len(nodes['Conv'])} convolutions, a plate reader has {len(convolutions)}")
+    for (index, conv), node in zip(convolutions, nodes["Conv"], strict=True):
+        prefix = f"features.ConvNet.{index}"
+        state[f"{prefix}.weight"] = weights[node.input[1]]
+        norm = layers[index + 1] if index + 1 < len(layers) else None
+        if isinstance(norm, nn.BatchNorm2d):
+            after = f"features.ConvNet.{index + 1}"
+            state[f"{after}.weight"] = torch.ones(norm.num_features)
+            state[f"{after}.bias"] = weights[node.input[2]]
+            state[f"{after}.running_mean"] = torch.zeros(norm.num_features)
+            state[f"{after}.running_var"] = torch.full((norm.num_features,), 1.0 - norm.eps)
+            state[f"{after}.num_batches_tracked"] = torch.tensor(0)
+        elif conv.bias is not None:
+            state[f"{prefix}.bias"] = weights[node.input[2]]
+    gates = [0, 2, 3, 1]  # PyTorch's i, f, g, o taken from ONNX's i, o, f, c
+
+    def reorder(matrix: torch.Tensor) -> torch.Tensor:
+        return torch.cat([matrix.chunk(4)[g] for g in gates])
+
+    for block, node in enumerate(nodes["LSTM"]):
+        w, r, b = (weights[name] for name in node.input[1:4])
+        for direction, suffix in enumerate(("", "_reverse")):
+            prefix = f"sequence.{block}.rnn"
+            state[f"{prefix}.weight_ih_l0{suffix}"] = reorder(w[direction])
+            state[f"{prefix}.weight_hh_l0{suffix}"] = reorder(r[direction])
+            state[f"{prefix}.bias_ih_l0{suffix}"] = reorder(b[direction].chunk(2)[0])
+            state[f"{prefix}.bias_hh_l0{suffix}"] = reorder(b[direction].chunk(2)[1])
+    linears = ["sequence.0.linear", "sequence.1.linear", "classify"]
+    for name, node in zip(linears, nodes["MatMul"], strict=True):
+        state[f"{name}.weight"] = weights[node.input[1]].T.contiguous()
+    network.load_state_dict(state)
+
+
+def freeze_batch_norm(network: nn.Module) -> None:
+    """Keep every BatchNorm on its running statistics while the rest trains."""
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()

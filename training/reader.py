@@ -15,11 +15,11 @@ step) is written every `--checkpoint-minutes` and at the end, and `--resume` goe
 A resumed run draws a data stream seeded by its start step, so it does not see the first
 plates again. Nothing is chosen on any score: the run is fixed by its seed and step count.
 
-A run can also start from the network of a finished run (`--init CHECKPOINT`) with a fresh
-optimiser and schedule: `make train-ocr` trains in two such stages, the second with its own
-seed (new plates) and a lower peak rate, because one run of the same total length would not
-fit between two checkpoints-worth of a working session, and the first stage's network is
-worth keeping on its own.
+A run can also start from the network of a finished run (`--init CHECKPOINT`), or of a
+published model (`--init models/platereader.onnx`), with a fresh optimiser and schedule:
+a second stage with its own seed (new plates) and a lower peak rate. One run of the same
+total length would not fit a working session, and the first stage's network is worth
+keeping on its own.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from anpr.ocr import PLATE_READER_SIZE
+from anpr.weights import _sha256
 from training.calibrate import CALIBRATION_PLATES
-from training.model import PlateReader
+from training.model import PlateReader, freeze_batch_norm, load_exported
 from training.train import DEFAULT_SETS, MODELS, PlateStream, collate, load_real, publish
 
 CHECKPOINT = Path("training/checkpoints/platereader.pt")
@@ -86,6 +87,22 @@ def save_checkpoint(
     temporary.replace(path)
 
 
+def start_from(path: Path, checkpoint: Path, network: PlateReader, device: torch.device) -> dict:
+    """Load the network a second stage starts from; what it was, for the provenance."""
+    if not path.is_file():
+        raise ValueError(f"no checkpoint or model to start from: {path}")
+    if path.resolve() == checkpoint.resolve():
+        raise ValueError("--init and --checkpoint must differ: the first stage's checkpoint is kept")
+    if path.suffix == ".onnx":  # a published model: its first stage's checkpoint is not at hand
+        load_exported(network, path)
+        return {"model": str(path), "sha256": _sha256(path)}
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state["step"] != state["steps"]:
+        raise ValueError(f"{path} is of an unfinished run ({state['step']} of {state['steps']} steps)")
+    network.load_state_dict(state["network"])
+    return {"checkpoint": str(path), "steps": state["steps"], "seed": state["seed"], "lr": state["lr"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", type=Path, default=[Path(s) for s in DEFAULT_SETS])
@@ -101,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="go on from --checkpoint")
     parser.add_argument("--export-only", action="store_true", help="export --checkpoint as it is, without training")
     parser.add_argument(
-        "--init", type=Path, help="start from the network of this finished run's checkpoint (new optimiser, schedule)"
+        "--init",
+        type=Path,
+        help="start from the network of this finished run's checkpoint, or of an exported .onnx "
+        "plate reader (new optimiser and schedule; normalisation statistics frozen)",
     )
     parser.add_argument("--calibration-plates", type=int, default=CALIBRATION_PLATES)
     args = parser.parse_args(argv)
@@ -114,16 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     step, losses, seconds_before = 0, [], 0.0
     init = None
     if args.init and not (args.resume or args.export_only):
-        if not args.init.is_file():
-            parser.error(f"no checkpoint to start from: {args.init}")
-        if args.init.resolve() == args.checkpoint.resolve():
-            parser.error("--init and --checkpoint must differ: the first stage's checkpoint is kept")
-        state = torch.load(args.init, map_location=device, weights_only=False)
-        if state["step"] != state["steps"]:
-            parser.error(f"{args.init} is of an unfinished run ({state['step']} of {state['steps']} steps)")
-        network.load_state_dict(state["network"])
-        init = {"checkpoint": str(args.init), "steps": state["steps"], "seed": state["seed"], "lr": state["lr"]}
-        print(f"starting from {args.init} ({state['steps']} steps, seed {state['seed']})", flush=True)
+        try:
+            init = start_from(args.init, args.checkpoint, network, device)
+        except ValueError as error:
+            parser.error(str(error))
+        print(f"starting from {args.init}", flush=True)
     if args.resume or args.export_only:
         if not args.checkpoint.is_file():
             parser.error(f"no checkpoint to go on from: {args.checkpoint}")
@@ -150,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     last_checkpoint = started
     network.train()
+    if init:  # a second stage keeps the first stage's normalisation statistics (load_exported)
+        freeze_batch_norm(network)
     batches = iter(stream)
     while step < args.steps and not args.export_only:
         images, targets, lengths = next(batches)
