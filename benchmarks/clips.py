@@ -63,11 +63,14 @@ def _placed(photo: np.ndarray, size: tuple[int, int], progress: float) -> np.nda
 
 
 def _encode(frames: Iterator[np.ndarray], output: Path, size: tuple[int, int], fps: int, codec: list[str]) -> None:
-    """Encode BGR frames of `size` into `output` with the FFmpeg options `codec`."""
+    """Encode BGR frames of `size` into `output` with the FFmpeg options `codec`.
+
+    One encoder thread: x264's threaded rate control made each build of the same clip a
+    little different, enough to change a vehicle's passages between two runs of a test."""
     command = [
         ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
         "-s", f"{size[0]}x{size[1]}", "-r", str(fps), "-i", "-",
-        *codec, "-pix_fmt", "yuv420p", "-g", str(2 * fps), str(output),
+        *codec, "-threads", "1", "-pix_fmt", "yuv420p", "-g", str(2 * fps), str(output),
     ]  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
     encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
