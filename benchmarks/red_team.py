@@ -419,8 +419,8 @@ def main() -> None:
     print("| case | attack | command | result |")
     print("|---|---|---|---|")
     for case, attack, command, outcome in ROWS:
-        cells = [
-            c.replace(f"{work}/", "").replace("|", "\\|").replace("\n", " ")  # paths in the run's own folder, relative to it
+        cells = [  # paths in the run's own folder, relative to it
+            c.replace(f"{work}/", "").replace("|", "\\|").replace("\n", " ")
             for c in (case, attack, f"`{command}`", outcome)
         ]
         print("| " + " | ".join(cells) + " |")
