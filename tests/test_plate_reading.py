@@ -227,11 +227,15 @@ def test_the_reader_training_resumes_from_its_checkpoint_and_its_model_loads(tmp
     assert torch.load(checkpoint, weights_only=False)["step"] == 2
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert resumed.returncode == 2 and "is of a run of 2 steps" in resumed.stderr  # another run's checkpoint
+    other_camera = [*command[:4], "2", *command[5:], "--resume", "--camera", "detector-cut"]
+    refused = subprocess.run(other_camera, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert refused.returncode == 2 and "camera hand-cut" in refused.stderr  # another way of cutting crops
     again = subprocess.run([*command[:4], "2", *command[5:], "--resume"], capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 0 and "resumed from" in again.stdout and "at step 2" in again.stdout, again.stderr
     provenance = json.loads(out.with_suffix(".json").read_text())
     assert provenance["sha256"] == _sha256(out) and provenance["steps"] == 2 and provenance["split"] == "train"
     assert provenance["calibration_plates"] == 200 and provenance["real_train_crops"] > 1000
+    assert provenance["camera"] == "hand-cut"
     recogniser = PlateReaderRecogniser(weights=ModelFile("platereader", out, provenance["sha256"]))
     reads = recogniser.recognise([image for image, _ in _crops("openalpr-br-crops", "test", 3)])
     assert len(reads.candidates) == 3 and all(isinstance(r, str) for r in reads.raw)

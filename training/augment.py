@@ -9,8 +9,30 @@ input exactly as at inference.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Camera:
+    """How loose a box is cut around a plate set on a surround, and how often the crop is blurred."""
+
+    loose_x: float  # each side of the box grows by up to this share of the plate's width
+    loose_y: float  # and by up to this share of its height
+    focus_blur: float  # share of crops out of focus
+    motion_blur: float  # share of crops smeared by motion
+
+
+# "hand-cut" made the committed models. "detector-cut" is a wider one: the detector's box
+# plus the crop margin (anpr.ocr.CROP_MARGIN_*) is often looser than hand-cut's widest
+# boxes, and a camera's plates are more often blurred than not.
+CAMERAS = {
+    "hand-cut": Camera(loose_x=0.10, loose_y=0.25, focus_blur=0.25, motion_blur=0.15),
+    "detector-cut": Camera(loose_x=0.25, loose_y=0.45, focus_blur=0.4, motion_blur=0.2),
+}
+DEFAULT_CAMERA = "hand-cut"
 
 
 def _surround(plate: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +50,9 @@ def _surround(plate: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     return np.clip(canvas, 0, 255).astype(np.uint8), corners
 
 
-def cut(plate: np.ndarray, rng: np.random.Generator, surround: bool) -> np.ndarray:
+def cut(
+    plate: np.ndarray, rng: np.random.Generator, surround: bool, camera: Camera = CAMERAS[DEFAULT_CAMERA]
+) -> np.ndarray:
     """The plate cut along a jittered quadrilateral, at a random camera resolution."""
     if surround:
         image, corners = _surround(plate, rng)
@@ -39,8 +63,8 @@ def cut(plate: np.ndarray, rng: np.random.Generator, surround: bool) -> np.ndarr
     width = corners[1, 0] - corners[0, 0]
     height = corners[3, 1] - corners[0, 1]
     # Box margins: from a box that clips the plate's edge to one with a lot of surround.
-    grow_x = rng.uniform(-0.03, 0.1 if surround else 0.03, 2) * width
-    grow_y = rng.uniform(-0.06, 0.25 if surround else 0.05, 2) * height
+    grow_x = rng.uniform(-0.03, camera.loose_x if surround else 0.03, 2) * width
+    grow_y = rng.uniform(-0.06, camera.loose_y if surround else 0.05, 2) * height
     box = corners + np.float32(
         [[-grow_x[0], -grow_y[0]], [grow_x[1], -grow_y[0]], [grow_x[1], grow_y[1]], [-grow_x[0], grow_y[1]]]
     )
@@ -58,7 +82,7 @@ def cut(plate: np.ndarray, rng: np.random.Generator, surround: bool) -> np.ndarr
     return cv2.warpPerspective(image, warp, (out_w, out_h), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
 
 
-def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def degrade(crop: np.ndarray, rng: np.random.Generator, camera: Camera = CAMERAS[DEFAULT_CAMERA]) -> np.ndarray:
     """Light, blur, glare, noise and compression at the crop's own resolution."""
     image = crop.astype(np.float32)
     if rng.random() < 0.3:  # night or infrared: grey, hard contrast
@@ -82,9 +106,9 @@ def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gamma = rng.uniform(0.6, 1.6)
     image = 255.0 * (image / 255.0) ** gamma
     blur = rng.random()
-    if blur < 0.25:
+    if blur < camera.focus_blur:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 1.3))
-    elif blur < 0.4:  # motion across the frame
+    elif blur < camera.focus_blur + camera.motion_blur:  # motion across the frame
         length = int(rng.integers(2, 6))
         kernel = np.zeros((length, length), np.float32)
         kernel[length // 2, :] = 1.0 / length

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from anpr.ocr import PLATE_READER_SIZE
 from anpr.weights import _sha256
+from training.augment import CAMERAS, DEFAULT_CAMERA
 from training.calibrate import CALIBRATION_PLATES
 from training.model import PlateReader, freeze_batch_norm, load_exported
 from training.train import DEFAULT_SETS, MODELS, PlateStream, collate, load_real, publish
@@ -81,6 +82,7 @@ def save_checkpoint(
             "batch": args.batch,
             "seconds": seconds,
             "init": init,
+            "camera": args.camera,
         },
         temporary,
     )
@@ -124,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         "plate reader (new optimiser and schedule; normalisation statistics frozen)",
     )
     parser.add_argument("--calibration-plates", type=int, default=CALIBRATION_PLATES)
+    parser.add_argument(
+        "--camera",
+        choices=sorted(CAMERAS),
+        default=DEFAULT_CAMERA,
+        help="how loose the training crops are cut and how often blurred (training.augment.CAMERAS)",
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -147,15 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         optimiser.load_state_dict(state["optimiser"])
         step, losses, seconds_before = state["step"], state["losses"], state["seconds"]
         init = state.get("init")
-        if state["steps"] != args.steps or state["seed"] != args.seed:
-            parser.error(f"{args.checkpoint} is of a run of {state['steps']} steps, seed {state['seed']}")
+        camera = state.get("camera", DEFAULT_CAMERA)
+        if (state["steps"], state["seed"], camera) != (args.steps, args.seed, args.camera):
+            run = f"{state['steps']} steps, seed {state['seed']}, camera {camera}"
+            parser.error(f"{args.checkpoint} is of a run of {run}")
         print(f"resumed from {args.checkpoint} at step {step}", flush=True)
 
     real = load_real(args.sets)
     counts = ", ".join(f"{len(crops)} from {folder}" for crops, folder in zip(real, args.sets, strict=True))
     print(f"real train crops: {counts}", flush=True)
     stream = DataLoader(
-        PlateStream(real, args.seed, PLATE_READER_SIZE, TWO_ROW_SHARE, REAL_SURROUND_SHARE, start=step),
+        PlateStream(real, args.seed, PLATE_READER_SIZE, TWO_ROW_SHARE, REAL_SURROUND_SHARE, step, CAMERAS[args.camera]),
         batch_size=args.batch,
         collate_fn=collate,
         num_workers=1,
@@ -206,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "input": list(PLATE_READER_SIZE),
         "two_row_share": TWO_ROW_SHARE,
         "real_surround_share": REAL_SURROUND_SHARE,
+        "camera": args.camera,
         "real_train_crops": sum(len(crops) for crops in real),
         "sets": [str(s) for s in args.sets],
         "split": "train",

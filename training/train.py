@@ -26,7 +26,7 @@ from anpr.eval import load_crop_labels
 from anpr.ocr import PLATE_NET_SIZE, prepare_plate
 from anpr.plates import PLATE_ALPHABET, normalise
 from anpr.weights import _sha256
-from training.augment import cut, degrade
+from training.augment import CAMERAS, DEFAULT_CAMERA, Camera, cut, degrade
 from training.calibrate import CALIBRATION_PLATES, calibrate
 from training.model import PlateNet
 from training.synth import TWO_ROW_SHARE, render_plate
@@ -52,6 +52,7 @@ class PlateStream(IterableDataset):
         two_row_share: float = TWO_ROW_SHARE,
         real_surround_share: float = 0.0,
         start: int = 0,
+        camera: Camera = CAMERAS[DEFAULT_CAMERA],
     ) -> None:
         self.real = real
         self.seed = seed
@@ -61,6 +62,7 @@ class PlateStream(IterableDataset):
         # real crop is set on a surround and cut as loosely as the synthetic plates.
         self.real_surround_share = real_surround_share
         self.start = start  # a resumed run draws a stream of its own, not the first one again
+        self.camera = camera
 
     def __iter__(self):
         worker = get_worker_info()
@@ -71,10 +73,11 @@ class PlateStream(IterableDataset):
             if rng.random() < REAL_SHARE:
                 crops = self.real[int(rng.integers(len(self.real)))]
                 image, text = crops[int(rng.integers(len(crops)))]
-                crop = degrade(cut(image, rng, surround=bool(rng.random() < self.real_surround_share)), rng)
+                surround = bool(rng.random() < self.real_surround_share)
+                crop = degrade(cut(image, rng, surround, self.camera), rng, self.camera)
             else:
                 plate, text = render_plate(rng, self.two_row_share)
-                crop = degrade(cut(plate, rng, surround=True), rng)
+                crop = degrade(cut(plate, rng, True, self.camera), rng, self.camera)
             yield prepare_plate(crop, self.size), text
 
 
