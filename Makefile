@@ -1,6 +1,7 @@
 # Quick start: `make demo` reads the bundled sample clip into anpr.sqlite,
 # `make test` runs the test suite. Each creates the virtual environment it needs.
-# `make lint` runs the linter, the format check and the type checker (CI runs it first);
+# `make lint` runs the linter, the format check, the type checker and `make docs` (the reference
+# site in docs/, built strictly); CI runs it first;
 # `make test-unit` runs the unit tests alone (no model weights, no servers: under a minute).
 # `make train-ocr` retrains the plate reader (models/platereader.onnx) from the crop sets' train splits.
 
@@ -8,7 +9,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit lint format eval train-ocr clean
+.PHONY: demo test test-unit lint docs format eval train-ocr clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +27,15 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	ANPR_MODELS_DIR="$$(mktemp -d)" $(VENV)/bin/python -m pytest -m unit
 
-lint: $(STAMP)
+lint: $(STAMP) docs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# The reference site (docs/, mkdocs.yml) into build/site; --strict: a broken link or a page
+# missing from the navigation fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -36,7 +36,7 @@ Run settings (all optional):
                              # next to a SQLite database, else next to the config)
       timeout_seconds: 2     # a database that does not answer within this long counts as down (2-600)
 
-A deployment (required by `anpr run`, see configs/ and README "Deployment config"):
+A deployment (required by `anpr run`, see configs/ and docs/deployment-config.md):
 
     name, description        # free text
     controller: {type, name, jurisdiction}
@@ -45,8 +45,8 @@ A deployment (required by `anpr run`, see configs/ and README "Deployment config
                       hotlist, compliant_plates}}
     sinks: {NAME: {type: one of registry.SINK_TYPES, and the keys of that type}}
 
-The models below set every default; the listing above and the README's table restate
-them (tests/test_structure.py checks the README's against the models).
+The models below set every default; the listing above and docs/run-settings.md restate
+them (tests/test_structure.py checks the docs' table against the models).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ use never verifies as another. The file holds 32 random bytes in hex; it is crea
 anpr's private file (anpr/files.py: not a link, this user's, open to no other user):
 whoever else could write it could make every plate's hash theirs to reverse. Losing it
 loses the ability to look plates up and to verify the audit log: keep a copy where the
-database's administrators cannot write (README "Keys").
+database's administrators cannot write (docs/commands.md, "Keys").
 
 The database records the key's fingerprint (`Keys.fingerprint`, which reveals nothing of
 the key) when first run with it, and refuses any other key (anpr/identity.py).

@@ -496,7 +496,7 @@ class ReadStore:
         SQLite (secure_delete on) zeroes freed pages, but in WAL mode the old pages stay
         in the -wal file until a checkpoint: one is forced. PostgreSQL keeps deleted rows
         (and their index entries) as dead tuples until VACUUM, which is run on the kept
-        tables; what its write-ahead log still holds is said in the README (Retention)."""
+        tables; what its write-ahead log still holds is said in docs/commands.md ("Retention everywhere")."""
         with self._failures("cannot clean up deleted rows in"):
             if self._engine.dialect.name == "sqlite":
                 with self._engine.connect() as conn:
