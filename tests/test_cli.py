@@ -138,7 +138,11 @@ def test_run_into_postgresql(anpr_cli, postgres, small_dataset, tmp_path):
     for photo in small_dataset.glob("*.jpg"):
         (images / photo.name).write_bytes(photo.read_bytes())
     url = postgres.new_database()
-    result = anpr_cli("run", str(images), "--config", str(PARKING_CONFIG), "--db", url, "--jsonl")
+    # A copy: with a database that is no SQLite file, the key and the checkpoints go next to
+    # the config, which must not be the repository's configs/ folder.
+    config = tmp_path / PARKING_CONFIG.name
+    config.write_bytes(PARKING_CONFIG.read_bytes())
+    result = anpr_cli("run", str(images), "--config", str(config), "--db", url, "--jsonl")
     assert result.returncode == 0, result.stderr
     reported = [json.loads(line) for line in result.stdout.splitlines()]
     store = ReadStore(url, TEST_KEYS)
