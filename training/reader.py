@@ -38,6 +38,7 @@ from anpr.ocr import PLATE_READER_SIZE
 from anpr.weights import _sha256
 from training.augment import CAMERAS, DEFAULT_CAMERA
 from training.calibrate import CALIBRATION_PLATES
+from training.glyphs import BANK
 from training.model import PlateReader, freeze_batch_norm, load_exported
 from training.train import DEFAULT_SETS, MODELS, PlateStream, collate, load_real, publish
 
@@ -83,6 +84,7 @@ def save_checkpoint(
             "seconds": seconds,
             "init": init,
             "camera": args.camera,
+            "glyph_share": args.glyph_share,
         },
         temporary,
     )
@@ -132,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_CAMERA,
         help="how loose the training crops are cut and how often blurred (training.augment.CAMERAS)",
     )
+    parser.add_argument(
+        "--glyph-share",
+        type=float,
+        default=0.0,
+        help="share of synthetic plates set in real plate glyphs (training/data/glyphs.npz, training.glyphs)",
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -155,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         optimiser.load_state_dict(state["optimiser"])
         step, losses, seconds_before = state["step"], state["losses"], state["seconds"]
         init = state.get("init")
-        camera = state.get("camera", DEFAULT_CAMERA)
-        if (state["steps"], state["seed"], camera) != (args.steps, args.seed, args.camera):
-            run = f"{state['steps']} steps, seed {state['seed']}, camera {camera}"
+        camera, glyphs = state.get("camera", DEFAULT_CAMERA), state.get("glyph_share", 0.0)
+        if (state["steps"], state["seed"], camera, glyphs) != (args.steps, args.seed, args.camera, args.glyph_share):
+            run = f"{state['steps']} steps, seed {state['seed']}, camera {camera}, glyph share {glyphs}"
             parser.error(f"{args.checkpoint} is of a run of {run}")
         print(f"resumed from {args.checkpoint} at step {step}", flush=True)
 
@@ -165,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     counts = ", ".join(f"{len(crops)} from {folder}" for crops, folder in zip(real, args.sets, strict=True))
     print(f"real train crops: {counts}", flush=True)
     stream = DataLoader(
-        PlateStream(real, args.seed, PLATE_READER_SIZE, TWO_ROW_SHARE, REAL_SURROUND_SHARE, step, CAMERAS[args.camera]),
+        PlateStream(
+            real,
+            args.seed,
+            PLATE_READER_SIZE,
+            TWO_ROW_SHARE,
+            REAL_SURROUND_SHARE,
+            step,
+            CAMERAS[args.camera],
+            args.glyph_share,
+        ),
         batch_size=args.batch,
         collate_fn=collate,
         num_workers=1,
@@ -217,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         "two_row_share": TWO_ROW_SHARE,
         "real_surround_share": REAL_SURROUND_SHARE,
         "camera": args.camera,
+        "glyph_share": args.glyph_share,
+        "glyphs_sha256": _sha256(BANK) if args.glyph_share else None,
         "real_train_crops": sum(len(crops) for crops in real),
         "sets": [str(s) for s in args.sets],
         "split": "train",

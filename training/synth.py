@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from anpr.formats import FORMATS
 from anpr.plates import PLATE_ALPHABET
+from training.glyphs import load_bank
 
 LETTERS = PLATE_ALPHABET[:26]
 DIGITS = PLATE_ALPHABET[26:]
@@ -261,16 +262,58 @@ def _emblem(rng: np.random.Generator, height: int) -> Image.Image:
     return image
 
 
+def _glyph_text_image(text: str, glyph_font: str, ink, rng: np.random.Generator) -> Image.Image:
+    """`text` set in real plate glyphs (`training.glyphs`) on a transparent image, 100 px
+    high: each character a glyph of `glyph_font` cut from a real plate, its darkness the ink."""
+    bank = load_bank()
+    height = 100
+    gap = int(height * rng.uniform(0.03, 0.1))
+    pieces: list[np.ndarray | int] = []
+    for character in text:
+        if character in PLATE_ALPHABET:
+            glyph = bank.glyph(rng, glyph_font, character)
+            width = max(1, round(glyph.shape[1] * height / glyph.shape[0]))
+            pieces.append(255 - cv2.resize(glyph, (width, height), interpolation=cv2.INTER_CUBIC))
+        else:  # a separator: a space
+            pieces.append(int(height * 0.3))
+    width = sum(p if isinstance(p, int) else p.shape[1] for p in pieces) + gap * (len(pieces) + 1)
+    alpha = np.zeros((height, max(1, width)), np.uint8)
+    x = gap
+    for piece in pieces:
+        if isinstance(piece, int):
+            x += piece + gap
+            continue
+        alpha[:, x : x + piece.shape[1]] = piece
+        x += piece.shape[1] + gap
+    image = np.zeros((height, alpha.shape[1], 4), np.uint8)
+    image[..., :3] = ink
+    image[..., 3] = alpha
+    return Image.fromarray(image, "RGBA")
+
+
 def _characters_image(
-    rng: np.random.Generator, groups: list[str], font_index: int, ink, condense: float, emblem: bool
+    rng: np.random.Generator,
+    groups: list[str],
+    font_index: int,
+    ink,
+    condense: float,
+    emblem: bool,
+    glyph_font: str | None = None,
 ) -> Image.Image:
     """The registration's groups on one transparent line, 100 px high, condensed; with
-    `emblem`, a coat of arms or seals between the first group and the rest."""
+    `emblem`, a coat of arms or seals between the first group and the rest; with
+    `glyph_font`, in real plate glyphs instead of the font."""
     separator = str(rng.choice(["  ", " ", "-", "·", " "]))
+
+    def text_image(text: str) -> Image.Image:
+        if glyph_font is None:
+            return _text_image(text, font_index, ink)
+        return _glyph_text_image(text, glyph_font, ink, rng)
+
     if not emblem or len(groups) < 2:
-        line = _text_image(separator.join(groups), font_index, ink)
+        line = text_image(separator.join(groups))
     else:
-        head, tail = _text_image(groups[0], font_index, ink), _text_image(" ".join(groups[1:]), font_index, ink)
+        head, tail = text_image(groups[0]), text_image(" ".join(groups[1:]))
         badge = _emblem(rng, head.height)
         gap = int(head.height * 0.08)
         line = Image.new("RGBA", (head.width + badge.width + tail.width + 2 * gap, head.height), (0, 0, 0, 0))
@@ -299,11 +342,17 @@ def _eu_band(rng: np.random.Generator, draw: ImageDraw.ImageDraw, width: int, he
 TWO_ROW_SHARE = 0.12  # of plates with at least 4 characters: what PlateNet was trained with
 
 
-def render_plate(rng: np.random.Generator, two_row_share: float = TWO_ROW_SHARE) -> tuple[np.ndarray, str]:
-    """One synthetic plate (BGR, with a little surround) and its registration."""
+def render_plate(
+    rng: np.random.Generator, two_row_share: float = TWO_ROW_SHARE, glyph_share: float = 0.0
+) -> tuple[np.ndarray, str]:
+    """One synthetic plate (BGR, with a little surround) and its registration; with
+    probability `glyph_share` its characters are real plate glyphs (`training.glyphs`)."""
     text, groups = random_registration(rng)
     style = _style(rng)
     font_index = int(rng.integers(len(font_paths())))
+    glyph_font = None
+    if glyph_share > 0 and rng.random() < glyph_share:  # no draw at 0: the stream stays as it was
+        glyph_font = str(rng.choice(load_bank().font_names))
     two_lines = len(text) >= 4 and rng.random() < two_row_share
     eu_band = rng.random() < 0.3  # two-row European plates carry the band too
     aspect = rng.uniform(3.8, 4.8) if eu_band else rng.uniform(1.7, 2.3) if rng.random() < 0.6 else rng.uniform(2.3, 5)
@@ -351,10 +400,10 @@ def render_plate(rng: np.random.Generator, two_row_share: float = TWO_ROW_SHARE)
             (left + margin, middle + 2, width - margin, text_bottom),
         ]
         for row, (x1, y1, x2, y2) in zip(rows, boxes, strict=True):
-            line = _characters_image(rng, [row], font_index, style.ink, condense, emblem=False)
+            line = _characters_image(rng, [row], font_index, style.ink, condense, False, glyph_font)
             _paste_fitted(plate, line, (x1, y1, x2, y2))
     else:
-        line = _characters_image(rng, groups, font_index, style.ink, condense, emblem=rng.random() < 0.25)
+        line = _characters_image(rng, groups, font_index, style.ink, condense, rng.random() < 0.25, glyph_font)
         _paste_fitted(plate, line, (left + margin, text_top, width - margin, text_bottom))
     for _ in range(int(rng.integers(0, 3))):  # registration stickers in a corner
         sx = int(rng.choice([rng.integers(2, max(3, width // 8)), rng.integers(width * 7 // 8, width - 10)]))

@@ -53,6 +53,7 @@ class PlateStream(IterableDataset):
         real_surround_share: float = 0.0,
         start: int = 0,
         camera: Camera = CAMERAS[DEFAULT_CAMERA],
+        glyph_share: float = 0.0,
     ) -> None:
         self.real = real
         self.seed = seed
@@ -63,6 +64,7 @@ class PlateStream(IterableDataset):
         self.real_surround_share = real_surround_share
         self.start = start  # a resumed run draws a stream of its own, not the first one again
         self.camera = camera
+        self.glyph_share = glyph_share  # synthetic plates in real plate glyphs (training.glyphs)
 
     def __iter__(self):
         worker = get_worker_info()
@@ -76,7 +78,7 @@ class PlateStream(IterableDataset):
                 surround = bool(rng.random() < self.real_surround_share)
                 crop = degrade(cut(image, rng, surround, self.camera), rng, self.camera)
             else:
-                plate, text = render_plate(rng, self.two_row_share)
+                plate, text = render_plate(rng, self.two_row_share, self.glyph_share)
                 crop = degrade(cut(plate, rng, True, self.camera), rng, self.camera)
             yield prepare_plate(crop, self.size), text
 
