@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from anpr.detect import PlateDetector, pairwise_iou
+from anpr.detect import Detections, PlateDetector, pairwise_iou
 from anpr.errors import DatasetError
 from anpr.images import read_image
 from anpr.ocr import PlateRecogniser, cut_plates
@@ -216,6 +216,21 @@ def evaluate(
     return evaluate_scenes(scenes, detector, recogniser, batch_size, progress, regions)
 
 
+def match_plates(boxes: Sequence[np.ndarray], detections: Detections) -> tuple[list[int], list[float]]:
+    """For the annotated plate box of each frame of a batch, the index of the detection that
+    overlaps it most if that is at least MATCH_IOU (else -1), and that overlap (0.0: none)."""
+    matched: list[int] = []
+    ious: list[float] = []
+    for position, box in enumerate(boxes):
+        candidates = np.flatnonzero(detections.frame == position)
+        overlaps = pairwise_iou(box, detections.xyxy[candidates])[0] if len(candidates) else np.zeros(0)
+        best = int(overlaps.argmax()) if len(overlaps) else -1
+        found = best >= 0 and overlaps[best] >= MATCH_IOU
+        matched.append(int(candidates[best]) if found else -1)
+        ious.append(float(overlaps[best]) if best >= 0 else 0.0)
+    return matched, ious
+
+
 def evaluate_scenes(
     scenes: Sequence[Scene],
     detector: PlateDetector,
@@ -231,15 +246,7 @@ def evaluate_scenes(
     for batch in _batches(list(scenes), batch_size):
         images, boxes = zip(*(scene.load() for scene in batch), strict=True)
         detections = detector.detect(list(images))
-        matched: list[int] = []  # index into detections, per scene (-1: not found)
-        ious: list[float] = []
-        for position, box in enumerate(boxes):
-            candidates = np.flatnonzero(detections.frame == position)
-            overlaps = pairwise_iou(box, detections.xyxy[candidates])[0] if len(candidates) else np.zeros(0)
-            best = int(overlaps.argmax()) if len(overlaps) else -1
-            found = best >= 0 and overlaps[best] >= MATCH_IOU
-            matched.append(int(candidates[best]) if found else -1)
-            ious.append(float(overlaps[best]) if best >= 0 else 0.0)
+        matched, ious = match_plates(boxes, detections)
         chosen = np.array([m for m in matched if m >= 0], np.int64)
         reads = recogniser.recognise(cut_plates(list(images), detections[chosen])).candidates if len(chosen) else []
         plates = (choose_plate(c, regions=regions, swaps=recogniser.lookalike_swaps) for c in reads)

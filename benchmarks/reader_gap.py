@@ -23,8 +23,8 @@ import numpy as np
 
 from anpr.assemble import load_models, with_second_pass
 from anpr.config import RunSettings
-from anpr.detect import Detections, pairwise_iou
-from anpr.eval import MATCH_IOU, _read_image, load_annotations, load_crop_labels
+from anpr.detect import Detections
+from anpr.eval import _read_image, load_annotations, load_crop_labels, match_plates
 from anpr.ocr import PooledRecogniser, cut_plates, make_recogniser
 from anpr.plates import PlateText, choose_plate, same_plate
 from anpr.transplant import Host, host_for, transplant
@@ -84,12 +84,10 @@ def measure_set(folder: Path, reader, detector, hosts: list[Host], pool: bool) -
     for start in range(0, len(scenes), BATCH):  # detected in batches as `anpr eval` does
         batch = scenes[start : start + BATCH]
         found = detector.detect([scene for scene, _ in batch])
-        for position, (scene, box) in enumerate(batch):
-            mine = found.xyxy[found.frame == position]
-            overlaps = pairwise_iou(box, mine)[0] if len(mine) else np.zeros(0)
-            best = int(overlaps.argmax()) if len(overlaps) else -1
-            if best >= 0 and overlaps[best] >= MATCH_IOU:
-                detected = mine[best].astype(np.float64)
+        matched, _ = match_plates([box for _, box in batch], found)
+        for position, ((scene, box), match) in enumerate(zip(batch, matched, strict=True)):
+            if match >= 0:
+                detected = found.xyxy[match].astype(np.float64)
                 detector_cut.append(cut_plates([scene], one_box(detected))[0])
                 found_at.append(start + position)
                 w, h = box[2] - box[0], box[3] - box[1]

@@ -13,14 +13,13 @@ REPO_GIT_DIR is a clone's git folder (no work tree is needed: files are read wit
 `git show`). Each glyph is kept grey, dark on light, `GLYPH_HEIGHT` px high and at most
 `GLYPH_HEIGHT` wide, with its font (`DE`, `GB-chars`, ...). Brazilian crops named after a
 plate of the crop sets' test splits are left out. `training.synth` sets them in a line
-with `glyph_line`.
+(`_glyph_text_image`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import cv2
 import numpy as np
 
 from anpr.plates import PLATE_ALPHABET
+from anpr.weights import _sha256
 
 GLYPH_HEIGHT = 48
 # A character's strokes cover part of its box: a crop that is mostly dark (a block of plate
@@ -89,8 +89,19 @@ def _test_plates() -> set[str]:
 
 def extract(repo: Path) -> tuple[list[np.ndarray], list[str], list[str], dict]:
     """Every glyph of the repository: images, characters, fonts, and what was taken."""
-    images, characters, fonts = [], [], []
+    images: list[np.ndarray] = []
+    characters: list[str] = []
+    fonts: list[str] = []
     taken: dict[str, int] = {}
+
+    def keep(glyph: np.ndarray, character: str, font: str) -> None:
+        normalised = normalise_glyph(glyph)
+        if is_glyph(normalised):
+            images.append(normalised)
+            characters.append(character)
+            fonts.append(font)
+            taken[font] = taken.get(font, 0) + 1
+
     for font, sheet in SHEETS:
         page = _decode(_git(repo, "show", f"HEAD:{sheet}.tif"))
         height = page.shape[0]
@@ -100,11 +111,8 @@ def extract(repo: Path) -> tuple[list[np.ndarray], list[str], list[str], dict]:
                 continue
             x1, y1, x2, y2 = (int(v) for v in parts[1:5])  # Tesseract boxes: origin at the bottom left
             glyph = page[height - y2 : height - y1, x1:x2]
-            if glyph.size and is_glyph(normalised := normalise_glyph(glyph)):
-                images.append(normalised)
-                characters.append(parts[0])
-                fonts.append(font)
-                taken[font] = taken.get(font, 0) + 1
+            if glyph.size:
+                keep(glyph, parts[0], font)
     excluded = _test_plates()
     for font, folder in CROP_FOLDERS:
         for name in _git(repo, "ls-tree", "--name-only", "HEAD", f"{folder}/").decode().splitlines():
@@ -115,15 +123,9 @@ def extract(repo: Path) -> tuple[list[np.ndarray], list[str], list[str], dict]:
             if stem.split("_")[-1] in excluded:
                 continue
             try:
-                normalised = normalise_glyph(_decode(_git(repo, "show", f"HEAD:{name}")))
+                keep(_decode(_git(repo, "show", f"HEAD:{name}")), character, font)
             except ValueError:  # a file that is no image (a few are cut short)
                 continue
-            if not is_glyph(normalised):
-                continue
-            images.append(normalised)
-            characters.append(character)
-            fonts.append(font)
-            taken[font] = taken.get(font, 0) + 1
     commit = _git(repo, "rev-parse", "HEAD").decode().strip()
     return images, characters, fonts, {"repository": "openalpr/train-ocr", "commit": commit, "glyphs": taken}
 
@@ -135,7 +137,7 @@ def save(images: list[np.ndarray], characters: list[str], fonts: list[str], sour
         slot[:, : image.shape[1]] = image
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, images=padded, widths=widths, characters=np.array(characters), fonts=np.array(fonts))
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    digest = _sha256(out)
     provenance = {**source, "file": out.name, "sha256": digest, "licence": "AGPL-3.0 (openalpr/train-ocr)"}
     provenance["command"] = "python -m training.glyphs REPO_GIT_DIR"
     out.with_suffix(".json").write_text(json.dumps(provenance, indent=1) + "\n")
