@@ -583,6 +583,9 @@ class ClusterRun:
         self.waiting: dict[str, Outage | None] = {}  # cameras with no node (None: not started yet)
         self.moves: list[Move] = []
         self.restarting: dict[str, tuple[Outage, NodeActor]] = {}
+        # A node may report a moved camera connected before the driver has settled its move
+        # (the status call and the move's answer arrive in one poll): kept until it is.
+        self.connected_early: dict[tuple[int, str], float] = {}
         self.restarts: list[dict[str, Any]] = []
         self.refused: set[str] = set()  # nodes that could not take cameras: not tried again
         self.connected = False
@@ -712,9 +715,12 @@ class ClusterRun:
             actor.cameras += move.cameras
             for camera in move.cameras:
                 outage = self.waiting.pop(camera, None)
+                when = self.connected_early.pop((id(actor), camera), None)
                 if outage is not None:  # None: its first start
                     self.restarting[camera] = (outage, actor)
                     self._event("camera.moved", camera=camera, node=actor.node.label, lost_node=outage.node)
+                    if when is not None:
+                        self._restarted(camera, actor, outage, when)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -813,9 +819,13 @@ class ClusterRun:
             log.log(level, "node %s: %s", actor.node.label, message)
         for camera, when, state, why in status["changes"]:
             self._event("camera", camera=camera, node=actor.node.label, state=state, since=round(when, 3), error=why)
+            if state != "connected":
+                continue
             pending = self.restarting.get(camera)
-            if pending and pending[1] is actor and state == "connected":
+            if pending and pending[1] is actor:
                 self._restarted(camera, actor, pending[0], when)
+            elif any(m.actor is actor and camera in m.cameras for m in self.moves):
+                self.connected_early.setdefault((id(actor), camera), when)
         if self.reads is not None and status["reads"]:
             self.reads.write([PolicedRead.from_dict(r) for r in status["reads"]])
         if self.passages is not None and status["passages"]:
@@ -860,6 +870,8 @@ class ClusterRun:
         for move in [m for m in self.moves if m.actor is actor]:
             self.moves.remove(move)  # its cameras are still waiting, since their own loss
             cameras += move.cameras
+            for camera in move.cameras:
+                self.connected_early.pop((id(actor), camera), None)
         log.warning(
             "node %s lost (%s): camera(s) %s start again on the other nodes",
             actor.node.label,

@@ -175,6 +175,10 @@ class _NoFolder(Exception):
     """There is no folder of its kind to open, and none was to be made."""
 
 
+class _Vanished(Exception):
+    """The folder was removed between its making and its opening: its last run closed it."""
+
+
 class Outbox(Generic[B]):
     """An open, locked batch folder, and its batches indexed oldest first. Every file is
     reached through the folder's descriptor, without following a link: a folder renamed,
@@ -199,8 +203,14 @@ class Outbox(Generic[B]):
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._last_ns = 0
+        vanished = False
         for _ in range(_LOCK_ATTEMPTS):
-            self._fd = self._open_folder(create)
+            try:
+                self._fd = self._open_folder(create)
+            except _Vanished:
+                vanished = True  # another run, ending, removed it as this one found it: make it again
+                continue
+            vanished = False
             try:
                 # Marked only under the lock: a run refused here leaves the folder as it found it.
                 if self._lock(busy) and self._still_at_its_path():
@@ -210,6 +220,8 @@ class Outbox(Generic[B]):
                 self.close()
                 raise
             self.close()  # its last holder removed the lock file, or the folder, as we took it: look again
+        if vanished:
+            raise StoreError(f"cannot open {self._what}: other runs kept removing it as it was made")
         raise OutboxInUse(f"{self._what} is in use by another run: {busy}")
 
     @property
@@ -428,7 +440,7 @@ class Outbox(Generic[B]):
             fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             if create:
-                raise StoreError(f"cannot open {self._what}: it was removed as it was made") from None
+                raise _Vanished from None
             raise _NoFolder from None
         except OSError as exc:
             setting = self.kind.setting
@@ -479,10 +491,11 @@ class Outbox(Generic[B]):
     def _judge(self, fd: int, create: bool) -> bool:
         """Whether the folder is marked as of its kind (else it may be adopted, and is to be
         marked); StoreError when it is not of its kind, _NoFolder when empty and not to be made.
-        Its lock file is no sign of anything: a run that took it may not have marked it yet."""
+        Its lock file is no sign of anything: a run that took it may not have marked it yet.
+        Nor is a marker listed but gone when looked at: a run closing the folder removed it."""
         kind = self.kind
         try:
-            names = [name for name in os.listdir(fd) if name != kind.lock]
+            names = [name for name in os.listdir(fd) if name not in (kind.lock, kind.marker)]
             if _is_file_at(fd, kind.marker):
                 return True
             if not names and not create:
