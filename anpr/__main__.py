@@ -1,3 +1,3 @@
-from anpr.cli import main
+from anpr.cli.main import main
 
 main()

@@ -25,7 +25,7 @@ For each:
   system or an SSD may keep old blocks).
 
 The `_at` functions work relative to a folder's descriptor: the outbox folders use them
-(anpr/outbox.py), the folder being their unit of trust.
+(anpr/storage/outbox.py), the folder being their unit of trust.
 """
 
 from __future__ import annotations

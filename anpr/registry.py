@@ -2,9 +2,9 @@
 
 Three kinds of part can be swapped by configuration, and each has one registry here:
 
-    DETECTORS    plate detector backends      filled by anpr/detect.py  (config `detector.backend`)
-    RECOGNISERS  plate recognisers (OCR)      filled by anpr/ocr.py     (config `pipeline.ocr`)
-    SINK_TYPES   places a purpose writes to   filled by anpr/sinks.py   (config `sinks.NAME.type`)
+    DETECTORS    plate detector backends      filled by anpr/reading/detect.py  (config `detector.backend`)
+    RECOGNISERS  plate recognisers (OCR)      filled by anpr/reading/ocr.py     (config `pipeline.ocr`)
+    SINK_TYPES   places a purpose writes to   filled by anpr/sinks/catalog.py   (config `sinks.NAME.type`)
 
 A part registers itself with a decorator beside its class, so adding one is one class
 and one decorator in its stage's module. The config's choices, the CLI's choices and
@@ -87,6 +87,6 @@ class Registry(Generic[Factory]):
         return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
-DETECTORS: Registry[Callable[..., Any]] = Registry("detector backend", "anpr.detect")
-RECOGNISERS: Registry[Callable[..., Any]] = Registry("OCR backend", "anpr.ocr")
-SINK_TYPES: Registry[Callable[..., Any]] = Registry("sink type", "anpr.sinks")
+DETECTORS: Registry[Callable[..., Any]] = Registry("detector backend", "anpr.reading.detect")
+RECOGNISERS: Registry[Callable[..., Any]] = Registry("OCR backend", "anpr.reading.ocr")
+SINK_TYPES: Registry[Callable[..., Any]] = Registry("sink type", "anpr.sinks.catalog")

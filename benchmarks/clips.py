@@ -130,7 +130,7 @@ def build_clip(
 
 def dataset_photos(folder: Path, count: int | None = None) -> list[tuple[Path, str]]:
     """(photo, plate) pairs of an openalpr-layout folder, spread evenly over its sorted names."""
-    from anpr.eval import load_annotations
+    from anpr.measure.eval import load_annotations
 
     pairs = [(annotation.image, annotation.plate) for annotation in load_annotations(folder)]
     if count is None or count >= len(pairs):
@@ -295,7 +295,7 @@ class VehiclePhoto:
 
 def annotated_vehicles(photos: Sequence[tuple[Path, str]]) -> list[VehiclePhoto]:
     """The photos of openalpr-layout folders (`dataset_photos`), with their annotated plate boxes."""
-    from anpr.eval import load_annotations
+    from anpr.measure.eval import load_annotations
 
     boxes = {a.image.name: a.box for folder in {p.parent for p, _ in photos} for a in load_annotations(folder)}
     vehicles = []

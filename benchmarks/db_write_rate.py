@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from sqlalchemy import text  # noqa: E402
 from support.postgres import PostgresServer  # noqa: E402
 
-from anpr.keys import Keys  # noqa: E402
 from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead, hour_bucket  # noqa: E402
-from anpr.store import ReadStore  # noqa: E402
+from anpr.storage.keys import Keys  # noqa: E402
+from anpr.storage.store import ReadStore  # noqa: E402
 
 DAY = 86400.0
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import cv2
 
-from anpr.eval import load_crop_labels
-from anpr.ocr import make_recogniser
+from anpr.measure.eval import load_crop_labels
+from anpr.reading.ocr import make_recogniser
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,12 +29,12 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from anpr.assemble import with_second_pass
-from anpr.config import DetectorSettings
-from anpr.detect import OnnxPlateDetector
-from anpr.eval import evaluate, evaluate_crops, load_crop_labels
-from anpr.ocr import PpOcrRecogniser, deskew, isolate_characters, line_width, prepare_line, strip_blue_band
-from anpr.weights import ModelFile, _sha256, model_file
+from anpr.config.settings import DetectorSettings
+from anpr.measure.eval import evaluate, evaluate_crops, load_crop_labels
+from anpr.reading.detect import OnnxPlateDetector
+from anpr.reading.ocr import PpOcrRecogniser, deskew, isolate_characters, line_width, prepare_line, strip_blue_band
+from anpr.reading.weights import ModelFile, _sha256, model_file
+from anpr.run.assemble import with_second_pass
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "datasets"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from clips import DEV_SEED, annotated_vehicles, build_clip, build_traffic_clip, dataset_photos, dev_vehicles
 
-from anpr.eval import score_passages
+from anpr.measure.eval import score_passages
 
 REPO = Path(__file__).resolve().parent.parent
 

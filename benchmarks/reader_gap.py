@@ -21,13 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anpr.assemble import load_models, with_second_pass
-from anpr.config import RunSettings
-from anpr.detect import Detections
-from anpr.eval import _read_image, load_annotations, load_crop_labels, match_plates
-from anpr.ocr import PooledRecogniser, cut_plates, make_recogniser
-from anpr.plates import PlateText, choose_plate, same_plate
-from anpr.transplant import Host, host_for, transplant
+from anpr.config.settings import RunSettings
+from anpr.measure.eval import _read_image, load_annotations, load_crop_labels, match_plates
+from anpr.measure.transplant import Host, host_for, transplant
+from anpr.reading.detect import Detections
+from anpr.reading.ocr import PooledRecogniser, cut_plates, make_recogniser
+from anpr.reading.plates import PlateText, choose_plate, same_plate
+from anpr.run.assemble import load_models, with_second_pass
 
 DATASETS = Path("../shared/datasets")
 CROP_SETS = ("openalpr-us-crops", "openalpr-br-crops")

@@ -231,8 +231,8 @@ def _postgres_rows(work: Path) -> None:
         return
     from sqlalchemy import create_engine, text
 
-    from anpr.audit import AuditLog
-    from anpr.keys import load_keys
+    from anpr.storage.audit import AuditLog
+    from anpr.storage.keys import load_keys
 
     with PostgresServer() as server:
         url = server.new_database()

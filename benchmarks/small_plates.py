@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from clips import dev_vehicles
 
-from anpr.eval import load_annotations
+from anpr.measure.eval import load_annotations
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 20261125

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from anpr.bench import BENCH_DEPLOYMENT, run_phase
+from anpr.measure.bench import BENCH_DEPLOYMENT, run_phase
 
 HERE = Path(__file__).resolve().parent
 

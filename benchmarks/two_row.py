@@ -19,8 +19,8 @@ import json
 
 import numpy as np
 
-from anpr.ocr import make_recogniser
-from anpr.plates import choose_plate, same_plate
+from anpr.reading.ocr import make_recogniser
+from anpr.reading.plates import choose_plate, same_plate
 from training.augment import cut, degrade
 from training.synth import render_plate
 

@@ -93,21 +93,21 @@ def clip_h264(tmp_path_factory, few_photos) -> Path:
 
 @pytest.fixture(scope="session")
 def detector():
-    from anpr.detect import YoloPlateDetector
+    from anpr.reading.detect import YoloPlateDetector
 
     return YoloPlateDetector()
 
 
 @pytest.fixture(scope="session")
 def ppocr():
-    from anpr.ocr import PpOcrRecogniser
+    from anpr.reading.ocr import PpOcrRecogniser
 
     return PpOcrRecogniser()
 
 
 @pytest.fixture(scope="session")
 def easyocr_recogniser():
-    from anpr.ocr import EasyOcrRecogniser
+    from anpr.reading.ocr import EasyOcrRecogniser
 
     return EasyOcrRecogniser()
 

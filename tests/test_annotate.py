@@ -17,10 +17,10 @@ import pytest
 import supervision as sv
 from conftest import PARKING_CONFIG, REPO
 
-from anpr.annotate import PRIVATE_MARGIN, Mask, VideoAnnotation, _Painter, _Span, check_target
 from anpr.errors import AnprError, ConfigError
+from anpr.reading.track import UNTRACKED
 from anpr.records import Passage, PlateRead, PolicedRead
-from anpr.track import UNTRACKED
+from anpr.show.annotate import PRIVATE_MARGIN, Mask, VideoAnnotation, _Painter, _Span, check_target
 
 SAMPLE = REPO / "samples" / "sample.mp4"
 DENIED_CONFIG = REPO / "configs" / "valenciennes-2020.yaml"  # its only purpose is denied (FR-MUN-REQ)

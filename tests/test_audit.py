@@ -18,8 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from support.keys import TEST_KEYS
 
-from anpr.audit import GENESIS, AuditLog, AuditProblem, canonical_json, chain_hash, verify_database
 from anpr.errors import StoreError
+from anpr.storage.audit import GENESIS, AuditLog, AuditProblem, canonical_json, chain_hash, verify_database
 
 T0 = 1_700_000_000.0
 PAYLOAD = ("at", "actor", "action", "details")

@@ -37,7 +37,7 @@ import pytest
 from conftest import REPO
 from support.http_receiver import Receiver
 
-from anpr.plates import same_plate
+from anpr.reading.plates import same_plate
 
 PARIS = (REPO / "configs" / "paris-fps.yaml").read_text()  # FR-FPS: allowed, reads kept 1 day, 30 at most
 CAR_PARK = (REPO / "configs" / "private-car-park.yaml").read_text()  # FR-ACCESS: reads kept 1 day at most
@@ -706,10 +706,10 @@ def _write_inputs(case: Case, tmp: Path, few_photos, clips: Clips | None, port: 
 def _bound_database(path: Path) -> bytes:
     from support.keys import TEST_KEYS
 
-    from anpr.audit import AuditLog
-    from anpr.config import load_settings
-    from anpr.policy.binding import require_binding
-    from anpr.store import ReadStore
+    from anpr.config.settings import load_settings
+    from anpr.storage.audit import AuditLog
+    from anpr.storage.binding import require_binding
+    from anpr.storage.store import ReadStore
 
     deployment = load_settings(REPO / "configs" / "paris-fps.yaml").deployment
     assert deployment is not None

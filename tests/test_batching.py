@@ -12,10 +12,10 @@ import pytest
 from conftest import PARKING_CONFIG
 from support.reads import CollectedReads
 
-from anpr.assemble import Models, load_models, read_lane
-from anpr.config import load_settings
-from anpr.pipeline import run_lanes
-from anpr.source import open_source
+from anpr.config.settings import load_settings
+from anpr.reading.source import open_source
+from anpr.run.assemble import Models, load_models, read_lane
+from anpr.run.pipeline import run_lanes
 from benchmarks.clips import build_clip
 
 

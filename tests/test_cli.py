@@ -8,7 +8,7 @@ import pytest
 from conftest import PARKING_CONFIG
 from support.keys import TEST_KEYS
 
-from anpr.plates import same_plate
+from anpr.reading.plates import same_plate
 
 
 def _passages(clip):
@@ -82,7 +82,7 @@ def test_run_jsonl_writes_one_object_per_read(anpr_cli, clip_h264, tmp_path):
 
 
 def test_run_passages_reports_each_vehicle_once(anpr_cli, clip_h264, tmp_path):
-    from anpr.eval import score_passages
+    from anpr.measure.eval import score_passages
 
     result = anpr_cli(
         "run",
@@ -131,7 +131,7 @@ def test_run_with_config_file_and_easyocr(anpr_cli, small_dataset, tmp_path):
 
 
 def test_run_into_postgresql(anpr_cli, postgres, small_dataset, tmp_path):
-    from anpr.store import ReadStore
+    from anpr.storage.store import ReadStore
 
     images = tmp_path / "images"
     images.mkdir()

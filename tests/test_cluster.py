@@ -1,4 +1,4 @@
-"""A deployment on a real local Ray cluster (anpr/cluster.py): a head and a second node,
+"""A deployment on a real local Ray cluster (anpr/run/cluster.py): a head and a second node,
 each `ray start` in a session of its own on this machine, four RTSP cameras, PostgreSQL;
 the second node killed mid-run, then the database stopped for a few seconds."""
 
@@ -78,7 +78,7 @@ def city_config(folder: Path, sources: list[str]) -> Path:
 def settings_of(
     tmp_path: Path, sources: list[str], store_url: str = "postgresql+psycopg://anpr@db.example/city", **more
 ):
-    from anpr.config import load_settings
+    from anpr.config.settings import load_settings
 
     config = yaml.safe_load(city_config(tmp_path, sources).read_text())
     config.update(store={"url": store_url}, **more)
@@ -87,7 +87,7 @@ def settings_of(
 
 
 def cameras_of(settings):
-    from anpr.assemble import cameras_to_run
+    from anpr.run.assemble import cameras_to_run
 
     return cameras_to_run(settings.deployment, None, None, None)
 
@@ -96,8 +96,8 @@ STREAMS = [f"rtsp://cam{n}.example/stream" for n in range(1, CAMERAS + 1)]
 
 
 def test_a_cluster_run_is_refused_without_postgresql_live_streams_or_with_other_sinks(tmp_path):
-    from anpr.cluster import check_cluster_run
     from anpr.errors import ClusterError
+    from anpr.run.cluster import check_cluster_run
 
     settings = settings_of(tmp_path, STREAMS)
     check_cluster_run(settings, cameras_of(settings))  # PostgreSQL, live streams, database sinks: fine
@@ -113,8 +113,8 @@ def test_a_cluster_run_is_refused_without_postgresql_live_streams_or_with_other_
 
 
 def test_without_ray_the_cluster_option_says_how_to_install_it(monkeypatch):
-    from anpr.cluster import require_ray
     from anpr.errors import ClusterError
+    from anpr.run.cluster import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
     with pytest.raises(ClusterError, match=r"pip install 'anpr\[cluster\]'"):
@@ -124,8 +124,8 @@ def test_without_ray_the_cluster_option_says_how_to_install_it(monkeypatch):
 def test_a_head_nobody_answers_is_an_error_at_once():
     import socket
 
-    from anpr.cluster import head_reachable
     from anpr.errors import ClusterError
+    from anpr.run.cluster import head_reachable
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -135,7 +135,7 @@ def test_a_head_nobody_answers_is_an_error_at_once():
 
 
 def test_cameras_go_to_the_nodes_with_the_fewest_cameras_per_cpu():
-    from anpr.cluster import Node, spread
+    from anpr.run.cluster import Node, spread
 
     a, b = Node("a" * 56, "10.0.0.1", 1, 0), Node("b" * 56, "10.0.0.2", 1, 0)
     assert spread(["c1", "c2", "c3", "c4"], [a, b], {}) == {a.id: ["c1", "c3"], b.id: ["c2", "c4"]}
@@ -147,7 +147,7 @@ def test_cameras_go_to_the_nodes_with_the_fewest_cameras_per_cpu():
 
 
 def test_a_node_runs_on_its_gpu_when_it_has_one_and_the_backend_runs_there(tmp_path):
-    from anpr.cluster import node_settings
+    from anpr.run.cluster import node_settings
 
     settings = settings_of(tmp_path, STREAMS)
     assert node_settings(settings, gpu=True).detector.device == "cuda"
@@ -158,7 +158,7 @@ def test_a_node_runs_on_its_gpu_when_it_has_one_and_the_backend_runs_there(tmp_p
 
 def test_a_node_gets_the_plate_key_and_not_the_audit_key():
     from anpr.errors import ConfigError
-    from anpr.keys import Keys
+    from anpr.storage.keys import Keys
 
     keys = Keys.from_secret(bytes(range(32)))
     node = keys.plates_only()
@@ -171,7 +171,7 @@ def test_a_node_gets_the_plate_key_and_not_the_audit_key():
 def test_one_machine_never_imports_ray_and_the_cli_refuses_a_cluster_on_sqlite(tmp_path, anpr_cli):
     import subprocess
 
-    check = "import sys, anpr.cli, anpr.assemble, anpr.cluster; assert 'ray' not in sys.modules"
+    check = "import sys, anpr.cli.main, anpr.run.assemble, anpr.run.cluster; assert 'ray' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).returncode == 0
     settings_of(tmp_path, STREAMS, store_url=str(tmp_path / "city.sqlite"))
     result = anpr_cli("run", "--config", str(tmp_path / "city.yaml"), "--cluster", "auto")
@@ -180,7 +180,7 @@ def test_one_machine_never_imports_ray_and_the_cli_refuses_a_cluster_on_sqlite(t
     assert "Traceback" not in result.stderr and not (tmp_path / "city.sqlite").exists()
     # Ray not installed (an import of it fails): one line saying how to install it.
     without_ray = (
-        "import sys; sys.modules['ray'] = None; from anpr.cli import main; "
+        "import sys; sys.modules['ray'] = None; from anpr.cli.main import main; "
         f"sys.argv = ['anpr', 'run', '--config', {str(tmp_path / 'city.yaml')!r}, '--cluster', 'auto']; main()"
     )
     result = subprocess.run([sys.executable, "-c", without_ray], capture_output=True, text=True, cwd=tmp_path)

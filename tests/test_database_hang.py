@@ -31,12 +31,12 @@ from support.postgres import PostgresServer
 from support.reads import plate_read
 from support.rtsp import RtspServer
 
-from anpr.audit import AuditLog
-from anpr.config import DATABASE_TIMEOUT_SECONDS
+from anpr.config.settings import DATABASE_TIMEOUT_SECONDS
 from anpr.errors import StoreError
 from anpr.records import CountKey, Outcome, PolicedRead
-from anpr.spool import SpooledStore
-from anpr.store import DatabaseUnavailable, ReadStore
+from anpr.storage.audit import AuditLog
+from anpr.storage.spool import SpooledStore
+from anpr.storage.store import DatabaseUnavailable, ReadStore
 
 REPO = Path(__file__).resolve().parent.parent
 BOUND = DATABASE_TIMEOUT_SECONDS
@@ -358,9 +358,9 @@ def test_the_database_down_at_the_end_of_a_run_leaves_the_spool_and_a_complete_r
 def test_an_error_after_the_readers_started_leaves_no_thread_running(server, slow_clip, tmp_path):
     """The run's first audit entry cannot be written (the database went away after the
     checks): the error goes up, and every decoding thread is stopped on the way."""
-    from anpr.assemble import DeploymentRun, cameras_to_run
-    from anpr.config import load_settings
+    from anpr.config.settings import load_settings
     from anpr.policy.engine import Policy
+    from anpr.run.assemble import DeploymentRun, cameras_to_run
 
     overrides = {
         "store": {

@@ -7,11 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
-from anpr import weights
-from anpr.detect import pairwise_iou
 from anpr.errors import ModelError
-from anpr.eval import MATCH_IOU, load_annotations
-from anpr.ocr import (
+from anpr.measure.eval import MATCH_IOU, load_annotations
+from anpr.reading import weights
+from anpr.reading.detect import pairwise_iou
+from anpr.reading.ocr import (
     PLATE_CLASSES,
     ctc_beam_search,
     ctc_greedy_decode,
@@ -19,7 +19,7 @@ from anpr.ocr import (
     fold_to_plate_alphabet,
     isolate_characters,
 )
-from anpr.plates import PLATE_ALPHABET, choose_plate, same_plate
+from anpr.reading.plates import PLATE_ALPHABET, choose_plate, same_plate
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,8 @@ def test_detector_finds_the_annotated_plate_in_one_batched_call(detector, few):
 
 
 def test_onnx_detector_agrees_with_the_torch_one(detector, few):
-    from anpr.config import DetectorSettings
-    from anpr.detect import OnnxPlateDetector, make_detector
+    from anpr.config.settings import DetectorSettings
+    from anpr.reading.detect import OnnxPlateDetector, make_detector
 
     annotations, images = few
     onnx = make_detector(DetectorSettings(backend="onnx", device="cpu"))
@@ -60,8 +60,8 @@ def test_onnx_detector_agrees_with_the_torch_one(detector, few):
 
 @pytest.mark.system  # the real weights, FP32 and INT8
 def test_int8_detector_finds_the_plates_the_fp32_one_finds_and_is_the_cpu_default(few):
-    from anpr.config import DetectorSettings
-    from anpr.detect import make_detector
+    from anpr.config.settings import DetectorSettings
+    from anpr.reading.detect import make_detector
 
     annotations, images = few
     fp32 = make_detector(DetectorSettings(backend="onnx"))
@@ -80,7 +80,7 @@ def test_int8_detector_finds_the_plates_the_fp32_one_finds_and_is_the_cpu_defaul
 
 
 def test_pairwise_iou():
-    from anpr.detect import pairwise_iou
+    from anpr.reading.detect import pairwise_iou
 
     boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
     iou = pairwise_iou(boxes, boxes[:2])
@@ -198,7 +198,7 @@ def test_two_line_plates_are_read_top_row_first(ppocr, top, bottom):
 
 
 def test_single_line_plates_are_not_split(few):
-    from anpr.ocr import _binarise
+    from anpr.reading.ocr import _binarise
 
     _, images = few
     annotations, _ = few
@@ -249,8 +249,8 @@ def test_weights_are_checked_at_load(tmp_path, monkeypatch, corrupt):
 
 @pytest.mark.system  # copies the real manifest
 def test_int8_detector_weights_are_checked_at_load(tmp_path, monkeypatch):
-    from anpr.config import DetectorSettings
-    from anpr.detect import make_detector
+    from anpr.config.settings import DetectorSettings
+    from anpr.reading.detect import make_detector
 
     target = _copy_models(tmp_path, corrupt=True, model="plate-yolov8n-int8")
     monkeypatch.setattr(weights, "MODELS_DIR", tmp_path)

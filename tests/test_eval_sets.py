@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from anpr.errors import DatasetError
-from anpr.eval import ImageResult, confusions, is_crop_set, load_crop_labels
+from anpr.measure.eval import ImageResult, confusions, is_crop_set, load_crop_labels
 
 US_CROPS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "openalpr-us-crops"
 BR_CROPS = US_CROPS.parent / "openalpr-br-crops"

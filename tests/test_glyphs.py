@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from anpr.plates import PLATE_ALPHABET
+from anpr.reading.plates import PLATE_ALPHABET
 from training.glyphs import BANK, GLYPH_HEIGHT, INK_SHARE, load_bank, normalise_glyph
 from training.synth import render_plate
 

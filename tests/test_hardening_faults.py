@@ -37,8 +37,8 @@ import yaml
 from support.keys import TEST_KEYS
 from support.live_run import LiveRun
 
-from anpr.spool import LOCK_NAME, MARKER_NAME, SpooledStore, SpoolInUse
-from anpr.store import ReadStore
+from anpr.storage.spool import LOCK_NAME, MARKER_NAME, SpooledStore, SpoolInUse
+from anpr.storage.store import ReadStore
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "sample.mp4"
@@ -57,8 +57,8 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 HOLDER = """
 import sys, time
 from support.keys import TEST_KEYS
-from anpr.spool import SpooledStore
-from anpr.store import ReadStore
+from anpr.storage.spool import SpooledStore
+from anpr.storage.store import ReadStore
 spool = SpooledStore(ReadStore(sys.argv[2], TEST_KEYS), sys.argv[1], 1 << 20)
 print("holding", flush=True)
 time.sleep(600)
@@ -120,8 +120,8 @@ def test_two_runs_on_one_spool_folder_the_refused_one_leaves_it_to_the_other(tmp
 RACER = """
 import sys, time
 from support.keys import TEST_KEYS
-from anpr.spool import SpooledStore, SpoolInUse
-from anpr.store import ReadStore
+from anpr.storage.spool import SpooledStore, SpoolInUse
+from anpr.storage.store import ReadStore
 folder, start = sys.argv[1], float(sys.argv[2])
 while time.time() < start:
     pass
@@ -310,7 +310,7 @@ def test_record_finding_is_refused_to_a_non_agent_with_one_answer_whatever_the_p
 
 
 def test_a_config_file_over_the_size_cap_is_refused_at_once(tmp_path):
-    from anpr.config import load_settings
+    from anpr.config.settings import load_settings
     from anpr.errors import ConfigError
 
     padded = tmp_path / "padded.yaml"  # valid YAML, just over the cap (1 MiB): a comment

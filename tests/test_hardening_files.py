@@ -34,16 +34,16 @@ import pytest
 import yaml
 from support.keys import TEST_KEYS, TEST_SECRET, write_key_file
 
-from anpr.audit import AuditLog, inspect_database
-from anpr.config import load_settings
+from anpr.config.settings import load_settings
 from anpr.errors import ConfigError, StoreError
 from anpr.files import UnsafeFile, append, create, read_private
-from anpr.keys import Keys, load_keys
-from anpr.outputs import StatusLog
-from anpr.policy.binding import require_key
 from anpr.records import PlateRead, PolicedRead
-from anpr.sinks import JsonlExport, JsonlExportSettings, purge_export
-from anpr.store import ReadStore
+from anpr.run.outputs import StatusLog
+from anpr.sinks.jsonl import JsonlExport, JsonlExportSettings, purge_export
+from anpr.storage.audit import AuditLog, inspect_database
+from anpr.storage.binding import require_key
+from anpr.storage.keys import Keys, load_keys
+from anpr.storage.store import ReadStore
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "sample.mp4"
@@ -391,9 +391,9 @@ def test_a_run_from_another_working_folder_uses_the_database_s_key(anpr_cli, tmp
 CUT_SHORT = """
 import os, resource, signal, sys
 from support.keys import TEST_KEYS
-from anpr.audit import AuditLog
+from anpr.storage.audit import AuditLog
 from anpr.errors import StoreError
-from anpr.store import ReadStore
+from anpr.storage.store import ReadStore
 
 store = ReadStore(sys.argv[1], TEST_KEYS)
 audit = AuditLog(store.engine, TEST_KEYS, sys.argv[2])

@@ -36,7 +36,7 @@ from support.live_run import LiveRun
 
 from anpr.errors import StoreError
 from anpr.redact import printable, redact
-from anpr.store import ReadStore, shown_url
+from anpr.storage.store import ReadStore, shown_url
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "sample.mp4"

@@ -26,9 +26,9 @@ import yaml
 from pydantic import ValidationError
 from support.mosquitto import Mosquitto, Subscriber
 
-from anpr.mqtt import MqttSink
 from anpr.records import Passage, PlateRead, PolicedRead
-from anpr.sinks import MqttSettings
+from anpr.sinks.mqtt import MqttSettings
+from anpr.sinks.mqtt_client import MqttSink
 
 NOW = time.time()
 # Ids that collided (a/b and a_b were both a_b), named the availability's level, or carried a

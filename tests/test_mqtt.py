@@ -28,16 +28,17 @@ from support.keys import TEST_KEYS
 from support.live_run import LiveRun
 from support.mosquitto import Mosquitto, Subscriber
 
-from anpr.config import load_settings
+from anpr.config.settings import load_settings
 from anpr.errors import ConfigError, StoreError
-from anpr.mqtt import MQTT_QUEUE, MqttSink, expire_mqtt_queue, messages
-from anpr.outbox import Batch, Outbox
 from anpr.policy.engine import Policy
 from anpr.policy.gate import PolicyGate
+from anpr.reading.track import TrackEnd
 from anpr.records import Outcome, Passage, PlateRead, PolicedRead
-from anpr.sinks import MqttSettings, make_sinks
-from anpr.store import ReadStore
-from anpr.track import TrackEnd
+from anpr.sinks.catalog import make_sinks
+from anpr.sinks.mqtt import MQTT_QUEUE, MqttSettings, expire_mqtt_queue
+from anpr.sinks.mqtt_client import MqttSink, messages
+from anpr.storage.outbox import Batch, Outbox
+from anpr.storage.store import ReadStore
 
 NOW = 1_800_000_000.0
 DAY = 86_400.0
@@ -261,7 +262,7 @@ def test_a_full_queue_loses_messages_with_one_warning_and_never_stops_the_run(tm
     clock = Clock()
     sink = _sink(CLOSED_PORT, tmp_path / "q", clock, queue_max_mb=1, reads=True)
     big = [_read("AB123CD", frame) for frame in range(3000)]  # well over 1 MB of JSON
-    with caplog.at_level(logging.WARNING, logger="anpr.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="anpr.sinks"):
         sink.write(big)
         sink.write(big)
         sink.close()
@@ -274,7 +275,7 @@ def test_a_broker_that_does_not_answer_counts_as_down_and_the_run_goes_on(tmp_pa
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         port = silent.getsockname()[1]
-        with caplog.at_level(logging.WARNING, logger="anpr.mqtt"):
+        with caplog.at_level(logging.WARNING, logger="anpr.sinks"):
             sink = MqttSink(_settings(port, tmp_path / "q"), timeout=0.5)
             sink.write_passages([_passage("AA111AA")])
             sink.close()
@@ -365,7 +366,7 @@ def test_a_broker_down_from_the_start_gets_the_queue_at_the_next_run_in_order_an
     clock = Clock()
     queue = tmp_path / "q"
     broker = Mosquitto(tmp_path / "broker")  # not started: its port is closed
-    with caplog.at_level(logging.WARNING, logger="anpr.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="anpr.sinks"):
         first_run = _sink(broker.port, queue, clock)
         for plate in ("AA111AA", "BB222BB", "CC333CC"):
             first_run.write_passages([_passage(plate)])
@@ -395,7 +396,7 @@ def test_a_broker_restarted_between_writes_gets_every_message_once(mqtt_broker, 
         sink.write_passages([_passage("AA111AA")])
         subscriber.wait_for(lambda r: subscriber.on("passages/cam"), 10, "the first passage")
         mqtt_broker.stop()
-        with caplog.at_level(logging.INFO, logger="anpr.mqtt"):
+        with caplog.at_level(logging.INFO, logger="anpr.sinks"):
             sink.write_passages([_passage("BB222BB")])  # the lost connection is noticed: queued
             sink.write_passages([_passage("CC333CC")])  # within the backoff: queued behind it
             assert len(list((tmp_path / "q").glob("*.json"))) == 2
@@ -426,7 +427,7 @@ def test_credentials_come_from_the_environment(tmp_path, monkeypatch, caplog):
         sink.close()
         subscriber.barrier()
         monkeypatch.setenv("ANPR_TEST_MQTT_PW", "wrong-pw")
-        with caplog.at_level(logging.WARNING, logger="anpr.mqtt"):
+        with caplog.at_level(logging.WARNING, logger="anpr.sinks"):
             refused = _sink(broker.port, tmp_path / "q2", clock, **credentials)
             refused.write_passages([_passage("BB222BB")])
         assert "Not authorized" in (refused.status.last_error or "")
@@ -470,8 +471,8 @@ def test_tls_with_a_private_ca(tmp_path):
 def test_the_broker_says_offline_when_a_run_dies(mqtt_broker, tmp_path):
     program = (
         "import sys, time\n"
-        "from anpr.sinks import MqttSettings\n"
-        "from anpr.mqtt import MqttSink\n"
+        "from anpr.sinks.mqtt import MqttSettings\n"
+        "from anpr.sinks.mqtt_client import MqttSink\n"
         f"MqttSink(MqttSettings(type='mqtt', host='127.0.0.1', port={mqtt_broker.port}, tls=False, "
         f"client_id='anpr-dies', queue_dir={str(tmp_path / 'q')!r}))\n"
         "print('connected', flush=True)\n"

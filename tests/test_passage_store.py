@@ -20,15 +20,15 @@ from sqlalchemy.orm import Session
 from support.keys import TEST_KEYS, write_key_file
 from support.reads import plate_read
 
-from anpr.audit import AuditLog
-from anpr.config import Settings, load_settings
+from anpr.config.settings import Settings, load_settings
 from anpr.errors import StoreError
-from anpr.policy.binding import require_binding
 from anpr.policy.engine import Policy
-from anpr.policy.queries import delete_on_payment, search
 from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead
-from anpr.spool import Pending, SpooledStore
-from anpr.store import Base, ReadStore, WrittenBatchRow
+from anpr.storage.audit import AuditLog
+from anpr.storage.binding import require_binding
+from anpr.storage.queries import delete_on_payment, search
+from anpr.storage.spool import Pending, SpooledStore
+from anpr.storage.store import Base, ReadStore, WrittenBatchRow
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 

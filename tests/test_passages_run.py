@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from conftest import PARKING_CONFIG, REPO
 
-from anpr.eval import score_passages
+from anpr.measure.eval import score_passages
 
 VALENCIENNES = REPO / "configs" / "valenciennes-2020.yaml"
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from conftest import DATASET, REPO
 
-from anpr.detect import Detections, pairwise_iou, tile_windows
+from anpr.config.deployment import Deployment
 from anpr.formats import best_format, shortest_layout
-from anpr.ocr import TextReads
-from anpr.pipeline import Rejection, assemble_reads
-from anpr.plates import choose_plate, same_plate
-from anpr.policy.deployment import Deployment
-from anpr.source import Frame, FrameBatch
+from anpr.reading.detect import Detections, pairwise_iou, tile_windows
+from anpr.reading.ocr import TextReads
+from anpr.reading.plates import choose_plate, same_plate
+from anpr.reading.source import Frame, FrameBatch
+from anpr.run.pipeline import Rejection, assemble_reads
 
 CROP_SETS = DATASET.parent
 
@@ -45,7 +45,7 @@ def test_candidates_of_the_deployment_region_are_preferred():
 
 
 def test_look_alikes_are_swapped_only_for_a_recogniser_that_needs_it():
-    from anpr.ocr import PlateNetRecogniser, PpOcrRecogniser
+    from anpr.reading.ocr import PlateNetRecogniser, PpOcrRecogniser
 
     # A general text reader's 8 may be a B: the layouts decide (Indiana's DDDL)...
     assert choose_plate([("2368", 0.98)], regions=("US",)).plate == "236B"
@@ -113,9 +113,9 @@ def test_tiles_cover_the_frame_with_overlap(width, height, tiles):
 
 @pytest.mark.system
 def test_the_second_pass_finds_and_boxes_a_60px_plate_in_a_1080p_frame(dataset):
-    from anpr.config import DetectorSettings
-    from anpr.detect import OnnxPlateDetector, SecondPass
-    from anpr.eval import load_annotations
+    from anpr.config.settings import DetectorSettings
+    from anpr.measure.eval import load_annotations
+    from anpr.reading.detect import OnnxPlateDetector, SecondPass
 
     onnx = OnnxPlateDetector(DetectorSettings(input_size=640))
     second_pass = SecondPass(onnx, DetectorSettings(input_size=640))
@@ -143,7 +143,7 @@ def test_the_second_pass_finds_and_boxes_a_60px_plate_in_a_1080p_frame(dataset):
 
 
 def test_the_closer_look_keeps_the_most_likely_proposals_of_each_frame():
-    from anpr.detect import _most_likely_per_frame
+    from anpr.reading.detect import _most_likely_per_frame
 
     found = Detections(
         np.zeros((6, 4), np.float32),
@@ -167,7 +167,7 @@ def _crops(name: str, split: str, count: int) -> list[tuple[np.ndarray, str]]:
 
 @pytest.mark.system
 def test_platenet_reads_held_out_crops_of_both_countries():
-    from anpr.ocr import PlateNetRecogniser
+    from anpr.reading.ocr import PlateNetRecogniser
 
     recogniser = PlateNetRecogniser()
     for name, region, floor in (("openalpr-br-crops", "BR", 0.9), ("openalpr-us-crops", "US", 0.8)):
@@ -184,8 +184,8 @@ def test_the_training_command_runs_end_to_end_and_its_model_loads(tmp_path):
     import subprocess
     import sys
 
-    from anpr.ocr import PlateNetRecogniser
-    from anpr.weights import ModelFile, _sha256
+    from anpr.reading.ocr import PlateNetRecogniser
+    from anpr.reading.weights import ModelFile, _sha256
 
     out = tmp_path / "platenet.onnx"
     command = [sys.executable, "-m", "training.train", "--steps", "3", "--batch", "8", "--out", str(out)]
@@ -214,8 +214,8 @@ def test_the_reader_training_resumes_from_its_checkpoint_and_its_model_loads(tmp
     import subprocess
     import sys
 
-    from anpr.ocr import PlateReaderRecogniser
-    from anpr.weights import ModelFile, _sha256
+    from anpr.reading.ocr import PlateReaderRecogniser
+    from anpr.reading.weights import ModelFile, _sha256
 
     out, checkpoint = tmp_path / "platereader.onnx", tmp_path / "platereader.pt"
     command = [sys.executable, "-m", "training.reader", "--steps", "3", "--batch", "4", "--out", str(out)]
@@ -283,7 +283,7 @@ def test_committed_platereader_provenance_matches_the_manifest():
 
 @pytest.mark.system
 def test_the_pooled_recogniser_is_the_mean_of_its_members_fitted_candidates():
-    from anpr.ocr import PooledRecogniser
+    from anpr.reading.ocr import PooledRecogniser
 
     pooled = PooledRecogniser()
     crops = [image for image, _ in _crops("openalpr-us-crops", "test", 6)]

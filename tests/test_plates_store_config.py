@@ -7,11 +7,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.keys import TEST_KEYS
 
-from anpr.config import load_settings
+from anpr.config.settings import load_settings
 from anpr.errors import ConfigError, StoreError
-from anpr.plates import PLATE_ALPHABET, normalise, same_plate
+from anpr.reading.plates import PLATE_ALPHABET, normalise, same_plate
 from anpr.records import PlateRead, PolicedRead
-from anpr.store import ReadStore, database_url
+from anpr.storage.store import ReadStore, database_url
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import cv2
 import pytest
 
 from anpr.errors import ConfigError
-from anpr.plots import plot_bench, plot_eval
+from anpr.measure.plots import plot_bench, plot_eval
 
 BENCH = {
     "video": "clip.mp4",

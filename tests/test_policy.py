@@ -9,17 +9,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.keys import TEST_KEYS
 
-from anpr.audit import AuditLog
-from anpr.config import Settings, load_settings
-from anpr.policy.binding import require_binding
-from anpr.policy.deployment import Deployment
+from anpr.config.deployment import Deployment
+from anpr.config.settings import Settings, load_settings
 from anpr.policy.engine import DAY, Policy, decide, decide_purpose
 from anpr.policy.gate import PolicyGate
-from anpr.policy.queries import search
 from anpr.policy.rules import CONTROLLER_TYPES, PURPOSES, SAFEGUARDS, Verdict
+from anpr.reading.track import TrackEnd
 from anpr.records import Outcome, PlateRead
-from anpr.store import ReadStore
-from anpr.track import TrackEnd
+from anpr.storage.audit import AuditLog
+from anpr.storage.binding import require_binding
+from anpr.storage.queries import search
+from anpr.storage.store import ReadStore
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 T0 = 1_800_000_000.0  # a fixed "now" for every deadline
@@ -147,7 +147,7 @@ def test_decide_gives_deadline_and_minimisation():
 
 
 def gate_for(deployment: Deployment, store: ReadStore, clock=lambda: T0) -> PolicyGate:
-    from anpr.sinks import make_sinks
+    from anpr.sinks.catalog import make_sinks
 
     return PolicyGate(
         Policy(deployment), deployment.cameras[0], store, make_sinks(deployment.sinks, store), clock=clock

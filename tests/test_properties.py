@@ -20,12 +20,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anpr.config import Settings, load_settings
+from anpr.config.deployment import MAX_RETENTION_DAYS
+from anpr.config.settings import Settings, load_settings
 from anpr.errors import ConfigError
 from anpr.formats import COUNTRIES_BY_PATTERN, TO_DIGIT, TO_LETTER, best_format
-from anpr.plates import PLATE_ALPHABET, TOP_CANDIDATES, choose_plate, normalise, same_plate
-from anpr.policy.deployment import MAX_RETENTION_DAYS
 from anpr.policy.rules import CONTROLLER_TYPES, PURPOSES
+from anpr.reading.plates import PLATE_ALPHABET, TOP_CANDIDATES, choose_plate, normalise, same_plate
 
 CONFIG_EXAMPLES = 200  # per config property (4)
 PLATE_EXAMPLES = 250  # per plate property (4)

@@ -15,10 +15,10 @@ import threading
 
 import pytest
 
-from anpr.config import load_settings
+from anpr.config.settings import load_settings
 from anpr.errors import ConfigError, SourceError
+from anpr.reading.source import Reconnect, SourceState, open_source
 from anpr.redact import redact, redact_text
-from anpr.source import Reconnect, SourceState, open_source
 
 SECRET = "s3cret"
 

@@ -21,7 +21,7 @@ from conftest import PARKING_CONFIG, REPO
 from support.live_run import LiveRun
 from support.rtsp import RtspServer
 
-from anpr.source import FrameReader, Reconnect, SourceState, VideoSource
+from anpr.reading.source import FrameReader, Reconnect, SourceState, VideoSource
 
 SAMPLE = REPO / "samples" / "sample.mp4"  # 180 frames of H.264, 1920x1080, 25 fps
 QUICK_RECONNECT = {"stall_seconds": 3, "reconnect_first_delay": 0.2, "reconnect_max_delay": 2}

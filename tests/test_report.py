@@ -333,11 +333,11 @@ def test_counts_per_day_and_purpose(dialect, tmp_path, request):
     from support.keys import TEST_KEYS
     from support.reads import plate_read
 
-    from anpr.config import load_settings
+    from anpr.config.settings import load_settings
     from anpr.policy.engine import Policy
     from anpr.records import CountKey, Outcome, PolicedRead
-    from anpr.report import database_counts
-    from anpr.store import ReadStore
+    from anpr.show.report import database_counts
+    from anpr.storage.store import ReadStore
 
     url = str(tmp_path / "c.sqlite") if dialect == "sqlite" else request.getfixturevalue("postgres").new_database()
     store = ReadStore(url, TEST_KEYS)
@@ -369,7 +369,7 @@ def test_counts_per_day_and_purpose(dialect, tmp_path, request):
 
 
 def test_chart_scales_and_labels_days():
-    from anpr.report import DayCounts, _nice_step, day_chart_svg
+    from anpr.show.report import DayCounts, _nice_step, day_chart_svg
 
     assert [_nice_step(n) for n in (0, 3, 34, 68, 250, 9_999)] == [1, 1, 10, 20, 50, 2000]
     assert "No read was kept or counted" in day_chart_svg([])

@@ -1,4 +1,4 @@
-"""PostgreSQL roles (`anpr db init-roles`, anpr/roles.py), on a real server, each login
+"""PostgreSQL roles (`anpr db init-roles`, anpr/storage/roles.py), on a real server, each login
 a real one: the pipeline writes but reads no plate and stores no denied purpose, agents
 read only through the audited search function, the auditor verifies the log."""
 
@@ -20,14 +20,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ProgrammingError
 from support.keys import TEST_KEYS, write_key_file
 
-from anpr.audit import AuditLog, verify_database
-from anpr.config import load_settings
+from anpr.config.settings import load_settings
 from anpr.errors import StoreError
-from anpr.policy.binding import migrate, require_binding
 from anpr.policy.engine import Policy
-from anpr.policy.queries import search
 from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead
-from anpr.store import ReadStore, SearchRefused, StaleAuditEntry
+from anpr.storage.audit import AuditLog, verify_database
+from anpr.storage.binding import migrate, require_binding
+from anpr.storage.queries import search
+from anpr.storage.store import ReadStore, SearchRefused, StaleAuditEntry
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = 86_400.0

@@ -9,7 +9,7 @@ from conftest import PARKING_CONFIG
 from support.live_run import LiveRun
 from support.rtsp import RtspServer
 
-from anpr.plates import same_plate
+from anpr.reading.plates import same_plate
 
 
 def test_run_reads_plates_from_a_real_rtsp_stream(clip_h264, tmp_path):

@@ -19,15 +19,15 @@ import yaml
 from sqlalchemy import create_engine, inspect, text
 from support.keys import TEST_KEYS, write_key_file
 
-from anpr.audit import AuditLog, verify_database
-from anpr.config import load_settings
+from anpr.config.settings import load_settings
 from anpr.errors import ConfigError, PolicyRefusal
-from anpr.keys import Keys, load_keys
-from anpr.policy.binding import migrate, require_binding
 from anpr.policy.engine import Policy
-from anpr.policy.queries import search
 from anpr.records import PlateRead, PolicedRead
-from anpr.store import ReadStore
+from anpr.storage.audit import AuditLog, verify_database
+from anpr.storage.binding import migrate, require_binding
+from anpr.storage.keys import Keys, load_keys
+from anpr.storage.queries import search
+from anpr.storage.store import ReadStore
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = 86_400.0
@@ -87,7 +87,7 @@ def test_rules_without_a_period_still_have_a_maximum():
 
 
 def load_settings_from(data: dict):
-    from anpr.config import Settings
+    from anpr.config.settings import Settings
 
     return Settings.model_validate(data).deployment
 

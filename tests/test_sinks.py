@@ -22,20 +22,13 @@ from pathlib import Path
 import pytest
 from support.http_receiver import Receiver
 
-from anpr.config import Settings, load_settings
+from anpr.config.settings import Settings, load_settings
 from anpr.errors import ConfigError, StoreError
-from anpr.outputs import StatusLog
 from anpr.records import PlateRead, PolicedRead, new_key
-from anpr.sinks import (
-    JsonlExport,
-    JsonlExportSettings,
-    Webhook,
-    WebhookSettings,
-    close_sinks,
-    expire_webhook_queue,
-    make_sinks,
-    purge_export,
-)
+from anpr.run.outputs import StatusLog
+from anpr.sinks.catalog import close_sinks, make_sinks
+from anpr.sinks.jsonl import JsonlExport, JsonlExportSettings, purge_export
+from anpr.sinks.webhook import Webhook, WebhookSettings, expire_webhook_queue
 
 TOKEN = "Bearer tok-s3cret"
 NOW = 1_800_000_000.0
@@ -226,7 +219,7 @@ def test_a_failing_endpoint_queues_its_batches_and_gets_them_in_order_once_it_an
         hook.write([_read("BB222BB")])  # within the backoff: queued without trying
         clock.advance(1.5)
         hook.write([_read("CC333CC")])  # tried again (oldest first), refused again: no second warning
-    warnings = [r.getMessage() for r in caplog.records if r.name == "anpr.sinks"]
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("anpr.sinks.")]
     assert len(warnings) == 1 and f"webhook http://127.0.0.1:{port}/reads failed" in warnings[0]
     assert hook.status.failed_attempts == 2 and not hook.status.up
     assert [[r["plate"] for r in batch] for batch in _queued(queue)] == [["AA111AA"], ["BB222BB"], ["CC333CC"]]

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from anpr.assemble import Models, read_lane
-from anpr.config import PipelineSettings, load_settings
+from anpr.config.settings import PipelineSettings, load_settings
 from anpr.errors import SourceError
-from anpr.images import MAX_IMAGE_PIXELS, image_size, read_image
-from anpr.pipeline import Lane, Pipeline, run_lanes
-from anpr.source import Frame, FrameReader, SourceStatus, Stride, VideoSource, open_source
+from anpr.reading.images import MAX_IMAGE_PIXELS, image_size, read_image
+from anpr.reading.source import Frame, FrameReader, SourceStatus, Stride, VideoSource, open_source
+from anpr.run.assemble import Models, read_lane
+from anpr.run.pipeline import Lane, Pipeline, run_lanes
 from benchmarks.clips import build_clip
 
 SAMPLE = REPO / "samples" / "sample.mp4"  # 180 frames, 1920x1080
@@ -96,7 +96,7 @@ def test_stride_delivers_every_nth_frame_covering_those_passed_over(clip_h264, s
 
 
 def test_image_folder_and_single_image(small_dataset, caplog):
-    with caplog.at_level(logging.WARNING, logger="anpr.source"):
+    with caplog.at_level(logging.WARNING, logger="anpr.reading.source"):
         frames = list(open_source(str(small_dataset)).frames())
     photos = sorted(small_dataset.glob("*.jpg"))
     assert [f.index for f in frames] == list(range(len(photos)))

@@ -22,14 +22,14 @@ from sqlalchemy.orm import Session
 from support.keys import TEST_KEYS
 from support.reads import plate_read
 
-from anpr.config import load_settings
+from anpr.config.settings import load_settings
 from anpr.errors import StoreError
 from anpr.policy.engine import Policy
 from anpr.policy.gate import PolicyGate
 from anpr.records import CountKey, Outcome, Passage, PolicedRead, new_key
-from anpr.sinks import make_sinks
-from anpr.spool import LOCK_NAME, MARKER_NAME, ExpiredSpool, Pending, SpooledStore, SpoolInUse, expire_spool
-from anpr.store import BATCH_KEY_SECONDS, ReadStore, WrittenBatchRow
+from anpr.sinks.catalog import make_sinks
+from anpr.storage.spool import LOCK_NAME, MARKER_NAME, ExpiredSpool, Pending, SpooledStore, SpoolInUse, expire_spool
+from anpr.storage.store import BATCH_KEY_SECONDS, ReadStore, WrittenBatchRow
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -83,7 +83,7 @@ def test_postgresql_stopped_mid_run(server, tmp_path, caplog):
     is in the database exactly once, the counters are the sums, and the spool is empty."""
     store = ReadStore(server.new_database(), TEST_KEYS)
     store.check()
-    caplog.set_level(logging.INFO, logger="anpr.spool")
+    caplog.set_level(logging.INFO, logger="anpr.storage.spool")
     folder = tmp_path / "spool"
     spool = SpooledStore(store, folder, 64 << 20, max_backoff=2.0)
     sent: list[PolicedRead] = []
@@ -214,7 +214,7 @@ def test_a_batch_written_concurrently_by_another_run_is_skipped(postgres):
 
 
 def test_a_full_spool_loses_batches_with_one_warning_and_no_exception(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="anpr.spool")
+    caplog.set_level(logging.WARNING, logger="anpr.storage.spool")
     folder = tmp_path / "spool"
     spool = SpooledStore(ReadStore(UNREACHABLE, TEST_KEYS), folder, 4096)
     for frame in range(10):
@@ -403,7 +403,7 @@ def test_a_folder_that_is_not_a_spool_is_refused_and_left_untouched(tmp_path):
 
 
 def test_an_existing_empty_folder_is_adopted_without_changing_its_mode_and_is_never_removed(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="anpr.spool")
+    caplog.set_level(logging.WARNING, logger="anpr.storage.spool")
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o755)
@@ -429,7 +429,7 @@ def test_an_existing_empty_folder_is_adopted_without_changing_its_mode_and_is_ne
 
 
 def test_unreadable_spool_files_are_set_aside_and_nothing_else_is_touched(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="anpr.spool")
+    caplog.set_level(logging.WARNING, logger="anpr.storage.spool")
     folder = tmp_path / "spool"
     spooled(folder, [kept("AB123CD", 1, time.time() + DAY)])
     broken, cut = batch_name(), batch_name()

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from anpr.config import DetectorSettings, PipelineSettings, RunSettings, Settings, load_settings
+from anpr.config.settings import DetectorSettings, PipelineSettings, RunSettings, Settings, load_settings
 from anpr.errors import ConfigError
 from anpr.policy.engine import Policy
 from anpr.records import CountKey, Outcome, PlateRead, PolicedRead
 from anpr.registry import DETECTORS, RECOGNISERS, SINK_TYPES
-from anpr.spool import _decode
+from anpr.storage.spool import _decode
 
 REPO = Path(__file__).resolve().parent.parent
 READ = PlateRead(
@@ -173,3 +173,97 @@ def test_the_docs_document_every_sink_key():
         for name, info in fields.items():
             if isinstance(info.default, int | float) and not isinstance(info.default, bool):
                 assert float(documented[entry.name][name]) == info.default, f"{entry.name}.{name}"
+
+
+# --- the layout: a folder per stage, imports only downwards, no cycle ---------------------------------
+
+# The stages in the order data flows through them; a module may import from its own stage and
+# the stages before it (and from the shared top level), never from a later one.
+STAGES = ("config", "reading", "policy", "storage", "sinks", "run", "measure", "show", "cli")
+PACKAGE = REPO / "anpr"
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node) -> bool:
+    import ast
+
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imported(node, modules: dict[str, Path]) -> set[str]:
+    """The anpr modules imported anywhere under `node`, but under `if TYPE_CHECKING:`."""
+    import ast
+
+    found: set[str] = set()
+    for child in ast.iter_child_nodes(node):
+        if _is_type_checking(child):
+            continue
+        if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("anpr"):
+            assert child.level == 0, "a relative import"
+            for alias in child.names:  # `from anpr.reading import weights` imports a module
+                full = f"{child.module}.{alias.name}"
+                found.add(full if full in modules else child.module)
+        elif isinstance(child, ast.Import):
+            found.update(a.name for a in child.names if a.name.startswith("anpr"))
+        found |= _imported(child, modules)
+    return found
+
+
+def _imports() -> dict[str, set[str]]:
+    """Each anpr module and the anpr modules it imports when it runs, at the top or in a
+    function (what only a type checker reads, under `if TYPE_CHECKING:`, is left out)."""
+    import ast
+
+    modules = {_module(path): path for path in PACKAGE.rglob("*.py")}
+    return {
+        name: {t for t in _imported(ast.parse(path.read_text()), modules) if t in modules and t != name}
+        for name, path in modules.items()
+    }
+
+
+def _stage(module: str) -> int:
+    """0 for the shared top level, else 1 + the stage's place in STAGES."""
+    parts = module.split(".")
+    return 0 if len(parts) <= 2 and parts[-1] not in STAGES else 1 + STAGES.index(parts[1])
+
+
+def test_the_package_is_a_folder_per_stage_with_a_small_shared_top_level():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 8, top
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(STAGES), folders
+    for folder in folders:  # each says what it holds and what it may import
+        doc = (PACKAGE / folder / "__init__.py").read_text()
+        assert doc.startswith('"""') and "Imports " in doc, folder
+
+
+def test_no_module_imports_from_a_later_stage():
+    graph = _imports()
+    upward = [
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if module.split(".")[-1] != "__main__" and _stage(target) > _stage(module)
+    ]
+    assert not upward, upward
+
+
+def test_no_import_cycle():
+    graph = _imports()
+    done: set[str] = set()
+
+    def walk(module: str, path: list[str]) -> None:
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(module) :], module]))
+        if module in done:
+            return
+        for target in sorted(graph[module]):
+            walk(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        walk(module, [])

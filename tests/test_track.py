@@ -3,10 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anpr.eval import score_passages
-from anpr.pipeline import is_cut, thumbnail
-from anpr.records import PlateRead, PolicedRead
-from anpr.track import (
+from anpr.measure.eval import score_passages
+from anpr.reading.track import (
     READABLE_HEIGHT,
     UNTRACKED,
     PassageBuilder,
@@ -17,6 +15,8 @@ from anpr.track import (
     readability,
     vote,
 )
+from anpr.records import PlateRead, PolicedRead
+from anpr.run.pipeline import is_cut, thumbnail
 
 
 def read(plate: str, frame: int, x: float = 100.0, confidence: float = 0.8, source: str = "cam") -> PlateRead:

@@ -1,4 +1,4 @@
-"""Crop sets read through the detector: each crop set into a real scene (anpr/transplant.py),
+"""Crop sets read through the detector: each crop set into a real scene (anpr/measure/transplant.py),
 then detected, cut and read as in the pipeline (`anpr eval --scenes`)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from anpr.errors import DatasetError
-from anpr.eval import check_sets
-from anpr.transplant import SMALL_HEIGHT, Host, host_for, transplant
+from anpr.measure.eval import check_sets
+from anpr.measure.transplant import SMALL_HEIGHT, Host, host_for, transplant
 from tests.test_eval_sets import US_CROPS, _copy_crops, _crop_set
 
 

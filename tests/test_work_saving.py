@@ -8,9 +8,9 @@ import cv2
 from conftest import PARKING_CONFIG
 from support.reads import CollectedReads
 
-from anpr.config import PipelineSettings
-from anpr.pipeline import Lane, Pipeline, run_lanes
-from anpr.source import Frame, FrameBatch, FrameReader, open_source
+from anpr.config.settings import PipelineSettings
+from anpr.reading.source import Frame, FrameBatch, FrameReader, open_source
+from anpr.run.pipeline import Lane, Pipeline, run_lanes
 
 
 def _frames(few_photos, still: int) -> list[Frame]:
@@ -44,7 +44,7 @@ def test_stride_makes_images_of_every_nth_frame_only_and_counts_the_rest(detecto
 
 
 def test_settled_plates_are_not_read_again_and_passages_stay_right(anpr_cli, clip_h264, tmp_path):
-    from anpr.eval import score_passages
+    from anpr.measure.eval import score_passages
 
     config = tmp_path / "saving.yaml"
     config.write_text(PARKING_CONFIG.read_text() + "pipeline:\n  stride: 2\n  settle_reads: 3\n")

@@ -3,7 +3,7 @@
 A plate is cut out along a slightly wrong quadrilateral (the detector's box is loose
 or tight, the plate is seen at an angle), brought to a camera's resolution (down to
 about 60x20 px), then blurred, lit, noised and JPEG-compressed. The result is a BGR
-crop at that low resolution, which `anpr.ocr.prepare_plate` turns into the network's
+crop at that low resolution, which `anpr.reading.ocr.prepare_plate` turns into the network's
 input exactly as at inference.
 """
 
@@ -26,7 +26,7 @@ class Camera:
 
 
 # "hand-cut" made the committed models. "detector-cut" is a wider one: the detector's box
-# plus the crop margin (anpr.ocr.CROP_MARGIN_*) is often looser than hand-cut's widest
+# plus the crop margin (anpr.reading.ocr.CROP_MARGIN_*) is often looser than hand-cut's widest
 # boxes, and a camera's plates are more often blurred than not.
 CAMERAS = {
     "hand-cut": Camera(loose_x=0.10, loose_y=0.25, focus_blur=0.25, motion_blur=0.15),

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from anpr.ocr import OnnxPlateRecogniser, PlateNetRecogniser, PlateReaderRecogniser
-from anpr.plates import choose_plate
-from anpr.weights import ModelFile, _sha256
+from anpr.reading.ocr import OnnxPlateRecogniser, PlateNetRecogniser, PlateReaderRecogniser
+from anpr.reading.plates import choose_plate
+from anpr.reading.weights import ModelFile, _sha256
 from training.augment import cut, degrade
 from training.synth import render_plate
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anpr.plates import PLATE_ALPHABET
-from anpr.weights import _sha256
+from anpr.reading.plates import PLATE_ALPHABET
+from anpr.reading.weights import _sha256
 
 GLYPH_HEIGHT = 48
 # A character's strokes cover part of its box: a crop that is mostly dark (a block of plate

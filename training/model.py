@@ -1,11 +1,11 @@
 """PlateNet: a small CRNN for plate crops, read with CTC over the plate alphabet.
 
 Grey input of INPUT_HEIGHT x INPUT_WIDTH (every crop is stretched to it, as
-`anpr.ocr.prepare_plate` does at inference). Convolutions bring the height to one
+`anpr.reading.ocr.prepare_plate` does at inference). Convolutions bring the height to one
 column of features per 4 input pixels of width; a bidirectional LSTM reads the columns
 both ways, so a character that spans columns, or a second line's characters, can be
 placed in reading order; a linear layer gives each column's class scores (class 0 the
-CTC blank, then `anpr.plates.PLATE_ALPHABET`).
+CTC blank, then `anpr.reading.plates.PLATE_ALPHABET`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anpr.plates import PLATE_ALPHABET
+from anpr.reading.plates import PLATE_ALPHABET
 
 CLASSES = 1 + len(PLATE_ALPHABET)
 

@@ -46,10 +46,10 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from anpr.config import VIDEO_STRIDE, DetectorSettings
-from anpr.detect import MotionWindows, OnnxPlateDetector, detect_in_windows, pairwise_iou
-from anpr.eval import MATCH_IOU
-from anpr.weights import ModelFile, _sha256, model_file, onnx_session
+from anpr.config.settings import VIDEO_STRIDE, DetectorSettings
+from anpr.measure.eval import MATCH_IOU
+from anpr.reading.detect import MotionWindows, OnnxPlateDetector, detect_in_windows, pairwise_iou
+from anpr.reading.weights import ModelFile, _sha256, model_file, onnx_session
 from benchmarks.clips import dev_vehicles, plates_on_screen
 from training.train import MODELS, update_manifest
 

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from anpr.ocr import PLATE_READER_SIZE
-from anpr.weights import _sha256
+from anpr.reading.ocr import PLATE_READER_SIZE
+from anpr.reading.weights import _sha256
 from training.augment import CAMERAS, DEFAULT_CAMERA
 from training.calibrate import CALIBRATION_PLATES
 from training.glyphs import BANK
@@ -61,7 +61,7 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
 
 
 def g2_weights() -> dict[str, torch.Tensor]:
-    from anpr.weights import model_file
+    from anpr.reading.weights import model_file
 
     return torch.load(model_file("easyocr-english-g2").path, map_location="cpu", weights_only=True)
 

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from anpr.formats import FORMATS
-from anpr.plates import PLATE_ALPHABET
+from anpr.reading.plates import PLATE_ALPHABET
 from training.glyphs import load_bank
 
 LETTERS = PLATE_ALPHABET[:26]

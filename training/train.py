@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from anpr.eval import load_crop_labels
-from anpr.ocr import PLATE_NET_SIZE, prepare_plate
-from anpr.plates import PLATE_ALPHABET, normalise
-from anpr.weights import _sha256
+from anpr.measure.eval import load_crop_labels
+from anpr.reading.ocr import PLATE_NET_SIZE, prepare_plate
+from anpr.reading.plates import PLATE_ALPHABET, normalise
+from anpr.reading.weights import _sha256
 from training.augment import CAMERAS, DEFAULT_CAMERA, Camera, cut, degrade
 from training.calibrate import CALIBRATION_PLATES, calibrate
 from training.model import PlateNet
@@ -239,7 +239,7 @@ def publish(
 ) -> None:
     """A trained network out to `out`: ONNX, calibrated, its provenance JSON beside it
     (`run`'s settings, the loss curve, the machine) and, in models/, its manifest entry."""
-    from anpr.ocr import PlateNetRecogniser, PlateReaderRecogniser
+    from anpr.reading.ocr import PlateNetRecogniser, PlateReaderRecogniser
 
     out.parent.mkdir(parents=True, exist_ok=True)
     export(network.cpu(), out, size)

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anpr.config.deployment import Deployment
 from anpr.errors import ConfigError
-from anpr.plates import normalise
-from anpr.policy.deployment import Deployment
 from anpr.policy.rules import (
     CONTROLLER_TYPES,
     PURPOSES,
@@ -30,6 +29,7 @@ from anpr.policy.rules import (
     Verdict,
     matching_rule,
 )
+from anpr.reading.plates import normalise
 from anpr.records import Outcome, PlateRead
 
 DAY = 86_400.0

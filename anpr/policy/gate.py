@@ -15,13 +15,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from anpr.policy.deployment import Camera
+from anpr.config.deployment import Camera
 from anpr.policy.engine import Policy
+from anpr.reading.track import PassageBuilder, TrackEnd
 from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead, hour_bucket, new_key
-from anpr.sinks import PolicedSink
-from anpr.track import PassageBuilder, TrackEnd
 
 PURGE_INTERVAL_SECONDS = 60.0
+
+
+class PolicedSink(Protocol):
+    """Where a purpose's kept reads go (its `sinks:`, anpr/sinks/): one batch at a time
+    (what it returns is not used). A sink may also have `close()`, called once when the run
+    ends (`sinks.catalog.close_sinks`), and `write_passages(passages)`, given the purpose's
+    passages as their tracks end."""
+
+    def write(self, reads: Sequence[PolicedRead]) -> object: ...
 
 
 class DatabaseSink(Protocol):

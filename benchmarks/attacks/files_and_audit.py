@@ -187,9 +187,9 @@ def another_working_folder(work: Path, target: Target) -> None:
 
 CUT_SHORT = """
 import os, resource, signal, sys
-from anpr.audit import AuditLog
-from anpr.keys import load_keys
-from anpr.store import ReadStore
+from anpr.storage.audit import AuditLog
+from anpr.storage.keys import load_keys
+from anpr.storage.store import ReadStore
 
 store = ReadStore(sys.argv[1], load_keys("anpr.key"))
 audit = AuditLog(store.engine, store.keys, "anpr-audit.checkpoints")

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from anpr.keys import Keys
+from anpr.storage.keys import Keys
 
 TEST_SECRET = bytes(range(32))
 TEST_KEYS = Keys.from_secret(TEST_SECRET)

@@ -1,0 +1,4 @@
+"""What a person looks at: the side-by-side demo, the compliance report, the annotated video.
+
+Imports run and every stage below it.
+"""

@@ -1,0 +1,320 @@
+"""PostgreSQL roles of a deployment's database: `anpr db init-roles`, run by its owner.
+
+Three group roles (NOLOGIN: the operator grants them to real logins), named after a
+prefix (`anpr` by default; roles belong to the whole server, so two deployments'
+databases on one server take two prefixes):
+
+    <prefix>_writer   the pipeline (`anpr run`): inserts reads, passages and policy
+                      counters, binds a database that serves no deployment yet, appends to
+                      the audit log and deletes what retention deletes. Of a kept row it
+                      may read only its id, key and deadline, never its plate, and row-level
+                      security lets it insert, see and delete only the rows of a purpose
+                      the deployment allows to keep reads: even a compromised pipeline
+                      cannot store a denied purpose's reads.
+    <prefix>_query    the designated agents (`anpr db search`): no privilege on reads or
+                      passages at all. They read through one SECURITY DEFINER function,
+                      SEARCH_FUNCTION, which checks that the login (session_user) is a
+                      designated agent of the purpose, applies the hits-only rule of LAPI
+                      purposes, never returns a row past its deadline, and inserts the
+                      query's audit entry in the same transaction.
+    <prefix>_auditor  `anpr audit verify`: reads the audit log, the deployment bindings and
+                      the policy counters, nothing else.
+
+The database does not hold the audit key (keys.py), so the search function cannot make
+an audit entry itself: the client, which has the key file, makes the next entry of the
+log (audit.AuditLog.append_through) and passes it in. The function takes the log's lock,
+refuses an entry that is not the next one (the client makes it again), or whose actor
+is not the login, whose action is not 'query', or whose details are not this query's
+(purpose, plate_key, procedure, passages); an entry with a forged MAC is found by
+`anpr audit verify`.
+
+Who is an agent of which purpose, and which purposes the writer may store, come from the
+config given to init-roles: its allowed purposes that keep reads, with their
+`safeguards.designated_agents`, in the tables PURPOSES_TABLE and AGENTS_TABLE (with the
+deployment's fingerprint: after `anpr policy migrate`, the function refuses every query
+until init-roles has been run again with the new config). The owner is not affected by
+row-level security, and the function runs as the owner.
+
+What each role is granted is the data below (GRANTS, ROW_POLICIES); every run first
+revokes all the roles hold on these tables, so running it again (after a config change
+or an upgrade) leaves exactly these grants.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from anpr.errors import ConfigError, PolicyRefusal, StoreError, first_line
+from anpr.policy.engine import Policy
+from anpr.storage.audit import APPEND_LOCK, GENESIS, AuditLog
+from anpr.storage.store import SEARCH_FUNCTION, ReadStore, database_error
+
+PREFIX = re.compile(r"[a-z][a-z0-9_]{0,40}")
+ROLES = {
+    "writer": "the pipeline (anpr run): writes reads, passages and counters, never reads a plate",
+    "query": "the designated agents (anpr db search): read only through the search function, audited",
+    "auditor": "anpr audit verify: reads the audit log, the bindings and the counters",
+}
+PURPOSES_TABLE = "anpr_query_purposes"
+AGENTS_TABLE = "anpr_query_agents"
+KEPT_TABLES = ("reads", "passages")
+# Everything the roles may touch: each run revokes all they hold on these first.
+TABLES = (*KEPT_TABLES, "policy_counts", "written_batches", "deployment_bindings", "database_identity", "audit_log")
+SEQUENCES = ("reads_id_seq", "passages_id_seq", "policy_counts_id_seq", "deployment_bindings_id_seq")
+# Of a kept row, what the store's writes and purge read (ReadStore._already_written, purge).
+KEPT_COLUMNS = "id, key, delete_after"
+# The search function's arguments, in order (ReadStore.search_function names them).
+SEARCH_ARGUMENTS = (
+    ("p_purpose", "text"),
+    ("p_plate_key", "text"),
+    ("p_procedure", "text"),
+    ("p_passages", "boolean"),
+    ("p_seq", "bigint"),
+    ("p_at", "double precision"),
+    ("p_actor", "text"),
+    ("p_action", "text"),
+    ("p_details", "text"),
+    ("p_prev_hash", "text"),
+    ("p_entry_hash", "text"),
+)
+SEARCH_SIGNATURE = f"{SEARCH_FUNCTION}({', '.join(kind for _, kind in SEARCH_ARGUMENTS)})"
+
+
+@dataclass(frozen=True)
+class Grant:
+    role: str  # a key of ROLES
+    privileges: str
+    on: str
+
+
+GRANTS = (
+    Grant("writer", f"INSERT, DELETE, SELECT ({KEPT_COLUMNS})", "TABLE reads, passages"),
+    Grant("writer", "SELECT, INSERT, UPDATE", "TABLE policy_counts"),
+    Grant("writer", "SELECT, INSERT, DELETE", "TABLE written_batches"),
+    Grant("writer", "SELECT, INSERT", "TABLE deployment_bindings, audit_log"),
+    # Its first run binds the database's key (anpr/storage/identity.py: one row, never updated).
+    Grant("writer", "SELECT, INSERT", "TABLE database_identity"),
+    Grant("writer", "USAGE", f"SEQUENCE {', '.join(SEQUENCES)}"),
+    Grant("query", "EXECUTE", f"FUNCTION {SEARCH_SIGNATURE}"),
+    # The client checks the binding before asking, and audits a refusal itself.
+    Grant("query", "SELECT", "TABLE deployment_bindings, database_identity"),
+    Grant("query", "SELECT, INSERT", "TABLE audit_log"),
+    Grant("auditor", "SELECT", "TABLE audit_log, deployment_bindings, policy_counts, database_identity"),
+)
+
+
+@dataclass(frozen=True)
+class RowPolicy:
+    table: str
+    name: str  # after the prefix
+    command: str
+    roles: tuple[str, ...]  # keys of ROLES
+    using: str | None = None
+    check: str | None = None
+
+
+# {kept}: the purposes the deployment allows to keep reads, as a text[] literal.
+KEPT_PURPOSE = "purpose = ANY ({kept})"
+FIRST_BINDING = "NOT EXISTS (SELECT FROM deployment_bindings)"
+ROW_POLICIES = (
+    *(RowPolicy(table, "writer_kept", "ALL", ("writer",), KEPT_PURPOSE, KEPT_PURPOSE) for table in KEPT_TABLES),
+    RowPolicy("deployment_bindings", "read_binding", "SELECT", ("writer", "query", "auditor"), "true"),
+    # The first binding only: a changed deployment is bound by the owner (anpr policy migrate).
+    RowPolicy("deployment_bindings", "first_binding", "INSERT", ("writer",), check=FIRST_BINDING),
+)
+RLS_TABLES = tuple(dict.fromkeys(policy.table for policy in ROW_POLICIES))
+
+QUERY_TABLES = (
+    f"CREATE TABLE IF NOT EXISTS {PURPOSES_TABLE} ("
+    "purpose text PRIMARY KEY, hits_only boolean NOT NULL, fingerprint text NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {AGENTS_TABLE} ("
+    f"purpose text NOT NULL REFERENCES {PURPOSES_TABLE} ON DELETE CASCADE, agent text NOT NULL, "
+    "PRIMARY KEY (purpose, agent))",
+)
+
+# No "%" and no ":name" in it: it goes through SQLAlchemy's text().
+SEARCH_FUNCTION_SQL = """
+CREATE OR REPLACE FUNCTION {function}({arguments}) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = {schema}, pg_temp
+SET extra_float_digits = 1
+AS $search$
+DECLARE
+    v_hits_only boolean;
+    v_fingerprint text;
+    v_last_seq bigint;
+    v_last_hash text;
+    v_now double precision := extract(epoch FROM now());
+    v_found jsonb;
+BEGIN
+    SELECT hits_only, fingerprint INTO v_hits_only, v_fingerprint FROM {purposes} WHERE purpose = p_purpose;
+    IF NOT FOUND OR NOT EXISTS (SELECT FROM {agents} WHERE purpose = p_purpose AND agent = session_user) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'login ' || quote_ident(session_user) || ' is not a designated agent of purpose '
+                || quote_literal(p_purpose);
+    END IF;
+    IF v_fingerprint IS DISTINCT FROM (SELECT fingerprint FROM deployment_bindings ORDER BY id DESC LIMIT 1) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'the database does not serve the deployment its query roles were set for: '
+                || 'its owner must run anpr db init-roles with the config of the deployment it serves';
+    END IF;
+    IF p_actor IS DISTINCT FROM session_user OR p_action IS DISTINCT FROM 'query'
+        OR p_details::jsonb IS DISTINCT FROM jsonb_build_object(
+            'purpose', p_purpose, 'plate_key', p_plate_key, 'procedure', p_procedure, 'passages', p_passages) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'the audit entry given is not this query''s (actor, action or details)';
+    END IF;
+    PERFORM pg_advisory_xact_lock({lock});
+    LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE;
+    SELECT seq, entry_hash INTO v_last_seq, v_last_hash FROM audit_log ORDER BY seq DESC LIMIT 1;
+    IF p_seq IS DISTINCT FROM coalesce(v_last_seq, 0) + 1
+        OR p_prev_hash IS DISTINCT FROM coalesce(v_last_hash, '{genesis}') THEN
+        RAISE EXCEPTION USING ERRCODE = '40001',
+            MESSAGE = 'the audit entry given is not the next one: the last is entry ' || coalesce(v_last_seq, 0);
+    END IF;
+    INSERT INTO audit_log (seq, at, actor, action, details, prev_hash, entry_hash)
+        VALUES (p_seq, p_at, p_actor, p_action, p_details, p_prev_hash, p_entry_hash);
+    v_hits_only := v_hits_only AND coalesce(p_procedure, '') = '';
+    WITH found AS (
+        SELECT r.id, r.hit, to_jsonb(r) AS data FROM reads r
+        WHERE NOT p_passages AND r.plate_key = p_plate_key AND r.purpose = p_purpose AND r.delete_after > v_now
+        UNION ALL
+        SELECT p.id, p.hit, to_jsonb(p) FROM passages p
+        WHERE p_passages AND p.plate_key = p_plate_key AND p.purpose = p_purpose AND p.delete_after > v_now
+    )
+    SELECT jsonb_build_object(
+        'rows', coalesce(jsonb_agg(data ORDER BY id) FILTER (WHERE hit OR NOT v_hits_only), '[]'::jsonb),
+        'withheld', count(*) FILTER (WHERE v_hits_only AND NOT hit))
+    INTO v_found FROM found;
+    RETURN v_found;
+END
+$search$
+"""
+
+
+@dataclass(frozen=True)
+class RolesReport:
+    roles: dict[str, str]  # ROLES key -> role name
+    created: list[str]  # the roles made by this run
+    kept: list[str]  # the purposes whose reads the writer may store
+    agents: dict[str, list[str]]  # purpose -> its designated agents
+    not_ready: list[str]  # agents that are no login yet, or not granted the query role
+
+
+def role_names(prefix: str) -> dict[str, str]:
+    if not PREFIX.fullmatch(prefix):
+        raise ConfigError(f"role prefix {prefix!r}: lower-case letters, digits and _, starting with a letter")
+    return {role: f"{prefix}_{role}" for role in ROLES}
+
+
+def statements(prefix: str, schema: str, kept: list[str]) -> list[str]:
+    """The statements that give the roles of `prefix` exactly their grants and row
+    policies, and make the query tables (not their rows) and the search function; `kept`:
+    the purposes the deployment allows to keep reads; `schema`: where the tables are."""
+    roles = role_names(prefix)
+    everyone = ", ".join(["PUBLIC", *roles.values()])
+    values = {"kept": f"ARRAY[{', '.join(_literal(code) for code in kept)}]::text[]"}
+    function = SEARCH_FUNCTION_SQL.format(
+        function=SEARCH_FUNCTION,
+        arguments=", ".join(f"{name} {kind}" for name, kind in SEARCH_ARGUMENTS),
+        schema=_identifier(schema),
+        purposes=PURPOSES_TABLE,
+        agents=AGENTS_TABLE,
+        lock=APPEND_LOCK,
+        genesis=GENESIS,
+    )
+    return [
+        *QUERY_TABLES,
+        function,
+        f"REVOKE ALL ON TABLE {', '.join([*TABLES, PURPOSES_TABLE, AGENTS_TABLE])} FROM {everyone}",
+        f"REVOKE ALL ON SEQUENCE {', '.join(SEQUENCES)} FROM {everyone}",
+        f"REVOKE ALL ON FUNCTION {SEARCH_SIGNATURE} FROM {everyone}",
+        *(f"GRANT {grant.privileges} ON {grant.on} TO {roles[grant.role]}" for grant in GRANTS),
+        *(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY" for table in RLS_TABLES),
+        *(f"DROP POLICY IF EXISTS {prefix}_{policy.name} ON {policy.table}" for policy in ROW_POLICIES),
+        *(_create_policy(prefix, policy, roles, values) for policy in ROW_POLICIES),
+    ]
+
+
+def _create_policy(prefix: str, policy: RowPolicy, roles: dict[str, str], values: dict[str, str]) -> str:
+    clauses = [
+        f"CREATE POLICY {prefix}_{policy.name} ON {policy.table} FOR {policy.command}",
+        f"TO {', '.join(roles[role] for role in policy.roles)}",
+        *([f"USING ({policy.using.format(**values)})"] if policy.using else []),
+        *([f"WITH CHECK ({policy.check.format(**values)})"] if policy.check else []),
+    ]
+    return " ".join(clauses)
+
+
+def init_roles(store: ReadStore, audit: AuditLog, policy: Policy, prefix: str, user: str) -> RolesReport:
+    """Create the roles (if missing), their grants, row policies, the query tables filled
+    from the deployment and the search function, in one transaction, audited as
+    'roles.init'. Refused for a database that serves another deployment."""
+    roles = role_names(prefix)
+    if store.engine.dialect.name != "postgresql":
+        raise StoreError(f"{store.safe_url}: roles are for PostgreSQL (a SQLite file has its file permissions only)")
+    deployment = policy.deployment
+    fingerprint = deployment.fingerprint()
+    bound = store.binding()
+    if bound is not None and bound.fingerprint != fingerprint:
+        raise PolicyRefusal(
+            f"database {store.safe_url} serves deployment '{bound.name}' ({bound.fingerprint[:12]}), not this "
+            f"config ({fingerprint[:12]}): bind it first with `anpr policy migrate`"
+        )
+    kept = {code: decision for code, decision in policy.decisions.items() if decision.stores_reads}
+    agents = {code: list(deployment.purposes[code].safeguards.designated_agents) for code in kept}
+    everyone = sorted({agent for names in agents.values() for agent in names})
+    try:
+        with Session(store.engine) as session, session.begin():
+            schema = session.execute(text("SELECT current_schema()")).scalar_one()
+            existing = set(
+                session.execute(
+                    text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"), {"names": list(roles.values())}
+                ).scalars()
+            )
+            created = [name for name in roles.values() if name not in existing]
+            for name in created:
+                session.execute(text(f"CREATE ROLE {name} NOLOGIN"))
+            for statement in statements(prefix, schema, list(kept)):
+                session.execute(text(statement))
+            session.execute(text(f"DELETE FROM {PURPOSES_TABLE}"))
+            for code, decision in kept.items():
+                session.execute(
+                    text(f"INSERT INTO {PURPOSES_TABLE} VALUES (:purpose, :hits_only, :fingerprint)"),
+                    {
+                        "purpose": code,
+                        "hits_only": decision.rule.retention.no_hit_query_needs_procedure,
+                        "fingerprint": fingerprint,
+                    },
+                )
+                for agent in agents[code]:
+                    session.execute(
+                        text(f"INSERT INTO {AGENTS_TABLE} VALUES (:purpose, :agent)"), {"purpose": code, "agent": agent}
+                    )
+            ready = set(
+                session.execute(
+                    text(
+                        "SELECT rolname FROM pg_roles WHERE rolname = ANY(:agents) AND rolcanlogin "
+                        "AND pg_has_role(oid, :query, 'USAGE')"
+                    ),
+                    {"agents": everyone, "query": roles["query"]},
+                ).scalars()
+            )
+            details = {"prefix": prefix, "fingerprint": fingerprint, "created": created, "agents": agents}
+            audit.append("roles.init", user, details, session=session)
+    except SQLAlchemyError as exc:
+        raise database_error(exc)(f"cannot set the roles of {store.safe_url}: {first_line(exc)}") from None
+    return RolesReport(roles, created, list(kept), agents, [agent for agent in everyone if agent not in ready])
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
