@@ -269,6 +269,79 @@ def db_search(
     _echo(f"{len(result.rows)} row(s); {result.reason}", err=True)
 
 
+@db_app.command("subject-access")
+def db_subject_access(
+    plate: Annotated[str, typer.Argument(help="The plate a data subject asks about.")],
+    config: ConfigOption,
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Write the answer as a letter, one HTML file.")] = None,
+    md: Annotated[Path | None, typer.Option("--md", help="Write the answer as a letter, in Markdown.")] = None,
+) -> None:
+    """A data subject's access request (GDPR art. 15): every read and passage of PLATE held in
+    the database, the spool, the export files and the webhook and MQTT queues, with its
+    purpose, rule, legal reference and deadline; and the purposes that keep nothing. Only the
+    deployment's data-protection officer (controller.dpo) may ask (else exit 3); audited with
+    the plate's keyed hash only. Letters are written 0600."""
+    from anpr.show.letter import render_letter_html, render_letter_markdown
+    from anpr.show.report import write_report
+    from anpr.storage.subjects import subject_access
+
+    settings, policy = _deployment(config, db)
+    with _database(settings) as (store, audit):
+        answer = subject_access(store, policy, audit, plate, store.user(), settings.store.spool_dir)
+    if html is not None:
+        write_report(html, render_letter_html(answer))
+    if md is not None:
+        write_report(md, render_letter_markdown(answer))
+    if as_json:
+        print(json.dumps(answer.as_json(), ensure_ascii=False))
+    elif html is None and md is None:
+        for r in answer.records:
+            _echo(
+                f"{r.when}: {r.kind} camera {r.camera} purpose {r.purpose} rule {r.rule} "
+                f"{'plate' if r.plate_in_clear else 'keyed hash'}{' HIT' if r.hit else ''} "
+                f"delete after {_utc(r.delete_after)} in {r.where}"
+                + (f" (an erasure keeps it: {r.kept_on_erasure})" if r.kept_on_erasure else "")
+            )
+        for purpose, why in answer.nothing_kept:
+            _echo(f"purpose {purpose}: {why}")
+    _echo(
+        f"{len(answer.records)} record(s) held" if answer.records else "nothing held",
+        err=True,
+    )
+    _echo(f"looked for {', '.join(answer.forms)} in: {'; '.join(answer.places)}", err=True)
+
+
+@db_app.command("erase")
+def db_erase(
+    plate: Annotated[str, typer.Argument(help="The plate a data subject asks to be erased.")],
+    config: ConfigOption,
+    db: DbOption = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (kept in the audit log; must not name the plate).")
+    ] = None,
+) -> None:
+    """A data subject's erasure request (GDPR art. 17): delete every record of PLATE that no
+    rule obliges the controller to keep, in the database, the spool, the export files and the
+    webhook and MQTT queues; says what was kept and under which rule. Asked again, it finds
+    nothing. Only the data-protection officer may ask (else exit 3); audited without the plate."""
+    from anpr.storage.subjects import erase
+
+    settings, policy = _deployment(config, db)
+    with _database(settings) as (store, audit):
+        erasure = erase(store, policy, audit, plate, store.user(), settings.store.spool_dir, reason)
+    for where, count in erasure.erased.items():
+        if count:
+            _echo(f"erased {count} record(s) from {where}")
+    for r in erasure.kept:
+        _echo(f"kept: {r.kind} of {r.when}, purpose {r.purpose}, in {r.where}: {r.kept_on_erasure}")
+    _echo(
+        f"erased {erasure.total} record(s) of {', '.join(erasure.forms)}; {len(erasure.kept)} kept by rule",
+        err=True,
+    )
+
+
 CheckpointsOption = Annotated[
     Path | None,
     typer.Option(

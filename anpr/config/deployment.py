@@ -49,10 +49,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _user_names(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
 class Controller(_Strict):
     type: str = Field(min_length=1)  # a code of rules.CONTROLLER_TYPES
     name: str = Field(min_length=1)
     jurisdiction: str = "FR"
+    # The data-protection officer(s): the users (database login, or operating-system account
+    # for a SQLite file) who answer a data subject's access and erasure requests, and the
+    # only ones who may (`anpr db subject-access`, `anpr db erase`). Also who a letter names.
+    dpo: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_user_names)] = []
+    contact: str = ""  # where a data subject writes (an address, a mail box), printed in the letter
 
 
 class Camera(_Strict):
@@ -191,6 +200,9 @@ class Deployment(_Strict):
         region), not of names, descriptions or where a camera's frames come from: a
         database serves one fingerprint (policy/binding.py)."""
         data = self.model_dump(mode="json", exclude={"name", "description"})
+        del data["controller"]["contact"]  # where to write, not what the policy does
+        if not data["controller"]["dpo"]:  # added later: a deployment that names none keeps its fingerprint
+            del data["controller"]["dpo"]
         data["cameras"] = [{"id": c["id"], "purposes": c["purposes"]} for c in data["cameras"]]
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()

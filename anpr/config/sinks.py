@@ -4,8 +4,9 @@ queues on disk what it cannot deliver. Each sink type's own model is in its modu
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -40,6 +41,21 @@ class SinkSettings(BaseModel):
         """Retention over what the sink called `name` keeps on disk outside the database
         (`anpr db purge`, with or without the database): the number of reads and passages
         removed and where; None when it keeps nothing there. StoreError when it cannot be purged."""
+        return None
+
+    # A data subject's requests (`anpr db subject-access`, `anpr db erase`, storage/subjects.py)
+    # reach what a sink keeps on disk outside the database. A record is in its dict form
+    # (`to_dict()`: a read's, or a passage's, which has `first_time`).
+
+    def held_records(self, name: str, plate: Callable[[str], bool]) -> tuple[str, list[dict[str, Any]]] | None:
+        """Where the sink called `name` keeps records on disk, and those whose plate `plate`
+        selects; None when it keeps nothing there. StoreError when they cannot be read (a run
+        holding the folder among the causes)."""
+        return None
+
+    def erase_records(self, name: str, erase: Callable[[dict[str, Any]], bool]) -> tuple[int, str] | None:
+        """Remove the records `erase` selects from what the sink called `name` keeps on disk:
+        how many, and where; None when it keeps nothing there. StoreError as `held_records`."""
         return None
 
 

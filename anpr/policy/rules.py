@@ -71,6 +71,9 @@ class Retention:
     no_hit_query_needs_procedure: bool = False  # LAPI: no-hit reads only for a named procedure
     store_compliant: bool = True  # False: compliant vehicles (ZFE) are never stored
     delete_on_payment: bool = False  # FPS: deleted once matched to a valid payment
+    # A data subject's erasure request (`anpr db erase`) leaves a hit: it was passed to a
+    # procedure, and the law that made it a hit (not the person's consent) keeps it.
+    erasure_keeps_hits: bool = False
     summary: str = ""
 
 
@@ -108,9 +111,13 @@ LAPI_RETENTION = Retention(
     max_days=15,
     hit_days=30,
     no_hit_query_needs_procedure=True,
+    erasure_keeps_hits=True,
     summary="no hit: 15 days, queryable only for a named procedure; hit: 1 month (30 days) after the hit",
 )
 LAPI_SOURCE = "CSI L233-1, L233-2; arrêté of 18 May 2009; CNIL deliberation 2023-026"
+# Why an erasure request leaves a LAPI hit: criminal-law processing by a competent authority
+# (LEGAL.md), whose erasure right yields to the investigation the hit is part of.
+ERASURE_EXEMPTION = "Directive (EU) 2016/680 art. 16(3) and art. 15(1)(a): the hit is part of a procedure"
 # The authority's own systems (its database, an export or a feed to its investigators: a
 # webhook, an MQTT broker).
 LAPI_SINKS = frozenset({"database", "jsonl_export", "webhook", "mqtt"})

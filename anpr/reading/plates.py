@@ -33,6 +33,17 @@ def comparable(text: str) -> str:
     return normalise(text).translate(_SAME_GLYPH)
 
 
+def stored_forms(plate: str, regions: Sequence[str] = ()) -> tuple[str, ...]:
+    """The forms under which the reader stores `plate` as someone types it: the normalised
+    text (spaces, hyphens, case and accents gone), and, where that fits no serial layout of
+    `regions` as typed, its fit with the fewest look-alike swaps, as the reader fits its
+    reads (a typed 0 where the layout has a letter is stored as O). A text that fits a
+    layout as typed is that registration only: another fit would be another vehicle's."""
+    text = normalise(plate)
+    match = best_format(text, tuple(regions))
+    return tuple(dict.fromkeys([text, match.text] if match is not None else [text]))
+
+
 def same_plate(a: str, b: str) -> bool:
     """Whether two plate texts name the same registration, O and 0 folded together."""
     return comparable(a) == comparable(b)

@@ -43,8 +43,16 @@ DELETIONS = {
     "run.end": "deadline passed (purged during a run)",
     "mark-paid": "matched to a valid payment (FPS)",
     "record-finding": "finding recorded by an agent (FPS)",
+    "erase": "a data subject's erasure request (anpr db erase)",
 }
 QUERIES = ("query", "query.refused")
+# A data subject's requests (storage/subjects.py), answered or refused: what each is called.
+SUBJECT_REQUESTS = {
+    "subject-access": "access",
+    "subject-access.refused": "access",
+    "erase": "erasure",
+    "erase.refused": "erasure",
+}
 # The series of the daily figures, in the chart's and the tables' order: (attribute, label, colour).
 SERIES = (
     ("kept", "kept", "#2b6cb0"),
@@ -152,6 +160,20 @@ class QueryMade:
 
 
 @dataclass(frozen=True)
+class SubjectRequest:
+    """A data subject's request, as the audit log keeps it: never the plate."""
+
+    seq: int
+    at: float
+    actor: str
+    request: str  # access | erasure
+    answered: bool
+    records: int | None  # found (access) or deleted (erasure)
+    kept: int | None  # left by a rule (erasure)
+    reason: str | None  # why it was refused, or the erasure's stated reason
+
+
+@dataclass(frozen=True)
 class ReportData:
     made_at: float
     config: str
@@ -173,6 +195,7 @@ class ReportData:
     deletions: list[Deletion]
     queries: list[QueryMade]
     audit: AuditState
+    subject_requests: list[SubjectRequest] = field(default_factory=list)
     actions: dict[str, int] = field(default_factory=dict)  # audit entries by action
 
     @property
@@ -226,6 +249,7 @@ def gather(
         counts=counts,
         deletions=_deletions(state.entries),
         queries=_queries(state.entries),
+        subject_requests=_subject_requests(state.entries),
         audit=state,
         actions=dict(Counter(entry.action for entry in state.entries)),
     )
@@ -324,10 +348,55 @@ def _deletions(entries: Iterable[AuditEntry]) -> list[Deletion]:
     return deletions
 
 
+def _subject_requests(entries: Iterable[AuditEntry]) -> list[SubjectRequest]:
+    # The keyed hash of the plate asked about (request_key) in a request's details is never taken.
+    requests = []
+    for entry in entries:
+        if entry.action not in SUBJECT_REQUESTS:
+            continue
+        details = _details(entry)
+        refused = entry.action.endswith(".refused")
+        found = details.get("deleted" if entry.action == "erase" else "records")
+        reason = details.get("reason")
+        requests.append(
+            SubjectRequest(
+                entry.seq,
+                entry.at,
+                entry.actor,
+                SUBJECT_REQUESTS[entry.action],
+                not refused,
+                _int(found),
+                _int(details.get("kept")),
+                None if reason is None else str(reason),
+            )
+        )
+    return requests
+
+
 def _queries(entries: Iterable[AuditEntry]) -> list[QueryMade]:
     # The plate's keyed hash (plate_key) in a query's details is never taken.
     queries = []
     for entry in entries:
+        if entry.action in ("subject-access", "subject-access.refused"):  # a query of every purpose at once
+            details = _details(entry)
+            answered = entry.action == "subject-access"
+            reason = None if answered else str(details.get("reason", ""))
+            purpose = "(every purpose: a data subject's access request)"
+            queries.append(
+                QueryMade(
+                    entry.seq,
+                    entry.at,
+                    entry.actor,
+                    purpose,
+                    None,
+                    False,
+                    answered,
+                    _int(details.get("records")),
+                    None,
+                    reason,
+                )
+            )
+            continue
         if entry.action not in QUERIES:
             continue
         details = _details(entry)
@@ -376,6 +445,7 @@ def figures(data: ReportData) -> dict[str, Any]:
         "purposes": [_counts_dict(c) for c in data.counts],
         "deletions": [asdict(d) for d in data.deletions],
         "queries": [asdict(q) for q in data.queries],
+        "subject_requests": [asdict(r) for r in data.subject_requests],
         "audit": data.audit.to_dict(),
     }
 
@@ -417,6 +487,8 @@ def summary_lines(data: ReportData) -> list[str]:
     ]
     lines.append(f"queries: {len(data.queries)}")
     lines += [f"  entry {q.seq} {_utc(q.at)} {q.actor} {_query_text(q)}" for q in data.queries]
+    lines.append(f"data-subject requests: {len(data.subject_requests)}")
+    lines += [f"  entry {r.seq} {_utc(r.at)} {r.actor} {_subject_text(r)}" for r in data.subject_requests]
     lines.append(f"audit log: {data.audit.summary()}")
     lines += [f"  {p.kind}: {p.message}" for p in data.audit.problems]
     return lines
@@ -424,6 +496,15 @@ def summary_lines(data: ReportData) -> list[str]:
 
 def _rows(number: int | None) -> str:
     return "? rows" if number is None else f"{number} row(s)"
+
+
+def _subject_text(r: SubjectRequest) -> str:
+    if not r.answered:
+        return f"{r.request}: refused ({r.reason})"
+    if r.request == "access":
+        return f"access: answered, {_rows(r.records)} found"
+    why = f" ({r.reason})" if r.reason else ""
+    return f"erasure: {_rows(r.records)} deleted, {r.kept if r.kept is not None else '?'} kept by rule{why}"
 
 
 def _query_text(q: QueryMade) -> str:
@@ -506,6 +587,8 @@ def render_markdown(data: ReportData) -> str:
     out += _md_table(_DELETION_HEADER, _deletion_rows(data)) if data.deletions else ["None recorded.", ""]
     out += ["## Queries", ""]
     out += _md_table(_QUERY_HEADER, _query_rows(data)) if data.queries else ["None recorded.", ""]
+    out += ["## Data-subject requests", "", _SUBJECTS_NOTE, ""]
+    out += _md_table(_SUBJECT_HEADER, _subject_rows(data)) if data.subject_requests else ["None recorded.", ""]
     out += ["## Audit log", "", f"**{_audit_verdict(data.audit)}**: {_md_cell(data.audit.summary())}", ""]
     out += _md_table(["", ""], _audit_rows(data.audit))
     if data.audit.problems:
@@ -597,6 +680,17 @@ def _deletion_rows(data: ReportData) -> list[tuple[Any, ...]]:
     return [
         (d.seq, _utc(d.at), d.actor, d.action, "-" if d.deleted is None else d.deleted, d.why) for d in data.deletions
     ]
+
+
+_SUBJECTS_NOTE = (
+    "Access and erasure requests of data subjects (anpr db subject-access, anpr db erase), answered by the "
+    "data-protection officer; the plate asked about is never recorded."
+)
+_SUBJECT_HEADER = ["entry", "time", "user", "request", "answer"]
+
+
+def _subject_rows(data: ReportData) -> list[tuple[Any, ...]]:
+    return [(r.seq, _utc(r.at), r.actor, r.request, _subject_text(r).split(": ", 1)[1]) for r in data.subject_requests]
 
 
 def _query_rows(data: ReportData) -> list[tuple[Any, ...]]:
@@ -785,6 +879,11 @@ def render_html(data: ReportData) -> str:
         '</section><section id="queries"><h2>Queries</h2>',
         _html_table(_QUERY_HEADER, _query_rows(data), numeric=(0,), table_id="queries-table")
         if data.queries
+        else "<p>None recorded.</p>",
+        '</section><section id="subject-requests"><h2>Data-subject requests</h2>',
+        f"<p>{_esc(_SUBJECTS_NOTE)}</p>",
+        _html_table(_SUBJECT_HEADER, _subject_rows(data), numeric=(0,), table_id="subject-requests-table")
+        if data.subject_requests
         else "<p>None recorded.</p>",
         '</section><section id="audit"><h2>Audit log</h2>',
         f'<p><span class="{"ok" if data.audit.intact else "bad"}">{_audit_verdict(data.audit)}</span>: '

@@ -8,14 +8,15 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, StrictInt, field_validator, model_validator
 
 from anpr.config.sinks import QueuedSinkSettings, SinkSettings, safe_name, variable_name
 from anpr.records import Passage, PolicedRead
-from anpr.storage.outbox import Batch, Kind, OutboxInUse, expire_offline
+from anpr.storage.outbox import Batch, Kind, OutboxInUse, erase_subject_records, expire_offline, subject_records
 
 QUEUE_FORMAT = 1
 
@@ -89,6 +90,14 @@ class MqttSettings(QueuedSinkSettings):
     def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
         folder = self.queue_folder(name)
         return expire_mqtt_queue(folder, now), f"MQTT queue {folder}"
+
+    def held_records(self, name: str, plate: Callable[[str], bool]) -> tuple[str, list[dict[str, Any]]] | None:
+        folder = self.queue_folder(name)
+        return f"MQTT queue {folder}", subject_records(MQTT_QUEUE, folder, plate)
+
+    def erase_records(self, name: str, erase: Callable[[dict[str, Any]], bool]) -> tuple[int, str] | None:
+        folder = self.queue_folder(name)
+        return erase_subject_records(MQTT_QUEUE, folder, erase), f"MQTT queue {folder}"
 
 
 def _encode_queued(batch: Batch, queued_at: float) -> bytes:

@@ -29,7 +29,17 @@ from anpr.redact import redact, redact_text
 
 if TYPE_CHECKING:
     from anpr.policy.gate import PolicedSink
-from anpr.storage.outbox import Backoff, Batch, Kind, Outbox, OutboxInUse, Reachability, expire_offline
+from anpr.storage.outbox import (
+    Backoff,
+    Batch,
+    Kind,
+    Outbox,
+    OutboxInUse,
+    Reachability,
+    erase_subject_records,
+    expire_offline,
+    subject_records,
+)
 
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 INITIAL_BACKOFF_SECONDS = 1.0
@@ -92,6 +102,14 @@ class WebhookSettings(QueuedSinkSettings):
     def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
         folder = self.queue_folder(name)
         return expire_webhook_queue(folder, now), f"queue {folder}"
+
+    def held_records(self, name: str, plate: Callable[[str], bool]) -> tuple[str, list[dict[str, Any]]] | None:
+        folder = self.queue_folder(name)
+        return f"webhook queue {folder}", subject_records(WEBHOOK_QUEUE, folder, plate)
+
+    def erase_records(self, name: str, erase: Callable[[dict[str, Any]], bool]) -> tuple[int, str] | None:
+        folder = self.queue_folder(name)
+        return erase_subject_records(WEBHOOK_QUEUE, folder, erase), f"webhook queue {folder}"
 
 
 class WebhookFailed(Exception):

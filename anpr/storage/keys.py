@@ -50,6 +50,13 @@ class Keys:
         """The keyed hash of a (normalised) plate, 64 hex digits."""
         return hmac.new(self.plate, plate.encode("utf-8"), hashlib.sha256).hexdigest()
 
+    def request_digest(self, plate: str) -> str:
+        """The keyed hash a data subject's request is audited under (storage/subjects.py): not
+        the plate's stored one (`plate_digest`), so that an erasure leaves nothing in the
+        database to find the plate's records by, while whoever holds the key can still tell
+        which plate a request was about."""
+        return hmac.new(self.plate, b"anpr subject request v1\x00" + plate.encode("utf-8"), hashlib.sha256).hexdigest()
+
     def audit_mac(self, payload: str) -> str:
         if not self.audit:
             raise ConfigError("these keys hold no audit key (a cluster node's): they cannot authenticate the audit log")

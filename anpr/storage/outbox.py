@@ -100,8 +100,13 @@ class Batch:
 
     def drop_expired(self, now: float) -> tuple[int, int]:
         """Drop the reads and passages whose deadline has passed; how many of each."""
-        kept = [r for r in self.reads if r.delete_after > now]  # a deadline is inclusive, as in ReadStore.purge
-        kept_passages = [p for p in self.passages if p.delete_after > now]
+        # A deadline is inclusive, as in ReadStore.purge.
+        return self.drop_where(lambda r: r.delete_after <= now, lambda p: p.delete_after <= now)
+
+    def drop_where(self, read: Callable[[PolicedRead], bool], passage: Callable[[Passage], bool]) -> tuple[int, int]:
+        """Drop the reads and passages the predicates select; how many of each."""
+        kept = [r for r in self.reads if not read(r)]
+        kept_passages = [p for p in self.passages if not passage(p)]
         dropped = (len(self.reads) - len(kept), len(self.passages) - len(kept_passages))
         self.reads, self.passages = kept, kept_passages
         return dropped
@@ -324,22 +329,37 @@ class Outbox(Generic[B]):
 
     def expire(self, now: float) -> Expired:
         """Drop what has passed its deadline from the batch files, rewriting each in place."""
+        return self._drop([e for e in self.entries if e.first_deadline <= now], lambda batch: batch.drop_expired(now))
+
+    def remove_where(self, read: Callable[[PolicedRead], bool], passage: Callable[[Passage], bool]) -> Expired:
+        """Drop the reads and passages the predicates select from every batch file (an
+        erasure request), rewriting each in place; counted as `Expired` counts retention."""
+        return self._drop(list(self.entries), lambda batch: batch.drop_where(read, passage), expired=False)
+
+    def held(self) -> list[B]:
+        """Every indexed batch, as its file holds it now (one that cannot be read is left out)."""
+        return [batch for entry in list(self.entries) if (batch := self._load(entry)) is not None]
+
+    def _drop(self, entries: list[Entry], drop: Callable[[B], tuple[int, int]], expired: bool = True) -> Expired:
         reads = passages = batches = lost = 0
-        for entry in [e for e in self.entries if e.first_deadline <= now]:
+        for entry in entries:
             batch = self._load(entry)
             if batch is None:
                 continue
-            dropped_reads, dropped_passages = batch.drop_expired(now)
+            dropped_reads, dropped_passages = drop(batch)
             reads, passages = reads + dropped_reads, passages + dropped_passages
-            self.tally.expired_reads += dropped_reads
+            if expired:
+                self.tally.expired_reads += dropped_reads
             if batch.empty:
                 self._remove(entry)
                 batches += 1
                 continue
+            if not dropped_reads and not dropped_passages:
+                continue
             try:
                 self._rewrite(entry, batch)
             except OSError as exc:
-                # The expired reads must not stay on disk: the batch goes rather than them.
+                # What is dropped must not stay on disk: the batch goes rather than it.
                 log.warning(
                     "cannot rewrite %s file %s (%s); dropping its %d read(s) and %d passage(s)",
                     self.kind.noun,
@@ -728,6 +748,63 @@ def expire_offline(kind: Kind[Any], directory: str | os.PathLike[str], now: floa
         return outbox.expire(now)
     finally:
         outbox.close()
+
+
+def held_offline(kind: Kind[Any], directory: str | os.PathLike[str], *, busy: str) -> list[Any]:
+    """The batches a folder of `kind` holds, read without its run (`expire_offline`'s rules:
+    a missing folder holds none; OutboxInUse while a run holds it)."""
+    try:
+        outbox = Outbox(kind, directory, tally=_Tally(), busy=busy, create=False)
+    except _NoFolder:
+        return []
+    try:
+        outbox.pick_up()
+        return outbox.held()
+    finally:
+        outbox.close()
+
+
+def remove_offline(
+    kind: Kind[Any],
+    directory: str | os.PathLike[str],
+    read: Callable[[PolicedRead], bool],
+    passage: Callable[[Passage], bool],
+    *,
+    busy: str,
+) -> Expired:
+    """Drop the reads and passages the predicates select from a folder of `kind`, without its
+    run (`expire_offline`'s rules)."""
+    try:
+        outbox = Outbox(kind, directory, tally=_Tally(), busy=busy, create=False)
+    except _NoFolder:
+        return Expired()
+    try:
+        outbox.pick_up()
+        return outbox.remove_where(read, passage)
+    finally:
+        outbox.close()
+
+
+# What a data subject's request says to a run that holds a folder: the request must see all of it.
+SUBJECT_BUSY = "stop that run to answer a data subject's request"
+
+
+def subject_records(kind: Kind[Any], directory: str | os.PathLike[str], plate: Callable[[str], bool]) -> list[dict]:
+    """The reads and passages (dict forms) in a folder of `kind` whose plate `plate` selects."""
+    batches = held_offline(kind, directory, busy=SUBJECT_BUSY)
+    records = [r.to_dict() for b in batches for r in b.reads] + [p.to_dict() for b in batches for p in b.passages]
+    return [r for r in records if plate(r["plate"])]
+
+
+def erase_subject_records(
+    kind: Kind[Any], directory: str | os.PathLike[str], erase: Callable[[dict[str, Any]], bool]
+) -> int:
+    """Remove the reads and passages (judged by their dict form) `erase` selects from a
+    folder of `kind`: how many."""
+    erased = remove_offline(
+        kind, directory, lambda r: erase(r.to_dict()), lambda p: erase(p.to_dict()), busy=SUBJECT_BUSY
+    )
+    return erased.reads + erased.passages
 
 
 def _size(number: float) -> str:

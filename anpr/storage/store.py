@@ -23,7 +23,7 @@ import pwd
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -482,6 +482,20 @@ class ReadStore:
         plate_key = self.keys.plate_digest(plate)
         deleted = self._delete(
             [(table, (table.plate_key == plate_key) & (table.rule_id == rule_id)) for table in KEPT_TABLES]
+        )
+        if deleted:
+            self._scrub()
+        return deleted
+
+    def erase_plate(self, plate: str, keep_hits_of: Collection[str] = ()) -> int:
+        """Delete every read and passage of `plate` (a data subject's erasure request) but
+        the hits kept under the rules `keep_hits_of`; the number of rows deleted."""
+        plate_key = self.keys.plate_digest(plate)
+        deleted = self._delete(
+            [
+                (table, (table.plate_key == plate_key) & ~(table.hit & table.rule_id.in_(list(keep_hits_of))))
+                for table in KEPT_TABLES
+            ]
         )
         if deleted:
             self._scrub()
