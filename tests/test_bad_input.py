@@ -887,3 +887,23 @@ def test_a_batch_queued_by_a_run_is_delivered_once_the_webhook_answers(tmp_path,
     assert delivered == _stored_keys(second.db)  # the first run's reads, then the second's: the same database
     assert delivered[: len(queued)] == queued and len(delivered) > len(queued)
     assert not (tmp_path / case.queued).exists()
+
+
+def test_a_camera_id_or_purpose_code_longer_than_the_database_holds_is_refused(tmp_path):
+    import yaml
+
+    from anpr.config.settings import load_settings
+    from anpr.errors import ConfigError
+
+    data = yaml.safe_load((REPO / "configs" / "mixed-camera.yaml").read_text())
+    data["cameras"][0]["id"] = "c" * 129
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"cameras\.0\.id.*at most 128 characters"):
+        load_settings(path)
+    data = yaml.safe_load((REPO / "configs" / "mixed-camera.yaml").read_text())
+    data["purposes"]["p" * 65] = data["purposes"].pop("parking_fps")
+    data["cameras"][0]["purposes"] = ["p" * 65, "law_enforcement_request"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"purpose code 'p+…' is longer than 64 characters"):
+        load_settings(path)

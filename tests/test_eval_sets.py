@@ -94,8 +94,11 @@ def test_eval_on_a_crop_set_writes_one_error_line_per_crop(anpr_cli, tmp_path):
     folder = tmp_path / "crops"
     chosen = _copy_crops(US_CROPS, folder, test=6, train=2)
     errors = tmp_path / "errors.jsonl"
+    errors.write_text("an older file, open to all\n")
+    errors.chmod(0o644)
     result = anpr_cli("eval", str(folder), "--json", "--errors", str(errors))
     assert result.returncode == 0, result.stderr
+    assert errors.stat().st_mode & 0o777 == 0o600  # it holds plates: replaced as anpr's private file
     summary = json.loads(result.stdout)
     assert {"images", "detection_recall", "exact", "top3", "ms_per_image", "confusions"} <= summary.keys()
     assert summary["images"] == 6 and summary["detection_recall"] is None  # the test split only; nothing detected

@@ -22,7 +22,6 @@ signal aborts with status 130.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -457,17 +456,19 @@ def evaluate_command(
             sys.stderr.write(f"\r  images {done}/{total}" + ("\n" if done == total else ""))
             sys.stderr.flush()
 
-    with _open_for_writing(errors) if errors else contextlib.nullcontext() as output:
+    lines: list[str] = []  # --errors: written at the end as anpr's private file (it holds plates)
 
-        def measured(dataset: Path, how: str, report: EvalReport) -> None:
-            several = len(datasets) > 1 or scenes is not None
-            if output:
-                extra = {"dataset": str(dataset), "via": how} if several else {}
-                output.writelines(json.dumps(result.to_dict() | extra) + "\n" for result in report.results)
-            set_split = split if crops[dataset] else None
-            summaries.append({"dataset": str(dataset), "split": set_split, "via": how, **report.summary()})
+    def measured(dataset: Path, how: str, report: EvalReport) -> None:
+        several = len(datasets) > 1 or scenes is not None
+        if errors:
+            extra = {"dataset": str(dataset), "via": how} if several else {}
+            lines.extend(json.dumps(result.to_dict() | extra) + "\n" for result in report.results)
+        set_split = split if crops[dataset] else None
+        summaries.append({"dataset": str(dataset), "split": set_split, "via": how, **report.summary()})
 
-        evaluate_sets(datasets, crops, settings, chosen_split, regions, progress, measured, scenes)
+    evaluate_sets(datasets, crops, settings, chosen_split, regions, progress, measured, scenes)
+    if errors:
+        _write_private(errors, "".join(lines))
     if plot is not None:
         from anpr.measure.plots import plot_eval
 
@@ -508,11 +509,13 @@ def _check_writable(path: Path) -> None:
         raise ConfigError(f"cannot write {path}: it is a folder")
 
 
-def _open_for_writing(path: Path) -> Any:
+def _write_private(path: Path, text: str) -> None:
+    """An output file holding plates, replaced as anpr's private file (0600, never through a link)."""
     from anpr.errors import ConfigError
+    from anpr.files import write_private
 
     try:
-        return path.open("w", encoding="utf-8")
+        write_private(path, text.encode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 

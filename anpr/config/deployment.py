@@ -64,8 +64,14 @@ class Controller(_Strict):
     contact: str = ""  # where a data subject writes (an address, a mail box), printed in the letter
 
 
+# What the database's columns hold (storage/store.py): a longer camera id or purpose code
+# would be refused by PostgreSQL at the first read, mid-run, and an MQTT topic has a bound too.
+MAX_CAMERA_ID = 128
+MAX_PURPOSE_CODE = 64
+
+
 class Camera(_Strict):
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_CAMERA_ID)
     source: str | None = None  # video file, stream URL or image folder; `anpr run SOURCE` overrides it
     location: str = ""
     purposes: list[str] = Field(min_length=1)
@@ -185,6 +191,8 @@ class Deployment(_Strict):
                         f"cameras[{index}] ({camera.id}) feeds purpose '{code}', which is not declared under 'purposes'"
                     )
         for code, purpose in self.purposes.items():
+            if len(code) > MAX_PURPOSE_CODE:
+                raise ValueError(f"purpose code '{code[:20]}…' is longer than {MAX_PURPOSE_CODE} characters")
             for sink in purpose.sinks:
                 if sink not in self.sinks:
                     raise ValueError(f"purposes.{code} writes to sink '{sink}', which is not declared under 'sinks'")
