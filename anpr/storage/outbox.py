@@ -56,7 +56,7 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -730,38 +730,36 @@ class Reachability:
         return outage
 
 
-def expire_offline(kind: Kind[Any], directory: str | os.PathLike[str], now: float, *, busy: str) -> Expired:
-    """Apply retention to a folder of `kind` without its run: drop every read and passage
-    whose deadline has passed from its batch files, whatever they were written for, and
-    delete the files left empty.
-
-    A missing folder, or an empty one without the marker, holds nothing to purge: it is
-    neither created nor marked. Raises OutboxInUse when a run holds the folder (`busy` ends
-    the message), StoreError when it is not a folder of this kind.
-    """
+@contextlib.contextmanager
+def _offline(kind: Kind[Any], directory: str | os.PathLike[str], busy: str) -> Iterator[Outbox[Any] | None]:
+    """A folder of `kind` opened without its run, its batches picked up; None when there is
+    no folder (a missing one, or an empty one without the marker: neither made nor marked).
+    OutboxInUse when a run holds it (`busy` ends the message), StoreError when it is not a
+    folder of this kind."""
     try:
         outbox = Outbox(kind, directory, tally=_Tally(), busy=busy, create=False)
     except _NoFolder:
-        return Expired()
+        yield None
+        return
     try:
         outbox.pick_up()
-        return outbox.expire(now)
+        yield outbox
     finally:
         outbox.close()
+
+
+def expire_offline(kind: Kind[Any], directory: str | os.PathLike[str], now: float, *, busy: str) -> Expired:
+    """Apply retention to a folder of `kind` without its run (`_offline`): drop every read
+    and passage whose deadline has passed from its batch files, whatever they were written
+    for, and delete the files left empty."""
+    with _offline(kind, directory, busy) as outbox:
+        return outbox.expire(now) if outbox is not None else Expired()
 
 
 def held_offline(kind: Kind[Any], directory: str | os.PathLike[str], *, busy: str) -> list[Any]:
-    """The batches a folder of `kind` holds, read without its run (`expire_offline`'s rules:
-    a missing folder holds none; OutboxInUse while a run holds it)."""
-    try:
-        outbox = Outbox(kind, directory, tally=_Tally(), busy=busy, create=False)
-    except _NoFolder:
-        return []
-    try:
-        outbox.pick_up()
-        return outbox.held()
-    finally:
-        outbox.close()
+    """The batches a folder of `kind` holds, read without its run (`_offline`)."""
+    with _offline(kind, directory, busy) as outbox:
+        return outbox.held() if outbox is not None else []
 
 
 def remove_offline(
@@ -772,17 +770,10 @@ def remove_offline(
     *,
     busy: str,
 ) -> Expired:
-    """Drop the reads and passages the predicates select from a folder of `kind`, without its
-    run (`expire_offline`'s rules)."""
-    try:
-        outbox = Outbox(kind, directory, tally=_Tally(), busy=busy, create=False)
-    except _NoFolder:
-        return Expired()
-    try:
-        outbox.pick_up()
-        return outbox.remove_where(read, passage)
-    finally:
-        outbox.close()
+    """Drop the reads and passages the predicates select from a folder of `kind`, without
+    its run (`_offline`)."""
+    with _offline(kind, directory, busy) as outbox:
+        return outbox.remove_where(read, passage) if outbox is not None else Expired()
 
 
 # What a data subject's request says to a run that holds a folder: the request must see all of it.
