@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy import create_engine, text
+from support.browser import page_alone
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "sample.mp4"
 MIXED = REPO / "configs" / "mixed-camera.yaml"
 PARIS = REPO / "configs" / "paris-fps.yaml"
-CHROMIUM = "/usr/bin/chromium"
 ME = pwd.getpwuid(os.geteuid()).pw_name
 DAY = 86_400
 
@@ -161,8 +161,6 @@ def _pairs(page, table: str) -> dict[str, str]:
 
 @pytest.mark.system
 def test_report_renders_in_chromium_and_its_figures_are_the_databases(made, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     sql_days = _sql_days(made.db)
     summary_days = {d["day"]: {k: v for k, v in d.items() if k != "day"} for d in made.summary["days"]}
     assert summary_days == sql_days  # (a) = (b)
@@ -182,77 +180,65 @@ def test_report_renders_in_chromium_and_its_figures_are_the_databases(made, tmp_
     assert made.verified["entries"] == entries == made.summary["audit"]["entries"]  # (c)
     assert made.verified["intact"] and made.verified["checkpointed"] > 0
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            messages, errors, requests = [], [], []
-            page.on("console", lambda m: messages.append((m.type, m.text)))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(made.html.as_uri(), wait_until="load")
-            assert [m for m in messages if m[0] in ("error", "warning")] == [] and errors == []
-            assert requests == [made.html.as_uri()]  # one file: nothing else was fetched
-            assert page.locator("svg rect").count() >= 4 * len(sql_days)  # the chart: a bar per series and day
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-            assert (tmp_path / "report.png").stat().st_size > 10_000
+    with page_alone(made.html, width=1100) as page:
+        assert page.locator("svg rect").count() >= 4 * len(sql_days)  # the chart: a bar per series and day
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        assert (tmp_path / "report.png").stat().st_size > 10_000
 
-            days = {r[0]: [int(v) for v in r[1:]] for r in _rows(page, "days")}
-            for day, figures in sql_days.items():
-                assert days[day] == [figures[k] for k in ("kept", "blocked", "counted_only", "not_stored")]
-            totals = made.summary["totals"]
-            assert days["total"] == [totals[k] for k in ("kept", "blocked", "counted_only", "not_stored")]
-            assert days["total"][:2] == [kept, blocked]
-            by_purpose = {(r[0], r[1]): [int(v) for v in r[2:]] for r in _rows(page, "by-purpose")}
-            for row in made.summary["purposes"]:
-                expected = [row[k] for k in ("reads_kept", "passages_kept", "overdue", "blocked", "counted_only")]
-                assert by_purpose[(row["camera"], row["purpose"])][:5] == expected
-            [(passages,)] = _sql(made.db, "select count(*) from passages")
-            assert by_purpose[("vlc-parking-02", "parking_fps")][:2] == [kept, passages]
-            assert by_purpose[("vlc-parking-02", "law_enforcement_request")][3] == blocked
+        days = {r[0]: [int(v) for v in r[1:]] for r in _rows(page, "days")}
+        for day, figures in sql_days.items():
+            assert days[day] == [figures[k] for k in ("kept", "blocked", "counted_only", "not_stored")]
+        totals = made.summary["totals"]
+        assert days["total"] == [totals[k] for k in ("kept", "blocked", "counted_only", "not_stored")]
+        assert days["total"][:2] == [kept, blocked]
+        by_purpose = {(r[0], r[1]): [int(v) for v in r[2:]] for r in _rows(page, "by-purpose")}
+        for row in made.summary["purposes"]:
+            expected = [row[k] for k in ("reads_kept", "passages_kept", "overdue", "blocked", "counted_only")]
+            assert by_purpose[(row["camera"], row["purpose"])][:5] == expected
+        [(passages,)] = _sql(made.db, "select count(*) from passages")
+        assert by_purpose[("vlc-parking-02", "parking_fps")][:2] == [kept, passages]
+        assert by_purpose[("vlc-parking-02", "law_enforcement_request")][3] == blocked
 
-            deletions = _rows(page, "deletions-table")
-            assert [d[2:5] for d in deletions] == [
-                [ME, "mark-paid", str(made.paid_rows)],
-                [ME, "purge", "0"],
-            ]
-            assert [(d["actor"], d["action"], d["deleted"]) for d in made.summary["deletions"]] == [
-                (ME, "mark-paid", made.paid_rows),
-                (ME, "purge", 0),
-            ]
-            audited = _sql(
-                made.db, "select seq, details from audit_log where action in ('purge', 'mark-paid') order by seq"
-            )
-            assert [(seq, json.loads(details)["deleted"]) for seq, details in audited] == [
-                (int(d[0]), int(d[4])) for d in deletions
-            ]
+        deletions = _rows(page, "deletions-table")
+        assert [d[2:5] for d in deletions] == [
+            [ME, "mark-paid", str(made.paid_rows)],
+            [ME, "purge", "0"],
+        ]
+        assert [(d["actor"], d["action"], d["deleted"]) for d in made.summary["deletions"]] == [
+            (ME, "mark-paid", made.paid_rows),
+            (ME, "purge", 0),
+        ]
+        audited = _sql(
+            made.db, "select seq, details from audit_log where action in ('purge', 'mark-paid') order by seq"
+        )
+        assert [(seq, json.loads(details)["deleted"]) for seq, details in audited] == [
+            (int(d[0]), int(d[4])) for d in deletions
+        ]
 
-            answered, refused = _rows(page, "queries-table")
-            assert answered[2:6] == [ME, "parking_fps", "-", "reads"]
-            assert answered[6] == f"answered: {made.answered_rows} row(s)"
-            assert refused[2:4] == [ME, "law_enforcement_request"] and refused[6].startswith("refused: ")
-            assert [(q["purpose"], q["answered"], q["rows"]) for q in made.summary["queries"]] == [
-                ("parking_fps", True, made.answered_rows),
-                ("law_enforcement_request", False, None),
-            ]
-            queried = _sql(made.db, "select seq, action from audit_log where action like 'query%' order by seq")
-            assert [(int(answered[0]), "query"), (int(refused[0]), "query.refused")] == queried
+        answered, refused = _rows(page, "queries-table")
+        assert answered[2:6] == [ME, "parking_fps", "-", "reads"]
+        assert answered[6] == f"answered: {made.answered_rows} row(s)"
+        assert refused[2:4] == [ME, "law_enforcement_request"] and refused[6].startswith("refused: ")
+        assert [(q["purpose"], q["answered"], q["rows"]) for q in made.summary["queries"]] == [
+            ("parking_fps", True, made.answered_rows),
+            ("law_enforcement_request", False, None),
+        ]
+        queried = _sql(made.db, "select seq, action from audit_log where action like 'query%' order by seq")
+        assert [(int(answered[0]), "query"), (int(refused[0]), "query.refused")] == queried
 
-            audit = _pairs(page, "audit-state")
-            assert int(audit["entries"]) == made.verified["entries"] == entries
-            assert int(audit["last entry"]) == made.verified["last_seq"]
-            assert audit["chain"] == "intact" and audit["append-only triggers"] == "in place"
-            assert audit["checkpoints"].startswith(f"{made.verified['checkpointed']} in ")
-            assert "INTACT" in page.inner_text("#audit")
+        audit = _pairs(page, "audit-state")
+        assert int(audit["entries"]) == made.verified["entries"] == entries
+        assert int(audit["last entry"]) == made.verified["last_seq"]
+        assert audit["chain"] == "intact" and audit["append-only triggers"] == "in place"
+        assert audit["checkpoints"].startswith(f"{made.verified['checkpointed']} in ")
+        assert "INTACT" in page.inner_text("#audit")
 
-            # Printed: white, and nothing wider than an A4 page's text width (about 700 px at 96 dpi).
-            page.emulate_media(media="print")
-            page.set_viewport_size({"width": 700, "height": 1000})
-            assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(255, 255, 255)"
-            assert page.evaluate("document.documentElement.scrollWidth") <= 700
-            assert page.pdf(format="A4")[:4] == b"%PDF"
-        finally:
-            browser.close()
+        # Printed: white, and nothing wider than an A4 page's text width (about 700 px at 96 dpi).
+        page.emulate_media(media="print")
+        page.set_viewport_size({"width": 700, "height": 1000})
+        assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(255, 255, 255)"
+        assert page.evaluate("document.documentElement.scrollWidth") <= 700
+        assert page.pdf(format="A4")[:4] == b"%PDF"
 
 
 @pytest.mark.system

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy import create_engine, make_url, text
+from support.browser import page_alone
 from support.reads import plate_read
 
 from anpr.config.settings import load_settings
@@ -32,7 +33,6 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "sample.mp4"
 MIXED = REPO / "configs" / "mixed-camera.yaml"
 CAR_PARK = REPO / "configs" / "private-car-park.yaml"
-CHROMIUM = "/usr/bin/chromium"
 ME = pwd.getpwuid(os.geteuid()).pw_name
 UNREACHABLE = "postgresql+psycopg://anpr@127.0.0.1:1/none"  # nothing listens on port 1
 NEVER_SEEN = "QQ-999-QQ"
@@ -187,8 +187,6 @@ def test_only_the_data_protection_officer_may_ask(tmp_path):
 
 @pytest.mark.system
 def test_the_letter_renders_in_chromium_and_escapes_what_it_quotes(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     config = _deployment(tmp_path, MIXED, str(tmp_path / "db.sqlite"), [ME])
     data = yaml.safe_load(config.read_text())
     data["controller"]["contact"] = "<script>alert(1)</script> <img src=x onerror=alert(2)>"
@@ -200,22 +198,10 @@ def test_the_letter_renders_in_chromium_and_escapes_what_it_quotes(tmp_path):
     assert html.stat().st_mode & 0o777 == 0o600 and md.stat().st_mode & 0o777 == 0o600
     for letter in (html, md):
         assert "<script>" not in letter.read_text() and "<img" not in letter.read_text()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            messages, errors, requests = [], [], []
-            page.on("console", lambda m: messages.append((m.type, m.text)))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(html.as_uri(), wait_until="load")
-            assert [m for m in messages if m[0] in ("error", "warning")] == [] and errors == []
-            assert requests == [html.as_uri()]  # one file: nothing else was fetched
-            assert page.locator("#records tbody tr").count() > 0
-            assert "Your rights" in page.inner_text("#rights")
-            assert "law_enforcement_request" in page.inner_text("#nothing-kept")
-        finally:
-            browser.close()
+    with page_alone(html) as page:
+        assert page.locator("#records tbody tr").count() > 0
+        assert "Your rights" in page.inner_text("#rights")
+        assert "law_enforcement_request" in page.inner_text("#nothing-kept")
 
 
 def test_a_plate_is_looked_for_as_the_reader_stores_it():

@@ -291,9 +291,9 @@ def db_subject_access(
     with _database(settings) as (store, audit):
         answer = subject_access(store, policy, audit, plate, store.user(), settings.store.spool_dir)
     if html is not None:
-        write_report(html, render_letter_html(answer))
+        write_report(html, render_letter_html(answer), "the letter")
     if md is not None:
-        write_report(md, render_letter_markdown(answer))
+        write_report(md, render_letter_markdown(answer), "the letter")
     if as_json:
         print(json.dumps(answer.as_json(), ensure_ascii=False))
     elif html is None and md is None:

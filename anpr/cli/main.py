@@ -468,7 +468,9 @@ def evaluate_command(
 
     evaluate_sets(datasets, crops, settings, chosen_split, regions, progress, measured, scenes)
     if errors:
-        _write_private(errors, "".join(lines))
+        from anpr.show.report import write_report
+
+        write_report(errors, "".join(lines), "the errors file")
     if plot is not None:
         from anpr.measure.plots import plot_eval
 
@@ -507,17 +509,6 @@ def _check_writable(path: Path) -> None:
         raise ConfigError(f"cannot write {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise ConfigError(f"cannot write {path}: it is a folder")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """An output file holding plates, replaced as anpr's private file (0600, never through a link)."""
-    from anpr.errors import ConfigError
-    from anpr.files import write_private
-
-    try:
-        write_private(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @app.command()

@@ -499,12 +499,16 @@ def _rows(number: int | None) -> str:
 
 
 def _subject_text(r: SubjectRequest) -> str:
+    return f"{r.request}: {_subject_answer(r)}"
+
+
+def _subject_answer(r: SubjectRequest) -> str:
     if not r.answered:
-        return f"{r.request}: refused ({r.reason})"
+        return f"refused ({r.reason})"
     if r.request == "access":
-        return f"access: answered, {_rows(r.records)} found"
+        return f"answered, {_rows(r.records)} found"
     why = f" ({r.reason})" if r.reason else ""
-    return f"erasure: {_rows(r.records)} deleted, {r.kept if r.kept is not None else '?'} kept by rule{why}"
+    return f"{_rows(r.records)} deleted, {r.kept if r.kept is not None else '?'} kept by rule{why}"
 
 
 def _query_text(q: QueryMade) -> str:
@@ -520,12 +524,13 @@ def _query_text(q: QueryMade) -> str:
 # --- writing ---------------------------------------------------------------------------------------
 
 
-def write_report(path: Path, text: str) -> None:
-    """Write a report file, readable by its owner only (0600): it describes the deployment."""
+def write_report(path: Path, text: str, what: str = "the report") -> None:
+    """Write an output file (a report, a letter, eval's errors), readable by its owner only
+    (0600, never through a link): it describes the deployment, or holds plates."""
     try:
         write_private(path, text.encode("utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot write the report {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
 
 
 # --- Markdown --------------------------------------------------------------------------------------
@@ -690,7 +695,7 @@ _SUBJECT_HEADER = ["entry", "time", "user", "request", "answer"]
 
 
 def _subject_rows(data: ReportData) -> list[tuple[Any, ...]]:
-    return [(r.seq, _utc(r.at), r.actor, r.request, _subject_text(r).split(": ", 1)[1]) for r in data.subject_requests]
+    return [(r.seq, _utc(r.at), r.actor, r.request, _subject_answer(r)) for r in data.subject_requests]
 
 
 def _query_rows(data: ReportData) -> list[tuple[Any, ...]]:

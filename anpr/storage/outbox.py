@@ -329,18 +329,24 @@ class Outbox(Generic[B]):
 
     def expire(self, now: float) -> Expired:
         """Drop what has passed its deadline from the batch files, rewriting each in place."""
-        return self._drop([e for e in self.entries if e.first_deadline <= now], lambda batch: batch.drop_expired(now))
+
+        def drop(batch: B) -> tuple[int, int]:
+            dropped = batch.drop_expired(now)
+            self.tally.expired_reads += dropped[0]
+            return dropped
+
+        return self._drop([e for e in self.entries if e.first_deadline <= now], drop)
 
     def remove_where(self, read: Callable[[PolicedRead], bool], passage: Callable[[Passage], bool]) -> Expired:
         """Drop the reads and passages the predicates select from every batch file (an
         erasure request), rewriting each in place; counted as `Expired` counts retention."""
-        return self._drop(list(self.entries), lambda batch: batch.drop_where(read, passage), expired=False)
+        return self._drop(list(self.entries), lambda batch: batch.drop_where(read, passage))
 
     def held(self) -> list[B]:
         """Every indexed batch, as its file holds it now (one that cannot be read is left out)."""
         return [batch for entry in list(self.entries) if (batch := self._load(entry)) is not None]
 
-    def _drop(self, entries: list[Entry], drop: Callable[[B], tuple[int, int]], expired: bool = True) -> Expired:
+    def _drop(self, entries: list[Entry], drop: Callable[[B], tuple[int, int]]) -> Expired:
         reads = passages = batches = lost = 0
         for entry in entries:
             batch = self._load(entry)
@@ -348,8 +354,6 @@ class Outbox(Generic[B]):
                 continue
             dropped_reads, dropped_passages = drop(batch)
             reads, passages = reads + dropped_reads, passages + dropped_passages
-            if expired:
-                self.tally.expired_reads += dropped_reads
             if batch.empty:
                 self._remove(entry)
                 batches += 1

@@ -29,7 +29,7 @@ from typing import Any
 
 from anpr.errors import ConfigError, PolicyRefusal
 from anpr.policy.engine import Policy
-from anpr.policy.rules import ERASURE_EXEMPTION, RULES_BY_ID
+from anpr.policy.rules import ERASURE_EXEMPTION, RULES, RULES_BY_ID
 from anpr.reading.plates import normalise, stored_forms
 from anpr.records import Passage, PolicedRead
 from anpr.redact import printable
@@ -48,6 +48,8 @@ READ_FIELDS = (
 )
 PASSAGE_FIELDS = ("first and last time", "camera", "number of reads", "confidence")
 NO_IMAGE = "No image of the vehicle or the plate is kept anywhere."
+# The rules under which an erasure request leaves a hit (Retention.erasure_keeps_hits).
+KEEP_HITS = tuple(rule.id for rule in RULES if rule.retention.erasure_keeps_hits)
 LIVE_TIMES = 1e9  # a read's time from here on is the wall clock of a stream (2001 on), below, a file's media time
 
 
@@ -168,11 +170,10 @@ def erase(store, policy: Policy, audit, plate: str, user: str, spool_dir: str, r
     require_dpo(policy, audit, user, "erase")
     require_binding(store, audit, policy.deployment, user, bind_if_new=False)
     held, _ = _held(store, policy, forms, spool_dir)
-    exempt = [rule.id for rule in RULES_BY_ID.values() if rule.retention.erasure_keeps_hits]
     matches = _plate_matcher(forms)
 
     def goes(record: dict[str, Any]) -> bool:
-        return matches(str(record.get("plate", ""))) and not (record.get("hit") and record.get("rule") in exempt)
+        return matches(str(record.get("plate", ""))) and not _kept_on_erasure(record)
 
     erasure = Erasure(forms, kept=[r for r in held if r.kept_on_erasure])
     for folder in spool_folders(spool_dir):
@@ -181,7 +182,7 @@ def erase(store, policy: Policy, audit, plate: str, user: str, spool_dir: str, r
         removed = sink.erase_records(name, goes)
         if removed is not None:
             erasure.erased[removed[1]] = removed[0]
-    erasure.erased[DATABASE] = sum(store.erase_plate(form, exempt) for form in forms)
+    erasure.erased[DATABASE] = sum(store.erase_plate(form, KEEP_HITS) for form in forms)
     audit.append(
         "erase",
         user,
@@ -229,10 +230,14 @@ def _held(store, policy: Policy, forms: tuple[str, ...], spool_dir: str) -> tupl
     return records, places
 
 
+def _kept_on_erasure(record: dict[str, Any]) -> bool:
+    """Whether an erasure request leaves this record (its dict form): a hit under KEEP_HITS."""
+    return bool(record.get("hit")) and record.get("rule") in KEEP_HITS
+
+
 def _record(where: str, data: dict[str, Any], in_clear: bool) -> HeldRecord:
     passage = "first_time" in data
     rule = RULES_BY_ID.get(str(data["rule"]))
-    kept = rule is not None and rule.retention.erasure_keeps_hits and bool(data["hit"])
     return HeldRecord(
         where,
         "passage" if passage else "read",
@@ -246,7 +251,7 @@ def _record(where: str, data: dict[str, Any], in_clear: bool) -> HeldRecord:
         bool(data["hit"]),
         in_clear,
         PASSAGE_FIELDS if passage else READ_FIELDS,
-        ERASURE_EXEMPTION if kept else None,
+        ERASURE_EXEMPTION if _kept_on_erasure(data) else None,
     )
 
 
