@@ -27,7 +27,8 @@ from anpr.records import CountKey, Outcome, Passage, PlateRead, PolicedRead
 from anpr.storage.audit import AuditLog, verify_database
 from anpr.storage.binding import migrate, require_binding
 from anpr.storage.queries import search
-from anpr.storage.store import ReadStore, SearchRefused, StaleAuditEntry
+from anpr.storage.roles import DPO_TABLE
+from anpr.storage.store import FunctionRefused, ReadStore, StaleAuditEntry
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = 86_400.0
@@ -286,7 +287,7 @@ def test_a_login_that_is_no_agent_is_refused_and_gets_nothing(site):
         store = ReadStore(site.login(login, *roles), TEST_KEYS)
         audit = AuditLog(store.engine, TEST_KEYS)
         before = len(audit_entries(site))
-        with pytest.raises(SearchRefused, match=r"not a designated agent|permission denied for function"):
+        with pytest.raises(FunctionRefused, match=r"not a designated agent|permission denied for function"):
             audit.append_through(
                 lambda entry, store=store: store.search_function(entry, "AB123CD", "parking_fps", None, False),
                 "query",
@@ -330,7 +331,7 @@ def test_the_function_takes_only_the_next_entry_of_this_query(site):
             call_with(change)(audit_entries_next(audit, details))
     # Another actor, another action, details that are not this query's.
     for change, plate in (({"actor": "bob"}, "AB123CD"), ({"action": "purge"}, "AB123CD"), ({}, "XY987ZT")):
-        with pytest.raises(StoreError, match="not this query's"):
+        with pytest.raises(StoreError, match="not this request's"):
             audit.append_through(call_with(change, plate), "query", "alice", details)
     assert len(audit_entries(site)) == before
     # A forged MAC goes in (the database has no key to check it with), and verify finds it.
@@ -380,3 +381,142 @@ def table_grants(site: Site) -> set[tuple[str, str, str]]:
             {"p": f"{site.prefix}\\_%"},
         ).all()
     return {tuple(row) for row in rows}
+
+
+def with_dpo(data: dict, officers: list[str]) -> dict:
+    return {**data, "controller": {**data["controller"], "dpo": officers}}
+
+
+def subject_details(plate: str, forms: int, **more) -> dict:
+    """A data subject request's audit entry as the subject functions take it: the request, not its answer."""
+    return {"request_key": TEST_KEYS.request_digest(plate), "forms": forms, **more}
+
+
+def test_the_dpo_role_answers_and_erases_one_plate_through_the_functions_only(postgres, tmp_path):
+    site = make_site(postgres, tmp_path, with_dpo(deployment(["alice"]), ["dana"]))
+    fresh = anpr(site.cwd, "db", "init-roles", "--config", str(site.config), "--db", site.owner)
+    assert "data-protection officers: dana" in fresh.stdout
+    assert "to do: dana is no login granted anpr_dpo yet" in fresh.stderr
+    pipeline_writes(site, [read("AB123CD"), read("EF456GH")], [passage("AB123CD", time.time() + DAY)]).close()
+    dana = site.login("dana", "dpo")
+    engine = create_engine(dana)
+    for statement in ("SELECT id FROM reads", "SELECT * FROM passages", f"SELECT * FROM {DPO_TABLE}"):
+        assert denied(engine, statement), statement  # a DPO login reads no table of plates either
+    engine.dispose()
+
+    args = ("--config", str(site.config), "--db", dana)
+    answered = anpr(site.cwd, "db", "subject-access", "ab 123 cd", *args, "--json")
+    assert answered.returncode == 0, answered.stderr
+    held = json.loads(answered.stdout)["records"]
+    assert sorted((r["kind"], r["where"], r["rule"]) for r in held) == [
+        ("passage", "database", "FR-FPS"),
+        ("read", "database", "FR-FPS"),
+    ]
+    actor, action, details = audit_entries(site)[-1]
+    assert (actor, action, details) == ("dana", "subject-access", subject_details("AB123CD", 1))
+
+    erased = anpr(site.cwd, "db", "erase", "AB123CD", *args, "--reason", "letter of 1 December")
+    assert erased.returncode == 0 and "erased 2 record(s) of AB123CD; 0 kept by rule" in erased.stderr, erased.stderr
+    assert audit_entries(site)[-1] == ("dana", "erase", subject_details("AB123CD", 1, reason="letter of 1 December"))
+    with admin(site.owner) as conn:
+        left = conn.execute(text("SELECT plate FROM reads UNION ALL SELECT plate FROM passages")).scalars().all()
+    assert left == ["EF456GH"]  # the other plate's read stays
+    again = anpr(site.cwd, "db", "subject-access", "AB123CD", *args, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["records"] == [] and "nothing held" in again.stderr
+
+    summary = anpr(site.cwd, "db", "summary", "--config", str(site.config), "--db", site.owner, "--json")
+    requests = [(r["request"], r["answered"]) for r in json.loads(summary.stdout)["subject_requests"]]
+    assert requests == [("access", True), ("erasure", True), ("access", True)]
+    verified = anpr(site.cwd, "audit", "verify", "--db", site.login("audrey", "auditor"), "--config", str(site.config))
+    assert verified.returncode == 0 and "chain intact" in verified.stderr, verified.stderr
+
+
+def test_the_subject_functions_refuse_other_logins_and_other_entries(postgres, tmp_path):
+    site = make_site(postgres, tmp_path, with_dpo(deployment(["alice"]), ["dana"]))
+    pipeline_writes(site, [read("AB123CD")]).close()
+    # eve holds the role but is no officer of the deployment; alice is an agent, not an officer.
+    for login, role in (("eve", "dpo"), ("alice", "query")):
+        store = ReadStore(site.login(login, role), TEST_KEYS)
+        audit = AuditLog(store.engine, TEST_KEYS)
+        before = len(audit_entries(site))
+        for action, call in (
+            ("subject-access", lambda entry, s=store: s.subject_records_function(entry, ("AB123CD",))),
+            ("erase", lambda entry, s=store: s.subject_erase_function(entry, ("AB123CD",), None)),
+        ):
+            more = {"reason": None} if action == "erase" else {}
+            with pytest.raises(FunctionRefused, match=r"not a data-protection officer|permission denied for function"):
+                audit.append_through(call, action, login, subject_details("AB123CD", 1, **more))
+        assert len(audit_entries(site)) == before
+        store.close()
+    # Through the command, eve is refused by the config already (exit 3), and the refusal audited.
+    refused = anpr(site.cwd, "db", "erase", "AB123CD", "--config", str(site.config), "--db", site.url("eve"))
+    assert refused.returncode == 3 and "not the deployment's data-protection officer" in refused.stderr
+    assert audit_entries(site)[-1][:2] == ("eve", "erase.refused") and "AB123CD" not in refused.stdout
+    # The officer's entry must be this request's: not one that claims what it found.
+    store = ReadStore(site.login("dana", "dpo"), TEST_KEYS)
+    audit = AuditLog(store.engine, TEST_KEYS)
+    with pytest.raises(StoreError, match="not this request's"):
+        audit.append_through(
+            lambda entry: store.subject_records_function(entry, ("AB123CD",)),
+            "subject-access",
+            "dana",
+            subject_details("AB123CD", 1, records=0),
+        )
+    with admin(site.owner) as conn:
+        assert conn.execute(text("SELECT count(*) FROM reads")).scalar() == 1
+    store.close()
+
+
+def test_an_erasure_through_the_function_keeps_a_lapi_hit(postgres, tmp_path):
+    site = make_site(postgres, tmp_path, with_dpo(lapi(["alice"]), ["dana"]))
+    kind = ("criminal_investigation", "FR-LAPI-1")
+    pipeline_writes(site, [read("AB123CD", kind, hit=True), read("AB123CD", kind)]).close()
+    args = ("--config", str(site.config), "--db", site.login("dana", "dpo"))
+    erased = anpr(site.cwd, "db", "erase", "AB123CD", *args)
+    assert erased.returncode == 0, erased.stderr
+    assert "erased 1 record(s) of AB123CD; 1 kept by rule" in erased.stderr
+    assert "Directive (EU) 2016/680" in erased.stdout
+    with admin(site.owner) as conn:
+        assert conn.execute(text("SELECT hit FROM reads")).scalars().all() == [True]
+
+
+def traces(root: Path, *needles: str) -> dict[str, list[str]]:
+    """Which files under `root` hold each needle's bytes."""
+    found: dict[str, list[str]] = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            for needle in needles:
+                if needle.encode() in content:
+                    found.setdefault(needle, []).append(str(path.relative_to(root)))
+    return found
+
+
+def test_an_erasure_leaves_no_byte_of_the_plate_in_the_server_s_files(tmp_path):
+    from support.postgres import PostgresServer
+
+    # A server of its own: the shared one's files hold other tests' plates. The owner's
+    # login may VACUUM and CHECKPOINT; the server removes its old WAL files (wal_recycle off).
+    with PostgresServer() as server:
+        site = make_site(server, tmp_path, with_dpo(deployment(["alice"]), ["dana", "anpr"]))
+        others = [read(f"AA{n:03d}BB") for n in range(40)]
+        pipeline_writes(site, [read("ZQ731XK"), read("ZQ731XK"), read("KV208WN"), *others]).close()
+        erased_by_dpo = anpr(
+            site.cwd, "db", "erase", "KV208WN", "--config", str(site.config), "--db", site.login("dana", "dpo")
+        )
+        assert erased_by_dpo.returncode == 0, erased_by_dpo.stderr
+        # The officer's login may do neither: the command says what still holds the rows.
+        assert "only the tables' owner may run" in erased_by_dpo.stderr
+        assert "reuses its write-ahead log files (wal_recycle on)" in erased_by_dpo.stderr
+
+        with admin(site.owner) as conn:
+            conn.execute(text("ALTER SYSTEM SET wal_recycle = off"))
+            conn.execute(text("SELECT pg_reload_conf()"))
+            conn.execute(text("CHECKPOINT"))
+        plate, digest = "ZQ731XK", TEST_KEYS.plate_digest("ZQ731XK")
+        assert set(traces(server.data, plate, digest)) == {plate, digest}  # in the table and the WAL
+        erased = anpr(site.cwd, "db", "erase", plate, "--config", str(site.config), "--db", site.owner)
+        assert erased.returncode == 0 and "erased 2 record(s)" in erased.stderr, erased.stderr
+        assert "note:" not in erased.stderr
+        assert traces(server.data, plate, digest) == {}
+        assert "AA000BB" in traces(server.data, "AA000BB")  # the search finds what is there

@@ -336,6 +336,8 @@ def db_erase(
             _echo(f"erased {count} record(s) from {where}")
     for r in erasure.kept:
         _echo(f"kept: {r.kind} of {r.when}, purpose {r.purpose}, in {r.where}: {r.kept_on_erasure}")
+    for held in erasure.still_held:
+        _echo(f"note: {held}", err=True)
     _echo(
         f"erased {erasure.total} record(s) of {', '.join(erasure.forms)}; {len(erasure.kept)} kept by rule",
         err=True,
@@ -422,7 +424,8 @@ def report(
 # Paragraphs: the help shows each as one, wrapped to the terminal.
 INIT_ROLES_HELP = "\n\n".join(
     [
-        "PostgreSQL: create the group roles PREFIX_writer, PREFIX_query and PREFIX_auditor (NOLOGIN) and give them "
+        "PostgreSQL: create the group roles PREFIX_writer, PREFIX_query, PREFIX_auditor and PREFIX_dpo (NOLOGIN) "
+        "and give them "
         "exactly the rights below. Run it as the database's owner, and again after every `anpr policy migrate` "
         "(until then every query is refused). Audited.",
         "PREFIX_writer, the pipeline (anpr run): inserts reads, passages and counters, binds a database that serves "
@@ -433,6 +436,10 @@ INIT_ROLES_HELP = "\n\n".join(
         "config, applies the hits-only rule, hides expired rows and writes the query's audit entry in the same "
         "transaction.",
         "PREFIX_auditor (anpr audit verify): reads the audit log, the deployment bindings and the policy counters.",
+        "PREFIX_dpo, the data-protection officers (anpr db subject-access, anpr db erase): nothing on reads or "
+        "passages. They reach one plate's records only through the functions anpr_subject_records and "
+        "anpr_subject_erase, which check that the login is named in controller.dpo and write the request's audit "
+        "entry in the same transaction.",
         "Then, as the owner, make the logins and grant them a role: CREATE ROLE pipeline LOGIN PASSWORD '...'; "
         "GRANT anpr_writer TO pipeline; CREATE ROLE alice LOGIN PASSWORD '...'; GRANT anpr_query TO alice (alice "
         "being one of the purpose's designated_agents); CREATE ROLE audit LOGIN PASSWORD '...'; GRANT anpr_auditor "
@@ -462,8 +469,9 @@ def db_init_roles(
     _echo(f"the writer may store reads of: {', '.join(report.kept) or 'no purpose'}")
     for purpose, agents in report.agents.items():
         _echo(f"designated agents of {purpose}: {', '.join(agents) or 'none (nobody may query it)'}")
-    for agent in report.not_ready:
-        _echo(f"to do: {agent} is no login granted {report.roles['query']} yet", err=True)
+    _echo(f"data-protection officers: {', '.join(report.dpo) or 'none (nobody may answer a data subject)'}")
+    for login, role in report.not_ready:
+        _echo(f"to do: {login} is no login granted {report.roles[role]} yet", err=True)
 
 
 def _utc(moment: float) -> str:

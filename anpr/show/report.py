@@ -505,9 +505,11 @@ def _subject_text(r: SubjectRequest) -> str:
 def _subject_answer(r: SubjectRequest) -> str:
     if not r.answered:
         return f"refused ({r.reason})"
+    why = f" ({r.reason})" if r.reason else ""
+    if r.records is None:  # answered through the database's function, which logs the request, not the answer
+        return "answered (through the database's function)" if r.request == "access" else f"erased{why}"
     if r.request == "access":
         return f"answered, {_rows(r.records)} found"
-    why = f" ({r.reason})" if r.reason else ""
     return f"{_rows(r.records)} deleted, {r.kept if r.kept is not None else '?'} kept by rule{why}"
 
 

@@ -35,7 +35,7 @@ from anpr.reading.plates import normalise
 from anpr.records import Passage, PolicedRead
 from anpr.redact import printable
 from anpr.storage.binding import require_binding
-from anpr.storage.store import SearchRefused
+from anpr.storage.store import FunctionRefused
 
 Row = TypeVar("Row", PolicedRead, Passage)
 
@@ -128,7 +128,7 @@ def _search_in_database(
         rows, withheld = audit.append_through(
             lambda entry: store.search_function(entry, plate, purpose, procedure, passages), "query", user, details
         )
-    except SearchRefused as exc:
+    except FunctionRefused as exc:
         reason = f"the database refused the query: {exc}"
         audit.append("query.refused", user, {**details, "reason": reason})
         return QueryResult(False, reason, [])

@@ -19,6 +19,12 @@ databases on one server take two prefixes):
                       query's audit entry in the same transaction.
     <prefix>_auditor  `anpr audit verify`: reads the audit log, the deployment bindings and
                       the policy counters, nothing else.
+    <prefix>_dpo      the data-protection officers (`anpr db subject-access`, `anpr db erase`):
+                      no privilege on reads or passages either. Two SECURITY DEFINER
+                      functions, SUBJECT_RECORDS_FUNCTION and SUBJECT_ERASE_FUNCTION, check
+                      that the login is an officer (`controller.dpo`, in DPO_TABLE), return
+                      (or delete, but the hits a rule keeps) every record of one plate's
+                      keyed hashes, whatever its purpose, and insert the request's audit entry.
 
 The database does not hold the audit key (keys.py), so the search function cannot make
 an audit entry itself: the client, which has the key file, makes the next entry of the
@@ -26,14 +32,16 @@ log (audit.AuditLog.append_through) and passes it in. The function takes the log
 refuses an entry that is not the next one (the client makes it again), or whose actor
 is not the login, whose action is not 'query', or whose details are not this query's
 (purpose, plate_key, procedure, passages); an entry with a forged MAC is found by
-`anpr audit verify`.
+`anpr audit verify`. The subject functions take theirs the same way: the request (its own
+keyed hash of the plate, how many forms were asked, an erasure's reason), not what was found.
 
 Who is an agent of which purpose, and which purposes the writer may store, come from the
 config given to init-roles: its allowed purposes that keep reads, with their
-`safeguards.designated_agents`, in the tables PURPOSES_TABLE and AGENTS_TABLE (with the
-deployment's fingerprint: after `anpr policy migrate`, the function refuses every query
+`safeguards.designated_agents`, in the tables PURPOSES_TABLE and AGENTS_TABLE, and the
+officers in DPO_TABLE (with the
+deployment's fingerprint: after `anpr policy migrate`, the functions refuse every request
 until init-roles has been run again with the new config). The owner is not affected by
-row-level security, and the function runs as the owner.
+row-level security, and the functions run as the owner.
 
 What each role is granted is the data below (GRANTS, ROW_POLICIES); every run first
 revokes all the roles hold on these tables, so running it again (after a config change
@@ -52,28 +60,34 @@ from sqlalchemy.orm import Session
 from anpr.errors import ConfigError, PolicyRefusal, StoreError, first_line
 from anpr.policy.engine import Policy
 from anpr.storage.audit import APPEND_LOCK, GENESIS, AuditLog
-from anpr.storage.store import SEARCH_FUNCTION, ReadStore, database_error
+from anpr.storage.store import (
+    SEARCH_FUNCTION,
+    SUBJECT_ERASE_FUNCTION,
+    SUBJECT_RECORDS_FUNCTION,
+    ReadStore,
+    database_error,
+)
+from anpr.storage.subjects import KEEP_HITS
 
 PREFIX = re.compile(r"[a-z][a-z0-9_]{0,40}")
 ROLES = {
     "writer": "the pipeline (anpr run): writes reads, passages and counters, never reads a plate",
     "query": "the designated agents (anpr db search): read only through the search function, audited",
     "auditor": "anpr audit verify: reads the audit log, the bindings and the counters",
+    "dpo": "the data-protection officers (anpr db subject-access, anpr db erase): one plate's records "
+    "only through the subject functions, audited",
 }
 PURPOSES_TABLE = "anpr_query_purposes"
 AGENTS_TABLE = "anpr_query_agents"
+DPO_TABLE = "anpr_dpo_logins"
 KEPT_TABLES = ("reads", "passages")
 # Everything the roles may touch: each run revokes all they hold on these first.
 TABLES = (*KEPT_TABLES, "policy_counts", "written_batches", "deployment_bindings", "database_identity", "audit_log")
 SEQUENCES = ("reads_id_seq", "passages_id_seq", "policy_counts_id_seq", "deployment_bindings_id_seq")
 # Of a kept row, what the store's writes and purge read (ReadStore._already_written, purge).
 KEPT_COLUMNS = "id, key, delete_after"
-# The search function's arguments, in order (ReadStore.search_function names them).
-SEARCH_ARGUMENTS = (
-    ("p_purpose", "text"),
-    ("p_plate_key", "text"),
-    ("p_procedure", "text"),
-    ("p_passages", "boolean"),
+# The audit entry every function inserts (audit.AuditEntry's fields), after its own arguments.
+ENTRY_ARGUMENTS = (
     ("p_seq", "bigint"),
     ("p_at", "double precision"),
     ("p_actor", "text"),
@@ -82,7 +96,38 @@ SEARCH_ARGUMENTS = (
     ("p_prev_hash", "text"),
     ("p_entry_hash", "text"),
 )
-SEARCH_SIGNATURE = f"{SEARCH_FUNCTION}({', '.join(kind for _, kind in SEARCH_ARGUMENTS)})"
+
+
+@dataclass(frozen=True)
+class Function:
+    """A SECURITY DEFINER function of the database: its name and arguments, in order
+    (ReadStore._call names them)."""
+
+    name: str
+    arguments: tuple[tuple[str, str], ...]
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(kind for _, kind in self.arguments)})"
+
+    @property
+    def declaration(self) -> str:
+        return ", ".join(f"{name} {kind}" for name, kind in self.arguments)
+
+
+SEARCH = Function(
+    SEARCH_FUNCTION,
+    (
+        ("p_purpose", "text"),
+        ("p_plate_key", "text"),
+        ("p_procedure", "text"),
+        ("p_passages", "boolean"),
+        *ENTRY_ARGUMENTS,
+    ),
+)
+SUBJECT_RECORDS = Function(SUBJECT_RECORDS_FUNCTION, (("p_plate_keys", "text[]"), *ENTRY_ARGUMENTS))
+SUBJECT_ERASE = Function(SUBJECT_ERASE_FUNCTION, (("p_plate_keys", "text[]"), ("p_reason", "text"), *ENTRY_ARGUMENTS))
+FUNCTIONS = (SEARCH, SUBJECT_RECORDS, SUBJECT_ERASE)
 
 
 @dataclass(frozen=True)
@@ -100,11 +145,14 @@ GRANTS = (
     # Its first run binds the database's key (anpr/storage/identity.py: one row, never updated).
     Grant("writer", "SELECT, INSERT", "TABLE database_identity"),
     Grant("writer", "USAGE", f"SEQUENCE {', '.join(SEQUENCES)}"),
-    Grant("query", "EXECUTE", f"FUNCTION {SEARCH_SIGNATURE}"),
+    Grant("query", "EXECUTE", f"FUNCTION {SEARCH.signature}"),
     # The client checks the binding before asking, and audits a refusal itself.
     Grant("query", "SELECT", "TABLE deployment_bindings, database_identity"),
     Grant("query", "SELECT, INSERT", "TABLE audit_log"),
     Grant("auditor", "SELECT", "TABLE audit_log, deployment_bindings, policy_counts, database_identity"),
+    Grant("dpo", "EXECUTE", f"FUNCTION {SUBJECT_RECORDS.signature}, {SUBJECT_ERASE.signature}"),
+    Grant("dpo", "SELECT", "TABLE deployment_bindings, database_identity"),
+    Grant("dpo", "SELECT, INSERT", "TABLE audit_log"),
 )
 
 
@@ -123,7 +171,7 @@ KEPT_PURPOSE = "purpose = ANY ({kept})"
 FIRST_BINDING = "NOT EXISTS (SELECT FROM deployment_bindings)"
 ROW_POLICIES = (
     *(RowPolicy(table, "writer_kept", "ALL", ("writer",), KEPT_PURPOSE, KEPT_PURPOSE) for table in KEPT_TABLES),
-    RowPolicy("deployment_bindings", "read_binding", "SELECT", ("writer", "query", "auditor"), "true"),
+    RowPolicy("deployment_bindings", "read_binding", "SELECT", ("writer", "query", "auditor", "dpo"), "true"),
     # The first binding only: a changed deployment is bound by the owner (anpr policy migrate).
     RowPolicy("deployment_bindings", "first_binding", "INSERT", ("writer",), check=FIRST_BINDING),
 )
@@ -135,9 +183,37 @@ QUERY_TABLES = (
     f"CREATE TABLE IF NOT EXISTS {AGENTS_TABLE} ("
     f"purpose text NOT NULL REFERENCES {PURPOSES_TABLE} ON DELETE CASCADE, agent text NOT NULL, "
     "PRIMARY KEY (purpose, agent))",
+    f"CREATE TABLE IF NOT EXISTS {DPO_TABLE} (login text PRIMARY KEY, fingerprint text NOT NULL)",
 )
 
-# No "%" and no ":name" in it: it goes through SQLAlchemy's text().
+# The SQL below has no "%" and no ":name": it goes through SQLAlchemy's text().
+
+# In every function: the audit entry given must be this request's ({action}, {details}, by
+# the login) and the next one of the log; it is inserted under the log's lock.
+AUDIT_ENTRY_SQL = """
+    IF p_actor IS DISTINCT FROM session_user OR p_action IS DISTINCT FROM '{action}'
+        OR p_details::jsonb IS DISTINCT FROM {details} THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'the audit entry given is not this request''s (actor, action or details)';
+    END IF;
+    PERFORM pg_advisory_xact_lock({lock});
+    LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE;
+    SELECT seq, entry_hash INTO v_last_seq, v_last_hash FROM audit_log ORDER BY seq DESC LIMIT 1;
+    IF p_seq IS DISTINCT FROM coalesce(v_last_seq, 0) + 1
+        OR p_prev_hash IS DISTINCT FROM coalesce(v_last_hash, '{genesis}') THEN
+        RAISE EXCEPTION USING ERRCODE = '40001',
+            MESSAGE = 'the audit entry given is not the next one: the last is entry ' || coalesce(v_last_seq, 0);
+    END IF;
+    INSERT INTO audit_log (seq, at, actor, action, details, prev_hash, entry_hash)
+        VALUES (p_seq, p_at, p_actor, p_action, p_details, p_prev_hash, p_entry_hash);
+"""
+
+STALE_ROLES_SQL = """
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'the database does not serve the deployment its roles were set for: '
+                || 'its owner must run anpr db init-roles with the config of the deployment it serves';
+"""
+
 SEARCH_FUNCTION_SQL = """
 CREATE OR REPLACE FUNCTION {function}({arguments}) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -159,26 +235,9 @@ BEGIN
                 || quote_literal(p_purpose);
     END IF;
     IF v_fingerprint IS DISTINCT FROM (SELECT fingerprint FROM deployment_bindings ORDER BY id DESC LIMIT 1) THEN
-        RAISE EXCEPTION USING ERRCODE = '42501',
-            MESSAGE = 'the database does not serve the deployment its query roles were set for: '
-                || 'its owner must run anpr db init-roles with the config of the deployment it serves';
+        {stale}
     END IF;
-    IF p_actor IS DISTINCT FROM session_user OR p_action IS DISTINCT FROM 'query'
-        OR p_details::jsonb IS DISTINCT FROM jsonb_build_object(
-            'purpose', p_purpose, 'plate_key', p_plate_key, 'procedure', p_procedure, 'passages', p_passages) THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = 'the audit entry given is not this query''s (actor, action or details)';
-    END IF;
-    PERFORM pg_advisory_xact_lock({lock});
-    LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE;
-    SELECT seq, entry_hash INTO v_last_seq, v_last_hash FROM audit_log ORDER BY seq DESC LIMIT 1;
-    IF p_seq IS DISTINCT FROM coalesce(v_last_seq, 0) + 1
-        OR p_prev_hash IS DISTINCT FROM coalesce(v_last_hash, '{genesis}') THEN
-        RAISE EXCEPTION USING ERRCODE = '40001',
-            MESSAGE = 'the audit entry given is not the next one: the last is entry ' || coalesce(v_last_seq, 0);
-    END IF;
-    INSERT INTO audit_log (seq, at, actor, action, details, prev_hash, entry_hash)
-        VALUES (p_seq, p_at, p_actor, p_action, p_details, p_prev_hash, p_entry_hash);
+    {audit}
     v_hits_only := v_hits_only AND coalesce(p_procedure, '') = '';
     WITH found AS (
         SELECT r.id, r.hit, to_jsonb(r) AS data FROM reads r
@@ -196,6 +255,55 @@ END
 $search$
 """
 
+# A data subject's requests (storage/subjects.py): every record of the plate's keys, whatever
+# its purpose and deadline (what is held, not what a query may see); the erasure leaves the
+# hits of the rules that keep them ({keep}, subjects.KEEP_HITS) and returns them as kept.
+SUBJECT_FUNCTION_SQL = """
+CREATE OR REPLACE FUNCTION {function}({arguments}) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = {schema}, pg_temp
+SET extra_float_digits = 1
+AS $subject$
+DECLARE
+    v_last_seq bigint;
+    v_last_hash text;
+    v_deleted bigint := 0;
+    v_count bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM {dpos} WHERE login = session_user) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'login ' || quote_ident(session_user)
+                || ' is not a data-protection officer of the deployment (controller.dpo)';
+    END IF;
+    IF (SELECT fingerprint FROM {dpos} WHERE login = session_user)
+        IS DISTINCT FROM (SELECT fingerprint FROM deployment_bindings ORDER BY id DESC LIMIT 1) THEN
+        {stale}
+    END IF;
+    {audit}
+    IF {erase} THEN
+        DELETE FROM reads WHERE plate_key = ANY (p_plate_keys) AND NOT (hit AND rule_id = ANY ({keep}));
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_deleted := v_count;
+        DELETE FROM passages WHERE plate_key = ANY (p_plate_keys) AND NOT (hit AND rule_id = ANY ({keep}));
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_deleted := v_deleted + v_count;
+    END IF;
+    RETURN jsonb_build_object(
+        'deleted', v_deleted,
+        'reads', (SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.id), '[]'::jsonb) FROM reads r
+                  WHERE r.plate_key = ANY (p_plate_keys)),
+        'passages', (SELECT coalesce(jsonb_agg(to_jsonb(p) ORDER BY p.id), '[]'::jsonb) FROM passages p
+                     WHERE p.plate_key = ANY (p_plate_keys)));
+END
+$subject$
+"""
+# The details each function's audit entry must have (storage/subjects.py makes them): the
+# request, never what it found, which is not known when the entry is made. The request's
+# own keyed hash of the plate cannot be checked here (the database has no key).
+REQUEST_DETAILS = (
+    "jsonb_build_object('request_key', p_details::jsonb ->> 'request_key', 'forms', cardinality(p_plate_keys){more})"
+)
+
 
 @dataclass(frozen=True)
 class RolesReport:
@@ -203,7 +311,8 @@ class RolesReport:
     created: list[str]  # the roles made by this run
     kept: list[str]  # the purposes whose reads the writer may store
     agents: dict[str, list[str]]  # purpose -> its designated agents
-    not_ready: list[str]  # agents that are no login yet, or not granted the query role
+    dpo: list[str]  # the data-protection officers (controller.dpo)
+    not_ready: list[tuple[str, str]]  # (login, ROLES key): no login yet, or not granted that role
 
 
 def role_names(prefix: str) -> dict[str, str]:
@@ -214,30 +323,59 @@ def role_names(prefix: str) -> dict[str, str]:
 
 def statements(prefix: str, schema: str, kept: list[str]) -> list[str]:
     """The statements that give the roles of `prefix` exactly their grants and row
-    policies, and make the query tables (not their rows) and the search function; `kept`:
-    the purposes the deployment allows to keep reads; `schema`: where the tables are."""
+    policies, and make the query and officer tables (not their rows) and the functions;
+    `kept`: the purposes the deployment allows to keep reads; `schema`: where the tables are."""
     roles = role_names(prefix)
     everyone = ", ".join(["PUBLIC", *roles.values()])
-    values = {"kept": f"ARRAY[{', '.join(_literal(code) for code in kept)}]::text[]"}
-    function = SEARCH_FUNCTION_SQL.format(
-        function=SEARCH_FUNCTION,
-        arguments=", ".join(f"{name} {kind}" for name, kind in SEARCH_ARGUMENTS),
-        schema=_identifier(schema),
-        purposes=PURPOSES_TABLE,
-        agents=AGENTS_TABLE,
-        lock=APPEND_LOCK,
-        genesis=GENESIS,
-    )
+    values = {"kept": _text_array(kept)}
     return [
         *QUERY_TABLES,
-        function,
-        f"REVOKE ALL ON TABLE {', '.join([*TABLES, PURPOSES_TABLE, AGENTS_TABLE])} FROM {everyone}",
+        *_functions(schema),
+        f"REVOKE ALL ON TABLE {', '.join([*TABLES, PURPOSES_TABLE, AGENTS_TABLE, DPO_TABLE])} FROM {everyone}",
         f"REVOKE ALL ON SEQUENCE {', '.join(SEQUENCES)} FROM {everyone}",
-        f"REVOKE ALL ON FUNCTION {SEARCH_SIGNATURE} FROM {everyone}",
+        f"REVOKE ALL ON FUNCTION {', '.join(f.signature for f in FUNCTIONS)} FROM {everyone}",
         *(f"GRANT {grant.privileges} ON {grant.on} TO {roles[grant.role]}" for grant in GRANTS),
         *(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY" for table in RLS_TABLES),
         *(f"DROP POLICY IF EXISTS {prefix}_{policy.name} ON {policy.table}" for policy in ROW_POLICIES),
         *(_create_policy(prefix, policy, roles, values) for policy in ROW_POLICIES),
+    ]
+
+
+def _functions(schema: str) -> list[str]:
+    """CREATE OR REPLACE of the search function and the two subject functions."""
+    common = {"schema": _identifier(schema), "stale": STALE_ROLES_SQL.strip()}
+
+    def audit(action: str, details: str) -> str:
+        return AUDIT_ENTRY_SQL.format(action=action, details=details, lock=APPEND_LOCK, genesis=GENESIS).strip()
+
+    search_details = (
+        "jsonb_build_object('purpose', p_purpose, 'plate_key', p_plate_key, 'procedure', p_procedure, "
+        "'passages', p_passages)"
+    )
+    subject = {"dpos": DPO_TABLE, "keep": _text_array(list(KEEP_HITS)), **common}
+    return [
+        SEARCH_FUNCTION_SQL.format(
+            function=SEARCH.name,
+            arguments=SEARCH.declaration,
+            purposes=PURPOSES_TABLE,
+            agents=AGENTS_TABLE,
+            audit=audit("query", search_details),
+            **common,
+        ),
+        SUBJECT_FUNCTION_SQL.format(
+            function=SUBJECT_RECORDS.name,
+            arguments=SUBJECT_RECORDS.declaration,
+            audit=audit("subject-access", REQUEST_DETAILS.format(more="")),
+            erase="false",
+            **subject,
+        ),
+        SUBJECT_FUNCTION_SQL.format(
+            function=SUBJECT_ERASE.name,
+            arguments=SUBJECT_ERASE.declaration,
+            audit=audit("erase", REQUEST_DETAILS.format(more=", 'reason', p_reason")),
+            erase="true",
+            **subject,
+        ),
     ]
 
 
@@ -269,6 +407,7 @@ def init_roles(store: ReadStore, audit: AuditLog, policy: Policy, prefix: str, u
     kept = {code: decision for code, decision in policy.decisions.items() if decision.stores_reads}
     agents = {code: list(deployment.purposes[code].safeguards.designated_agents) for code in kept}
     everyone = sorted({agent for names in agents.values() for agent in names})
+    officers = list(deployment.controller.dpo)
     try:
         with Session(store.engine) as session, session.begin():
             schema = session.execute(text("SELECT current_schema()")).scalar_one()
@@ -296,20 +435,38 @@ def init_roles(store: ReadStore, audit: AuditLog, policy: Policy, prefix: str, u
                     session.execute(
                         text(f"INSERT INTO {AGENTS_TABLE} VALUES (:purpose, :agent)"), {"purpose": code, "agent": agent}
                     )
-            ready = set(
+            session.execute(text(f"DELETE FROM {DPO_TABLE}"))
+            for login in officers:
                 session.execute(
-                    text(
-                        "SELECT rolname FROM pg_roles WHERE rolname = ANY(:agents) AND rolcanlogin "
-                        "AND pg_has_role(oid, :query, 'USAGE')"
-                    ),
-                    {"agents": everyone, "query": roles["query"]},
-                ).scalars()
-            )
-            details = {"prefix": prefix, "fingerprint": fingerprint, "created": created, "agents": agents}
+                    text(f"INSERT INTO {DPO_TABLE} VALUES (:login, :fingerprint)"),
+                    {"login": login, "fingerprint": fingerprint},
+                )
+            wanted = [(agent, "query") for agent in everyone] + [(login, "dpo") for login in officers]
+            not_ready = [(login, role) for login, role in wanted if not _ready(session, login, roles[role])]
+            details = {
+                "prefix": prefix,
+                "fingerprint": fingerprint,
+                "created": created,
+                "agents": agents,
+                "dpo": officers,
+            }
             audit.append("roles.init", user, details, session=session)
     except SQLAlchemyError as exc:
         raise database_error(exc)(f"cannot set the roles of {store.safe_url}: {first_line(exc)}") from None
-    return RolesReport(roles, created, list(kept), agents, [agent for agent in everyone if agent not in ready])
+    return RolesReport(roles, created, list(kept), agents, officers, not_ready)
+
+
+def _ready(session: Session, login: str, role: str) -> bool:
+    """Whether `login` is a login granted `role`."""
+    found = session.execute(
+        text("SELECT 1 FROM pg_roles WHERE rolname = :login AND rolcanlogin AND pg_has_role(oid, :role, 'USAGE')"),
+        {"login": login, "role": role},
+    )
+    return found.first() is not None
+
+
+def _text_array(values: list[str]) -> str:
+    return f"ARRAY[{', '.join(_literal(value) for value in values)}]::text[]"
 
 
 def _literal(value: str) -> str:

@@ -85,10 +85,13 @@ KEEPALIVE_IDLE_SECONDS, KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT = 10, 5, 3
 # gone by retention is also gone from the spool; the same holds for passages). Counted on
 # the wall clock.
 BATCH_KEY_SECONDS = 7 * 24 * 3600
-# The search function `anpr db init-roles` makes on PostgreSQL (roles.py): once it exists,
-# every `anpr db search` of the database goes through it.
+# The functions `anpr db init-roles` makes on PostgreSQL (roles.py): once they exist, every
+# `anpr db search` of the database goes through the first, and a data subject's requests
+# (`anpr db subject-access`, `anpr db erase`) through the other two.
 SEARCH_FUNCTION = "anpr_search"
-# What it raises (SQLSTATE): the login may not query; the audit entry it was given is not
+SUBJECT_RECORDS_FUNCTION = "anpr_subject_records"
+SUBJECT_ERASE_FUNCTION = "anpr_subject_erase"
+# What they raise (SQLSTATE): the login may not ask; the audit entry it was given is not
 # the next one (another entry came first: prepare it again).
 REFUSED, STALE_ENTRY = "42501", "40001"
 
@@ -98,14 +101,15 @@ class DatabaseUnavailable(StoreError):
     later, unlike a refused statement (integrity, schema, permission), which stays an error."""
 
 
-class SearchRefused(StoreError):
-    """The database's search function refused the query (roles.py): the login is not a
-    designated agent of the purpose, or the query roles are not set for this deployment."""
+class FunctionRefused(StoreError):
+    """A database function of roles.py refused the request: the login is not a designated
+    agent of the purpose (search) or a data-protection officer (a data subject's requests),
+    or the roles are not set for this deployment."""
 
 
 class StaleAuditEntry(StoreError):
-    """The audit entry prepared for the database's search function is no longer the next
-    one of the log (another entry was appended first): prepare it again."""
+    """The audit entry prepared for a database function is no longer the next one of the
+    log (another entry was appended first): prepare it again."""
 
 
 class Base(DeclarativeBase):
@@ -489,17 +493,71 @@ class ReadStore:
 
     def erase_plate(self, plate: str, keep_hits_of: Collection[str] = ()) -> int:
         """Delete every read and passage of `plate` (a data subject's erasure request) but
-        the hits kept under the rules `keep_hits_of`; the number of rows deleted."""
+        the hits kept under the rules `keep_hits_of`; the number of rows deleted. Then
+        `scrub_after_erasure`."""
         plate_key = self.keys.plate_digest(plate)
-        deleted = self._delete(
+        return self._delete(
             [
                 (table, (table.plate_key == plate_key) & ~(table.hit & table.rule_id.in_(list(keep_hits_of))))
                 for table in KEPT_TABLES
             ]
         )
-        if deleted:
+
+    def scrub_after_erasure(self) -> list[str]:
+        """After an erasure, make the deleted rows unreadable in every file of the database
+        this login can reach; what still holds them, each said in a sentence ([]: nothing).
+
+        SQLite: `_scrub`. PostgreSQL: VACUUM (the tables' owner only), then, where the server
+        removes the write-ahead log's old files instead of reusing them (wal_recycle off), a
+        switch to a new WAL file and a checkpoint, which retire the files that logged the rows
+        (superuser or pg_checkpoint). Measured: after both, no byte of the plate or its
+        keyed hash is left in the server's data directory (tests/test_roles.py)."""
+        if self._engine.dialect.name != "postgresql":
             self._scrub()
-        return deleted
+            return []
+        left: list[str] = []
+        with self._failures("cannot clean up deleted rows in"):
+            with self._engine.connect() as conn:
+                tables = ", ".join(f"'{table.__tablename__}'::regclass" for table in KEPT_TABLES)
+                owner = conn.exec_driver_sql(
+                    f"SELECT bool_and(pg_has_role(relowner, 'USAGE')) FROM pg_class WHERE oid IN ({tables})"
+                ).scalar()
+                recycle = conn.exec_driver_sql("SHOW wal_recycle").scalar()
+                archive = conn.exec_driver_sql("SHOW archive_mode").scalar()
+            if owner:
+                self._scrub()
+            else:
+                left.append(
+                    "the server's table files hold the deleted rows as dead tuples until a VACUUM, which only the "
+                    "tables' owner may run (autovacuum, or `anpr db purge` by the owner's login)"
+                )
+            if recycle == "on":
+                left.append(
+                    "the server reuses its write-ahead log files (wal_recycle on), which hold the deleted rows until "
+                    "overwritten: with wal_recycle = off, an erasure by a login that may CHECKPOINT removes them"
+                )
+            elif not self._retire_wal():
+                left.append(
+                    "this login may not switch and checkpoint the write-ahead log (superuser, or pg_checkpoint and "
+                    "EXECUTE on pg_switch_wal): its files hold the deleted rows until the server's checkpoints "
+                    "retire them"
+                )
+            if archive != "off":
+                left.append("the archived write-ahead log (archive_mode on) keeps them, out of anpr's reach")
+        return left
+
+    def _retire_wal(self) -> bool:
+        """Start a new write-ahead log file and checkpoint, so that the files that logged the
+        deleted rows are removed; False when this login may not."""
+        try:
+            with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("SELECT pg_switch_wal()")
+                conn.exec_driver_sql("CHECKPOINT")
+        except DBAPIError as exc:
+            if (getattr(exc.orig, "sqlstate", None) or "") == REFUSED:
+                return False
+            raise
+        return True
 
     def _scrub(self) -> None:
         """After a deletion, what makes the deleted rows unreadable in the database's files.
@@ -602,11 +660,19 @@ class ReadStore:
     def has_search_function(self) -> bool:
         """Whether queries go through the database's search function (PostgreSQL, once
         `anpr db init-roles` has made it); else `reads` and `passages` are read directly."""
+        return self._has_function(SEARCH_FUNCTION)
+
+    def has_subject_functions(self) -> bool:
+        """Whether a data subject's requests go through the database's functions for them
+        (PostgreSQL, once `anpr db init-roles` has made them)."""
+        return self._has_function(SUBJECT_RECORDS_FUNCTION)
+
+    def _has_function(self, name: str) -> bool:
         if self._engine.dialect.name != "postgresql":
             return False
         self._ensure_schema()
         with self._failures("cannot reach database"), self._engine.connect() as conn:
-            found = conn.execute(text("SELECT to_regproc(:name) IS NOT NULL"), {"name": SEARCH_FUNCTION})
+            found = conn.execute(text("SELECT to_regproc(:name) IS NOT NULL"), {"name": name})
             return bool(found.scalar())
 
     def search_function(
@@ -615,20 +681,49 @@ class ReadStore:
         """The rows of `plate` kept for `purpose` that the database's search function
         returns to this login, and how many no-hit rows it withheld; it inserts `entry`
         (the query's audit entry, an audit.AuditEntry, made with the key, which the database does not hold) in
-        the same transaction. Raises SearchRefused or StaleAuditEntry (roles.py)."""
-        self._ensure_schema()
-        entry_fields = ("seq", "at", "actor", "action", "details", "prev_hash", "entry_hash")
+        the same transaction. Raises FunctionRefused or StaleAuditEntry (roles.py)."""
         arguments = {
             "purpose": purpose,
             "plate_key": self.keys.plate_digest(plate),
             "procedure": procedure,
             "passages": passages,
-            **{name: getattr(entry, name) for name in entry_fields},
         }
-        call = f"SELECT {SEARCH_FUNCTION}({', '.join(f'p_{name} => :{name}' for name in arguments)})"
+        found = self._call(SEARCH_FUNCTION, arguments, entry, "cannot query database")
+        withheld = int(found["withheld"])
+        if passages:
+            return [PassageRow(**_from_json(PassageRow, row)).to_record() for row in found["rows"]], withheld
+        return [ReadRow(**_from_json(ReadRow, row)).to_record() for row in found["rows"]], withheld
+
+    def subject_records_function(self, entry: Base, forms: Sequence[str]) -> tuple[list[PolicedRead], list[Passage]]:
+        """Every read and passage of the plate in any of its `forms`, as the database's
+        function for a data subject's access request returns them to this login (a
+        data-protection officer); it inserts `entry` (audit.AuditEntry) in the same transaction."""
+        arguments = {"plate_keys": [self.keys.plate_digest(form) for form in forms]}
+        found = self._call(SUBJECT_RECORDS_FUNCTION, arguments, entry, "cannot query database")
+        return _records(found["reads"], found["passages"])
+
+    def subject_erase_function(
+        self, entry: Base, forms: Sequence[str], reason: str | None
+    ) -> tuple[int, list[PolicedRead], list[Passage]]:
+        """Delete every read and passage of the plate in any of its `forms` but the hits
+        a rule keeps, through the database's function for a data subject's erasure request;
+        the rows deleted, and the reads and passages kept. It inserts `entry` in the same
+        transaction. The deleted rows stay in the server's files until VACUUM, which only
+        the tables' owner may run (`_scrub` runs it when this login is the owner)."""
+        arguments = {"plate_keys": [self.keys.plate_digest(form) for form in forms], "reason": reason}
+        found = self._call(SUBJECT_ERASE_FUNCTION, arguments, entry, "cannot erase from database")
+        return int(found["deleted"]), *_records(found["reads"], found["passages"])
+
+    def _call(self, function: str, arguments: dict[str, Any], entry: Base, failure: str) -> Any:
+        """`function`'s answer to `arguments` and the audit `entry` it inserts; FunctionRefused,
+        StaleAuditEntry, or the store's error for any other failure."""
+        self._ensure_schema()
+        entry_fields = ("seq", "at", "actor", "action", "details", "prev_hash", "entry_hash")
+        arguments = {**arguments, **{name: getattr(entry, name) for name in entry_fields}}
+        call = f"SELECT {function}({', '.join(f'p_{name} => :{name}' for name in arguments)})"
         try:
             with self._engine.begin() as conn:
-                found = conn.execute(text(call), arguments).scalar_one()
+                return conn.execute(text(call), arguments).scalar_one()
         except DBAPIError as exc:
             state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
             diag = getattr(exc.orig, "diag", None)
@@ -636,14 +731,10 @@ class ReadStore:
             if state == STALE_ENTRY:
                 raise StaleAuditEntry(message) from None
             if state == REFUSED:
-                raise SearchRefused(message) from None
-            raise database_error(exc)(f"cannot query database {self.safe_url}: {first_line(exc)}") from None
+                raise FunctionRefused(message) from None
+            raise database_error(exc)(f"{failure} {self.safe_url}: {first_line(exc)}") from None
         except SQLAlchemyError as exc:
-            raise database_error(exc)(f"cannot query database {self.safe_url}: {first_line(exc)}") from None
-        withheld = int(found["withheld"])
-        if passages:
-            return [PassageRow(**_from_json(PassageRow, row)).to_record() for row in found["rows"]], withheld
-        return [ReadRow(**_from_json(ReadRow, row)).to_record() for row in found["rows"]], withheld
+            raise database_error(exc)(f"{failure} {self.safe_url}: {first_line(exc)}") from None
 
     def binding(self) -> DeploymentBindingRow | None:
         """The deployment this database serves (None before its first run)."""
@@ -678,6 +769,16 @@ def _from_json(table: type[KeptRow], row: Mapping[str, Any]) -> dict[str, Any]:
     stored is left out (no record holds it)."""
     columns = table.__table__.columns  # type: ignore[attr-defined]  # mapped subclasses have a table
     return {column.key: row[column.name] for column in columns if column.name != "stored_at"}
+
+
+def _records(
+    reads: list[Mapping[str, Any]], passages: list[Mapping[str, Any]]
+) -> tuple[list[PolicedRead], list[Passage]]:
+    """Rows as a database function returns them (JSON), as records."""
+    return (
+        [ReadRow(**_from_json(ReadRow, row)).to_record() for row in reads],
+        [PassageRow(**_from_json(PassageRow, row)).to_record() for row in passages],
+    )
 
 
 def _any_stored(session: Session, row: type[KeptRow], keys: list[str]) -> bool:

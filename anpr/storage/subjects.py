@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from anpr.errors import ConfigError, PolicyRefusal
 from anpr.policy.engine import Policy
@@ -36,6 +36,9 @@ from anpr.redact import printable
 from anpr.storage.binding import require_binding
 from anpr.storage.outbox import erase_subject_records, subject_records
 from anpr.storage.spool import MARKER_NAME, SPOOL
+from anpr.storage.store import FunctionRefused
+
+T = TypeVar("T")
 
 DATABASE = "database"
 # What a record holds besides its plate, by kind (no image is ever kept).
@@ -106,6 +109,7 @@ class Erasure:
     forms: tuple[str, ...]
     erased: dict[str, int] = field(default_factory=dict)  # place -> records removed
     kept: list[HeldRecord] = field(default_factory=list)
+    still_held: list[str] = field(default_factory=list)  # what of the database's files anpr could not scrub, and why
 
     @property
     def total(self) -> int:
@@ -140,12 +144,16 @@ def subject_access(store, policy: Policy, audit, plate: str, user: str, spool_di
     forms = _forms(policy, plate)
     require_dpo(policy, audit, user, "subject-access")
     require_binding(store, audit, policy.deployment, user, bind_if_new=False)
-    records, places = _held(store, policy, forms, spool_dir)
-    audit.append(
-        "subject-access",
-        user,
-        {"request_key": store.keys.request_digest(forms[0]), "forms": len(forms), "records": len(records)},
-    )
+    request = _request(store, forms)
+    files, places = _held_in_files(policy, forms, spool_dir)
+    if store.has_subject_functions():
+        reads, passages = _through_database(
+            audit, "subject-access", user, request, lambda entry: store.subject_records_function(entry, forms)
+        )
+        database = [_from_database(row) for row in [*reads, *passages]]
+    else:
+        database = _held_in_database(store, forms)
+        audit.append("subject-access", user, {**request, "records": len(database) + len(files)})
     deployment = policy.deployment
     return SubjectAnswer(
         forms[0],
@@ -156,9 +164,9 @@ def subject_access(store, policy: Policy, audit, plate: str, user: str, spool_di
         deployment.controller.contact,
         user,
         time.time(),
-        records,
+        _in_order(database + files),
         _nothing_kept(policy),
-        places,
+        [f"{DATABASE} {store.safe_url}", *places],
     )
 
 
@@ -167,33 +175,64 @@ def erase(store, policy: Policy, audit, plate: str, user: str, spool_dir: str, r
     forms = _forms(policy, plate)
     if reason is not None and any(form in normalise(reason) for form in forms):
         raise ConfigError("--reason must not name the plate: the audit log keeps the reason for good")
+    reason = None if reason is None else printable(reason)
     require_dpo(policy, audit, user, "erase")
     require_binding(store, audit, policy.deployment, user, bind_if_new=False)
-    held, _ = _held(store, policy, forms, spool_dir)
+    request = {**_request(store, forms), "reason": reason}
+    files, _ = _held_in_files(policy, forms, spool_dir)
+    erasure = Erasure(forms, kept=[r for r in files if r.kept_on_erasure])
+    if store.has_subject_functions():  # the database's function checks, deletes and audits at once, first
+        deleted, reads, passages = _through_database(
+            audit, "erase", user, request, lambda entry: store.subject_erase_function(entry, forms, reason)
+        )
+        erasure.kept[:0] = [_from_database(row) for row in [*reads, *passages]]  # what is left is what is kept
+        _erase_database(store, deleted, erasure)
+        _erase_files(policy, forms, spool_dir, erasure)
+        return erasure
+    # Files first, as before the database: a folder a run holds stops the request before any deletion.
+    erasure.kept[:0] = [r for r in _held_in_database(store, forms) if r.kept_on_erasure]
+    _erase_files(policy, forms, spool_dir, erasure)
+    _erase_database(store, sum(store.erase_plate(form, KEEP_HITS) for form in forms), erasure)
+    audit.append("erase", user, {**request, "deleted": erasure.total, "kept": len(erasure.kept)})
+    return erasure
+
+
+def _erase_database(store, deleted: int, erasure: Erasure) -> None:
+    erasure.erased[DATABASE] = deleted
+    if deleted:
+        erasure.still_held.extend(store.scrub_after_erasure())
+
+
+def _request(store, forms: tuple[str, ...]) -> dict[str, Any]:
+    """What a request's audit entry says of it: its own keyed hash of the plate, never the plate."""
+    return {"request_key": store.keys.request_digest(forms[0]), "forms": len(forms)}
+
+
+def _through_database(audit, action: str, user: str, request: dict[str, Any], call: Callable[[Any], T]) -> T:
+    """`call` of a database function (PostgreSQL, storage/roles.py), which checks the login
+    and inserts the request's audit entry, made here with the key; its refusal audited and
+    raised as PolicyRefusal."""
+    try:
+        return audit.append_through(call, action, user, request)
+    except FunctionRefused as exc:
+        reason = f"the database refused it: {exc}"
+        audit.append(f"{action}.refused", user, {"reason": reason})
+        raise PolicyRefusal(f"{action} refused: {reason}") from None
+
+
+def _erase_files(policy: Policy, forms: tuple[str, ...], spool_dir: str, erasure: Erasure) -> None:
+    """Remove the plate's records that no rule keeps from the spools and the sinks' files."""
     matches = _plate_matcher(forms)
 
     def goes(record: dict[str, Any]) -> bool:
         return matches(str(record.get("plate", ""))) and not _kept_on_erasure(record)
 
-    erasure = Erasure(forms, kept=[r for r in held if r.kept_on_erasure])
     for folder in spool_folders(spool_dir):
         erasure.erased[f"spool folder {folder}"] = erase_subject_records(SPOOL, folder, goes)
     for name, sink in policy.deployment.sinks.items():
         removed = sink.erase_records(name, goes)
         if removed is not None:
             erasure.erased[removed[1]] = removed[0]
-    erasure.erased[DATABASE] = sum(store.erase_plate(form, KEEP_HITS) for form in forms)
-    audit.append(
-        "erase",
-        user,
-        {
-            "request_key": store.keys.request_digest(forms[0]),
-            "deleted": erasure.total,
-            "kept": len(erasure.kept),
-            "reason": None if reason is None else printable(reason),
-        },
-    )
-    return erasure
 
 
 def _forms(policy: Policy, plate: str) -> tuple[str, ...]:
@@ -207,9 +246,8 @@ def _plate_matcher(forms: tuple[str, ...]) -> Callable[[str], bool]:
     return lambda text: text in wanted
 
 
-def _held(store, policy: Policy, forms: tuple[str, ...], spool_dir: str) -> tuple[list[HeldRecord], list[str]]:
-    """The plate's records in every place, and the places searched."""
-    matches = _plate_matcher(forms)
+def _held_in_database(store, forms: tuple[str, ...]) -> list[HeldRecord]:
+    """The plate's reads and passages in the database, each once, read directly."""
     seen: set[str] = set()
     records: list[HeldRecord] = []
     for form in forms:
@@ -217,7 +255,14 @@ def _held(store, policy: Policy, forms: tuple[str, ...], spool_dir: str) -> tupl
             if row.key not in seen:
                 seen.add(row.key)
                 records.append(_from_database(row))
-    places = [f"{DATABASE} {store.safe_url}"]
+    return records
+
+
+def _held_in_files(policy: Policy, forms: tuple[str, ...], spool_dir: str) -> tuple[list[HeldRecord], list[str]]:
+    """The plate's records in the spools and the sinks' files, and the places searched."""
+    matches = _plate_matcher(forms)
+    records: list[HeldRecord] = []
+    places: list[str] = []
     for folder in spool_folders(spool_dir):
         places.append(f"spool folder {folder}")
         records += [_from_file(f"spool folder {folder}", r) for r in subject_records(SPOOL, folder, matches)]
@@ -226,8 +271,11 @@ def _held(store, policy: Policy, forms: tuple[str, ...], spool_dir: str) -> tupl
         if found is not None:
             places.append(found[0])
             records += [_from_file(found[0], r) for r in found[1]]
-    records.sort(key=lambda r: (r.time, r.where))
     return records, places
+
+
+def _in_order(records: list[HeldRecord]) -> list[HeldRecord]:
+    return sorted(records, key=lambda r: (r.time, r.where))
 
 
 def _kept_on_erasure(record: dict[str, Any]) -> bool:
