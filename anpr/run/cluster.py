@@ -80,7 +80,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -108,7 +107,7 @@ from anpr.run.assemble import CameraSource, Models, build_lanes, load_models, op
 from anpr.run.outputs import PassageOutput, ProgressLine, StatusLog, lane_status
 from anpr.run.pipeline import DRAIN_SECONDS, Lane, run_lanes
 from anpr.storage.keys import Keys
-from anpr.storage.spool import SpooledStore, SpoolInUse
+from anpr.storage.spool import SpooledStore, SpoolInUse, node_spool_dir
 from anpr.storage.store import DatabaseUnavailable, ReadStore, database_url
 
 log = logging.getLogger("anpr")
@@ -324,13 +323,16 @@ def _drain(kept: deque[Any]) -> list[Any]:
 def open_node_spool(store: ReadStore, settings: RunSettings, base: str) -> SpooledStore:
     """The node's outage spool: `<base>-<host>-<n>`, the first such folder no other process
     holds (a machine may run several nodes). Retention of the database is the driver's."""
-    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+    host = socket.gethostname()
     for n in range(MAX_NODE_SPOOLS):
+        folder = node_spool_dir(base, host, n)
         try:
-            return SpooledStore(store, f"{base}-{host}-{n}", settings.store.spool_max_mb * 2**20, purge_database=False)
+            return SpooledStore(store, folder, settings.store.spool_max_mb * 2**20, purge_database=False)
         except SpoolInUse:
             continue
-    raise ClusterError(f"every spool folder {base}-{host}-0 to -{MAX_NODE_SPOOLS - 1} is in use on {host}")
+    raise ClusterError(
+        f"every spool folder {node_spool_dir(base, host, 0)} to -{MAX_NODE_SPOOLS - 1} is in use on {host}"
+    )
 
 
 class NodeRun:

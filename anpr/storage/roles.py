@@ -208,6 +208,15 @@ AUDIT_ENTRY_SQL = """
         VALUES (p_seq, p_at, p_actor, p_action, p_details, p_prev_hash, p_entry_hash);
 """
 
+# Every function runs as the owner, with the search path pinned (no object of the caller's
+# can stand in for a table), and gives times to the last digit.
+FUNCTION_HEADER_SQL = """
+CREATE OR REPLACE FUNCTION {function}({arguments}) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = {schema}, pg_temp
+SET extra_float_digits = 1
+"""
+
 STALE_ROLES_SQL = """
         RAISE EXCEPTION USING ERRCODE = '42501',
             MESSAGE = 'the database does not serve the deployment its roles were set for: '
@@ -215,11 +224,7 @@ STALE_ROLES_SQL = """
 """
 
 SEARCH_FUNCTION_SQL = """
-CREATE OR REPLACE FUNCTION {function}({arguments}) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = {schema}, pg_temp
-SET extra_float_digits = 1
-AS $search$
+{header}AS $search$
 DECLARE
     v_hits_only boolean;
     v_fingerprint text;
@@ -259,11 +264,7 @@ $search$
 # its purpose and deadline (what is held, not what a query may see); the erasure leaves the
 # hits of the rules that keep them ({keep}, subjects.KEEP_HITS) and returns them as kept.
 SUBJECT_FUNCTION_SQL = """
-CREATE OR REPLACE FUNCTION {function}({arguments}) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = {schema}, pg_temp
-SET extra_float_digits = 1
-AS $subject$
+{header}AS $subject$
 DECLARE
     v_last_seq bigint;
     v_last_hash text;
@@ -343,7 +344,12 @@ def statements(prefix: str, schema: str, kept: list[str]) -> list[str]:
 
 def _functions(schema: str) -> list[str]:
     """CREATE OR REPLACE of the search function and the two subject functions."""
-    common = {"schema": _identifier(schema), "stale": STALE_ROLES_SQL.strip()}
+    common = {"stale": STALE_ROLES_SQL.strip()}
+
+    def header(function: Function) -> str:
+        return FUNCTION_HEADER_SQL.format(
+            function=function.name, arguments=function.declaration, schema=_identifier(schema)
+        ).lstrip("\n")
 
     def audit(action: str, details: str) -> str:
         return AUDIT_ENTRY_SQL.format(action=action, details=details, lock=APPEND_LOCK, genesis=GENESIS).strip()
@@ -355,23 +361,20 @@ def _functions(schema: str) -> list[str]:
     subject = {"dpos": DPO_TABLE, "keep": _text_array(list(KEEP_HITS)), **common}
     return [
         SEARCH_FUNCTION_SQL.format(
-            function=SEARCH.name,
-            arguments=SEARCH.declaration,
+            header=header(SEARCH),
             purposes=PURPOSES_TABLE,
             agents=AGENTS_TABLE,
             audit=audit("query", search_details),
             **common,
         ),
         SUBJECT_FUNCTION_SQL.format(
-            function=SUBJECT_RECORDS.name,
-            arguments=SUBJECT_RECORDS.declaration,
+            header=header(SUBJECT_RECORDS),
             audit=audit("subject-access", REQUEST_DETAILS.format(more="")),
             erase="false",
             **subject,
         ),
         SUBJECT_FUNCTION_SQL.format(
-            function=SUBJECT_ERASE.name,
-            arguments=SUBJECT_ERASE.declaration,
+            header=header(SUBJECT_ERASE),
             audit=audit("erase", REQUEST_DETAILS.format(more=", 'reason', p_reason")),
             erase="true",
             **subject,

@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -397,6 +398,19 @@ class SpooledStore:
             self.status.flushed_reads += len(batch.reads)
         else:
             self.status.duplicate_batches += 1
+
+
+def node_spool_dir(spool_dir: str, host: str, n: int) -> str:
+    """The `n`th outage spool of a cluster node on `host`, beside the run's own spool_dir
+    (a machine may run several nodes: run/cluster.py takes the first no process holds)."""
+    return f"{spool_dir}-{re.sub(r'[^A-Za-z0-9._-]', '_', host)}-{n}"
+
+
+def spool_folders(spool_dir: str) -> list[Path]:
+    """The run's spool folder and the cluster nodes' beside it (`node_spool_dir`)."""
+    base = Path(spool_dir).expanduser()
+    nodes = sorted(p for p in base.parent.glob(f"{base.name}-*") if (p / MARKER_NAME).is_file())
+    return [base, *nodes]
 
 
 def expire_spool(directory: str | os.PathLike[str], now: float) -> ExpiredSpool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from anpr.errors import ConfigError, PolicyRefusal
@@ -35,7 +34,7 @@ from anpr.records import Passage, PolicedRead
 from anpr.redact import printable
 from anpr.storage.binding import require_binding
 from anpr.storage.outbox import erase_subject_records, subject_records
-from anpr.storage.spool import MARKER_NAME, SPOOL
+from anpr.storage.spool import SPOOL, spool_folders
 from anpr.storage.store import FunctionRefused
 
 T = TypeVar("T")
@@ -129,13 +128,6 @@ def require_dpo(policy: Policy, audit, user: str, action: str) -> None:
     )
     audit.append(f"{action}.refused", user, {"reason": reason})
     raise PolicyRefusal(f"{action} refused: {reason}")
-
-
-def spool_folders(spool_dir: str) -> list[Path]:
-    """The run's spool folder and the cluster nodes' beside it (`<spool_dir>-<host>-<n>`)."""
-    base = Path(spool_dir).expanduser()
-    nodes = sorted(p for p in base.parent.glob(f"{base.name}-*") if (p / MARKER_NAME).is_file())
-    return [base, *nodes]
 
 
 def subject_access(store, policy: Policy, audit, plate: str, user: str, spool_dir: str) -> SubjectAnswer:
