@@ -8,15 +8,15 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, StrictInt, field_validator, model_validator
 
-from anpr.config.sinks import QueuedSinkSettings, SinkSettings, safe_name, variable_name
+from anpr.config.sinks import SinkSettings, safe_name, variable_name
 from anpr.records import Passage, PolicedRead
-from anpr.storage.outbox import Batch, Kind, OutboxInUse, erase_subject_records, expire_offline, subject_records
+from anpr.sinks.queued import DiskQueueSettings, expire_queue
+from anpr.storage.outbox import Batch, Kind
 
 QUEUE_FORMAT = 1
 
@@ -27,7 +27,7 @@ MQTT_QUEUE_PREFIX = "anpr-mqtt-"
 _TOPIC_FORBIDDEN = re.compile(r"[+#\x00-\x1f\x7f]")  # wildcards and control characters
 
 
-class MqttSettings(QueuedSinkSettings):
+class MqttSettings(DiskQueueSettings):
     QUEUE_PREFIX = MQTT_QUEUE_PREFIX  # unacknowledged messages wait in anpr-mqtt-NAME
     type: Literal["mqtt"]
     host: str = Field(min_length=1)  # the broker's host name or IP address
@@ -87,17 +87,9 @@ class MqttSettings(QueuedSinkSettings):
         queued = super().for_sink(name)
         return queued.model_copy(update={"client_id": self.client_id or f"anpr-{safe_name(name)}"})
 
-    def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
-        folder = self.queue_folder(name)
-        return expire_mqtt_queue(folder, now), f"MQTT queue {folder}"
-
-    def held_records(self, name: str, plate: Callable[[str], bool]) -> tuple[str, list[dict[str, Any]]] | None:
-        folder = self.queue_folder(name)
-        return f"MQTT queue {folder}", subject_records(MQTT_QUEUE, folder, plate)
-
-    def erase_records(self, name: str, erase: Callable[[dict[str, Any]], bool]) -> tuple[int, str] | None:
-        folder = self.queue_folder(name)
-        return erase_subject_records(MQTT_QUEUE, folder, erase), f"MQTT queue {folder}"
+    @classmethod
+    def queue_kind(cls) -> Kind:
+        return MQTT_QUEUE
 
 
 def _encode_queued(batch: Batch, queued_at: float) -> bytes:
@@ -132,14 +124,5 @@ MQTT_QUEUE = Kind(
 
 
 def expire_mqtt_queue(folder: str | os.PathLike[str], now: float) -> int:
-    """Apply retention to an MQTT sink's queue folder offline (as `anpr db purge` does the
-    database): remove the queued reads and passages whose `delete_after` is at or before
-    `now`; the number removed. A missing folder holds nothing; a folder a run is using is
-    left to that run, which applies retention at each write (0). StoreError when it is not
-    an MQTT queue."""
-    try:
-        expired = expire_offline(MQTT_QUEUE, folder, now, busy="that run applies retention itself")
-    except OutboxInUse:
-        log.info("MQTT queue %s is in use by a run, which applies retention itself", folder)
-        return 0
-    return expired.reads + expired.passages
+    """Retention of an MQTT sink's queue folder offline (`anpr.sinks.queued.expire_queue`)."""
+    return expire_queue(MQTT_QUEUE, folder, now)

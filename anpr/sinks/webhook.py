@@ -22,24 +22,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from anpr.config.sinks import QueuedSinkSettings, variable_name
+from anpr.config.sinks import variable_name
 from anpr.errors import ConfigError
 from anpr.records import PolicedRead
 from anpr.redact import redact, redact_text
 
 if TYPE_CHECKING:
     from anpr.policy.gate import PolicedSink
-from anpr.storage.outbox import (
-    Backoff,
-    Batch,
-    Kind,
-    Outbox,
-    OutboxInUse,
-    Reachability,
-    erase_subject_records,
-    expire_offline,
-    subject_records,
-)
+from anpr.sinks.queued import DiskQueueSettings, expire_queue
+from anpr.storage.outbox import Backoff, Batch, Kind, Outbox, Reachability
 
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 INITIAL_BACKOFF_SECONDS = 1.0
@@ -55,7 +46,7 @@ QUEUE_FORMAT = 1
 log = logging.getLogger(__name__)
 
 
-class WebhookSettings(QueuedSinkSettings):
+class WebhookSettings(DiskQueueSettings):
     QUEUE_PREFIX = WEBHOOK_QUEUE_PREFIX  # undelivered batches wait in anpr-webhook-NAME
     type: Literal["webhook"]
     # Hosts that may be sent reads over plain http:// (a receiver on the same machine or
@@ -99,17 +90,9 @@ class WebhookSettings(QueuedSinkSettings):
 
     _variables = field_validator("auth_env")(variable_name)
 
-    def purge_files(self, name: str, now: float) -> tuple[int, str] | None:
-        folder = self.queue_folder(name)
-        return expire_webhook_queue(folder, now), f"queue {folder}"
-
-    def held_records(self, name: str, plate: Callable[[str], bool]) -> tuple[str, list[dict[str, Any]]] | None:
-        folder = self.queue_folder(name)
-        return f"webhook queue {folder}", subject_records(WEBHOOK_QUEUE, folder, plate)
-
-    def erase_records(self, name: str, erase: Callable[[dict[str, Any]], bool]) -> tuple[int, str] | None:
-        folder = self.queue_folder(name)
-        return erase_subject_records(WEBHOOK_QUEUE, folder, erase), f"webhook queue {folder}"
+    @classmethod
+    def queue_kind(cls) -> Kind:
+        return WEBHOOK_QUEUE
 
 
 class WebhookFailed(Exception):
@@ -323,15 +306,8 @@ class Webhook:
 
 
 def expire_webhook_queue(folder: str | os.PathLike[str], now: float) -> int:
-    """Apply retention to a webhook's queue folder offline (as `anpr db purge` does the
-    database): remove the queued reads whose `delete_after` is at or before `now`; the
-    number removed. A missing folder holds nothing; a folder a run is using is left to that
-    run, which applies retention at each write (0). StoreError when it is not a webhook queue."""
-    try:
-        return expire_offline(WEBHOOK_QUEUE, folder, now, busy="that run applies retention itself").reads
-    except OutboxInUse:
-        log.info("webhook queue %s is in use by a run, which applies retention itself", folder)
-        return 0
+    """Retention of a webhook's queue folder offline (`anpr.sinks.queued.expire_queue`)."""
+    return expire_queue(WEBHOOK_QUEUE, folder, now)
 
 
 # --- MQTT (the client: anpr/sinks/mqtt_client.py) ----------------------------------------------------------
