@@ -284,7 +284,7 @@ def db_subject_access(
     deployment's data-protection officer (controller.dpo) may ask (else exit 3); audited with
     the plate's keyed hash only. Letters are written 0600."""
     from anpr.show.letter import render_letter_html, render_letter_markdown
-    from anpr.show.report import write_report
+    from anpr.show.page import write_report
     from anpr.storage.subjects import subject_access
 
     settings, policy = _deployment(config, db)
@@ -399,7 +399,8 @@ def report(
     counted only per day (with a chart); deletions; queries; the audit log's state. Aggregates
     only, never a plate; files written 0600; writes nothing to the database."""
     from anpr.errors import ConfigError
-    from anpr.show.report import render_html, render_markdown, write_report
+    from anpr.show.page import write_report
+    from anpr.show.report import render_html, render_markdown
 
     if html is None and md is None:
         raise ConfigError("nothing to write: give --html OUT.html, --md OUT.md, or both")

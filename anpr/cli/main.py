@@ -468,7 +468,7 @@ def evaluate_command(
 
     evaluate_sets(datasets, crops, settings, chosen_split, regions, progress, measured, scenes)
     if errors:
-        from anpr.show.report import write_report
+        from anpr.show.page import write_report
 
         write_report(errors, "".join(lines), "the errors file")
     if plot is not None:

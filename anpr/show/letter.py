@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from anpr.show.report import _CSS, _esc, _html_table, _md_cell, _md_table
+from anpr.show.page import CSS, esc, html_table, md_cell, md_table
 from anpr.storage.subjects import NO_IMAGE, SubjectAnswer
 
 RIGHTS = (
@@ -59,31 +59,29 @@ def _contact(answer: SubjectAnswer) -> str:
 
 def render_letter_markdown(answer: SubjectAnswer) -> str:
     out = [
-        f"# Your request about the plate {_md_cell(answer.plate)}",
+        f"# Your request about the plate {md_cell(answer.plate)}",
         "",
-        _md_cell(f"{answer.deployment or answer.controller}, {_utc(answer.asked_at)} UTC. {_contact(answer)}"),
+        md_cell(f"{answer.deployment or answer.controller}, {_utc(answer.asked_at)} UTC. {_contact(answer)}"),
         "",
-        f"**{_md_cell(_summary(answer))}** {_md_cell(NO_IMAGE)}",
+        f"**{md_cell(_summary(answer))}** {md_cell(NO_IMAGE)}",
         "",
     ]
     if answer.records:
-        out += _md_table(_HEADER, _rows(answer))
+        out += md_table(_HEADER, _rows(answer))
     if answer.nothing_kept:
         out += ["## Purposes that keep nothing about a plate", ""]
-        out += [f"- {_md_cell(purpose)}: {_md_cell(why)}" for purpose, why in answer.nothing_kept]
+        out += [f"- {md_cell(purpose)}: {md_cell(why)}" for purpose, why in answer.nothing_kept]
         out.append("")
     out += [
         "## How we looked",
         "",
-        _md_cell(
-            f"The plate was looked for as {', '.join(answer.forms)} (the forms under which it may be stored), in:"
-        ),
+        md_cell(f"The plate was looked for as {', '.join(answer.forms)} (the forms under which it may be stored), in:"),
         "",
-        *[f"- {_md_cell(place)}" for place in answer.places],
+        *[f"- {md_cell(place)}" for place in answer.places],
         "",
         "## Your rights",
         "",
-        *[f"- {_md_cell(text)}" for text in RIGHTS],
+        *[f"- {md_cell(text)}" for text in RIGHTS],
         "",
     ]
     return "\n".join(out)
@@ -92,21 +90,21 @@ def render_letter_markdown(answer: SubjectAnswer) -> str:
 def render_letter_html(answer: SubjectAnswer) -> str:
     title = f"Your request about the plate {answer.plate}"
     parts = [
-        f"<h1>{_esc(title)}</h1>",
-        f"<p>{_esc(answer.deployment or answer.controller)}, {_esc(_utc(answer.asked_at))} UTC. "
-        f"{_esc(_contact(answer))}</p>",
-        f'<p class="notice"><b>{_esc(_summary(answer))}</b> {_esc(NO_IMAGE)}</p>',
+        f"<h1>{esc(title)}</h1>",
+        f"<p>{esc(answer.deployment or answer.controller)}, {esc(_utc(answer.asked_at))} UTC. "
+        f"{esc(_contact(answer))}</p>",
+        f'<p class="notice"><b>{esc(_summary(answer))}</b> {esc(NO_IMAGE)}</p>',
     ]
     if answer.records:
-        parts.append(_html_table(_HEADER, _rows(answer), table_id="records"))
+        parts.append(html_table(_HEADER, _rows(answer), table_id="records"))
     if answer.nothing_kept:
-        items = "".join(f"<li><b>{_esc(p)}</b>: {_esc(why)}</li>" for p, why in answer.nothing_kept)
+        items = "".join(f"<li><b>{esc(p)}</b>: {esc(why)}</li>" for p, why in answer.nothing_kept)
         parts.append(f'<section id="nothing-kept"><h2>Purposes that keep nothing about a plate</h2><ul>{items}</ul>')
         parts.append("</section>")
-    places = "".join(f"<li>{_esc(place)}</li>" for place in answer.places)
-    rights = "".join(f"<li>{_esc(text)}</li>" for text in RIGHTS)
+    places = "".join(f"<li>{esc(place)}</li>" for place in answer.places)
+    rights = "".join(f"<li>{esc(text)}</li>" for text in RIGHTS)
     parts += [
-        f'<section id="how"><h2>How we looked</h2><p>{_esc("The plate was looked for as " + ", ".join(answer.forms))}'
+        f'<section id="how"><h2>How we looked</h2><p>{esc("The plate was looked for as " + ", ".join(answer.forms))}'
         f" (the forms it may be stored under), in:</p><ul>{places}</ul></section>",
         f'<section id="rights"><h2>Your rights</h2><ul>{rights}</ul></section>',
     ]
@@ -114,5 +112,5 @@ def render_letter_html(answer: SubjectAnswer) -> str:
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         "<meta http-equiv=Content-Security-Policy content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )

@@ -17,7 +17,6 @@ plate and changes nothing) and no checkpoint.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import time
@@ -27,13 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anpr.errors import ConfigError
-from anpr.files import write_private
 from anpr.policy.engine import Policy, describe_safeguard
 from anpr.policy.rules import CONTROLLER_TYPES, KEPT
 from anpr.records import Outcome
-from anpr.redact import printable
 from anpr.run.outputs import decision_lines
+from anpr.show.page import CSS, cell_text, esc, html_table, key_value_table, md_cell, md_table
 from anpr.storage.audit import AuditEntry, AuditState, inspect_database
 from anpr.storage.binding import require_binding
 
@@ -526,47 +523,20 @@ def _query_text(q: QueryMade) -> str:
 # --- writing ---------------------------------------------------------------------------------------
 
 
-def write_report(path: Path, text: str, what: str = "the report") -> None:
-    """Write an output file (a report, a letter, eval's errors), readable by its owner only
-    (0600, never through a link): it describes the deployment, or holds plates."""
-    try:
-        write_private(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
-
-
 # --- Markdown --------------------------------------------------------------------------------------
-
-
-# Markdown's active characters in text from outside (names, a refused query's purpose): HTML
-# (`<script>`, `<img onerror>`, an autolink) as entities, which every renderer shows as text;
-# links, images, code and emphasis, and a table cell's end, backslash-escaped. An underscore
-# is left: inside a word (parking_fps) it is never emphasis, and elsewhere it only italicises.
-_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", **{ch: "\\" + ch for ch in "\\`*[]|"}})
-
-
-def _md_cell(value: Any) -> str:
-    """`value` as Markdown text that renders as itself, on one line (redact.printable)."""
-    return printable(str(value)).translate(_MD_ESCAPES)
-
-
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in rows]
-    return [*lines, ""]
 
 
 def render_markdown(data: ReportData) -> str:
     """The report as Markdown: the same figures, the chart as a table of days."""
-    out = [f"# Compliance report: {_md_cell(data.deployment)}", "", f"*{NO_PLATES}*", ""]
-    out += _md_table(["", ""], _identity_rows(data))
+    out = [f"# Compliance report: {md_cell(data.deployment)}", "", f"*{NO_PLATES}*", ""]
+    out += md_table(["", ""], _identity_rows(data))
     out += ["## Controller", ""]
-    out += _md_table(["type", "name", "jurisdiction", "plate region"], [_controller_row(data)])
+    out += md_table(["type", "name", "jurisdiction", "plate region"], [_controller_row(data)])
     out += ["## Cameras and purposes", ""]
     for camera in data.cameras:
-        out += [f"### Camera {_md_cell(camera.id)}" + (f" ({_md_cell(camera.location)})" if camera.location else "")]
-        out += ["", "As `anpr run` announces it:", ""] + [f"- {_md_cell(line)}" for line in camera.announced] + [""]
-    out += _md_table(
+        out += [f"### Camera {md_cell(camera.id)}" + (f" ({md_cell(camera.location)})" if camera.location else "")]
+        out += ["", "As `anpr run` announces it:", ""] + [f"- {md_cell(line)}" for line in camera.announced] + [""]
+    out += md_table(
         ["purpose", "cameras", "verdict", "rule", "legal references", "rule text", "safeguards"],
         [
             (
@@ -582,25 +552,25 @@ def render_markdown(data: ReportData) -> str:
         ],
     )
     out += ["## Retention in force", ""]
-    out += _md_table(
+    out += md_table(
         ["purpose", "verdict", "days", "hit days", "what the rule says", "keeps", "notes"],
         [_retention_row(p) for p in data.purposes],
     )
     out += ["## Reads per day (UTC)", "", _DAYS_NOTE, ""]
-    out += _md_table(["day", *(label for _, label, _ in SERIES)], _day_rows(data))
+    out += md_table(["day", *(label for _, label, _ in SERIES)], _day_rows(data))
     out += ["### By camera and purpose", ""]
-    out += _md_table(_COUNTS_HEADER, _counts_rows(data))
+    out += md_table(_COUNTS_HEADER, _counts_rows(data))
     out += ["## Deletions", ""]
-    out += _md_table(_DELETION_HEADER, _deletion_rows(data)) if data.deletions else ["None recorded.", ""]
+    out += md_table(_DELETION_HEADER, _deletion_rows(data)) if data.deletions else ["None recorded.", ""]
     out += ["## Queries", ""]
-    out += _md_table(_QUERY_HEADER, _query_rows(data)) if data.queries else ["None recorded.", ""]
+    out += md_table(_QUERY_HEADER, _query_rows(data)) if data.queries else ["None recorded.", ""]
     out += ["## Data-subject requests", "", _SUBJECTS_NOTE, ""]
-    out += _md_table(_SUBJECT_HEADER, _subject_rows(data)) if data.subject_requests else ["None recorded.", ""]
-    out += ["## Audit log", "", f"**{_audit_verdict(data.audit)}**: {_md_cell(data.audit.summary())}", ""]
-    out += _md_table(["", ""], _audit_rows(data.audit))
+    out += md_table(_SUBJECT_HEADER, _subject_rows(data)) if data.subject_requests else ["None recorded.", ""]
+    out += ["## Audit log", "", f"**{_audit_verdict(data.audit)}**: {md_cell(data.audit.summary())}", ""]
+    out += md_table(["", ""], _audit_rows(data.audit))
     if data.audit.problems:
-        out += _md_table(["entry", "problem", "what"], [(p.seq, p.kind, p.message) for p in data.audit.problems])
-    out += _md_table(["action", "entries"], sorted(data.actions.items()))
+        out += md_table(["entry", "problem", "what"], [(p.seq, p.kind, p.message) for p in data.audit.problems])
+    out += md_table(["action", "entries"], sorted(data.actions.items()))
     return "\n".join(out)
 
 
@@ -744,70 +714,6 @@ def _kinds(kinds: Counter[str], only: Sequence[str] = ("edited", "deleted", "reo
 
 # --- HTML ----------------------------------------------------------------------------------------
 
-_CSS = """
-:root { color-scheme: light; }
-body { font-family: system-ui, sans-serif; color: #1a202c; background: #fff; margin: 2rem auto;
-  max-width: 62rem; padding: 0 1rem; line-height: 1.4; font-size: 15px; }
-h1 { font-size: 1.6rem; margin-bottom: .2rem; }
-h2 { font-size: 1.25rem; border-bottom: 2px solid #cbd5e0; padding-bottom: .2rem; margin-top: 2rem; }
-h3 { font-size: 1.05rem; margin-bottom: .3rem; }
-table { border-collapse: collapse; width: 100%; margin: .5rem 0 1rem; font-size: .9rem; }
-th, td { border: 1px solid #cbd5e0; padding: .3rem .45rem; text-align: left; vertical-align: top;
-  overflow-wrap: break-word; }
-table.pairs th { width: 14rem; }
-table.pairs td { overflow-wrap: anywhere; }
-th { background: #edf2f7; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
-tr.total td { font-weight: bold; }
-.notice { border-left: 4px solid #2b6cb0; background: #ebf8ff; padding: .5rem .8rem; }
-.allow { color: #22543d; font-weight: bold; }
-.deny, .bad { color: #9b2c2c; font-weight: bold; }
-.ok { color: #22543d; font-weight: bold; }
-.missing { color: #9b2c2c; }
-ul.announced { font-family: ui-monospace, monospace; font-size: .82rem; padding-left: 1.2rem; }
-figure { margin: .5rem 0; }
-figcaption { font-size: .85rem; color: #4a5568; }
-svg { width: 100%; max-width: 760px; height: auto; }
-@page { size: A4; margin: 14mm; }
-@media print {
-  body { margin: 0; max-width: none; font-size: 10.5pt; background: #fff; color: #000; }
-  h2, h3 { break-after: avoid; page-break-after: avoid; }
-  tr, figure, .notice { break-inside: avoid; page-break-inside: avoid; }
-  thead { display: table-header-group; }
-  th, .notice { background: #fff; }
-  section { break-before: auto; }
-}
-"""
-
-
-def _esc(value: Any) -> str:
-    return html.escape(printable(str(value)), quote=True)
-
-
-def _cell(value: Any) -> str:
-    """Text for a table cell: escaped, and breakable after an underscore, so that a column of
-    codes (law_enforcement_request) fits a printed page."""
-    return _esc(value).replace("_", "_<wbr>")
-
-
-def _html_table(
-    header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterable[int] = (), table_id: str = ""
-) -> str:
-    right = set(numeric)
-    head = "".join(f'<th{" class=n" if i in right else ""} scope="col">{_esc(h)}</th>' for i, h in enumerate(header))
-    body = []
-    for row in rows:
-        cells = "".join(f"<td{' class=n' if i in right else ''}>{_cell(cell)}</td>" for i, cell in enumerate(row))
-        body.append(f"<tr>{cells}</tr>")
-    ident = f' id="{table_id}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _key_value_table(rows: Iterable[tuple[str, Any]], table_id: str = "") -> str:
-    body = "".join(f'<tr><th scope="row">{_cell(k)}</th><td>{_cell(v)}</td></tr>' for k, v in rows)
-    ident = f' id="{table_id}"' if table_id else ""
-    return f'<table class="pairs"{ident}>{body}</table>'
-
 
 def _purpose_rows(data: ReportData, camera: CameraReport) -> str:
     by_code = {p.purpose: p for p in data.purposes}
@@ -815,20 +721,21 @@ def _purpose_rows(data: ReportData, camera: CameraReport) -> str:
     for code in camera.purposes:
         p = by_code[code]
         safeguards = "".join(
-            f"<li{' class=missing' if s.given is None else ''}>{_cell(s.name)}"
-            f"{' (required)' if s.required else ''}: {_cell(s.given or 'MISSING')}"
-            f"<br><small>{_cell(s.meaning)}</small></li>"
+            f"<li{' class=missing' if s.given is None else ''}>{cell_text(s.name)}"
+            f"{' (required)' if s.required else ''}: {cell_text(s.given or 'MISSING')}"
+            f"<br><small>{cell_text(s.meaning)}</small></li>"
             for s in p.safeguards
         )
         rows.append(
             "<tr>"
-            f"<td><b>{_cell(p.purpose)}</b><br><small>{_cell(p.meaning)}</small>"
-            + (f"<br><small>stated basis: {_cell(p.legal_basis)}</small>" if p.legal_basis else "")
+            f"<td><b>{cell_text(p.purpose)}</b><br><small>{cell_text(p.meaning)}</small>"
+            + (f"<br><small>stated basis: {cell_text(p.legal_basis)}</small>" if p.legal_basis else "")
             + "</td>"
-            f'<td><span class="{p.verdict}">{_verdict(p)}</span><br><small>{_cell("; ".join(p.reasons))}</small></td>'
-            f"<td>{_cell(p.rule)}</td>"
-            f"<td>{_cell(p.legal_reference)}</td>"
-            f'<td class="{"ok" if p.verified else "bad"}">{_cell(_verified(p))}</td>'
+            f'<td><span class="{p.verdict}">{_verdict(p)}</span>'
+            f"<br><small>{cell_text('; '.join(p.reasons))}</small></td>"
+            f"<td>{cell_text(p.rule)}</td>"
+            f"<td>{cell_text(p.legal_reference)}</td>"
+            f'<td class="{"ok" if p.verified else "bad"}">{cell_text(_verified(p))}</td>'
             f"<td>{f'<ul>{safeguards}</ul>' if safeguards else 'none required'}</td>"
             "</tr>"
         )
@@ -842,64 +749,64 @@ def _purpose_rows(data: ReportData, camera: CameraReport) -> str:
 def render_html(data: ReportData) -> str:
     """The report as one self-contained HTML page: inline CSS and SVG, no script, nothing fetched."""
     parts = [
-        f"<h1>Compliance report: {_esc(data.deployment)}</h1>",
-        f'<p class="notice">{_esc(NO_PLATES)}</p>',
-        _key_value_table(_identity_rows(data), "identity"),
+        f"<h1>Compliance report: {esc(data.deployment)}</h1>",
+        f'<p class="notice">{esc(NO_PLATES)}</p>',
+        key_value_table(_identity_rows(data), "identity"),
         '<section id="controller"><h2>Controller</h2>',
-        _html_table(
+        html_table(
             ["type", "name", "jurisdiction", "plate region"], [_controller_row(data)], table_id="controller-table"
         ),
         '</section><section id="cameras"><h2>Cameras and purposes</h2>',
     ]
     for camera in data.cameras:
-        where = f" <small>({_esc(camera.location)})</small>" if camera.location else ""
-        parts.append(f"<h3>Camera {_esc(camera.id)}{where}</h3>")
+        where = f" <small>({esc(camera.location)})</small>" if camera.location else ""
+        parts.append(f"<h3>Camera {esc(camera.id)}{where}</h3>")
         parts.append(_purpose_rows(data, camera))
         parts.append(
             "<p>As <code>anpr run</code> announces it:</p><ul class=announced>"
-            + "".join(f"<li>{_esc(line)}</li>" for line in camera.announced)
+            + "".join(f"<li>{esc(line)}</li>" for line in camera.announced)
             + "</ul>"
         )
     unfed = [p for p in data.purposes if not p.cameras]
     if unfed:
-        parts.append(f"<p>Purposes no camera feeds: {_esc(', '.join(p.purpose for p in unfed))}.</p>")
+        parts.append(f"<p>Purposes no camera feeds: {esc(', '.join(p.purpose for p in unfed))}.</p>")
     parts += [
         '</section><section id="retention"><h2>Retention in force</h2>',
-        _html_table(
+        html_table(
             ["purpose", "verdict", "days", "hit days", "what the rule says", "keeps", "notes"],
             [_retention_row(p) for p in data.purposes],
             numeric=(2, 3),
             table_id="retention-table",
         ),
         '</section><section id="reads"><h2>Reads per day (UTC)</h2>',
-        f"<p>{_esc(_DAYS_NOTE)}</p>",
+        f"<p>{esc(_DAYS_NOTE)}</p>",
         day_chart_svg(data.days),
-        _html_table(
+        html_table(
             ["day", *(label for _, label, _ in SERIES)], _day_rows(data), numeric=(1, 2, 3, 4), table_id="days"
         ).replace("<tr><td>total</td>", '<tr class="total"><td>total</td>'),
         "<h3>By camera and purpose</h3>",
-        _html_table(_COUNTS_HEADER, _counts_rows(data), numeric=range(2, 8), table_id="by-purpose"),
+        html_table(_COUNTS_HEADER, _counts_rows(data), numeric=range(2, 8), table_id="by-purpose"),
         '</section><section id="deletions"><h2>Deletions</h2>',
-        _html_table(_DELETION_HEADER, _deletion_rows(data), numeric=(0, 4), table_id="deletions-table")
+        html_table(_DELETION_HEADER, _deletion_rows(data), numeric=(0, 4), table_id="deletions-table")
         if data.deletions
         else "<p>None recorded.</p>",
         '</section><section id="queries"><h2>Queries</h2>',
-        _html_table(_QUERY_HEADER, _query_rows(data), numeric=(0,), table_id="queries-table")
+        html_table(_QUERY_HEADER, _query_rows(data), numeric=(0,), table_id="queries-table")
         if data.queries
         else "<p>None recorded.</p>",
         '</section><section id="subject-requests"><h2>Data-subject requests</h2>',
-        f"<p>{_esc(_SUBJECTS_NOTE)}</p>",
-        _html_table(_SUBJECT_HEADER, _subject_rows(data), numeric=(0,), table_id="subject-requests-table")
+        f"<p>{esc(_SUBJECTS_NOTE)}</p>",
+        html_table(_SUBJECT_HEADER, _subject_rows(data), numeric=(0,), table_id="subject-requests-table")
         if data.subject_requests
         else "<p>None recorded.</p>",
         '</section><section id="audit"><h2>Audit log</h2>',
         f'<p><span class="{"ok" if data.audit.intact else "bad"}">{_audit_verdict(data.audit)}</span>: '
-        f"{_esc(data.audit.summary())}</p>",
-        _key_value_table(_audit_rows(data.audit), "audit-state"),
+        f"{esc(data.audit.summary())}</p>",
+        key_value_table(_audit_rows(data.audit), "audit-state"),
     ]
     if data.audit.problems:
         parts.append(
-            _html_table(
+            html_table(
                 ["entry", "problem", "what"],
                 [(p.seq, p.kind, p.message) for p in data.audit.problems],
                 table_id="audit-problems",
@@ -907,7 +814,7 @@ def render_html(data: ReportData) -> str:
         )
     parts += [
         "<h3>Entries by action</h3>",
-        _html_table(["action", "entries"], sorted(data.actions.items()), numeric=(1,), table_id="actions"),
+        html_table(["action", "entries"], sorted(data.actions.items()), numeric=(1,), table_id="actions"),
         "</section>",
     ]
     return (
@@ -915,7 +822,7 @@ def render_html(data: ReportData) -> str:
         # Nothing may be fetched: the page is one file, and a browser that tried would say so.
         "<meta http-equiv=Content-Security-Policy content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
-        f"<title>Compliance report: {_esc(data.deployment)}</title><style>{_CSS}</style></head>\n<body>\n"
+        f"<title>Compliance report: {esc(data.deployment)}</title><style>{CSS}</style></head>\n<body>\n"
         + "\n".join(parts)
         + "\n</body></html>\n"
     )
@@ -966,7 +873,7 @@ def day_chart_svg(days: Sequence[DayCounts]) -> str:
             x = start + series * bar
             out.append(
                 f'<rect x="{x:.1f}" y="{y(value):.1f}" width="{bar:.1f}" height="{y(0) - y(value):.1f}" '
-                f'fill="{colour}"><title>{_esc(day.day)}: {value} {_esc(label)}</title></rect>'
+                f'fill="{colour}"><title>{esc(day.day)}: {value} {esc(label)}</title></rect>'
             )
             if len(days) <= 10:
                 out.append(
@@ -976,14 +883,14 @@ def day_chart_svg(days: Sequence[DayCounts]) -> str:
         if index % label_every == 0:
             out.append(
                 f'<text x="{_LEFT + (index + 0.5) * group:.1f}" y="{_HEIGHT - _BOTTOM + 16}" text-anchor="middle" '
-                f'fill="#2d3748">{_esc(day.day)}</text>'
+                f'fill="#2d3748">{esc(day.day)}</text>'
             )
     out.append(f'<line x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#4a5568"/>')
     for series, (_, label, colour) in enumerate(SERIES):
         x = _LEFT + series * 170
         out.append(
             f'<rect x="{x}" y="10" width="12" height="12" fill="{colour}"/>'
-            f'<text x="{x + 17}" y="20" fill="#2d3748">{_esc(label)}</text>'
+            f'<text x="{x + 17}" y="20" fill="#2d3748">{esc(label)}</text>'
         )
     out.append(f'<text x="{_WIDTH / 2}" y="{_HEIGHT - 6}" text-anchor="middle" fill="#4a5568">day (UTC)</text>')
     out.append("</svg>")
