@@ -48,7 +48,7 @@ from anpr.errors import ConfigError
 from anpr.records import Passage, PolicedRead
 from anpr.redact import redact_text
 from anpr.sinks.mqtt import MQTT_QUEUE, MQTT_QUEUE_PREFIX, MqttSettings
-from anpr.storage.outbox import Backoff, Batch, Outbox, Reachability
+from anpr.storage.outbox import Backoff, Batch, Outage, Outbox, Reachability
 
 # A broker that acknowledges nothing for this long counts as down (also the bound on the
 # TCP and TLS connection and on the answer to CONNECT).
@@ -317,9 +317,11 @@ class MqttSink:
         self._credentials = _credentials(settings)
         self._tls = _tls_context(settings)
         self.status = MqttStatus()
-        self._backoff = Backoff(monotonic, initial_backoff, max_backoff)
+        self.outage = Outage(
+            self.status, self.shown, "messages", clock, Backoff(monotonic, initial_backoff, max_backoff), log
+        )
         self._link: _Link | None = None
-        self._full_warned, self._closed = False, False
+        self._closed = False
         folder = settings.queue_dir or MQTT_QUEUE_PREFIX.rstrip("-")
         busy = "give each concurrent run its own queue_dir (and client_id)"
         limit = settings.queue_max_mb * 2**20
@@ -392,7 +394,7 @@ class MqttSink:
             if self._link.alive:
                 return True
             self._unreachable(MqttFailed(f"{self.shown} failed: {self._link.lost}"))
-        if not (whatever_the_backoff or self._backoff.may_try(self.status.up)):
+        if not (whatever_the_backoff or self.outage.may_try()):
             return False
         try:
             self._link = _Link(self.settings, self._credentials, self._tls, self.availability, self.timeout)
@@ -400,7 +402,7 @@ class MqttSink:
             self._unreachable(exc)
             return False
         self.status.connections += 1
-        self._reached()
+        self.outage.answered()
         return True
 
     def _publish(self, batch: Batch) -> None:
@@ -452,9 +454,7 @@ class MqttSink:
                 return
         except OSError as exc:
             self.status.lost_messages += size
-            if not self._full_warned:
-                self._full_warned = True
-                log.warning("%s: cannot queue a message (%s): messages are lost until it answers", self.shown, exc)
+            self.outage.cannot_queue(exc, "a message", "messages")
             return
         self.status.queued_messages += size
 
@@ -462,13 +462,4 @@ class MqttSink:
         if self._link is not None:
             self._link.drop()  # its unacknowledged messages are queued: it must never send them
             self._link = None
-        if self.status.failed(str(exc), self.clock()):
-            log.warning("%s; its messages wait in %s and are sent when it answers", exc, self.queue.directory)
-        self._backoff.failed()
-
-    def _reached(self) -> None:
-        outage = self.status.answered(self.clock())
-        if outage is not None:
-            self._backoff.answered()
-            self._full_warned = False
-            log.info("%s answers again after %.0f s", self.shown, outage)
+        self.outage.failed(str(exc), self.queue.directory)

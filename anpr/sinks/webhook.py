@@ -30,7 +30,7 @@ from anpr.redact import redact, redact_text
 if TYPE_CHECKING:
     from anpr.policy.gate import PolicedSink
 from anpr.sinks.queued import DiskQueueSettings, expire_queue
-from anpr.storage.outbox import Backoff, Batch, Kind, Outbox, Reachability
+from anpr.storage.outbox import Backoff, Batch, Kind, Outage, Outbox, Reachability
 
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 INITIAL_BACKOFF_SECONDS = 1.0
@@ -191,8 +191,15 @@ class Webhook:
         self._headers = {"Content-Type": "application/json", **_authorization(settings.auth_env)}
         self._opener = _opener(settings.ca_file)
         self.status = WebhookStatus()
-        self._backoff = Backoff(monotonic, initial_backoff, max_backoff)
-        self._full_warned, self._closed = False, False
+        self.outage = Outage(
+            self.status,
+            f"webhook {self.shown_url}",
+            "batches",
+            clock,
+            Backoff(monotonic, initial_backoff, max_backoff),
+            log,
+        )
+        self._closed = False
         folder = settings.queue_dir or WEBHOOK_QUEUE_PREFIX.rstrip("-")
         busy = "give each concurrent run its own queue_dir"
         self.queue = Outbox(
@@ -215,15 +222,15 @@ class Webhook:
         self.queue.expire(self.clock())
         if not reads:
             return
-        if self._backoff.may_try(self.status.up):
+        if self.outage.may_try():
             self._send_queued(self.monotonic() + FLUSH_BUDGET_SECONDS)
             if not self.queue.entries:  # in order: a new batch never overtakes a queued one
                 try:
                     self._post(reads)
-                    self._reached()
+                    self.outage.answered()
                     return
                 except WebhookFailed as exc:
-                    self._unreachable(exc)
+                    self.outage.failed(str(exc), self.queue.directory)
         self._enqueue(reads)
 
     def close(self) -> None:
@@ -253,11 +260,11 @@ class Webhook:
         try:
             self.queue.send(self._deliver, self.clock(), lambda: self.monotonic() < until)
         except WebhookFailed as exc:
-            self._unreachable(exc)
+            self.outage.failed(str(exc), self.queue.directory)
 
     def _deliver(self, batch: Batch) -> None:
         self._post(batch.reads)
-        self._reached()
+        self.outage.answered()
 
     def _post(self, reads: Sequence[PolicedRead]) -> None:
         body = json.dumps([r.to_dict() for r in reads]).encode()
@@ -281,28 +288,10 @@ class Webhook:
             if not self.queue.put(Batch(list(reads))):
                 return
         except OSError as exc:
-            if not self._full_warned:
-                self._full_warned = True
-                log.warning(
-                    "webhook %s: cannot queue a batch (%s): its reads are lost until it answers",
-                    self.shown_url,
-                    exc.strerror or exc,
-                )
+            self.outage.cannot_queue(exc, "a batch", "its reads")
             return
         self.status.queued_batches += 1
         self.status.queued_reads += len(reads)
-
-    def _unreachable(self, exc: WebhookFailed) -> None:
-        if self.status.failed(str(exc), self.clock()):
-            log.warning("%s; its batches wait in %s and are sent when it answers", exc, self.queue.directory)
-        self._backoff.failed()
-
-    def _reached(self) -> None:
-        outage = self.status.answered(self.clock())
-        if outage is not None:
-            self._backoff.answered()
-            self._full_warned = False
-            log.info("webhook %s answers again after %.0f s", self.shown_url, outage)
 
 
 def expire_webhook_queue(folder: str | os.PathLike[str], now: float) -> int:

@@ -734,6 +734,54 @@ class Reachability:
         return outage
 
 
+class Outage:
+    """What a sink that queues on disk (a webhook, an MQTT broker) knows of its far end's
+    outages: whether it answers (`status`), when to try it again (Backoff), and what the log
+    is told: one warning when an outage begins, one when the queue itself fails during it
+    (a full disk), one line when the far end answers again."""
+
+    def __init__(
+        self,
+        status: Reachability,
+        shown: str,
+        waiting: str,
+        clock: Callable[[], float],
+        backoff: Backoff,
+        logger: logging.Logger,  # the sink's own: its outages are its messages
+    ) -> None:
+        self.status, self.shown, self.waiting, self.clock = status, shown, waiting, clock
+        self._backoff, self._log = backoff, logger
+        self._queue_warned = False
+
+    def may_try(self) -> bool:
+        return self._backoff.may_try(self.status.up)
+
+    def failed(self, error: str, folder: Path) -> None:
+        """An attempt failed: `waiting` (what the sink queues: "batches", "messages") wait in `folder`."""
+        if self.status.failed(error, self.clock()):
+            self._log.warning("%s; its %s wait in %s and are sent when it answers", error, self.waiting, folder)
+        self._backoff.failed()
+
+    def answered(self) -> None:
+        outage = self.status.answered(self.clock())
+        if outage is not None:
+            self._backoff.answered()
+            self._queue_warned = False
+            self._log.info("%s answers again after %.0f s", self.shown, outage)
+
+    def cannot_queue(self, error: OSError, what: str, lost: str) -> None:
+        """The queue could not take `what` ("a batch"); `lost` ("its reads") are lost until it answers."""
+        if not self._queue_warned:
+            self._queue_warned = True
+            self._log.warning(
+                "%s: cannot queue %s (%s): %s are lost until it answers",
+                self.shown,
+                what,
+                error.strerror or error,
+                lost,
+            )
+
+
 @contextlib.contextmanager
 def _offline(kind: Kind[Any], directory: str | os.PathLike[str], busy: str) -> Iterator[Outbox[Any] | None]:
     """A folder of `kind` opened without its run, its batches picked up; None when there is
