@@ -8,7 +8,10 @@ webhook and MQTT queues: `SinkSettings.held_records` / `erase_records`). A plate
 for in every form the reader may have stored it under (`plates.stored_forms`).
 
 Only the deployment's data-protection officers (`controller.dpo`) may ask: a request
-answers for every purpose at once, which no designated agent of one purpose may see.
+answers for every purpose at once, which no designated agent of one purpose may see. On
+PostgreSQL, once `anpr db init-roles` has made them, the database part goes through two
+functions that check the login again and insert the request's audit entry themselves
+(storage/roles.py: the `PREFIX_dpo` role, which may read no table of plates).
 Every request, answered or refused, is written to the audit log under the authenticated
 user; an answered one with a keyed hash of the plate of its own (`Keys.request_digest`),
 never the plate nor the hash its records are stored under: the log is kept for good, and
