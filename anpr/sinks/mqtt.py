@@ -5,7 +5,6 @@ MQTT client library, which only a run that has an MQTT sink loads (anpr/sinks/mq
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from pathlib import Path
@@ -19,8 +18,6 @@ from anpr.sinks.queued import DiskQueueSettings, expire_queue
 from anpr.storage.outbox import Batch, Kind
 
 QUEUE_FORMAT = 1
-
-log = logging.getLogger(__name__)
 
 
 MQTT_QUEUE_PREFIX = "anpr-mqtt-"

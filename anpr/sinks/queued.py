@@ -13,7 +13,7 @@ from typing import Any
 from anpr.config.sinks import QueuedSinkSettings
 from anpr.storage.outbox import Kind, OutboxInUse, erase_subject_records, expire_offline, subject_records
 
-log = logging.getLogger("anpr")
+log = logging.getLogger(__name__)
 
 
 class DiskQueueSettings(QueuedSinkSettings):

@@ -38,9 +38,8 @@ keyed hash of the plate, how many forms were asked, an erasure's reason), not wh
 Who is an agent of which purpose, and which purposes the writer may store, come from the
 config given to init-roles: its allowed purposes that keep reads, with their
 `safeguards.designated_agents`, in the tables PURPOSES_TABLE and AGENTS_TABLE, and the
-officers in DPO_TABLE (with the
-deployment's fingerprint: after `anpr policy migrate`, the functions refuse every request
-until init-roles has been run again with the new config). The owner is not affected by
+officers in DPO_TABLE (with the deployment's fingerprint: after `anpr policy migrate`, the
+functions refuse every request until init-roles has been run again with the new config). The owner is not affected by
 row-level security, and the functions run as the owner.
 
 What each role is granted is the data below (GRANTS, ROW_POLICIES); every run first

@@ -554,7 +554,7 @@ class ReadStore:
                 conn.exec_driver_sql("SELECT pg_switch_wal()")
                 conn.exec_driver_sql("CHECKPOINT")
         except DBAPIError as exc:
-            if (getattr(exc.orig, "sqlstate", None) or "") == REFUSED:
+            if _sqlstate(exc) == REFUSED:
                 return False
             raise
         return True
@@ -689,10 +689,9 @@ class ReadStore:
             "passages": passages,
         }
         found = self._call(SEARCH_FUNCTION, arguments, entry, "cannot query database")
-        withheld = int(found["withheld"])
-        if passages:
-            return [PassageRow(**_from_json(PassageRow, row)).to_record() for row in found["rows"]], withheld
-        return [ReadRow(**_from_json(ReadRow, row)).to_record() for row in found["rows"]], withheld
+        rows = found["rows"]
+        reads, passage_rows = _records([] if passages else rows, rows if passages else [])
+        return (passage_rows if passages else reads), int(found["withheld"])
 
     def subject_records_function(self, entry: Base, forms: Sequence[str]) -> tuple[list[PolicedRead], list[Passage]]:
         """Every read and passage of the plate in any of its `forms`, as the database's
@@ -708,8 +707,7 @@ class ReadStore:
         """Delete every read and passage of the plate in any of its `forms` but the hits
         a rule keeps, through the database's function for a data subject's erasure request;
         the rows deleted, and the reads and passages kept. It inserts `entry` in the same
-        transaction. The deleted rows stay in the server's files until VACUUM, which only
-        the tables' owner may run (`_scrub` runs it when this login is the owner)."""
+        transaction. Then `scrub_after_erasure`."""
         arguments = {"plate_keys": [self.keys.plate_digest(form) for form in forms], "reason": reason}
         found = self._call(SUBJECT_ERASE_FUNCTION, arguments, entry, "cannot erase from database")
         return int(found["deleted"]), *_records(found["reads"], found["passages"])
@@ -725,7 +723,7 @@ class ReadStore:
             with self._engine.begin() as conn:
                 return conn.execute(text(call), arguments).scalar_one()
         except DBAPIError as exc:
-            state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+            state = _sqlstate(exc)
             diag = getattr(exc.orig, "diag", None)
             message = getattr(diag, "message_primary", None) or first_line(exc)
             if state == STALE_ENTRY:
@@ -769,6 +767,11 @@ def _from_json(table: type[KeptRow], row: Mapping[str, Any]) -> dict[str, Any]:
     stored is left out (no record holds it)."""
     columns = table.__table__.columns  # type: ignore[attr-defined]  # mapped subclasses have a table
     return {column.key: row[column.name] for column in columns if column.name != "stored_at"}
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    """The SQLSTATE PostgreSQL answered with (psycopg names it `sqlstate`, psycopg2 `pgcode`)."""
+    return getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
 
 
 def _records(
