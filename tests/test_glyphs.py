@@ -44,8 +44,8 @@ def test_light_on_dark_glyphs_are_turned_round():
 
 
 def test_a_plate_in_real_glyphs_differs_from_the_same_plate_in_a_font():
-    in_font, text = render_plate(np.random.default_rng(4), 0.0, glyph_share=0.0)
-    in_glyphs, same_text = render_plate(np.random.default_rng(4), 0.0, glyph_share=1.0)
+    in_font, text, _ = render_plate(np.random.default_rng(4), 0.0, glyph_share=0.0)
+    in_glyphs, same_text, _ = render_plate(np.random.default_rng(4), 0.0, glyph_share=1.0)
     assert text == same_text  # the registration is drawn before the glyphs are chosen
     assert in_glyphs.ndim == 3 and in_glyphs.shape[0] > 50
     assert in_font.shape != in_glyphs.shape or np.abs(in_font.astype(int) - in_glyphs).mean() > 1

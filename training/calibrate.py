@@ -42,7 +42,7 @@ def measure(
     rng = np.random.default_rng(seed)
     crops, texts = [], []
     for _ in range(plates):
-        plate, text = render_plate(rng)
+        plate, text, _ = render_plate(rng)
         crops.append(degrade(cut(plate, rng, surround=True), rng))
         texts.append(text)
     recogniser = kind(weights=ModelFile(kind.model_name, path, _sha256(path)))

@@ -344,9 +344,9 @@ TWO_ROW_SHARE = 0.12  # of plates with at least 4 characters: what PlateNet was 
 
 def render_plate(
     rng: np.random.Generator, two_row_share: float = TWO_ROW_SHARE, glyph_share: float = 0.0
-) -> tuple[np.ndarray, str]:
-    """One synthetic plate (BGR, with a little surround) and its registration; with
-    probability `glyph_share` its characters are real plate glyphs (`training.glyphs`)."""
+) -> tuple[np.ndarray, str, int]:
+    """One synthetic plate (BGR, with a little surround), its registration and its number of
+    rows; with probability `glyph_share` its characters are real plate glyphs (`training.glyphs`)."""
     text, groups = random_registration(rng)
     style = _style(rng)
     font_index = int(rng.integers(len(font_paths())))
@@ -421,7 +421,7 @@ def render_plate(
             outline=style.ink if rng.random() < 0.5 else (40, 40, 40),
             width=int(rng.integers(2, 7)),
         )
-    return cv2.cvtColor(np.asarray(plate), cv2.COLOR_RGB2BGR), text
+    return cv2.cvtColor(np.asarray(plate), cv2.COLOR_RGB2BGR), text, 2 if two_lines else 1
 
 
 def _paste_fitted(plate: Image.Image, line: Image.Image, box: tuple[int, int, int, int]) -> None:

@@ -78,8 +78,8 @@ class PlateStream(IterableDataset):
                 surround = bool(rng.random() < self.real_surround_share)
                 crop = degrade(cut(image, rng, surround, self.camera), rng, self.camera)
             else:
-                plate, text = render_plate(rng, self.two_row_share, self.glyph_share)
-                crop = degrade(cut(plate, rng, True, self.camera), rng, self.camera)
+                plate, text, rows = render_plate(rng, self.two_row_share, self.glyph_share)
+                crop = degrade(cut(plate, rng, True, self.camera, rows), rng, self.camera)
             yield prepare_plate(crop, self.size), text
 
 
