@@ -47,7 +47,7 @@ eval: $(STAMP)
 # Fine-tunes the plate reader into models/platereader.onnx (120 min on 2 cores, resumable:
 # `python -m training.reader --steps 2800 --resume`; models/README.md). PlateNet: python -m training.train.
 train-ocr: $(STAMP)
-	$(VENV)/bin/python -m training.reader --steps 2800 --camera detector-cut
+	$(VENV)/bin/python -m training.reader --steps 2800 --camera scene
 
 clean:
 	rm -rf $(VENV) anpr.sqlite
