@@ -33,7 +33,7 @@ class Camera:
     two_row_height: float = 1.0
 
 
-# "hand-cut" made the committed models. "detector-cut" is a wider one: the detector's box
+# "hand-cut" made PlateNet and the first plate reader. "detector-cut" is a wider one: the detector's box
 # plus the crop margin (anpr.reading.ocr.CROP_MARGIN_*) is often looser than hand-cut's widest
 # boxes, and a camera's plates are more often blurred than not.
 CAMERAS = {
@@ -41,7 +41,7 @@ CAMERAS = {
     "detector-cut": Camera(loose_x=0.25, loose_y=0.45, focus_blur=0.4, motion_blur=0.2),
     # "scene" is "detector-cut" with the issue's +-15 degree tilt cut as a detector cuts it
     # (hand crops turned 10 degrees lost 9 points of the US set: benchmarks/RESULTS.md) and
-    # two-row plates at their physical size.
+    # two-row plates at their physical size. It made the committed plate reader.
     "scene": Camera(
         loose_x=0.25, loose_y=0.45, focus_blur=0.4, motion_blur=0.2, tilt_share=0.35, tilt=15.0, two_row_height=1.8
     ),
@@ -66,7 +66,7 @@ def _surround(plate: np.ndarray, rng: np.random.Generator, tall: bool = False) -
 
 
 def _upright_box(box: np.ndarray, degrees: float) -> np.ndarray:
-    """The corners, in the plate's frame, of the upright box around `box` turned by `degrees`.
+    """The corners, in the source image, of the upright box around `box` turned by `degrees`.
 
     Warping these corners to an upright rectangle shows the plate turned by `degrees` with
     the box a detector draws around it: the crop taller than the plate, its row slanted."""
@@ -76,7 +76,7 @@ def _upright_box(box: np.ndarray, degrees: float) -> np.ndarray:
     turned = (box - centre) @ turn.T
     (x0, y0), (x1, y1) = turned.min(axis=0), turned.max(axis=0)
     upright = np.float32([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-    return upright @ turn + centre  # back to the plate's frame: the inverse turn
+    return upright @ turn + centre  # back to the source image: the inverse turn
 
 
 def cut(
