@@ -24,7 +24,7 @@ import numpy as np
 
 from anpr.reading.ocr import make_recogniser
 from anpr.reading.plates import choose_plate, same_plate
-from training.augment import CAMERAS, DEFAULT_CAMERA, Camera, cut, degrade
+from training.augment import CAMERAS, DEFAULT_CAMERA, TWO_ROW_HEIGHT, Camera, cut, degrade
 from training.synth import render_plate
 
 TWO_ROW_SEED = 31_415_926  # apart from training (0, 1, ...) and calibration (1_000_003)
@@ -33,12 +33,12 @@ MIN_TWO_ROW_LENGTH = 4  # render_plate sets shorter registrations in one row
 # Two ways of drawing the crops' size. "one-row heights" is the set as first measured: a
 # two-row crop as tall as a one-row plate's, so half its rows are 6 to 12 px high, many past
 # reading. "physical size": the same plates, cut as a camera at the same distance sees a
-# plate 1.8 times as tall (EU two-row 280x200 mm against one-row 520x110 mm). The same seed
+# plate TWO_ROW_HEIGHT times as tall (training.augment). The same seed
 # and degradation; the plates differ after the first, as a larger crop's noise takes more
 # draws from the stream.
 SIZES: dict[str, Camera] = {
     "one-row heights": CAMERAS[DEFAULT_CAMERA],
-    "physical size": dataclasses.replace(CAMERAS[DEFAULT_CAMERA], two_row_height=1.8),
+    "physical size": dataclasses.replace(CAMERAS[DEFAULT_CAMERA], two_row_height=TWO_ROW_HEIGHT),
 }
 
 

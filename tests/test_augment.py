@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.augment import CAMERAS, _upright_box, cut
+from training.augment import CAMERAS, TWO_ROW_HEIGHT, _upright_box, cut
 
 
 def test_the_upright_box_around_a_turned_plate_holds_all_of_it():
@@ -27,7 +27,7 @@ def _black_plate(width: int = 400, height: int = 100) -> np.ndarray:
     return np.zeros((height, width, 3), np.uint8)
 
 
-def test_a_tilted_cut_is_taller_and_shows_the_plate_slanted():
+def test_a_tilted_cut_is_squarer_than_a_level_one():
     always = dataclasses.replace(CAMERAS["scene"], tilt_share=1.0, tilt=15.0)
     never = dataclasses.replace(CAMERAS["scene"], tilt_share=0.0)
     aspects = {}
@@ -42,7 +42,7 @@ def test_a_two_row_plate_is_cut_taller_at_its_physical_size_only_where_the_profi
     plate = _black_plate(160, 100)
     for camera, ratio in (
         (CAMERAS["detector-cut"], 1.0),
-        (dataclasses.replace(CAMERAS["hand-cut"], two_row_height=1.8), 1.8),
+        (dataclasses.replace(CAMERAS["hand-cut"], two_row_height=TWO_ROW_HEIGHT), 1.8),
     ):
         one = [cut(plate, np.random.default_rng(seed), True, camera, rows=1).shape[0] for seed in range(20)]
         two = [cut(plate, np.random.default_rng(seed), True, camera, rows=2).shape[0] for seed in range(20)]

@@ -27,10 +27,14 @@ class Camera:
     # box around them, as a detector cuts a tilted plate (the crop taller, the row slanted).
     tilt_share: float = 0.0
     tilt: float = 0.0
-    # A two-row plate is physically about 1.8 times as tall as a one-row one (EU 280x200 mm
-    # against 520x110 mm), so at the same distance its crop is that much taller; the first
-    # profiles drew it at a one-row plate's height, rows of 6 to 12 px.
+    # How much taller a two-row plate's crop is than a one-row plate's (TWO_ROW_HEIGHT: as
+    # they are); the first profiles drew it at a one-row plate's height, rows of 6 to 12 px.
     two_row_height: float = 1.0
+
+
+# A two-row plate is physically about 1.8 times as tall as a one-row one (EU 280x200 mm
+# against 520x110 mm), so at the same distance its crop is that much taller.
+TWO_ROW_HEIGHT = 1.8
 
 
 # "hand-cut" made PlateNet and the first plate reader. "detector-cut" is a wider one: the detector's box
@@ -43,7 +47,13 @@ CAMERAS = {
     # (hand crops turned 10 degrees lost 9 points of the US set: benchmarks/RESULTS.md) and
     # two-row plates at their physical size. It made the committed plate reader.
     "scene": Camera(
-        loose_x=0.25, loose_y=0.45, focus_blur=0.4, motion_blur=0.2, tilt_share=0.35, tilt=15.0, two_row_height=1.8
+        loose_x=0.25,
+        loose_y=0.45,
+        focus_blur=0.4,
+        motion_blur=0.2,
+        tilt_share=0.35,
+        tilt=15.0,
+        two_row_height=TWO_ROW_HEIGHT,
     ),
 }
 DEFAULT_CAMERA = "hand-cut"
@@ -70,13 +80,17 @@ def _upright_box(box: np.ndarray, degrees: float) -> np.ndarray:
 
     Warping these corners to an upright rectangle shows the plate turned by `degrees` with
     the box a detector draws around it: the crop taller than the plate, its row slanted."""
-    angle = np.radians(degrees)
-    turn = np.float32([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     centre = box.mean(axis=0)
+    turn = _turn(np.radians(degrees))
     turned = (box - centre) @ turn.T
     (x0, y0), (x1, y1) = turned.min(axis=0), turned.max(axis=0)
     upright = np.float32([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
     return upright @ turn + centre  # back to the source image: the inverse turn
+
+
+def _turn(angle: float) -> np.ndarray:
+    """The 2x2 rotation by `angle` radians, for points as rows (`points @ _turn(a).T`)."""
+    return np.float32([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
 
 
 def cut(
@@ -109,8 +123,7 @@ def cut(
     box += rng.normal(0, 1, (4, 2)).astype(np.float32) * np.float32([0.03 * width, 0.05 * height])
     angle = np.radians(rng.normal(0, 4))
     centre = box.mean(axis=0)
-    rotation = np.float32([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    box = (box - centre) @ rotation.T + centre
+    box = (box - centre) @ _turn(angle).T + centre
     out_h = int(np.clip(rng.lognormal(np.log(40), 0.5), 16, 160))
     if rows > 1 and camera.two_row_height != 1.0:
         out_h = int(out_h * camera.two_row_height)
